@@ -1,0 +1,106 @@
+"""``qwen-operator``: run the operator, render QwenServices, generate the CRD."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qwen_operator import api, crd, render, validation
+
+
+def _documents(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for path in paths:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        for doc in yaml.safe_load_all(text):
+            if isinstance(doc, dict) and doc.get("kind") == api.KIND:
+                yield path, doc
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Print the Deployment and Service each QwenService in the files would get."""
+    objects: list[dict[str, Any]] = []
+    failed = False
+    found = False
+    for path, doc in _documents(args.files):
+        found = True
+        doc.setdefault("metadata", {}).setdefault("namespace", args.namespace)
+        try:
+            svc = validation.parse(doc)
+        except validation.InvalidSpec as exc:
+            name = doc.get("metadata", {}).get("name", "?")
+            print(f"{path}: QwenService {name} is invalid:", file=sys.stderr)
+            for message in exc.messages:
+                print(f"  - {message}", file=sys.stderr)
+            failed = True
+            continue
+        objects += render.render_all(svc)
+    if not found:
+        print("no QwenService found in " + ", ".join(args.files), file=sys.stderr)
+        return 1
+    sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
+    return 1 if failed else 0
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    text = crd.crd_yaml()
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{api.PLURAL}.yaml").write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import kopf
+
+    from qwen_operator import handlers  # noqa: F401  (registers the handlers)
+    from qwen_operator.settings import OperatorSettings
+
+    config = OperatorSettings()
+    namespaces = args.namespace or config.namespaces
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=config.liveness_endpoint or None,
+        standalone=config.peering is None,
+        peering_name=config.peering,
+    )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qwen-operator", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the operator against the current cluster (kubeconfig or in-cluster)")
+    r.add_argument("-n", "--namespace", action="append", help="namespace to watch (repeatable); default: all")
+    r.add_argument("-v", "--verbose", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    rd = sub.add_parser("render", help="print the objects a QwenService file would get (for review and GitOps)")
+    rd.add_argument("files", nargs="+", help="YAML files with QwenService documents; - for stdin")
+    rd.add_argument("--namespace", default="default", help="namespace for documents that name none")
+    rd.set_defaults(func=cmd_render)
+
+    c = sub.add_parser("crds", help="print (or write) the CustomResourceDefinition generated from the API model")
+    c.add_argument("--output", help="folder to write qwenservices.yaml into")
+    c.set_defaults(func=cmd_crds)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""kopf handlers: they only wire the Kubernetes adapter to the reconcile and post what it reports."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from kubernetes_asyncio.client import ApiClient
+
+from qwen_operator import api, kube, labels, reconcile
+from qwen_operator.settings import OperatorSettings
+
+MANAGED = {"app.kubernetes.io/managed-by": labels.MANAGED_BY}
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Keep kopf's bookkeeping in annotations, so that our status stays a strict schema.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=api.GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # our own events are posted explicitly
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    memo.config = OperatorSettings()
+    memo.locks = {}
+
+
+@kopf.on.login()
+async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Log in at run time (in-cluster service account, else $KUBECONFIG) and share it with our client."""
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    if info is None:
+        return None
+    old: kube.Cluster | None = memo.get("cluster")
+    memo.cluster = kube.Cluster(
+        ApiClient(
+            kube.configuration(
+                info.server,
+                insecure=bool(info.insecure),
+                ca_path=info.ca_path,
+                ca_data=info.ca_data,
+                token=info.token,
+                scheme=info.scheme,
+                username=info.username,
+                password=info.password,
+                certificate_path=info.certificate_path,
+                certificate_data=info.certificate_data,
+                private_key_path=info.private_key_path,
+                private_key_data=info.private_key_data,
+            )
+        )
+    )
+    if old is not None:
+        await old.close()
+    return info
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    cluster: kube.Cluster | None = memo.get("cluster")
+    if cluster is not None:
+        await cluster.close()
+
+
+def _post(body: Mapping[str, Any], outcome: reconcile.Outcome, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    for event in outcome.events:
+        log = logger.warning if event.type == "Warning" else logger.info
+        log("%s: %s", event.reason, event.message)
+        kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)
+
+
+async def _reconcile(memo: kopf.Memo, body: Mapping[str, Any], logger: Any) -> reconcile.Outcome:
+    meta = body["metadata"]
+    key = (meta.get("namespace"), meta["name"])
+    lock: asyncio.Lock = memo.locks.setdefault(key, asyncio.Lock())
+    async with lock:  # a QwenService change and a Deployment event must not race to create
+        outcome = await reconcile.reconcile(memo.cluster, body, now_rfc3339())
+    _post(body, outcome, logger)
+    return outcome
+
+
+@kopf.on.resume(api.GROUP, api.VERSION, api.PLURAL, id="reconcile", backoff=15)
+@kopf.on.create(api.GROUP, api.VERSION, api.PLURAL, id="reconcile", backoff=15)
+@kopf.on.update(api.GROUP, api.VERSION, api.PLURAL, id="reconcile", field="spec", backoff=15)
+async def reconcile_service(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    await _reconcile(memo, body, logger)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+async def deployment_event(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """A managed Deployment changed (rollout progress, drift, deletion): re-run its owner's reconcile."""
+    owner = reconcile.owner_of(body)
+    if owner is None or memo.get("cluster") is None:
+        return
+    namespace, name = owner
+    svc = await memo.cluster.get(kube.QWENSERVICES, namespace, name)
+    if svc is None or svc.get("metadata", {}).get("deletionTimestamp"):
+        return
+    await _reconcile(memo, svc, logger)

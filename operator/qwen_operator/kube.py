@@ -1,0 +1,160 @@
+"""A small Kubernetes layer over kubernetes_asyncio: get, create, merge-patch, list (plain dicts).
+
+Every call the operator makes to the API goes through :class:`Cluster`, whose methods are listed with
+their verbs in :data:`API_CALLS` (the RBAC rules are checked against that list).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes_asyncio.client import ApiClient, Configuration
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from qwen_operator import api
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+    namespaced: bool = True
+
+    def path(self, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
+        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{name}"
+        if sub:
+            base += f"/{sub}"
+        return base
+
+
+QWENSERVICES = Resource(api.GROUP, api.VERSION, api.PLURAL)
+DEPLOYMENTS = Resource("apps", "v1", "deployments")
+SERVICES = Resource("", "v1", "services")
+PODS = Resource("", "v1", "pods")
+EVENTS = Resource("", "v1", "events")
+
+# (group, resource, verbs) the operator uses: what its RBAC must grant, and no more.
+# kopf itself lists/watches/patches QwenServices, and posts events.
+API_CALLS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (api.GROUP, api.PLURAL, ("get", "list", "watch", "patch")),
+    (api.GROUP, f"{api.PLURAL}/status", ("get", "patch")),
+    ("apps", "deployments", ("get", "list", "watch", "create", "patch")),
+    ("", "services", ("get", "create", "patch")),
+    ("", "events", ("create",)),
+    ("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch")),
+)
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+
+
+class Cluster:
+    """Plain-dict CRUD against the API server. Never deletes anything."""
+
+    def __init__(self, client: ApiClient) -> None:
+        self.client = client
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        result = await self.client.call_api(
+            path,
+            method,
+            query_params=query or [],
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            response_types_map={200: "object", 201: "object"},
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+            _request_timeout=30,
+        )
+        return dict(result or {})
+
+    async def get(self, res: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._call("GET", res.path(namespace, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def create(self, res: Resource, obj: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", res.path(obj["metadata"]["namespace"]), body=dict(obj))
+
+    async def merge_patch(
+        self, res: Resource, namespace: str, name: str, patch: Mapping[str, Any], sub: str | None = None
+    ) -> dict[str, Any]:
+        return await self._call("PATCH", res.path(namespace, name, sub), body=dict(patch), content_type=MERGE_PATCH)
+
+    async def json_patch(
+        self, res: Resource, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        return await self._call("PATCH", res.path(namespace, name), body=ops, content_type=JSON_PATCH)
+
+    async def list(self, res: Resource, namespace: str | None, selector: str | None = None) -> list[dict[str, Any]]:
+        query = [("labelSelector", selector)] if selector else []
+        result = await self._call("GET", res.path(namespace), query=query)
+        return list(result.get("items", []) or [])
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def _data_file(data: bytes | str | None, suffix: str) -> str | None:
+    """kubernetes_asyncio wants file paths for certificates; kopf may hold them as data."""
+    if not data:
+        return None
+    raw = data.encode() if isinstance(data, str) else data
+    fd, path = tempfile.mkstemp(prefix="qwen-operator-", suffix=suffix)
+    with os.fdopen(fd, "wb") as f:
+        f.write(raw)
+    atexit.register(lambda: os.path.exists(path) and os.unlink(path))
+    return path
+
+
+def configuration(
+    server: str,
+    *,
+    insecure: bool = False,
+    ca_path: str | None = None,
+    ca_data: bytes | None = None,
+    token: str | None = None,
+    scheme: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    certificate_path: str | None = None,
+    certificate_data: bytes | None = None,
+    private_key_path: str | None = None,
+    private_key_data: bytes | None = None,
+) -> Configuration:
+    """A kubernetes_asyncio configuration from the credentials kopf logged in with."""
+    cfg = Configuration(host=server.rstrip("/"))
+    cfg.verify_ssl = not insecure
+    cfg.ssl_ca_cert = ca_path or _data_file(ca_data, ".crt")
+    cfg.cert_file = certificate_path or _data_file(certificate_data, ".crt")
+    cfg.key_file = private_key_path or _data_file(private_key_data, ".key")
+    if token:
+        cfg.api_key = {"BearerToken": f"{scheme or 'Bearer'} {token}"}
+    if username and password:
+        cfg.username, cfg.password = username, password
+    return cfg
+
+
+def is_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, ApiException) and exc.status == 409

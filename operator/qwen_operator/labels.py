@@ -1,0 +1,30 @@
+"""Names, labels and annotations shared by the renderers, the reconciler and the scaler (pure)."""
+
+from __future__ import annotations
+
+MANAGED_BY = "qwen-operator"
+APP_NAME = "vllm"
+COMPONENT = "inference-server"
+
+SERVICE_LABEL = "serving.qwenops.io/service"
+SPEC_HASH_ANNOTATION = "serving.qwenops.io/spec-hash"
+POD_DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """Labels that select a QwenService's pods: stable for its lifetime (Deployment selectors are immutable)."""
+    return {"app.kubernetes.io/instance": name, SERVICE_LABEL: name}
+
+
+def common_labels(name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": APP_NAME,
+        "app.kubernetes.io/component": COMPONENT,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        **selector_labels(name),
+    }
+
+
+def selector_string(name: str) -> str:
+    """The pods' label selector in the string form of the scale subresource (``status.selector``)."""
+    return ",".join(f"{key}={value}" for key, value in sorted(selector_labels(name).items()))

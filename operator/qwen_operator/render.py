@@ -1,0 +1,309 @@
+"""Render a QwenService into the Kubernetes objects that serve it (pure: plain dicts, no I/O)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+from qwen_operator import api, labels
+
+MODELS_DIR = "/models"
+CACHE_DIR = "/cache"
+# Seconds the pod keeps serving after it is marked for deletion, so that endpoints drop it first.
+PRESTOP_SLEEP_SECONDS = 10
+# Extra grace beyond the pre-stop pause and vLLM's own drain, before the kubelet kills the pod.
+GRACE_MARGIN_SECONDS = 15
+STARTUP_PROBE_PERIOD_SECONDS = 10
+# Rollouts may take as long as a model load, and more: leave the Deployment controller room.
+PROGRESS_DEADLINE_MARGIN_SECONDS = 600
+# emptyDir for vLLM and torch caches when weights come from a volume (the Hub cache is sized apart).
+SMALL_CACHE_SIZE = "10Gi"
+
+
+def model_path(spec: api.QwenServiceSpec) -> str:
+    """What vLLM is told to load: a Hub id, or a path under the mounted volume."""
+    if spec.model.source.kind == "hub" or spec.model.name.startswith("/"):
+        return spec.model.name
+    return f"{MODELS_DIR}/{spec.model.name}"
+
+
+def vllm_args(spec: api.QwenServiceSpec) -> list[str]:
+    """The ``vllm serve`` arguments, one-to-one from the spec (flags only when set)."""
+    e = spec.engine
+    args = [
+        model_path(spec),
+        "--served-model-name", spec.served_model_name,
+        "--host", "0.0.0.0",
+        "--port", str(api.VLLM_PORT),
+        "--tensor-parallel-size", str(e.tensor_parallel_size),
+        "--gpu-memory-utilization", _num(e.gpu_memory_utilization),
+        "--shutdown-timeout", str(e.shutdown_timeout_seconds),
+    ]  # fmt: skip
+    if spec.model.revision and spec.model.source.kind == "hub":
+        args += ["--revision", spec.model.revision]
+    if spec.model.trust_remote_code:
+        args.append("--trust-remote-code")
+    if e.dtype != "auto":
+        args += ["--dtype", e.dtype]
+    if e.max_model_len is not None:
+        args += ["--max-model-len", str(e.max_model_len)]
+    if e.enforce_eager:
+        args.append("--enforce-eager")
+    if e.quantization:
+        args += ["--quantization", e.quantization]
+    if e.cpu_offload_gb is not None:
+        args += ["--cpu-offload-gb", _num(e.cpu_offload_gb)]
+    if e.max_num_seqs is not None:
+        args += ["--max-num-seqs", str(e.max_num_seqs)]
+    if e.enable_auto_tool_choice:
+        args.append("--enable-auto-tool-choice")
+    if e.tool_call_parser:
+        args += ["--tool-call-parser", e.tool_call_parser]
+    return args + list(e.extra_args)
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _secret_env(name: str, ref: api.SecretKeyRef) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def _env(spec: api.QwenServiceSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": CACHE_DIR},
+        {"name": "USER", "value": "vllm"},  # torch asks getpass for a user name; arbitrary UIDs have none
+        {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+    ]
+    hub = spec.model.source.hub
+    if hub is not None and hub.token_secret_ref is not None:
+        env.append(_secret_env("HF_TOKEN", hub.token_secret_ref))
+    if spec.api_key_secret_ref is not None:
+        env.append(_secret_env("VLLM_API_KEY", spec.api_key_secret_ref))
+    for var in spec.engine.env:
+        env.append(var.model_dump(by_alias=True, exclude_none=True))
+    return env
+
+
+def _volumes(spec: api.QwenServiceSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shared_memory_size}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cache", "mountPath": CACHE_DIR},
+    ]
+    source = spec.model.source
+    if source.hub is not None and source.hub.cache.claim_name:
+        volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": source.hub.cache.claim_name}})
+    else:
+        size = source.hub.cache.size_limit if source.hub is not None else SMALL_CACHE_SIZE
+        volumes.append({"name": "cache", "emptyDir": {"sizeLimit": size}})
+    if source.pvc is not None:
+        volumes.append(
+            {"name": "model", "persistentVolumeClaim": {"claimName": source.pvc.claim_name, "readOnly": True}}
+            if source.pvc.read_only
+            else {"name": "model", "persistentVolumeClaim": {"claimName": source.pvc.claim_name}}
+        )
+        mount: dict[str, Any] = {"name": "model", "mountPath": MODELS_DIR, "readOnly": source.pvc.read_only}
+        if source.pvc.sub_path:
+            mount["subPath"] = source.pvc.sub_path
+        mounts.append(mount)
+    elif source.host_path is not None:
+        volumes.append({"name": "model", "hostPath": {"path": source.host_path.path, "type": "Directory"}})
+        mounts.append({"name": "model", "mountPath": MODELS_DIR, "readOnly": True})
+    return volumes, mounts
+
+
+def _resources(spec: api.QwenServiceSpec) -> dict[str, Any]:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    r = spec.resources
+    if r.cpu:
+        requests["cpu"] = r.cpu
+    if r.memory:
+        requests["memory"] = r.memory
+        limits["memory"] = r.memory
+    if spec.gpus_per_replica > 0:
+        limits[r.gpu_resource_name] = str(spec.gpus_per_replica)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def termination_grace_seconds(spec: api.QwenServiceSpec) -> int:
+    return PRESTOP_SLEEP_SECONDS + spec.engine.shutdown_timeout_seconds + GRACE_MARGIN_SECONDS
+
+
+def _http_probe(period: int, timeout: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": "/health", "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+    }
+
+
+def _container(spec: api.QwenServiceSpec) -> dict[str, Any]:
+    _, mounts = _volumes(spec)
+    startup = _http_probe(STARTUP_PROBE_PERIOD_SECONDS, 5,
+                          math.ceil(spec.engine.startup_timeout_seconds / STARTUP_PROBE_PERIOD_SECONDS))  # fmt: skip
+    container: dict[str, Any] = {
+        "name": "vllm",
+        "image": spec.engine.image,
+        "imagePullPolicy": spec.engine.image_pull_policy,
+        "command": ["vllm", "serve"],
+        "args": vllm_args(spec),
+        "ports": [{"name": "http", "containerPort": api.VLLM_PORT, "protocol": "TCP"}],
+        "env": _env(spec),
+        "volumeMounts": mounts,
+        "startupProbe": startup,
+        "readinessProbe": _http_probe(5, 5, 3),
+        "livenessProbe": _http_probe(15, 10, 4),
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_SECONDS)]}}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": spec.security.read_only_root_filesystem,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    resources = _resources(spec)
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def _pod_security(spec: api.QwenServiceSpec) -> dict[str, Any]:
+    uid = spec.security.run_as_user
+    ctx: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
+    if uid == 0:
+        return ctx
+    return {**ctx, "runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid}
+
+
+def pod_template(svc: api.QwenService) -> dict[str, Any]:
+    spec = svc.spec
+    volumes, _ = _volumes(spec)
+    pod: dict[str, Any] = {
+        "containers": [_container(spec)],
+        "volumes": volumes,
+        "securityContext": _pod_security(spec),
+        "terminationGracePeriodSeconds": termination_grace_seconds(spec),
+        "automountServiceAccountToken": False,  # vLLM never talks to the API server
+        "enableServiceLinks": False,  # a Service named "vllm" would inject VLLM_PORT and break vLLM
+    }
+    sched = spec.scheduling
+    if sched.node_selector:
+        pod["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in sched.tolerations]
+    if sched.affinity:
+        pod["affinity"] = sched.affinity
+    for field, key in (
+        (sched.runtime_class_name, "runtimeClassName"),
+        (sched.priority_class_name, "priorityClassName"),
+        (sched.service_account_name, "serviceAccountName"),
+    ):
+        if field:
+            pod[key] = field
+    if spec.engine.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in spec.engine.image_pull_secrets]
+    return {
+        "metadata": {
+            "labels": labels.common_labels(svc.name),
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(api.VLLM_PORT),
+                "prometheus.io/path": "/metrics",
+            },
+        },
+        "spec": pod,
+    }
+
+
+def spec_hash(obj: Any) -> str:
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def owner_references(svc: api.QwenService) -> list[dict[str, Any]]:
+    if not svc.metadata.uid:
+        return []
+    return [
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "name": svc.name,
+            "uid": svc.metadata.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def _metadata(svc: api.QwenService, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": svc.name, "namespace": svc.namespace, "labels": labels.common_labels(svc.name)}
+    if annotations:
+        meta["annotations"] = annotations
+    owners = owner_references(svc)
+    if owners:
+        meta["ownerReferences"] = owners
+    return meta
+
+
+def initial_replicas(svc: api.QwenService) -> int:
+    """Replicas a new Deployment starts with."""
+    if not svc.spec.autoscaling.enabled:
+        return svc.spec.replicas
+    a = svc.spec.autoscaling
+    desired = svc.status.desired_replicas
+    return min(max(desired if desired is not None else a.min_replicas, a.min_replicas), a.max_replicas)
+
+
+def render_deployment(svc: api.QwenService) -> dict[str, Any]:
+    template = pod_template(svc)
+    digest = spec_hash(template)
+    template["metadata"]["annotations"][labels.SPEC_HASH_ANNOTATION] = digest
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(svc, {labels.SPEC_HASH_ANNOTATION: digest}),
+        "spec": {
+            "replicas": initial_replicas(svc),
+            "selector": {"matchLabels": labels.selector_labels(svc.name)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "revisionHistoryLimit": 3,
+            "progressDeadlineSeconds": svc.spec.engine.startup_timeout_seconds + PROGRESS_DEADLINE_MARGIN_SECONDS,
+            "template": template,
+        },
+    }
+
+
+def render_service(svc: api.QwenService) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(svc),
+        "spec": {
+            "type": svc.spec.service.type,
+            "selector": labels.selector_labels(svc.name),
+            "ports": [{"name": "http", "port": svc.spec.service.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def endpoint(svc: api.QwenService) -> str:
+    return f"http://{svc.name}.{svc.namespace}.svc:{svc.spec.service.port}/v1"
+
+
+def render_all(svc: api.QwenService) -> list[dict[str, Any]]:
+    return [render_deployment(svc), render_service(svc)]

@@ -1,0 +1,133 @@
+"""Compute a QwenService's status from what exists (pure; the time is passed in)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from qwen_operator import api, labels, render
+
+READY = "Ready"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+INVALID_SPEC = "InvalidSpec"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something that keeps the workload from matching the spec, with a reason and an actionable message."""
+
+    reason: str
+    message: str
+
+
+def set_condition(
+    conditions: Sequence[api.Condition],
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    now: str,
+    generation: int | None,
+) -> list[api.Condition]:
+    """Replace one condition, keeping its lastTransitionTime unless its status flips."""
+    value: Any = "True" if status else "False"
+    old = next((c for c in conditions if c.type == type_), None)
+    since = old.last_transition_time if old is not None and old.status == value else now
+    new = api.Condition(
+        type=type_, status=value, reason=reason, message=message,
+        last_transition_time=since, observed_generation=generation,
+    )  # fmt: skip
+    return [c for c in conditions if c.type != type_] + [new]
+
+
+def _deployment_condition(deployment: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for cond in deployment.get("status", {}).get("conditions", []) or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return None
+
+
+def compute_status(
+    svc: api.QwenService,
+    deployment: Mapping[str, Any] | None,
+    now: str,
+    problems: Sequence[Problem] = (),
+) -> api.QwenServiceStatus:
+    """The status a QwenService should show, given its Deployment (or None) and any problems."""
+    old = svc.status
+    gen = svc.metadata.generation
+    conds: list[api.Condition] = list(old.conditions)
+    conds = set_condition(conds, INVALID_SPEC, False, "Valid", "spec is valid", now, gen)
+
+    dep_status: Mapping[str, Any] = (deployment or {}).get("status", {}) or {}
+    desired = int((deployment or {}).get("spec", {}).get("replicas", render.initial_replicas(svc)))
+    replicas = int(dep_status.get("replicas", 0) or 0)
+    ready = int(dep_status.get("readyReplicas", 0) or 0)
+    updated = int(dep_status.get("updatedReplicas", 0) or 0)
+    rolled = deployment is not None and int(dep_status.get("observedGeneration", 0) or 0) >= int(
+        deployment.get("metadata", {}).get("generation", 0) or 0
+    )
+
+    failing = list(problems)
+    if deployment is not None:
+        progressing = _deployment_condition(deployment, "Progressing")
+        if progressing and progressing.get("status") == "False":
+            failing.append(Problem(progressing.get("reason", "ProgressDeadlineExceeded"),
+                                   progressing.get("message", "the Deployment stopped progressing")))  # fmt: skip
+        replica_failure = _deployment_condition(deployment, "ReplicaFailure")
+        if replica_failure and replica_failure.get("status") == "True":
+            failing.append(Problem("ReplicaFailure", replica_failure.get("message", "pods cannot be created")))
+
+    in_progress = deployment is None or not rolled or updated < desired or ready < desired or replicas > desired
+    if failing:
+        phase = "Degraded"
+    elif deployment is None:
+        phase = "Pending"
+    elif in_progress:
+        phase = "Progressing"
+    else:
+        phase = "Ready"
+
+    serving = ready > 0 and ready >= desired
+    ready_msg = f"{ready}/{desired} replicas ready"
+    conds = set_condition(conds, READY, serving or (desired == 0 and deployment is not None),
+                          "ScaledToZero" if desired == 0 else ("ReplicasReady" if serving else "ReplicasNotReady"),
+                          ready_msg, now, gen)  # fmt: skip
+    conds = set_condition(conds, PROGRESSING, in_progress and not failing,
+                          "RolloutInProgress" if in_progress else "RolloutComplete", ready_msg, now, gen)  # fmt: skip
+    conds = set_condition(conds, DEGRADED, bool(failing),
+                          failing[0].reason if failing else "AsExpected",
+                          "; ".join(p.message for p in failing) if failing else "no problems", now, gen)  # fmt: skip
+
+    return old.model_copy(
+        update={
+            "phase": phase,
+            "conditions": conds,
+            "replicas": replicas,
+            "ready_replicas": ready,
+            "desired_replicas": desired,
+            "observed_generation": gen,
+            "endpoint": render.endpoint(svc),
+            "selector": labels.selector_string(svc.name),
+        }
+    )
+
+
+def invalid_status(
+    old: api.QwenServiceStatus, generation: int | None, messages: Sequence[str], now: str
+) -> api.QwenServiceStatus:
+    """Status for a spec that cannot work: say why; keep the replica figures of what is running."""
+    message = "; ".join(messages)
+    conds = set_condition(old.conditions, INVALID_SPEC, True, "InvalidSpec", message, now, generation)
+    conds = set_condition(conds, READY, False, "InvalidSpec", "fix the spec: " + message, now, generation)
+    return old.model_copy(
+        update={"phase": "Invalid", "conditions": conds, "observed_generation": generation}
+    )
+
+
+def status_patch(status: api.QwenServiceStatus) -> dict[str, Any]:
+    """The status as the API stores it (camelCase, no unset fields)."""
+    dumped: dict[str, Any] = status.model_dump(by_alias=True, exclude_none=True)
+    return dumped

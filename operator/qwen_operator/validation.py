@@ -1,0 +1,80 @@
+"""Parse a QwenService and find what the schema cannot catch (pure).
+
+The CRD's schema and CEL rules reject most bad input at ``kubectl apply``. This module is the second
+line: objects stored before a CRD upgrade, clusters where validation was bypassed, and checks that
+need more than CEL. Every message names the field and says what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from qwen_operator import api
+
+
+class InvalidSpec(ValueError):
+    """A QwenService that cannot work; ``messages`` tell the user what to change."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("; ".join(messages))
+        self.messages = messages
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _pydantic_messages(exc: ValidationError) -> list[str]:
+    messages = []
+    for err in exc.errors(include_url=False):
+        where = _loc(tuple(err["loc"]))
+        messages.append(f"{where}: {err['msg']}" if where else err["msg"])
+    return messages
+
+
+def semantic_errors(spec: api.QwenServiceSpec) -> list[str]:
+    errors: list[str] = []
+    e = spec.engine
+    for arg in e.extra_args:
+        flag = arg.split("=", 1)[0].removeprefix("--")
+        if arg.startswith("--") and flag in api.MANAGED_FLAGS:
+            errors.append(
+                f"spec.engine.extraArgs: {arg!r} sets a flag the operator manages; use the spec field instead"
+            )
+    for var in e.env:
+        if var.name in api.MANAGED_ENV:
+            errors.append(f"spec.engine.env: {var.name} is set by the operator; remove it from env")
+    if e.enable_auto_tool_choice and not e.tool_call_parser:
+        errors.append("spec.engine.enableAutoToolChoice needs spec.engine.toolCallParser (hermes for Qwen2.5)")
+    gpus = spec.gpus_per_replica
+    if gpus > 0 and gpus % e.tensor_parallel_size:
+        errors.append(
+            f"spec.resources.gpus ({gpus}) must be a multiple of spec.engine.tensorParallelSize "
+            f"({e.tensor_parallel_size})"
+        )
+    a = spec.autoscaling
+    if a.min_replicas > a.max_replicas:
+        errors.append(
+            f"spec.autoscaling.minReplicas ({a.min_replicas}) must be <= maxReplicas ({a.max_replicas})"
+        )
+    if spec.model.source.kind != "hub" and ".." in spec.model.name.split("/"):
+        errors.append("spec.model.name must not contain '..' path segments")
+    return errors
+
+
+def parse(body: Mapping[str, Any]) -> api.QwenService:
+    """A QwenService from an API object or a file; raises :class:`InvalidSpec` with every problem."""
+    try:
+        svc = api.QwenService.model_validate(dict(body))
+    except ValidationError as exc:
+        raise InvalidSpec(_pydantic_messages(exc)) from None
+    errors = semantic_errors(svc.spec)
+    if errors:
+        raise InvalidSpec(errors)
+    return svc

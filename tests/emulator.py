@@ -1,0 +1,324 @@
+"""kmock's Kubernetes emulator with the API-server behaviour kopf and the operator rely on.
+
+kmock 0.8 stores objects and streams watch events, but (see docs/testing.md):
+- never sets resourceVersion, uid, generation or creationTimestamp;
+- watches ignore ``?resourceVersion=`` and replay stale objects, and subscribe after their snapshot
+  (events in between are lost);
+- a failed JSON-patch ``test`` op answers 500 instead of 422;
+- ignores label selectors, the status and scale subresources, and ``generateName``.
+
+This subclass adds those, over kmock's own object store (so ``emulator.objects[...]`` still works in
+assertions). It still has no owner-reference garbage collection, no strategic-merge patches, no PUT,
+no admission (schema, CEL) and no controllers: tests play the Deployment controller themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import attrs
+import jsonpatch
+import kmock
+from kmock._internal import apps, enums, rendering
+from kmock._internal.dicts import merge_patch_dict
+
+# Resources whose status (and replicas) live behind subresources.
+STATUS_SUBRESOURCE = {("apps", "deployments"), ("serving.qwenops.io", "qwenservices")}
+SCALE_SUBRESOURCE = STATUS_SUBRESOURCE
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _without(obj: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in keys}
+
+
+def _selector_matches(selector: str | None, labels: Mapping[str, str]) -> bool:
+    """Equality- and existence-based label selectors (``a=b,c!=d,e,!f``)."""
+    if not selector:
+        return True
+    for term in (t.strip() for t in selector.split(",") if t.strip()):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            if labels.get(key.strip()) != value.strip():
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+@attrs.define(kw_only=True)
+class Emulator(kmock.KubernetesEmulator):
+    _rv: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+    _last_rv: int = attrs.field(default=0, init=False)
+    # Every change ever made, as (resourceVersion, resource, watch event): watches resume from it.
+    _log: list[tuple[int, Any, dict[str, Any]]] = attrs.field(factory=list, init=False)
+    _changed: asyncio.Condition = attrs.field(factory=asyncio.Condition, init=False)
+    _results: dict[int, dict[str, Any]] = attrs.field(factory=dict, init=False)
+
+    # ------------------------------------------------------------------------------------ helpers
+    def _next_rv(self) -> str:
+        self._last_rv = next(self._rv)
+        return str(self._last_rv)
+
+    @staticmethod
+    def _has_sub(resource: Any, sub: set[tuple[str, str]]) -> bool:
+        return (resource.group, resource.plural) in sub
+
+    def _record(self, resource: Any, kind: str, raw: dict[str, Any]) -> None:
+        self._log.append((self._last_rv, resource, {"type": kind, "object": copy.deepcopy(raw)}))
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _key(self, request: rendering.Request, name: str | None = None) -> Any:
+        return (request.resource, request.namespace, name or request.name)
+
+    def _live(self, key: Any) -> dict[str, Any] | None:
+        if key not in self._objects or self._objects[key].deleted:
+            return None
+        return copy.deepcopy(self._objects[key].raw)
+
+    # ---------------------------------------------------------------------------------- mutations
+    async def _handle(self, request: rendering.Request) -> Any:
+        action = request.action
+        if request.resource is not None and action in (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE):
+            async with self._lock:
+                if action == enums.action.CREATE:
+                    self._results[request.id] = self._create(request)
+                elif action == enums.action.UPDATE:
+                    self._results[request.id] = self._update(request)
+                else:
+                    self._results[request.id] = self._delete(request)
+            await self._notify()
+        return await apps.RawHandler._handle(self, request)
+
+    def _create(self, request: rendering.Request) -> dict[str, Any]:
+        obj = copy.deepcopy(request.data or {})
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+        namespace = request.namespace or meta.get("namespace")
+        if namespace:
+            meta["namespace"] = namespace
+        key = (request.resource, namespace, meta["name"])
+        if self._live(key) is not None:
+            raise kmock.KubernetesError(409, "AlreadyExists", f"{meta['name']} already exists")
+        if self._has_sub(request.resource, STATUS_SUBRESOURCE):
+            obj.pop("status", None)
+        meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=_now(), resourceVersion=self._next_rv())
+        if key in self._objects:
+            self._objects[key].create(obj)
+        else:
+            self._objects[key] = obj
+        self._record(request.resource, "ADDED", obj)
+        return obj
+
+    def _update(self, request: rendering.Request) -> dict[str, Any]:
+        key = self._key(request)
+        old = self._live(key)
+        if old is None:
+            raise kmock.KubernetesNotFoundError(message=f"{request.name} not found")
+        sub, patch = request.subresource, request.data
+        if sub == "scale":
+            patch = {"spec": {"replicas": (patch or {}).get("spec", {}).get("replicas")}}
+        try:
+            if isinstance(patch, list):
+                new = jsonpatch.apply_patch(copy.deepcopy(old), patch)
+            else:
+                new = dict(merge_patch_dict(copy.deepcopy(old), patch or {}))
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+            raise kmock.KubernetesError(422, "Invalid", f"the patch cannot be applied: {exc}") from None
+        want_rv = (patch or {}).get("metadata", {}).get("resourceVersion") if isinstance(patch, dict) else None
+        if want_rv and want_rv != old["metadata"]["resourceVersion"]:
+            raise kmock.KubernetesError(409, "Conflict", "the object has been modified")
+        if self._has_sub(request.resource, STATUS_SUBRESOURCE):
+            # The status subresource writes only status; the main resource never writes status.
+            new = {**old, "status": new.get("status")} if sub == "status" else {**new, "status": old.get("status")}
+            if new.get("status") is None:
+                new.pop("status", None)
+        new["metadata"] = {**new["metadata"], "uid": old["metadata"]["uid"],
+                           "resourceVersion": old["metadata"]["resourceVersion"]}  # fmt: skip
+        if new == old:
+            return self._respond(request, old)  # a no-op patch changes nothing, not even resourceVersion
+        if _without(new, "metadata", "status") != _without(old, "metadata", "status"):
+            new["metadata"]["generation"] = int(old["metadata"].get("generation", 1)) + 1
+        new["metadata"]["resourceVersion"] = self._next_rv()
+        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+            self._objects[key].delete()
+            self._record(request.resource, "DELETED", new)
+            return new
+        self._objects[key].history.append(new)
+        self._record(request.resource, "MODIFIED", new)
+        return self._respond(request, new)
+
+    def _delete(self, request: rendering.Request) -> dict[str, Any]:
+        key = self._key(request)
+        old = self._live(key)
+        if old is None:
+            raise kmock.KubernetesNotFoundError(message=f"{request.name} not found")
+        if old["metadata"].get("finalizers"):
+            if not old["metadata"].get("deletionTimestamp"):
+                old["metadata"].update(deletionTimestamp=_now(), resourceVersion=self._next_rv())
+                self._objects[key].history.append(old)
+                self._record(request.resource, "MODIFIED", old)
+            return old
+        old["metadata"]["resourceVersion"] = self._next_rv()
+        self._objects[key].delete()
+        self._record(request.resource, "DELETED", old)
+        return old
+
+    def _respond(self, request: rendering.Request, obj: dict[str, Any]) -> dict[str, Any]:
+        return self._scale(obj) if request.subresource == "scale" else obj
+
+    @staticmethod
+    def _scale(obj: Mapping[str, Any]) -> dict[str, Any]:
+        status = obj.get("status") or {}
+        return {
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {k: obj["metadata"][k] for k in ("name", "namespace", "uid", "resourceVersion")},
+            "spec": {"replicas": obj.get("spec", {}).get("replicas", 0)},
+            "status": {"replicas": status.get("replicas", 0), "selector": status.get("selector", "")},
+        }
+
+    async def _serve_create(self, request: rendering.Request) -> Any:
+        return self._results.pop(request.id)
+
+    async def _serve_update(self, request: rendering.Request) -> Any:
+        return self._results.pop(request.id)
+
+    async def _serve_delete(self, request: rendering.Request) -> Any:
+        return self._results.pop(request.id)
+
+    # ------------------------------------------------------------------------------------- reads
+    def _matching(self, request: rendering.Request) -> list[dict[str, Any]]:
+        selector = request.params.get("labelSelector")
+        out = []
+        for (resource, namespace, _), obj in self._objects.items():
+            if resource != request.resource or obj.deleted:
+                continue
+            if request.namespace is not None and namespace != request.namespace:
+                continue
+            if not _selector_matches(selector, obj.raw.get("metadata", {}).get("labels") or {}):
+                continue
+            out.append(copy.deepcopy(obj.raw))
+        return out
+
+    def _event_matches(self, request: rendering.Request, resource: Any, event: Mapping[str, Any]) -> bool:
+        meta = event["object"].get("metadata", {})
+        return (
+            resource == request.resource
+            and (request.namespace is None or meta.get("namespace") == request.namespace)
+            and (request.name is None or meta.get("name") == request.name)
+            and _selector_matches(request.params.get("labelSelector"), meta.get("labels") or {})
+        )
+
+    async def _serve_fetch(self, request: rendering.Request) -> Any:
+        async with self._lock:
+            obj = self._live(self._key(request))
+        if obj is None:
+            raise kmock.KubernetesObjectNotFoundError()
+        return self._respond(request, obj)
+
+    async def _serve_list(self, request: rendering.Request) -> Any:
+        if request.resource not in self._get_resources():
+            raise kmock.KubernetesResourceNotFoundError()
+        async with self._lock:
+            return {"metadata": {"resourceVersion": str(self._last_rv)}, "items": self._matching(request)}
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
+        yield b""  # send the headers now: the stream has started even if nothing happens
+        since = request.params.get("resourceVersion")
+        timeout = float(request.params.get("timeoutSeconds") or 0) or None
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        async with self._lock:
+            if since and since.isdigit():
+                position = next((i for i, (rv, _, _) in enumerate(self._log) if rv > int(since)), len(self._log))
+                backlog: list[dict[str, Any]] = []
+            else:  # no resourceVersion: the current state first, then what follows it
+                position = len(self._log)
+                backlog = [{"type": "ADDED", "object": obj} for obj in self._matching(request)]
+        for event in backlog:
+            yield event
+        while True:
+            while position < len(self._log):
+                _, resource, event = self._log[position]
+                position += 1
+                if self._event_matches(request, resource, event):
+                    yield event
+            remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
+            if remaining is not None and remaining <= 0:
+                return
+            async with self._changed:
+                try:
+                    await asyncio.wait_for(
+                        self._changed.wait_for(lambda p=position: len(self._log) > p), timeout=remaining
+                    )
+                except TimeoutError:
+                    return
+
+    # ------------------------------------------------------------------------ helpers for tests
+    async def put(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create an object as a client would (with metadata and a watch event)."""
+        request = rendering.Request(
+            method=enums.method.POST, action=enums.action.CREATE, resource=kmock.resource(resource),
+            namespace=obj.get("metadata", {}).get("namespace"), data=obj,
+        )  # fmt: skip
+        async with self._lock:
+            created = self._create(request)
+        await self._notify()
+        return created
+
+    async def patch(self, resource: str, namespace: str | None, name: str, patch: Any, sub: str | None = None) -> dict[str, Any]:
+        """Patch an object as a client would (a test playing a controller or a user)."""
+        request = rendering.Request(
+            method=enums.method.PATCH, action=enums.action.UPDATE, resource=kmock.resource(resource),
+            namespace=namespace, name=name, subresource=sub, data=patch,
+        )  # fmt: skip
+        async with self._lock:
+            result = self._update(request)
+        await self._notify()
+        return result
+
+    async def remove(self, resource: str, namespace: str | None, name: str) -> None:
+        request = rendering.Request(
+            method=enums.method.DELETE, action=enums.action.DELETE, resource=kmock.resource(resource),
+            namespace=namespace, name=name,
+        )  # fmt: skip
+        async with self._lock:
+            self._delete(request)
+        await self._notify()
+
+    def get(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return self._live((kmock.resource(resource), namespace, name))
+
+    def items(self, resource: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        res = kmock.resource(resource)
+        return [
+            copy.deepcopy(obj.raw)
+            for (r, ns, _), obj in self._objects.items()
+            if r == res and not obj.deleted and (namespace is None or ns == namespace)
+        ]
+
+    def history(self, resource: str, namespace: str | None, name: str) -> list[dict[str, Any] | None]:
+        key = (kmock.resource(resource), namespace, name)
+        if key not in self._objects:
+            return []
+        return [None if v is None else v.raw for v in self._objects[key].history]

@@ -1,0 +1,220 @@
+"""The real kopf operator against the kmock emulator: what a user sees after kubectl apply."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.emulator import Emulator
+from tests.integration.conftest import DEPLOY, EVENTS, QSVC, SERVICE, eventually
+
+pytestmark = pytest.mark.integration
+
+NS = "ml"
+HASH = "serving.qwenops.io/spec-hash"
+
+
+def qsvc(name: str = "qwen", **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "serving.qwenops.io/v1alpha1",
+        "kind": "QwenService",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "model": {"name": "Qwen/Qwen2.5-7B-Instruct"},
+            "engine": {"dtype": "float16", "maxModelLen": 10240},
+            "replicas": 2,
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+def args_of(dep: dict[str, Any]) -> list[str]:
+    args: list[str] = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def flag(dep: dict[str, Any], name: str) -> str | None:
+    args = args_of(dep)
+    return args[args.index(name) + 1] if name in args else None
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    for cond in (obj or {}).get("status", {}).get("conditions", []):
+        if cond["type"] == type_:
+            return dict(cond)
+    return None
+
+
+def events(emulator: Emulator, name: str, reason: str | None = None) -> list[dict[str, Any]]:
+    return [
+        e for e in emulator.items(EVENTS, NS)
+        if e.get("involvedObject", {}).get("name") == name and (reason is None or e.get("reason") == reason)
+    ]  # fmt: skip
+
+
+async def play_deployment_controller(emulator: Emulator, name: str, ready: int) -> None:
+    """What the Deployment controller and kubelets would report once pods are up."""
+    dep = emulator.get(DEPLOY, NS, name)
+    assert dep is not None
+    await emulator.patch(DEPLOY, NS, name, {"status": {
+        "observedGeneration": dep["metadata"]["generation"], "replicas": dep["spec"]["replicas"],
+        "updatedReplicas": dep["spec"]["replicas"], "readyReplicas": ready, "availableReplicas": ready,
+    }}, sub="status")  # fmt: skip
+
+
+async def test_create_makes_deployment_and_service_owned_by_the_qwenservice(emulator, operator):
+    created = await emulator.put(QSVC, qsvc())
+    dep = await eventually(lambda: emulator.get(DEPLOY, NS, "qwen"), what="the Deployment")
+    svc = await eventually(lambda: emulator.get(SERVICE, NS, "qwen"), what="the Service")
+
+    assert dep["spec"]["replicas"] == 2
+    assert args_of(dep)[0] == "Qwen/Qwen2.5-7B-Instruct"
+    assert flag(dep, "--max-model-len") == "10240"
+    assert flag(dep, "--dtype") == "float16"
+    for obj in (dep, svc):
+        (owner,) = obj["metadata"]["ownerReferences"]
+        assert owner["uid"] == created["metadata"]["uid"]
+        assert owner["controller"] is True
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+
+    status = (await eventually(lambda: (emulator.get(QSVC, NS, "qwen") or {}).get("status"), what="status"))
+    assert status["phase"] == "Progressing"
+    assert status["endpoint"] == "http://qwen.ml.svc:8000/v1"
+    assert status["selector"] == "app.kubernetes.io/instance=qwen,serving.qwenops.io/service=qwen"
+    assert status["observedGeneration"] == 1
+    assert condition(emulator.get(QSVC, NS, "qwen"), "Ready")["status"] == "False"
+    await eventually(lambda: events(emulator, "qwen", "Created"), what="Created events")
+
+
+async def test_status_follows_the_deployments_ready_replicas(emulator, operator):
+    await emulator.put(QSVC, qsvc())
+    await eventually(lambda: emulator.get(DEPLOY, NS, "qwen"), what="the Deployment")
+
+    await play_deployment_controller(emulator, "qwen", ready=1)
+    got = await eventually(lambda: (s := emulator.get(QSVC, NS, "qwen")) and
+                           s.get("status", {}).get("readyReplicas") == 1 and s, what="1 ready")  # fmt: skip
+    assert got["status"]["phase"] == "Progressing"
+
+    await play_deployment_controller(emulator, "qwen", ready=2)
+    got = await eventually(lambda: (s := emulator.get(QSVC, NS, "qwen")) and
+                           s["status"].get("phase") == "Ready" and s, what="phase Ready")  # fmt: skip
+    assert got["status"]["readyReplicas"] == 2
+    assert got["status"]["replicas"] == 2
+    ready = condition(got, "Ready")
+    assert ready is not None and ready["status"] == "True" and ready["message"] == "2/2 replicas ready"
+
+
+async def test_spec_update_patches_and_rolls_the_deployment(emulator, operator):
+    await emulator.put(QSVC, qsvc())
+    before = await eventually(lambda: emulator.get(DEPLOY, NS, "qwen"), what="the Deployment")
+
+    await emulator.patch(QSVC, NS, "qwen", {"spec": {"engine": {"maxModelLen": 32768}, "replicas": 3}})
+    after = await eventually(lambda: (d := emulator.get(DEPLOY, NS, "qwen")) and
+                             flag(d, "--max-model-len") == "32768" and d, what="the new flag")  # fmt: skip
+    assert after["spec"]["replicas"] == 3
+    old_hash = before["spec"]["template"]["metadata"]["annotations"][HASH]
+    new_hash = after["spec"]["template"]["metadata"]["annotations"][HASH]
+    assert new_hash != old_hash, "the pod template hash must change so that pods roll"
+    assert after["metadata"]["annotations"][HASH] == new_hash
+    await eventually(lambda: events(emulator, "qwen", "Updated"), what="an Updated event")
+
+
+async def test_removed_spec_fields_disappear_from_the_deployment(emulator, operator):
+    await emulator.put(QSVC, qsvc(scheduling={"nodeSelector": {"gpu": "a100"}, "runtimeClassName": "nvidia"}))
+    await eventually(lambda: (d := emulator.get(DEPLOY, NS, "qwen")) and
+                     d["spec"]["template"]["spec"].get("nodeSelector"), what="nodeSelector")  # fmt: skip
+
+    await emulator.patch(QSVC, NS, "qwen", {"spec": {"scheduling": None}})
+    dep = await eventually(lambda: (d := emulator.get(DEPLOY, NS, "qwen")) and
+                           "nodeSelector" not in d["spec"]["template"]["spec"] and d, what="no nodeSelector")  # fmt: skip
+    assert "runtimeClassName" not in dep["spec"]["template"]["spec"]
+
+
+async def test_autoscaling_leaves_the_deployment_replicas_to_the_scaler(emulator, operator):
+    body = qsvc(autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 5})
+    await emulator.put(QSVC, body)
+    dep = await eventually(lambda: emulator.get(DEPLOY, NS, "qwen"), what="the Deployment")
+    assert dep["spec"]["replicas"] == 1, "a new autoscaled Deployment starts at minReplicas"
+
+    await emulator.patch(DEPLOY, NS, "qwen", {"spec": {"replicas": 4}})  # the scaler's decision
+    await emulator.patch(QSVC, NS, "qwen", {"spec": {"engine": {"maxModelLen": 8192}, "replicas": 1}})
+    dep = await eventually(lambda: (d := emulator.get(DEPLOY, NS, "qwen")) and
+                           flag(d, "--max-model-len") == "8192" and d, what="the new flag")  # fmt: skip
+    assert dep["spec"]["replicas"] == 4
+
+
+async def test_invalid_spec_is_reported_and_nothing_running_is_deleted(emulator, operator):
+    await emulator.put(QSVC, qsvc())
+    good = await eventually(lambda: emulator.get(DEPLOY, NS, "qwen"), what="the Deployment")
+
+    # A spec the CRD's CEL rules reject; here no admission runs, so the operator must catch it.
+    await emulator.patch(QSVC, NS, "qwen", {"spec": {"engine": {"extraArgs": ["--port=9000"]}}})
+    got = await eventually(lambda: (s := emulator.get(QSVC, NS, "qwen")) and
+                           s.get("status", {}).get("phase") == "Invalid" and s, what="phase Invalid")  # fmt: skip
+    invalid = condition(got, "InvalidSpec")
+    assert invalid is not None and invalid["status"] == "True"
+    assert "--port=9000" in invalid["message"] and "operator manages" in invalid["message"]
+    await eventually(lambda: events(emulator, "qwen", "InvalidSpec"), what="an InvalidSpec event")
+
+    dep = emulator.get(DEPLOY, NS, "qwen")
+    assert dep is not None and args_of(dep) == args_of(good), "the running Deployment is left as it was"
+    assert emulator.get(SERVICE, NS, "qwen") is not None
+
+    await emulator.patch(QSVC, NS, "qwen", {"spec": {"engine": {"extraArgs": ["--enable-prefix-caching"]}}})
+    fixed = await eventually(lambda: (s := emulator.get(QSVC, NS, "qwen")) and
+                             condition(s, "InvalidSpec")["status"] == "False" and s, what="valid again")  # fmt: skip
+    assert fixed["status"]["phase"] != "Invalid"
+    await eventually(lambda: "--enable-prefix-caching" in args_of(emulator.get(DEPLOY, NS, "qwen")),
+                     what="the fixed spec applied")  # fmt: skip
+
+
+async def test_drift_and_deletion_of_the_deployment_are_repaired(emulator, operator):
+    await emulator.put(QSVC, qsvc())
+    dep = await eventually(lambda: emulator.get(DEPLOY, NS, "qwen"), what="the Deployment")
+
+    hacked = dict(dep["spec"]["template"]["spec"]["containers"][0], image="evil/image:latest")
+    await emulator.patch(DEPLOY, NS, "qwen", {"spec": {"template": {"spec": {"containers": [hacked]}}}})
+    await eventually(lambda: emulator.get(DEPLOY, NS, "qwen")["spec"]["template"]["spec"]["containers"][0]["image"]
+                     == "vllm/vllm-openai:v0.32.0", what="the image restored")  # fmt: skip
+
+    await emulator.remove(DEPLOY, NS, "qwen")
+    await eventually(lambda: emulator.get(DEPLOY, NS, "qwen"), what="the Deployment re-created")
+
+
+async def test_objects_it_does_not_own_are_left_alone(emulator, operator):
+    foreign = {"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "qwen", "namespace": NS, "labels": {"team": "other"}},
+               "spec": {"replicas": 7, "selector": {"matchLabels": {"app": "x"}},
+                        "template": {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": []}}}}  # fmt: skip
+    await emulator.put(DEPLOY, foreign)
+    await emulator.put(QSVC, qsvc())
+
+    got = await eventually(lambda: (s := emulator.get(QSVC, NS, "qwen")) and
+                           s.get("status", {}).get("phase") == "Degraded" and s, what="phase Degraded")  # fmt: skip
+    degraded = condition(got, "Degraded")
+    assert degraded["reason"] == "ResourceConflict"
+    assert "not owned by this QwenService" in degraded["message"]
+    dep = emulator.get(DEPLOY, NS, "qwen")
+    assert dep["spec"]["replicas"] == 7 and dep["metadata"]["labels"] == {"team": "other"}
+    assert len(emulator.history(DEPLOY, NS, "qwen")) == 1, "the foreign Deployment was never written"
+    await eventually(lambda: emulator.get(SERVICE, NS, "qwen"), what="the Service (not in conflict)")
+
+
+async def test_nothing_is_written_when_nothing_changed(emulator, operator):
+    await emulator.put(QSVC, qsvc())
+    await eventually(lambda: (emulator.get(QSVC, NS, "qwen") or {}).get("status"), what="status")
+    await asyncio.sleep(1)  # let every handler settle
+    dep_versions = len(emulator.history(DEPLOY, NS, "qwen"))
+    svc_versions = len(emulator.history(SERVICE, NS, "qwen"))
+    status_before = emulator.get(QSVC, NS, "qwen")["status"]
+
+    # A change that is not in the spec (a label) and a no-op Deployment event.
+    await emulator.patch(QSVC, NS, "qwen", {"metadata": {"labels": {"team": "ml"}}})
+    await emulator.patch(DEPLOY, NS, "qwen", {"metadata": {"annotations": {"unrelated": "x"}}})
+    await asyncio.sleep(1.5)
+    assert len(emulator.history(DEPLOY, NS, "qwen")) == dep_versions + 1  # only the test's own patch
+    assert len(emulator.history(SERVICE, NS, "qwen")) == svc_versions
+    assert emulator.get(QSVC, NS, "qwen")["status"] == status_before
