@@ -98,7 +98,11 @@ class Emulator(kmock.KubernetesEmulator):
     # ---------------------------------------------------------------------------------- mutations
     async def _handle(self, request: rendering.Request) -> Any:
         action = request.action
-        if request.resource is not None and action in (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE):
+        if request.resource is not None and action in (
+            enums.action.CREATE,
+            enums.action.UPDATE,
+            enums.action.DELETE,
+        ):
             async with self._lock:
                 if action == enums.action.CREATE:
                     self._results[request.id] = self._create(request)
@@ -122,7 +126,9 @@ class Emulator(kmock.KubernetesEmulator):
             raise kmock.KubernetesError(409, "AlreadyExists", f"{meta['name']} already exists")
         if self._has_sub(request.resource, STATUS_SUBRESOURCE):
             obj.pop("status", None)
-        meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=_now(), resourceVersion=self._next_rv())
+        meta.update(
+            uid=str(uuid.uuid4()), generation=1, creationTimestamp=_now(), resourceVersion=self._next_rv()
+        )
         if key in self._objects:
             self._objects[key].create(obj)
         else:
@@ -145,16 +151,25 @@ class Emulator(kmock.KubernetesEmulator):
                 new = dict(merge_patch_dict(copy.deepcopy(old), patch or {}))
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
             raise kmock.KubernetesError(422, "Invalid", f"the patch cannot be applied: {exc}") from None
-        want_rv = (patch or {}).get("metadata", {}).get("resourceVersion") if isinstance(patch, dict) else None
+        want_rv = (
+            (patch or {}).get("metadata", {}).get("resourceVersion") if isinstance(patch, dict) else None
+        )
         if want_rv and want_rv != old["metadata"]["resourceVersion"]:
             raise kmock.KubernetesError(409, "Conflict", "the object has been modified")
         if self._has_sub(request.resource, STATUS_SUBRESOURCE):
             # The status subresource writes only status; the main resource never writes status.
-            new = {**old, "status": new.get("status")} if sub == "status" else {**new, "status": old.get("status")}
+            new = (
+                {**old, "status": new.get("status")}
+                if sub == "status"
+                else {**new, "status": old.get("status")}
+            )
             if new.get("status") is None:
                 new.pop("status", None)
-        new["metadata"] = {**new["metadata"], "uid": old["metadata"]["uid"],
-                           "resourceVersion": old["metadata"]["resourceVersion"]}  # fmt: skip
+        new["metadata"] = {
+            **new["metadata"],
+            "uid": old["metadata"]["uid"],
+            "resourceVersion": old["metadata"]["resourceVersion"],
+        }
         if new == old:
             return self._respond(request, old)  # a no-op patch changes nothing, not even resourceVersion
         if _without(new, "metadata", "status") != _without(old, "metadata", "status"):
@@ -250,7 +265,9 @@ class Emulator(kmock.KubernetesEmulator):
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         async with self._lock:
             if since and since.isdigit():
-                position = next((i for i, (rv, _, _) in enumerate(self._log) if rv > int(since)), len(self._log))
+                position = next(
+                    (i for i, (rv, _, _) in enumerate(self._log) if rv > int(since)), len(self._log)
+                )
                 backlog: list[dict[str, Any]] = []
             else:  # no resourceVersion: the current state first, then what follows it
                 position = len(self._log)
@@ -278,20 +295,30 @@ class Emulator(kmock.KubernetesEmulator):
     async def put(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
         """Create an object as a client would (with metadata and a watch event)."""
         request = rendering.Request(
-            method=enums.method.POST, action=enums.action.CREATE, resource=kmock.resource(resource),
-            namespace=obj.get("metadata", {}).get("namespace"), data=obj,
-        )  # fmt: skip
+            method=enums.method.POST,
+            action=enums.action.CREATE,
+            resource=kmock.resource(resource),
+            namespace=obj.get("metadata", {}).get("namespace"),
+            data=obj,
+        )
         async with self._lock:
             created = self._create(request)
         await self._notify()
         return created
 
-    async def patch(self, resource: str, namespace: str | None, name: str, patch: Any, sub: str | None = None) -> dict[str, Any]:
+    async def patch(
+        self, resource: str, namespace: str | None, name: str, patch: Any, sub: str | None = None
+    ) -> dict[str, Any]:
         """Patch an object as a client would (a test playing a controller or a user)."""
         request = rendering.Request(
-            method=enums.method.PATCH, action=enums.action.UPDATE, resource=kmock.resource(resource),
-            namespace=namespace, name=name, subresource=sub, data=patch,
-        )  # fmt: skip
+            method=enums.method.PATCH,
+            action=enums.action.UPDATE,
+            resource=kmock.resource(resource),
+            namespace=namespace,
+            name=name,
+            subresource=sub,
+            data=patch,
+        )
         async with self._lock:
             result = self._update(request)
         await self._notify()
@@ -299,9 +326,12 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def remove(self, resource: str, namespace: str | None, name: str) -> None:
         request = rendering.Request(
-            method=enums.method.DELETE, action=enums.action.DELETE, resource=kmock.resource(resource),
-            namespace=namespace, name=name,
-        )  # fmt: skip
+            method=enums.method.DELETE,
+            action=enums.action.DELETE,
+            resource=kmock.resource(resource),
+            namespace=namespace,
+            name=name,
+        )
         async with self._lock:
             self._delete(request)
         await self._notify()

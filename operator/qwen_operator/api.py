@@ -51,9 +51,7 @@ def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -67,7 +65,9 @@ class SecretKeyRef(_Model):
 
 
 class PVCSource(_Model):
-    claim_name: str = Field(min_length=1, max_length=253, description="PersistentVolumeClaim holding the weights.")
+    claim_name: str = Field(
+        min_length=1, max_length=253, description="PersistentVolumeClaim holding the weights."
+    )
     sub_path: str | None = Field(
         default=None, max_length=1024, description="Folder inside the claim mounted at /models."
     )
@@ -75,7 +75,9 @@ class PVCSource(_Model):
 
 
 class HostPathSource(_Model):
-    path: str = Field(min_length=1, max_length=1024, pattern=r"^/", description="Absolute node path mounted at /models.")
+    path: str = Field(
+        min_length=1, max_length=1024, pattern=r"^/", description="Absolute node path mounted at /models."
+    )
 
 
 class CacheVolume(_Model):
@@ -143,7 +145,9 @@ class ModelSpec(_Model):
         json_schema_extra={"default": {"hub": {}}},
         description="Where the weights come from; defaults to a Hub download.",
     )
-    revision: str | None = Field(default=None, max_length=256, description="Hub revision (branch, tag or commit).")
+    revision: str | None = Field(
+        default=None, max_length=256, description="Hub revision (branch, tag or commit)."
+    )
     trust_remote_code: bool = Field(default=False, description="Allow custom model code from the Hub.")
 
 
@@ -152,7 +156,9 @@ class ModelSpec(_Model):
 
 class EnvVar(_Model):
     model_config = ConfigDict(
-        json_schema_extra=_rules(("!(has(self.value) && has(self.valueFrom))", "env: set value or valueFrom, not both"))
+        json_schema_extra=_rules(
+            ("!(has(self.value) && has(self.valueFrom))", "env: set value or valueFrom, not both")
+        )
     )
     name: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
     value: str | None = None
@@ -164,16 +170,26 @@ class EnvVar(_Model):
 class EngineSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra=_rules(
-            ("!self.enableAutoToolChoice || has(self.toolCallParser)", "enableAutoToolChoice needs toolCallParser"),
             (
-                "self.extraArgs.all(a, !a.matches('^--(" + "|".join(MANAGED_FLAGS) + ")(=.*)?$'))",
-                "extraArgs must not set flags the operator manages: " + ", ".join("--" + f for f in MANAGED_FLAGS),
+                "!self.enableAutoToolChoice || has(self.toolCallParser)",
+                "enableAutoToolChoice needs toolCallParser",
+            ),
+            (
+                "!has(self.extraArgs) || self.extraArgs.all(a, !a.matches('^--("
+                + "|".join(MANAGED_FLAGS)
+                + ")(=.*)?$'))",
+                "extraArgs must not set flags the operator manages: "
+                + ", ".join("--" + f for f in MANAGED_FLAGS),
             ),
         )
     )
-    image: str = Field(default=DEFAULT_VLLM_IMAGE, min_length=1, max_length=512, description="vLLM server image.")
+    image: str = Field(
+        default=DEFAULT_VLLM_IMAGE, min_length=1, max_length=512, description="vLLM server image."
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(default="IfNotPresent")
-    image_pull_secrets: list[str] = Field(default_factory=list, max_length=16, description="Pull Secret names.")
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, max_length=16, description="Pull Secret names."
+    )
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(default="auto", description="--dtype.")
     max_model_len: int | None = Field(default=None, ge=1, description="--max-model-len (context length).")
     tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="--tensor-parallel-size.")
@@ -182,10 +198,16 @@ class EngineSpec(_Model):
     )
     enforce_eager: bool = Field(default=False, description="--enforce-eager: no CUDA graphs (faster start).")
     quantization: str | None = Field(
-        default=None, max_length=64, pattern=r"^[a-z0-9_-]+$", description="--quantization: awq, gptq, fp8, ..."
+        default=None,
+        max_length=64,
+        pattern=r"^[a-z0-9_-]+$",
+        description="--quantization: awq, gptq, fp8, ...",
     )
     cpu_offload_gb: float | None = Field(
-        default=None, ge=0, alias="cpuOffloadGB", description="--cpu-offload-gb: GiB of weights kept in CPU memory."
+        default=None,
+        ge=0,
+        alias="cpuOffloadGB",
+        description="--cpu-offload-gb: GiB of weights kept in CPU memory.",
     )
     max_num_seqs: int | None = Field(default=None, ge=1, description="--max-num-seqs: concurrent sequences.")
     enable_auto_tool_choice: bool = Field(default=False, description="--enable-auto-tool-choice.")
@@ -215,9 +237,14 @@ class EngineSpec(_Model):
 
 class ResourcesSpec(_Model):
     gpus: int | None = Field(
-        default=None, ge=0, le=64, description="GPUs per replica; defaults to engine.tensorParallelSize; 0 for CPU."
+        default=None,
+        ge=0,
+        le=64,
+        description="GPUs per replica; defaults to engine.tensorParallelSize; 0 for CPU.",
     )
-    gpu_resource_name: str = Field(default="nvidia.com/gpu", max_length=253, description="Extended resource name.")
+    gpu_resource_name: str = Field(
+        default="nvidia.com/gpu", max_length=253, description="Extended resource name."
+    )
     cpu: str | None = Field(default=None, pattern=QUANTITY_PATTERN, description="CPU request (e.g. '4').")
     memory: str | None = Field(
         default=None, pattern=QUANTITY_PATTERN, description="Memory request and limit (e.g. '32Gi')."
@@ -277,7 +304,9 @@ class ScalingTargets(_Model):
 
 class ScaleUpPolicy(_Model):
     max_step_percent: int = Field(default=100, ge=1, description="Grow by at most this percent per step...")
-    max_step_replicas: int = Field(default=4, ge=1, description="...or by this many replicas, whichever is more.")
+    max_step_replicas: int = Field(
+        default=4, ge=1, description="...or by this many replicas, whichever is more."
+    )
     panic_threshold: float = Field(
         default=2.0, gt=1, description="Load at this multiple of capacity skips the step limit."
     )
@@ -295,7 +324,9 @@ class ScaleDownPolicy(_Model):
 
 class AutoscalingSpec(_Model):
     model_config = ConfigDict(
-        json_schema_extra=_rules(("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas"))
+        json_schema_extra=_rules(
+            ("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas")
+        )
     )
     enabled: bool = Field(default=False, description="Let the operator own the replica count.")
     min_replicas: int = Field(default=1, ge=1, le=1000)
@@ -383,8 +414,10 @@ class QwenService(BaseModel):
     """A whole QwenService object, as read from the API or a file."""
 
     model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
-    api_version: Literal["serving.qwenops.io/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
-    kind: Literal["QwenService"] = KIND
+    api_version: Literal["serving.qwenops.io/v1alpha1"] = Field(
+        default="serving.qwenops.io/v1alpha1", alias="apiVersion"
+    )
+    kind: Literal["QwenService"] = "QwenService"
     metadata: Metadata
     spec: QwenServiceSpec
     status: QwenServiceStatus = Field(default_factory=QwenServiceStatus)

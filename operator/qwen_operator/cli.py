@@ -85,12 +85,16 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("-v", "--verbose", action="store_true")
     r.set_defaults(func=cmd_run)
 
-    rd = sub.add_parser("render", help="print the objects a QwenService file would get (for review and GitOps)")
+    rd = sub.add_parser(
+        "render", help="print the objects a QwenService file would get (for review and GitOps)"
+    )
     rd.add_argument("files", nargs="+", help="YAML files with QwenService documents; - for stdin")
     rd.add_argument("--namespace", default="default", help="namespace for documents that name none")
     rd.set_defaults(func=cmd_render)
 
-    c = sub.add_parser("crds", help="print (or write) the CustomResourceDefinition generated from the API model")
+    c = sub.add_parser(
+        "crds", help="print (or write) the CustomResourceDefinition generated from the API model"
+    )
     c.add_argument("--output", help="folder to write qwenservices.yaml into")
     c.set_defaults(func=cmd_crds)
     return p

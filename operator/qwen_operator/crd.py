@@ -11,6 +11,7 @@ import copy
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from qwen_operator import api
 
@@ -61,7 +62,9 @@ def _structural(node: Any) -> Any:
             options = node.pop(combinator)
             non_null = [o for o in options if o.get("type") != "null"]
             if len(non_null) != 1:
-                raise ValueError(f"cannot express {combinator} of {len(non_null)} types structurally: {options}")
+                raise ValueError(
+                    f"cannot express {combinator} of {len(non_null)} types structurally: {options}"
+                )
             node = {**non_null[0], **node}
     if "allOf" in node and len(node["allOf"]) == 1:
         node = {**node.pop("allOf")[0], **node}
@@ -98,7 +101,7 @@ def _structural(node: Any) -> Any:
     return {**{key: out[key] for key in first}, **{k: v for k, v in out.items() if k not in first}}
 
 
-def structural(model: type[api.BaseModel]) -> dict[str, Any]:
+def structural(model: type[BaseModel]) -> dict[str, Any]:
     """The structural OpenAPI v3 schema of a pydantic model."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
@@ -115,7 +118,10 @@ def crd() -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": f"{api.PLURAL}.{api.GROUP}",
-            "labels": {"app.kubernetes.io/name": "qwen-operator", "app.kubernetes.io/part-of": "qwen-operator"},
+            "labels": {
+                "app.kubernetes.io/name": "qwen-operator",
+                "app.kubernetes.io/part-of": "qwen-operator",
+            },
         },
         "spec": {
             "group": api.GROUP,

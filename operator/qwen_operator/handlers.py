@@ -6,7 +6,7 @@ import asyncio
 import datetime
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes_asyncio.client import ApiClient
@@ -72,11 +72,13 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
         await cluster.close()
 
 
-def _post(body: Mapping[str, Any], outcome: reconcile.Outcome, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+def _post(
+    body: Mapping[str, Any], outcome: reconcile.Outcome, logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
     for event in outcome.events:
         log = logger.warning if event.type == "Warning" else logger.info
         log("%s: %s", event.reason, event.message)
-        kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)
+        kopf.event(kopf.Body(cast(kopf.RawBody, dict(body))), type=event.type, reason=event.reason, message=event.message)
 
 
 async def _reconcile(memo: kopf.Memo, body: Mapping[str, Any], logger: Any) -> reconcile.Outcome:

@@ -100,14 +100,18 @@ class Cluster:
     async def merge_patch(
         self, res: Resource, namespace: str, name: str, patch: Mapping[str, Any], sub: str | None = None
     ) -> dict[str, Any]:
-        return await self._call("PATCH", res.path(namespace, name, sub), body=dict(patch), content_type=MERGE_PATCH)
+        return await self._call(
+            "PATCH", res.path(namespace, name, sub), body=dict(patch), content_type=MERGE_PATCH
+        )
 
     async def json_patch(
         self, res: Resource, namespace: str, name: str, ops: list[dict[str, Any]]
     ) -> dict[str, Any]:
         return await self._call("PATCH", res.path(namespace, name), body=ops, content_type=JSON_PATCH)
 
-    async def list(self, res: Resource, namespace: str | None, selector: str | None = None) -> list[dict[str, Any]]:
+    async def list(
+        self, res: Resource, namespace: str | None, selector: str | None = None
+    ) -> list[dict[str, Any]]:
         query = [("labelSelector", selector)] if selector else []
         result = await self._call("GET", res.path(namespace), query=query)
         return list(result.get("items", []) or [])
@@ -116,39 +120,48 @@ class Cluster:
         await self.client.close()
 
 
-def _data_file(data: bytes | str | None, suffix: str) -> str | None:
-    """kubernetes_asyncio wants file paths for certificates; kopf may hold them as data."""
+PathLike = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.unlink(path)
+
+
+def _file(path: PathLike | None, data: str | bytes | None, suffix: str) -> str | None:
+    """kubernetes_asyncio wants file paths for certificates; kopf may hold them as data instead."""
+    if path:
+        return os.fsdecode(path)
     if not data:
         return None
-    raw = data.encode() if isinstance(data, str) else data
-    fd, path = tempfile.mkstemp(prefix="qwen-operator-", suffix=suffix)
+    fd, name = tempfile.mkstemp(prefix="qwen-operator-", suffix=suffix)
     with os.fdopen(fd, "wb") as f:
-        f.write(raw)
-    atexit.register(lambda: os.path.exists(path) and os.unlink(path))
-    return path
+        f.write(data.encode() if isinstance(data, str) else data)
+    atexit.register(_remove, name)
+    return name
 
 
 def configuration(
     server: str,
     *,
     insecure: bool = False,
-    ca_path: str | None = None,
-    ca_data: bytes | None = None,
+    ca_path: PathLike | None = None,
+    ca_data: str | bytes | None = None,
     token: str | None = None,
     scheme: str | None = None,
     username: str | None = None,
     password: str | None = None,
-    certificate_path: str | None = None,
-    certificate_data: bytes | None = None,
-    private_key_path: str | None = None,
-    private_key_data: bytes | None = None,
+    certificate_path: PathLike | None = None,
+    certificate_data: str | bytes | None = None,
+    private_key_path: PathLike | None = None,
+    private_key_data: str | bytes | None = None,
 ) -> Configuration:
     """A kubernetes_asyncio configuration from the credentials kopf logged in with."""
     cfg = Configuration(host=server.rstrip("/"))
     cfg.verify_ssl = not insecure
-    cfg.ssl_ca_cert = ca_path or _data_file(ca_data, ".crt")
-    cfg.cert_file = certificate_path or _data_file(certificate_data, ".crt")
-    cfg.key_file = private_key_path or _data_file(private_key_data, ".key")
+    cfg.ssl_ca_cert = _file(ca_path, ca_data, ".crt")
+    cfg.cert_file = _file(certificate_path, certificate_data, ".crt")
+    cfg.key_file = _file(private_key_path, private_key_data, ".key")
     if token:
         cfg.api_key = {"BearerToken": f"{scheme or 'Bearer'} {token}"}
     if username and password:

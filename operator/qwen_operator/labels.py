@@ -12,7 +12,7 @@ POD_DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 
 
 def selector_labels(name: str) -> dict[str, str]:
-    """Labels that select a QwenService's pods: stable for its lifetime (Deployment selectors are immutable)."""
+    """Labels that select a QwenService's pods; Deployment selectors are immutable, so these never change."""
     return {"app.kubernetes.io/instance": name, SERVICE_LABEL: name}
 
 

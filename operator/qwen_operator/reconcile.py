@@ -65,7 +65,9 @@ def _pointer(*parts: str) -> str:
     return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
 
 
-def patch_ops(desired: Mapping[str, Any], actual: Mapping[str, Any], skip_spec: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def patch_ops(
+    desired: Mapping[str, Any], actual: Mapping[str, Any], skip_spec: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
     """JSON-patch operations that bring ``actual`` to ``desired``, only where they differ.
 
     Each owned ``spec`` field is replaced whole, so fields removed from the QwenService disappear;
@@ -126,7 +128,9 @@ async def _apply(
         return actual
     patched = await cluster.json_patch(res, ns, name, ops)
     outcome.writes += 1
-    changed = sorted({op["path"].split("/")[2] if op["path"].startswith("/spec") else "metadata" for op in ops})
+    changed = sorted(
+        {op["path"].split("/")[2] if op["path"].startswith("/spec") else "metadata" for op in ops}
+    )
     outcome.events.append(Event("Normal", "Updated", f"Updated {kind} {name}: {', '.join(changed)}"))
     return patched
 
@@ -167,7 +171,9 @@ async def reconcile(cluster: ClusterAPI, body: Mapping[str, Any], now: str) -> O
     problems: list[status.Problem] = []
     # The scaler owns the Deployment's replicas while autoscaling is on.
     skip = ("replicas",) if svc.spec.autoscaling.enabled else ()
-    deployment = await _apply(cluster, DEPLOYMENTS, render.render_deployment(svc), svc, outcome, problems, skip)
+    deployment = await _apply(
+        cluster, DEPLOYMENTS, render.render_deployment(svc), svc, outcome, problems, skip
+    )
     await _apply(cluster, SERVICES, render.render_service(svc), svc, outcome, problems)
     for problem in problems:
         outcome.events.append(Event("Warning", problem.reason, problem.message))

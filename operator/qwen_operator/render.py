@@ -34,13 +34,19 @@ def vllm_args(spec: api.QwenServiceSpec) -> list[str]:
     e = spec.engine
     args = [
         model_path(spec),
-        "--served-model-name", spec.served_model_name,
-        "--host", "0.0.0.0",
-        "--port", str(api.VLLM_PORT),
-        "--tensor-parallel-size", str(e.tensor_parallel_size),
-        "--gpu-memory-utilization", _num(e.gpu_memory_utilization),
-        "--shutdown-timeout", str(e.shutdown_timeout_seconds),
-    ]  # fmt: skip
+        "--served-model-name",
+        spec.served_model_name,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(api.VLLM_PORT),
+        "--tensor-parallel-size",
+        str(e.tensor_parallel_size),
+        "--gpu-memory-utilization",
+        _num(e.gpu_memory_utilization),
+        "--shutdown-timeout",
+        str(e.shutdown_timeout_seconds),
+    ]
     if spec.model.revision and spec.model.source.kind == "hub":
         args += ["--revision", spec.model.revision]
     if spec.model.trust_remote_code:
@@ -155,8 +161,11 @@ def _http_probe(period: int, timeout: int, failures: int) -> dict[str, Any]:
 
 def _container(spec: api.QwenServiceSpec) -> dict[str, Any]:
     _, mounts = _volumes(spec)
-    startup = _http_probe(STARTUP_PROBE_PERIOD_SECONDS, 5,
-                          math.ceil(spec.engine.startup_timeout_seconds / STARTUP_PROBE_PERIOD_SECONDS))  # fmt: skip
+    startup = _http_probe(
+        STARTUP_PROBE_PERIOD_SECONDS,
+        5,
+        math.ceil(spec.engine.startup_timeout_seconds / STARTUP_PROBE_PERIOD_SECONDS),
+    )
     container: dict[str, Any] = {
         "name": "vllm",
         "image": spec.engine.image,
@@ -251,7 +260,11 @@ def owner_references(svc: api.QwenService) -> list[dict[str, Any]]:
 
 
 def _metadata(svc: api.QwenService, annotations: dict[str, str] | None = None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": svc.name, "namespace": svc.namespace, "labels": labels.common_labels(svc.name)}
+    meta: dict[str, Any] = {
+        "name": svc.name,
+        "namespace": svc.namespace,
+        "labels": labels.common_labels(svc.name),
+    }
     if annotations:
         meta["annotations"] = annotations
     owners = owner_references(svc)
@@ -282,7 +295,8 @@ def render_deployment(svc: api.QwenService) -> dict[str, Any]:
             "selector": {"matchLabels": labels.selector_labels(svc.name)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "revisionHistoryLimit": 3,
-            "progressDeadlineSeconds": svc.spec.engine.startup_timeout_seconds + PROGRESS_DEADLINE_MARGIN_SECONDS,
+            "progressDeadlineSeconds": svc.spec.engine.startup_timeout_seconds
+            + PROGRESS_DEADLINE_MARGIN_SECONDS,
             "template": template,
         },
     }
@@ -296,7 +310,9 @@ def render_service(svc: api.QwenService) -> dict[str, Any]:
         "spec": {
             "type": svc.spec.service.type,
             "selector": labels.selector_labels(svc.name),
-            "ports": [{"name": "http", "port": svc.spec.service.port, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": svc.spec.service.port, "targetPort": "http", "protocol": "TCP"}
+            ],
         },
     }
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 
 class OperatorSettings(BaseSettings):
@@ -25,7 +26,8 @@ class OperatorSettings(BaseSettings):
         description="Prometheus the scaler queries (per-service override: spec.autoscaling.prometheusUrl).",
     )
     peering: str | None = Field(
-        default=None, description="kopf peering name for HA (two operators never act at once); empty: standalone."
+        default=None,
+        description="kopf peering name for HA (two operators never act at once); empty: standalone.",
     )
 
     @field_validator("namespaces", mode="before")

@@ -36,9 +36,13 @@ def set_condition(
     old = next((c for c in conditions if c.type == type_), None)
     since = old.last_transition_time if old is not None and old.status == value else now
     new = api.Condition(
-        type=type_, status=value, reason=reason, message=message,
-        last_transition_time=since, observed_generation=generation,
-    )  # fmt: skip
+        type=type_,
+        status=value,
+        reason=reason,
+        message=message,
+        last_transition_time=since,
+        observed_generation=generation,
+    )
     return [c for c in conditions if c.type != type_] + [new]
 
 
@@ -74,13 +78,21 @@ def compute_status(
     if deployment is not None:
         progressing = _deployment_condition(deployment, "Progressing")
         if progressing and progressing.get("status") == "False":
-            failing.append(Problem(progressing.get("reason", "ProgressDeadlineExceeded"),
-                                   progressing.get("message", "the Deployment stopped progressing")))  # fmt: skip
+            failing.append(
+                Problem(
+                    progressing.get("reason", "ProgressDeadlineExceeded"),
+                    progressing.get("message", "the Deployment stopped progressing"),
+                )
+            )
         replica_failure = _deployment_condition(deployment, "ReplicaFailure")
         if replica_failure and replica_failure.get("status") == "True":
-            failing.append(Problem("ReplicaFailure", replica_failure.get("message", "pods cannot be created")))
+            failing.append(
+                Problem("ReplicaFailure", replica_failure.get("message", "pods cannot be created"))
+            )
 
-    in_progress = deployment is None or not rolled or updated < desired or ready < desired or replicas > desired
+    in_progress = (
+        deployment is None or not rolled or updated < desired or ready < desired or replicas > desired
+    )
     if failing:
         phase = "Degraded"
     elif deployment is None:
@@ -92,14 +104,33 @@ def compute_status(
 
     serving = ready > 0 and ready >= desired
     ready_msg = f"{ready}/{desired} replicas ready"
-    conds = set_condition(conds, READY, serving or (desired == 0 and deployment is not None),
-                          "ScaledToZero" if desired == 0 else ("ReplicasReady" if serving else "ReplicasNotReady"),
-                          ready_msg, now, gen)  # fmt: skip
-    conds = set_condition(conds, PROGRESSING, in_progress and not failing,
-                          "RolloutInProgress" if in_progress else "RolloutComplete", ready_msg, now, gen)  # fmt: skip
-    conds = set_condition(conds, DEGRADED, bool(failing),
-                          failing[0].reason if failing else "AsExpected",
-                          "; ".join(p.message for p in failing) if failing else "no problems", now, gen)  # fmt: skip
+    conds = set_condition(
+        conds,
+        READY,
+        serving or (desired == 0 and deployment is not None),
+        "ScaledToZero" if desired == 0 else ("ReplicasReady" if serving else "ReplicasNotReady"),
+        ready_msg,
+        now,
+        gen,
+    )
+    conds = set_condition(
+        conds,
+        PROGRESSING,
+        in_progress and not failing,
+        "RolloutInProgress" if in_progress else "RolloutComplete",
+        ready_msg,
+        now,
+        gen,
+    )
+    conds = set_condition(
+        conds,
+        DEGRADED,
+        bool(failing),
+        failing[0].reason if failing else "AsExpected",
+        "; ".join(p.message for p in failing) if failing else "no problems",
+        now,
+        gen,
+    )
 
     return old.model_copy(
         update={
@@ -122,9 +153,7 @@ def invalid_status(
     message = "; ".join(messages)
     conds = set_condition(old.conditions, INVALID_SPEC, True, "InvalidSpec", message, now, generation)
     conds = set_condition(conds, READY, False, "InvalidSpec", "fix the spec: " + message, now, generation)
-    return old.model_copy(
-        update={"phase": "Invalid", "conditions": conds, "observed_generation": generation}
-    )
+    return old.model_copy(update={"phase": "Invalid", "conditions": conds, "observed_generation": generation})
 
 
 def status_patch(status: api.QwenServiceStatus) -> dict[str, Any]:

@@ -51,7 +51,9 @@ def semantic_errors(spec: api.QwenServiceSpec) -> list[str]:
         if var.name in api.MANAGED_ENV:
             errors.append(f"spec.engine.env: {var.name} is set by the operator; remove it from env")
     if e.enable_auto_tool_choice and not e.tool_call_parser:
-        errors.append("spec.engine.enableAutoToolChoice needs spec.engine.toolCallParser (hermes for Qwen2.5)")
+        errors.append(
+            "spec.engine.enableAutoToolChoice needs spec.engine.toolCallParser (hermes for Qwen2.5)"
+        )
     gpus = spec.gpus_per_replica
     if gpus > 0 and gpus % e.tensor_parallel_size:
         errors.append(

@@ -27,15 +27,25 @@ def declare(emulator: Emulator) -> None:
     """Discovery: what a cluster with our CRD installed serves."""
     verbs = {"get", "list", "watch", "create", "patch", "update", "delete"}
     res = emulator.resources
-    res[QSVC] = kmock.ResourceInfo(kind="QwenService", namespaced=True, verbs=verbs,
-                                   shortnames={"qsvc"}, subresources={"status", "scale"})
-    res[DEPLOY] = kmock.ResourceInfo(kind="Deployment", namespaced=True, verbs=verbs, subresources={"status", "scale"})
+    res[QSVC] = kmock.ResourceInfo(
+        kind="QwenService",
+        namespaced=True,
+        verbs=verbs,
+        shortnames={"qsvc"},
+        subresources={"status", "scale"},
+    )
+    res[DEPLOY] = kmock.ResourceInfo(
+        kind="Deployment", namespaced=True, verbs=verbs, subresources={"status", "scale"}
+    )
     res[SERVICE] = kmock.ResourceInfo(kind="Service", namespaced=True, verbs=verbs)
     res[PODS] = kmock.ResourceInfo(kind="Pod", namespaced=True, verbs=verbs)
     res[EVENTS] = kmock.ResourceInfo(kind="Event", namespaced=True, verbs=verbs)
     res["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock.ResourceInfo(
-        kind="CustomResourceDefinition", namespaced=False, verbs={"get", "list", "watch"})
-    res["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", namespaced=False, verbs={"get", "list", "watch"})
+        kind="CustomResourceDefinition", namespaced=False, verbs={"get", "list", "watch"}
+    )
+    res["v1/namespaces"] = kmock.ResourceInfo(
+        kind="Namespace", namespaced=False, verbs={"get", "list", "watch"}
+    )
 
 
 @pytest.fixture
@@ -44,11 +54,13 @@ async def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
         declare(handler)
         await handler.put("apiextensions.k8s.io/v1/customresourcedefinitions", crd.crd())
         kubeconfig = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "kmock",
             "clusters": [{"name": "kmock", "cluster": {"server": str(server.url).rstrip("/")}}],
             "users": [{"name": "tester", "user": {"token": "test-token"}}],
             "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "tester"}}],
-        }  # fmt: skip
+        }
         path = tmp_path / "kubeconfig"
         path.write_text(yaml.safe_dump(kubeconfig))
         monkeypatch.setenv("KUBECONFIG", str(path))
@@ -60,10 +72,18 @@ async def operator(emulator: Emulator) -> AsyncIterator[asyncio.Task[None]]:
     from qwen_operator import handlers  # noqa: F401  (registers the real handlers)
 
     stop, ready = asyncio.Event(), asyncio.Event()
+    settings = kopf.OperatorSettings()
+    settings.batching.idle_timeout = 0.5  # per-object workers exit sooner, so the operator stops sooner
     task = asyncio.create_task(
-        kopf.operator(clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready,
-                      registry=kopf.get_default_registry(), settings=kopf.OperatorSettings())
-    )  # fmt: skip
+        kopf.operator(
+            clusterwide=True,
+            standalone=True,
+            stop_flag=stop,
+            ready_flag=ready,
+            registry=kopf.get_default_registry(),
+            settings=settings,
+        )
+    )
     await asyncio.wait_for(ready.wait(), 10)
     yield task
     assert not task.done(), "the operator stopped before the test ended"
@@ -73,10 +93,10 @@ async def operator(emulator: Emulator) -> AsyncIterator[asyncio.Task[None]]:
     assert task.cancelled() or task.exception() is None, f"the operator crashed: {task.exception()!r}"
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 10, what: str = "condition") -> Any:
+async def eventually(check: Callable[[], Any], within: float = 10, what: str = "condition") -> Any:
     """Poll until ``check()`` returns something truthy (an assertion a user would wait for)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     last: Any = None
     while loop.time() < deadline:
         last = check()

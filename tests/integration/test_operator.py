@@ -50,19 +50,31 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
 
 def events(emulator: Emulator, name: str, reason: str | None = None) -> list[dict[str, Any]]:
     return [
-        e for e in emulator.items(EVENTS, NS)
+        e
+        for e in emulator.items(EVENTS, NS)
         if e.get("involvedObject", {}).get("name") == name and (reason is None or e.get("reason") == reason)
-    ]  # fmt: skip
+    ]
 
 
 async def play_deployment_controller(emulator: Emulator, name: str, ready: int) -> None:
     """What the Deployment controller and kubelets would report once pods are up."""
     dep = emulator.get(DEPLOY, NS, name)
     assert dep is not None
-    await emulator.patch(DEPLOY, NS, name, {"status": {
-        "observedGeneration": dep["metadata"]["generation"], "replicas": dep["spec"]["replicas"],
-        "updatedReplicas": dep["spec"]["replicas"], "readyReplicas": ready, "availableReplicas": ready,
-    }}, sub="status")  # fmt: skip
+    await emulator.patch(
+        DEPLOY,
+        NS,
+        name,
+        {
+            "status": {
+                "observedGeneration": dep["metadata"]["generation"],
+                "replicas": dep["spec"]["replicas"],
+                "updatedReplicas": dep["spec"]["replicas"],
+                "readyReplicas": ready,
+                "availableReplicas": ready,
+            }
+        },
+        sub="status",
+    )
 
 
 async def test_create_makes_deployment_and_service_owned_by_the_qwenservice(emulator, operator):
@@ -80,7 +92,7 @@ async def test_create_makes_deployment_and_service_owned_by_the_qwenservice(emul
         assert owner["controller"] is True
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
 
-    status = (await eventually(lambda: (emulator.get(QSVC, NS, "qwen") or {}).get("status"), what="status"))
+    status = await eventually(lambda: (emulator.get(QSVC, NS, "qwen") or {}).get("status"), what="status")
     assert status["phase"] == "Progressing"
     assert status["endpoint"] == "http://qwen.ml.svc:8000/v1"
     assert status["selector"] == "app.kubernetes.io/instance=qwen,serving.qwenops.io/service=qwen"
@@ -94,17 +106,23 @@ async def test_status_follows_the_deployments_ready_replicas(emulator, operator)
     await eventually(lambda: emulator.get(DEPLOY, NS, "qwen"), what="the Deployment")
 
     await play_deployment_controller(emulator, "qwen", ready=1)
-    got = await eventually(lambda: (s := emulator.get(QSVC, NS, "qwen")) and
-                           s.get("status", {}).get("readyReplicas") == 1 and s, what="1 ready")  # fmt: skip
+    got = await eventually(
+        lambda: (s := emulator.get(QSVC, NS, "qwen")) and s.get("status", {}).get("readyReplicas") == 1 and s,
+        what="1 ready",
+    )
     assert got["status"]["phase"] == "Progressing"
 
     await play_deployment_controller(emulator, "qwen", ready=2)
-    got = await eventually(lambda: (s := emulator.get(QSVC, NS, "qwen")) and
-                           s["status"].get("phase") == "Ready" and s, what="phase Ready")  # fmt: skip
+    got = await eventually(
+        lambda: (s := emulator.get(QSVC, NS, "qwen")) and s["status"].get("phase") == "Ready" and s,
+        what="phase Ready",
+    )
     assert got["status"]["readyReplicas"] == 2
     assert got["status"]["replicas"] == 2
     ready = condition(got, "Ready")
-    assert ready is not None and ready["status"] == "True" and ready["message"] == "2/2 replicas ready"
+    assert ready is not None
+    assert ready["status"] == "True"
+    assert ready["message"] == "2/2 replicas ready"
 
 
 async def test_spec_update_patches_and_rolls_the_deployment(emulator, operator):
@@ -112,8 +130,10 @@ async def test_spec_update_patches_and_rolls_the_deployment(emulator, operator):
     before = await eventually(lambda: emulator.get(DEPLOY, NS, "qwen"), what="the Deployment")
 
     await emulator.patch(QSVC, NS, "qwen", {"spec": {"engine": {"maxModelLen": 32768}, "replicas": 3}})
-    after = await eventually(lambda: (d := emulator.get(DEPLOY, NS, "qwen")) and
-                             flag(d, "--max-model-len") == "32768" and d, what="the new flag")  # fmt: skip
+    after = await eventually(
+        lambda: (d := emulator.get(DEPLOY, NS, "qwen")) and flag(d, "--max-model-len") == "32768" and d,
+        what="the new flag",
+    )
     assert after["spec"]["replicas"] == 3
     old_hash = before["spec"]["template"]["metadata"]["annotations"][HASH]
     new_hash = after["spec"]["template"]["metadata"]["annotations"][HASH]
@@ -124,12 +144,20 @@ async def test_spec_update_patches_and_rolls_the_deployment(emulator, operator):
 
 async def test_removed_spec_fields_disappear_from_the_deployment(emulator, operator):
     await emulator.put(QSVC, qsvc(scheduling={"nodeSelector": {"gpu": "a100"}, "runtimeClassName": "nvidia"}))
-    await eventually(lambda: (d := emulator.get(DEPLOY, NS, "qwen")) and
-                     d["spec"]["template"]["spec"].get("nodeSelector"), what="nodeSelector")  # fmt: skip
+    await eventually(
+        lambda: (d := emulator.get(DEPLOY, NS, "qwen")) and d["spec"]["template"]["spec"].get("nodeSelector"),
+        what="nodeSelector",
+    )
 
     await emulator.patch(QSVC, NS, "qwen", {"spec": {"scheduling": None}})
-    dep = await eventually(lambda: (d := emulator.get(DEPLOY, NS, "qwen")) and
-                           "nodeSelector" not in d["spec"]["template"]["spec"] and d, what="no nodeSelector")  # fmt: skip
+    dep = await eventually(
+        lambda: (
+            (d := emulator.get(DEPLOY, NS, "qwen"))
+            and "nodeSelector" not in d["spec"]["template"]["spec"]
+            and d
+        ),
+        what="no nodeSelector",
+    )
     assert "runtimeClassName" not in dep["spec"]["template"]["spec"]
 
 
@@ -141,8 +169,10 @@ async def test_autoscaling_leaves_the_deployment_replicas_to_the_scaler(emulator
 
     await emulator.patch(DEPLOY, NS, "qwen", {"spec": {"replicas": 4}})  # the scaler's decision
     await emulator.patch(QSVC, NS, "qwen", {"spec": {"engine": {"maxModelLen": 8192}, "replicas": 1}})
-    dep = await eventually(lambda: (d := emulator.get(DEPLOY, NS, "qwen")) and
-                           flag(d, "--max-model-len") == "8192" and d, what="the new flag")  # fmt: skip
+    dep = await eventually(
+        lambda: (d := emulator.get(DEPLOY, NS, "qwen")) and flag(d, "--max-model-len") == "8192" and d,
+        what="the new flag",
+    )
     assert dep["spec"]["replicas"] == 4
 
 
@@ -152,23 +182,34 @@ async def test_invalid_spec_is_reported_and_nothing_running_is_deleted(emulator,
 
     # A spec the CRD's CEL rules reject; here no admission runs, so the operator must catch it.
     await emulator.patch(QSVC, NS, "qwen", {"spec": {"engine": {"extraArgs": ["--port=9000"]}}})
-    got = await eventually(lambda: (s := emulator.get(QSVC, NS, "qwen")) and
-                           s.get("status", {}).get("phase") == "Invalid" and s, what="phase Invalid")  # fmt: skip
+    got = await eventually(
+        lambda: (s := emulator.get(QSVC, NS, "qwen")) and s.get("status", {}).get("phase") == "Invalid" and s,
+        what="phase Invalid",
+    )
     invalid = condition(got, "InvalidSpec")
-    assert invalid is not None and invalid["status"] == "True"
-    assert "--port=9000" in invalid["message"] and "operator manages" in invalid["message"]
+    assert invalid is not None
+    assert invalid["status"] == "True"
+    assert "--port=9000" in invalid["message"]
+    assert "operator manages" in invalid["message"]
     await eventually(lambda: events(emulator, "qwen", "InvalidSpec"), what="an InvalidSpec event")
 
     dep = emulator.get(DEPLOY, NS, "qwen")
-    assert dep is not None and args_of(dep) == args_of(good), "the running Deployment is left as it was"
+    assert dep is not None
+    assert args_of(dep) == args_of(good), "the running Deployment is left as it was"
     assert emulator.get(SERVICE, NS, "qwen") is not None
 
     await emulator.patch(QSVC, NS, "qwen", {"spec": {"engine": {"extraArgs": ["--enable-prefix-caching"]}}})
-    fixed = await eventually(lambda: (s := emulator.get(QSVC, NS, "qwen")) and
-                             condition(s, "InvalidSpec")["status"] == "False" and s, what="valid again")  # fmt: skip
+    fixed = await eventually(
+        lambda: (
+            (s := emulator.get(QSVC, NS, "qwen")) and condition(s, "InvalidSpec")["status"] == "False" and s
+        ),
+        what="valid again",
+    )
     assert fixed["status"]["phase"] != "Invalid"
-    await eventually(lambda: "--enable-prefix-caching" in args_of(emulator.get(DEPLOY, NS, "qwen")),
-                     what="the fixed spec applied")  # fmt: skip
+    await eventually(
+        lambda: "--enable-prefix-caching" in args_of(emulator.get(DEPLOY, NS, "qwen")),
+        what="the fixed spec applied",
+    )
 
 
 async def test_drift_and_deletion_of_the_deployment_are_repaired(emulator, operator):
@@ -177,28 +218,44 @@ async def test_drift_and_deletion_of_the_deployment_are_repaired(emulator, opera
 
     hacked = dict(dep["spec"]["template"]["spec"]["containers"][0], image="evil/image:latest")
     await emulator.patch(DEPLOY, NS, "qwen", {"spec": {"template": {"spec": {"containers": [hacked]}}}})
-    await eventually(lambda: emulator.get(DEPLOY, NS, "qwen")["spec"]["template"]["spec"]["containers"][0]["image"]
-                     == "vllm/vllm-openai:v0.32.0", what="the image restored")  # fmt: skip
+    await eventually(
+        lambda: (
+            emulator.get(DEPLOY, NS, "qwen")["spec"]["template"]["spec"]["containers"][0]["image"]
+            == "vllm/vllm-openai:v0.32.0"
+        ),
+        what="the image restored",
+    )
 
     await emulator.remove(DEPLOY, NS, "qwen")
     await eventually(lambda: emulator.get(DEPLOY, NS, "qwen"), what="the Deployment re-created")
 
 
 async def test_objects_it_does_not_own_are_left_alone(emulator, operator):
-    foreign = {"apiVersion": "apps/v1", "kind": "Deployment",
-               "metadata": {"name": "qwen", "namespace": NS, "labels": {"team": "other"}},
-               "spec": {"replicas": 7, "selector": {"matchLabels": {"app": "x"}},
-                        "template": {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": []}}}}  # fmt: skip
+    foreign = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "qwen", "namespace": NS, "labels": {"team": "other"}},
+        "spec": {
+            "replicas": 7,
+            "selector": {"matchLabels": {"app": "x"}},
+            "template": {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": []}},
+        },
+    }
     await emulator.put(DEPLOY, foreign)
     await emulator.put(QSVC, qsvc())
 
-    got = await eventually(lambda: (s := emulator.get(QSVC, NS, "qwen")) and
-                           s.get("status", {}).get("phase") == "Degraded" and s, what="phase Degraded")  # fmt: skip
+    got = await eventually(
+        lambda: (
+            (s := emulator.get(QSVC, NS, "qwen")) and s.get("status", {}).get("phase") == "Degraded" and s
+        ),
+        what="phase Degraded",
+    )
     degraded = condition(got, "Degraded")
     assert degraded["reason"] == "ResourceConflict"
     assert "not owned by this QwenService" in degraded["message"]
     dep = emulator.get(DEPLOY, NS, "qwen")
-    assert dep["spec"]["replicas"] == 7 and dep["metadata"]["labels"] == {"team": "other"}
+    assert dep["spec"]["replicas"] == 7
+    assert dep["metadata"]["labels"] == {"team": "other"}
     assert len(emulator.history(DEPLOY, NS, "qwen")) == 1, "the foreign Deployment was never written"
     await eventually(lambda: emulator.get(SERVICE, NS, "qwen"), what="the Service (not in conflict)")
 

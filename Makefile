@@ -1,0 +1,53 @@
+# qwen-operator: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,lint]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the operator with its test and lint tools (pinned)
+
+test: $(STAMP) ## Run the unit and integration tests
+	$(PY) -m pytest
+
+lint: $(STAMP) ## ruff, mypy --strict, and the import contracts that keep the core pure
+	$(BIN)/ruff check operator tests
+	$(BIN)/ruff format --check operator tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: $(STAMP) ## Format the code with ruff
+	$(BIN)/ruff check --fix operator tests
+	$(BIN)/ruff format operator tests
+
+crds: $(STAMP) ## Regenerate crds/ from the API model
+	$(BIN)/qwen-operator crds --output crds
+
+render: $(STAMP) ## Print what the operator would apply for every example (FILES=... to choose)
+	$(BIN)/qwen-operator render $(or $(FILES),examples/*.yaml)
+
+run: $(STAMP) ## Run the operator against the current kubeconfig (CRDs must be applied first)
+	$(BIN)/qwen-operator run --verbose
+
+lock: ## Re-resolve constraints.txt from pyproject.toml (after changing a pin)
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q -e '.[test,lint]'
+	.venv-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
+	rm -rf .venv-lock
+
+clean: ## Remove the virtual environment and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+.PHONY: help install test lint format crds render run lock clean

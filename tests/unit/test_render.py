@@ -1,0 +1,289 @@
+"""Renderers: every spec field reaches the right vLLM flag or Kubernetes field."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from qwen_operator import api, labels, render
+from qwen_operator.validation import parse
+from tests.conftest import DATA, load_examples
+from tests.k8s import validate_k8s
+
+VLLM_FLAGS = {
+    line.strip()
+    for line in (DATA / "vllm-0.32-cli-flags.txt").read_text().splitlines()
+    if line.startswith("--")
+}
+
+
+def make(minimal: dict[str, Any], **spec: Any) -> api.QwenService:
+    body = copy.deepcopy(minimal)
+    body["spec"].update(spec)
+    return parse(body)
+
+
+def args(svc: api.QwenService) -> list[str]:
+    return render.vllm_args(svc.spec)
+
+
+# (spec overrides, expected flag sequence, or None when the flag must be absent)
+FLAG_TABLE = [
+    ({}, ["--served-model-name", "Qwen/Qwen2.5-7B-Instruct"]),
+    (
+        {"model": {"name": "Qwen/Qwen2.5-7B-Instruct", "servedModelName": "qwen"}},
+        ["--served-model-name", "qwen"],
+    ),
+    ({"model": {"name": "Qwen/Q", "revision": "v1.1"}}, ["--revision", "v1.1"]),
+    ({"model": {"name": "Qwen/Q", "trustRemoteCode": True}}, ["--trust-remote-code"]),
+    ({"engine": {"dtype": "bfloat16"}}, ["--dtype", "bfloat16"]),
+    ({"engine": {"maxModelLen": 10240}}, ["--max-model-len", "10240"]),
+    ({"engine": {"tensorParallelSize": 4}}, ["--tensor-parallel-size", "4"]),
+    ({"engine": {"gpuMemoryUtilization": 0.85}}, ["--gpu-memory-utilization", "0.85"]),
+    ({"engine": {"enforceEager": True}}, ["--enforce-eager"]),
+    ({"engine": {"quantization": "awq"}}, ["--quantization", "awq"]),
+    ({"engine": {"cpuOffloadGB": 4}}, ["--cpu-offload-gb", "4"]),
+    ({"engine": {"maxNumSeqs": 64}}, ["--max-num-seqs", "64"]),
+    (
+        {"engine": {"enableAutoToolChoice": True, "toolCallParser": "hermes"}},
+        ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"],
+    ),
+    ({"engine": {"shutdownTimeoutSeconds": 120}}, ["--shutdown-timeout", "120"]),
+    (
+        {"engine": {"extraArgs": ["--enable-prefix-caching", "--kv-cache-dtype=fp8"]}},
+        ["--enable-prefix-caching", "--kv-cache-dtype=fp8"],
+    ),
+]
+
+
+def _contains(seq: list[str], sub: list[str]) -> bool:
+    return any(seq[i : i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
+
+
+@pytest.mark.parametrize(("spec", "expected"), FLAG_TABLE, ids=[" ".join(e) for _, e in FLAG_TABLE])
+def test_each_spec_field_maps_to_its_vllm_flag(minimal, spec, expected):
+    assert _contains(args(make(minimal, **spec)), expected)
+
+
+ABSENT_BY_DEFAULT = [
+    "--dtype",
+    "--max-model-len",
+    "--enforce-eager",
+    "--quantization",
+    "--cpu-offload-gb",
+    "--max-num-seqs",
+    "--enable-auto-tool-choice",
+    "--tool-call-parser",
+    "--trust-remote-code",
+    "--revision",
+    "--api-key",
+]
+
+
+def test_unset_fields_emit_no_flag(minimal):
+    got = args(make(minimal))
+    for flag in ABSENT_BY_DEFAULT:
+        assert flag not in got
+
+
+def test_every_emitted_flag_exists_in_vllm(minimal):
+    everything = make(
+        minimal,
+        model={"name": "Qwen/Q", "revision": "main", "trustRemoteCode": True},
+        engine={
+            "dtype": "float16",
+            "maxModelLen": 4096,
+            "tensorParallelSize": 2,
+            "enforceEager": True,
+            "quantization": "awq",
+            "cpuOffloadGB": 2,
+            "maxNumSeqs": 8,
+            "enableAutoToolChoice": True,
+            "toolCallParser": "hermes",
+        },
+    )
+    emitted = {a.split("=")[0] for a in args(everything) if a.startswith("--")}
+    assert emitted - VLLM_FLAGS == set()
+    assert {f"--{f}" for f in api.MANAGED_FLAGS} - VLLM_FLAGS == set(), "a managed flag vLLM does not know"
+
+
+def test_model_path_follows_the_source(minimal):
+    hub = make(minimal)
+    pvc = make(minimal, model={"name": "Qwen/Q", "source": {"pvc": {"claimName": "w", "subPath": "qwen"}}})
+    host = make(minimal, model={"name": "/data/q", "source": {"hostPath": {"path": "/mnt"}}})
+    assert args(hub)[0] == "Qwen/Qwen2.5-7B-Instruct"
+    assert args(pvc)[0] == "/models/Qwen/Q"
+    assert args(host)[0] == "/data/q"
+    assert "--revision" not in args(
+        make(minimal, model={"name": "Q", "revision": "x", "source": {"pvc": {"claimName": "w"}}})
+    )
+
+
+def _pod(svc: api.QwenService) -> dict[str, Any]:
+    pod: dict[str, Any] = render.render_deployment(svc)["spec"]["template"]["spec"]
+    return pod
+
+
+def _env(svc: api.QwenService) -> dict[str, Any]:
+    return {e["name"]: e for e in _pod(svc)["containers"][0]["env"]}
+
+
+def test_volumes_for_each_model_source(minimal):
+    pvc = _pod(
+        make(minimal, model={"name": "Q", "source": {"pvc": {"claimName": "weights", "subPath": "qwen"}}})
+    )
+    assert {"name": "model", "persistentVolumeClaim": {"claimName": "weights", "readOnly": True}} in pvc[
+        "volumes"
+    ]
+    assert {"name": "model", "mountPath": "/models", "readOnly": True, "subPath": "qwen"} in pvc[
+        "containers"
+    ][0]["volumeMounts"]
+    host = _pod(make(minimal, model={"name": "Q", "source": {"hostPath": {"path": "/mnt/w"}}}))
+    assert {"name": "model", "hostPath": {"path": "/mnt/w", "type": "Directory"}} in host["volumes"]
+    hub = _pod(make(minimal, model={"name": "Q", "source": {"hub": {"cache": {"claimName": "hf"}}}}))
+    assert {"name": "cache", "persistentVolumeClaim": {"claimName": "hf"}} in hub["volumes"]
+    shm = next(v for v in hub["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+
+
+def test_secrets_reach_the_pod_only_as_secret_references(minimal):
+    svc = make(
+        minimal,
+        apiKeySecretRef={"name": "keys", "key": "api"},
+        model={"name": "Q", "source": {"hub": {"tokenSecretRef": {"name": "hf", "key": "token"}}}},
+    )
+    env = _env(svc)
+    assert env["VLLM_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "keys", "key": "api"}}
+    assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    assert not any("api-key" in a for a in args(svc))
+
+
+def test_gpus_and_resources(minimal):
+    res = _pod(make(minimal, engine={"tensorParallelSize": 2}, resources={"cpu": "8", "memory": "64Gi"}))
+    r = res["containers"][0]["resources"]
+    assert r["limits"] == {"nvidia.com/gpu": "2", "memory": "64Gi"}
+    assert r["requests"] == {"cpu": "8", "memory": "64Gi"}
+    amd = _pod(make(minimal, resources={"gpus": 1, "gpuResourceName": "amd.com/gpu"}))
+    assert amd["containers"][0]["resources"]["limits"] == {"amd.com/gpu": "1"}
+    cpu = _pod(make(minimal, resources={"gpus": 0}))
+    assert "resources" not in cpu["containers"][0]
+
+
+def test_probes_fit_a_slow_model_load_and_drain_is_graceful(minimal):
+    svc = make(minimal, engine={"startupTimeoutSeconds": 2400, "shutdownTimeoutSeconds": 90})
+    pod = _pod(svc)
+    c = pod["containers"][0]
+    startup = c["startupProbe"]
+    assert startup["httpGet"] == {"path": "/health", "port": "http"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 2400
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+    sleep = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert pod["terminationGracePeriodSeconds"] > sleep + 90, "vLLM must finish draining before SIGKILL"
+    dep = render.render_deployment(svc)
+    assert dep["spec"]["progressDeadlineSeconds"] > 2400
+
+
+def test_metadata_labels_selector_and_scrape_annotations(minimal):
+    svc = make(minimal)
+    dep, service = render.render_all(svc)
+    for obj in (dep, service):
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "qwen-operator"
+        assert obj["metadata"]["labels"][labels.SERVICE_LABEL] == "qwen"
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    tmpl = dep["spec"]["template"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= tmpl["metadata"]["labels"].items()
+    assert tmpl["metadata"]["annotations"]["prometheus.io/port"] == "8000"
+    assert tmpl["metadata"]["labels"][labels.SERVICE_LABEL] == "qwen"
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}
+    ]
+
+
+def test_spec_hash_changes_with_the_pod_template_only(minimal):
+    def digest(svc: api.QwenService) -> str:
+        return str(render.render_deployment(svc)["metadata"]["annotations"][labels.SPEC_HASH_ANNOTATION])
+
+    base = digest(make(minimal))
+    assert digest(make(minimal, replicas=4)) == base
+    assert digest(make(minimal, engine={"maxModelLen": 2048})) != base
+
+
+def test_security_context_is_tight(minimal):
+    pod = _pod(make(minimal))
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    c = pod["containers"][0]["securityContext"]
+    assert c == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False
+    root = _pod(make(minimal, security={"runAsUser": 0}))
+    assert "runAsNonRoot" not in root["securityContext"]
+
+
+def test_scheduling_fields(minimal):
+    pod = _pod(
+        make(
+            minimal,
+            scheduling={
+                "nodeSelector": {"gpu": "a100"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                "affinity": {"nodeAffinity": {}},
+                "runtimeClassName": "nvidia",
+                "priorityClassName": "high",
+            },
+        )
+    )
+    assert pod["nodeSelector"] == {"gpu": "a100"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    assert pod["runtimeClassName"] == "nvidia"
+    assert pod["priorityClassName"] == "high"
+
+
+def test_replicas_with_and_without_autoscaling(minimal):
+    assert render.render_deployment(make(minimal, replicas=3))["spec"]["replicas"] == 3
+    scaled = make(minimal, replicas=3, autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 6})
+    assert render.render_deployment(scaled)["spec"]["replicas"] == 2
+
+
+@pytest.mark.parametrize("example", load_examples(), ids=lambda d: d["metadata"]["name"])
+def test_every_example_renders_objects_kubernetes_accepts(example):
+    body = copy.deepcopy(example)
+    body["metadata"].update(namespace="default", uid="0d8c4f4e-1111-2222-3333-444455556666")
+    for obj in render.render_all(parse(body)):
+        validate_k8s(obj)
+
+
+def test_a_spec_with_every_field_renders_valid_objects(minimal):
+    svc = make(
+        minimal,
+        engine={
+            "extraArgs": ["--enable-prefix-caching"],
+            "env": [
+                {"name": "A", "value": "1"},
+                {"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            ],
+            "imagePullSecrets": ["regcred"],
+        },
+        scheduling={
+            "tolerations": [{"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"}],
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["a100"]}]}
+                        ]
+                    }
+                }
+            },
+        },
+        service={"type": "LoadBalancer", "port": 80},
+    )
+    for obj in render.render_all(svc):
+        validate_k8s(obj)
