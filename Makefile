@@ -33,7 +33,7 @@ format: $(STAMP) ## Format the code with ruff
 	$(BIN)/ruff format operator tests
 
 crds: $(STAMP) ## Regenerate crds/ from the API model
-	$(BIN)/qwen-operator crds --output crds
+	$(BIN)/qwen-operator crds --output crds --readme README.md
 
 render: $(STAMP) ## Print what the operator would apply for every example (FILES=... to choose)
 	$(BIN)/qwen-operator render $(or $(FILES),examples/*.yaml)

@@ -357,17 +357,41 @@ class QwenServiceSpec(_Model):
             )
         )
     )
-    model: ModelSpec
-    engine: EngineSpec = Field(default_factory=EngineSpec, json_schema_extra={"default": {}})
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, json_schema_extra={"default": {}})
-    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, json_schema_extra={"default": {}})
-    security: SecuritySpec = Field(default_factory=SecuritySpec, json_schema_extra={"default": {}})
+    model: ModelSpec = Field(description="Which model to serve and where its weights come from.")
+    engine: EngineSpec = Field(
+        default_factory=EngineSpec,
+        json_schema_extra={"default": {}},
+        description="The vLLM server and its flags.",
+    )
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec,
+        json_schema_extra={"default": {}},
+        description="GPUs, CPU and memory per replica.",
+    )
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec,
+        json_schema_extra={"default": {}},
+        description="Where the pods may run.",
+    )
+    security: SecuritySpec = Field(
+        default_factory=SecuritySpec,
+        json_schema_extra={"default": {}},
+        description="The pods' security context.",
+    )
     api_key_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key with the API key clients must send (vLLM --api-key)."
     )
-    service: ServiceSpec = Field(default_factory=ServiceSpec, json_schema_extra={"default": {}})
+    service: ServiceSpec = Field(
+        default_factory=ServiceSpec,
+        json_schema_extra={"default": {}},
+        description="The Service in front of the pods.",
+    )
     replicas: int = Field(default=1, ge=0, le=1000, description="Replicas when autoscaling is off.")
-    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, json_schema_extra={"default": {}})
+    autoscaling: AutoscalingSpec = Field(
+        default_factory=AutoscalingSpec,
+        json_schema_extra={"default": {}},
+        description="Let the operator move replicas between minReplicas and maxReplicas on load.",
+    )
 
     @property
     def gpus_per_replica(self) -> int:

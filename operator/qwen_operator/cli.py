@@ -47,13 +47,17 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_crds(args: argparse.Namespace) -> int:
+    """Write (or print) the CRD generated from the model; optionally refresh the README's spec table."""
     text = crd.crd_yaml()
     if args.output:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{api.PLURAL}.yaml").write_text(text)
-    else:
+    elif not args.readme:
         sys.stdout.write(text)
+    if args.readme:
+        readme = Path(args.readme)
+        readme.write_text(crd.with_reference(readme.read_text()))
     return 0
 
 
@@ -96,6 +100,7 @@ def parser() -> argparse.ArgumentParser:
         "crds", help="print (or write) the CustomResourceDefinition generated from the API model"
     )
     c.add_argument("--output", help="folder to write qwenservices.yaml into")
+    c.add_argument("--readme", help="README whose spec reference table to regenerate")
     c.set_defaults(func=cmd_crds)
     return p
 

@@ -78,7 +78,12 @@ def _post(
     for event in outcome.events:
         log = logger.warning if event.type == "Warning" else logger.info
         log("%s: %s", event.reason, event.message)
-        kopf.event(kopf.Body(cast(kopf.RawBody, dict(body))), type=event.type, reason=event.reason, message=event.message)
+        kopf.event(
+            kopf.Body(cast(kopf.RawBody, dict(body))),
+            type=event.type,
+            reason=event.reason,
+            message=event.message,
+        )
 
 
 async def _reconcile(memo: kopf.Memo, body: Mapping[str, Any], logger: Any) -> reconcile.Outcome:

@@ -73,7 +73,7 @@ async def operator(emulator: Emulator) -> AsyncIterator[asyncio.Task[None]]:
 
     stop, ready = asyncio.Event(), asyncio.Event()
     settings = kopf.OperatorSettings()
-    settings.batching.idle_timeout = 0.5  # per-object workers exit sooner, so the operator stops sooner
+    settings.queueing.idle_timeout = 0.5  # per-object workers exit sooner, so the operator stops sooner
     task = asyncio.create_task(
         kopf.operator(
             clusterwide=True,

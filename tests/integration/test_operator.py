@@ -275,3 +275,14 @@ async def test_nothing_is_written_when_nothing_changed(emulator, operator):
     assert len(emulator.history(DEPLOY, NS, "qwen")) == dep_versions + 1  # only the test's own patch
     assert len(emulator.history(SERVICE, NS, "qwen")) == svc_versions
     assert emulator.get(QSVC, NS, "qwen")["status"] == status_before
+
+
+async def test_kubectl_scale_through_the_scale_subresource(emulator, operator):
+    await emulator.put(QSVC, qsvc())
+    await eventually(lambda: emulator.get(DEPLOY, NS, "qwen"), what="the Deployment")
+
+    scale = await emulator.patch(
+        QSVC, NS, "qwen", {"spec": {"replicas": 5}}, sub="scale"
+    )  # kubectl scale --replicas=5
+    assert scale["kind"] == "Scale"
+    await eventually(lambda: emulator.get(DEPLOY, NS, "qwen")["spec"]["replicas"] == 5, what="5 replicas")

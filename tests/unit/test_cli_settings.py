@@ -1,0 +1,64 @@
+"""The CLI a user runs, and the operator's settings."""
+
+from __future__ import annotations
+
+import yaml
+
+from qwen_operator import cli, crd
+from qwen_operator.settings import OperatorSettings
+from tests.conftest import EXAMPLES, ROOT
+from tests.k8s import validate_k8s
+
+
+def test_render_prints_valid_objects_for_every_example(capsys):
+    assert cli.main(["render", *map(str, EXAMPLES)]) == 0
+    objects = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert len(objects) == 2 * len(EXAMPLES)
+    assert {o["kind"] for o in objects} == {"Deployment", "Service"}
+    for obj in objects:
+        validate_k8s(obj)
+
+
+def test_render_rejects_an_invalid_file_with_the_reason(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "serving.qwenops.io/v1alpha1",
+                "kind": "QwenService",
+                "metadata": {"name": "q"},
+                "spec": {"model": {"name": "Q"}, "engine": {"extraArgs": ["--model=x"]}},
+            }
+        )
+    )
+    assert cli.main(["render", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "QwenService q is invalid" in err
+    assert "--model=x" in err
+
+
+def test_render_says_when_a_file_holds_no_qwenservice(tmp_path, capsys):
+    empty = tmp_path / "x.yaml"
+    empty.write_text("kind: ConfigMap\n")
+    assert cli.main(["render", str(empty)]) == 1
+    assert "no QwenService" in capsys.readouterr().err
+
+
+def test_crds_command_prints_the_generated_crd(capsys):
+    assert cli.main(["crds"]) == 0
+    assert capsys.readouterr().out == crd.crd_yaml()
+
+
+def test_readme_spec_reference_matches_the_model():
+    readme = (ROOT / "README.md").read_text()
+    assert crd.with_reference(readme) == readme, "README's spec reference drifted: run `make crds`"
+
+
+def test_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("QWEN_OPERATOR_NAMESPACES", "ml, serving")
+    monkeypatch.setenv("QWEN_OPERATOR_PROMETHEUS_URL", "http://prom:9090")
+    s = OperatorSettings()
+    assert s.namespaces == ["ml", "serving"]
+    assert s.prometheus_url == "http://prom:9090"
+    monkeypatch.delenv("QWEN_OPERATOR_NAMESPACES")
+    assert OperatorSettings().namespaces == []

@@ -1,0 +1,111 @@
+"""The reconcile against a fake cluster (an adapter fake: unit level only)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from qwen_operator import reconcile, render
+from qwen_operator.kube import DEPLOYMENTS, QWENSERVICES, SERVICES, Resource
+from qwen_operator.validation import parse
+
+NOW = "2026-11-21T12:00:00Z"
+
+
+class FakeCluster:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.writes: list[tuple[str, str]] = []
+
+    async def get(self, res: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        obj = self.objects.get((res.plural, namespace, name))
+        return copy.deepcopy(obj) if obj else None
+
+    async def create(self, res: Resource, obj: Any) -> dict[str, Any]:
+        self.writes.append(("create", res.plural))
+        self.objects[(res.plural, obj["metadata"]["namespace"], obj["metadata"]["name"])] = copy.deepcopy(obj)
+        return copy.deepcopy(obj)
+
+    async def json_patch(
+        self, res: Resource, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        import jsonpatch
+
+        self.writes.append(("patch", res.plural))
+        key = (res.plural, namespace, name)
+        self.objects[key] = jsonpatch.apply_patch(self.objects[key], ops)
+        return copy.deepcopy(self.objects[key])
+
+    async def merge_patch(
+        self, res: Resource, namespace: str, name: str, patch: Any, sub: str | None = None
+    ) -> Any:
+        self.writes.append(("status" if sub else "merge", res.plural))
+        return {}
+
+
+async def test_first_reconcile_creates_both_then_a_second_writes_nothing(minimal):
+    cluster = FakeCluster()
+    out = await reconcile.reconcile(cluster, minimal, NOW)
+    assert cluster.writes == [("create", "deployments"), ("create", "services"), ("status", "qwenservices")]
+    assert [e.reason for e in out.events] == ["Created", "Created"]
+
+    cluster.writes.clear()
+    again = dict(minimal, status=out.status)
+    out2 = await reconcile.reconcile(cluster, again, NOW)
+    assert cluster.writes == []
+    assert out2.events == []
+
+
+async def test_api_server_defaults_do_not_count_as_drift(minimal):
+    cluster = FakeCluster()
+    await reconcile.reconcile(cluster, minimal, NOW)
+    dep = cluster.objects[("deployments", "ml", "qwen")]
+    dep["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] = "/dev/termination-log"
+    dep["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
+    dep["metadata"]["labels"]["added-by-someone"] = "x"
+    assert reconcile.patch_ops(render.render_deployment(parse(minimal)), dep) == []
+
+
+def test_patch_ops_replace_changed_fields_only_and_keep_foreign_labels(minimal):
+    desired = render.render_deployment(parse(minimal))
+    actual = copy.deepcopy(desired)
+    actual["spec"]["replicas"] = 9
+    actual["metadata"]["labels"] = {"other": "x"}
+    ops = reconcile.patch_ops(desired, actual)
+    paths = [op["path"] for op in ops]
+    assert "/spec/replicas" in paths
+    assert "/spec/template" not in paths
+    assert "/metadata/labels/app.kubernetes.io~1managed-by" in paths
+    assert reconcile.patch_ops(desired, actual, skip_spec=("replicas",)) == [
+        o for o in ops if o["path"] != "/spec/replicas"
+    ]
+
+
+def test_is_subset_requires_equal_list_lengths():
+    assert reconcile.is_subset({"a": [1, 2]}, {"a": [1, 2], "b": 3})
+    assert not reconcile.is_subset({"a": [1, 2]}, {"a": [1, 2, 3]})
+    assert not reconcile.is_subset({"a": {"b": 1}}, {"a": {"b": 2}})
+
+
+def test_owner_of_follows_owner_references_then_labels():
+    owned = {
+        "metadata": {
+            "namespace": "ml",
+            "ownerReferences": [
+                {"apiVersion": "serving.qwenops.io/v1alpha1", "kind": "QwenService", "name": "q", "uid": "u"}
+            ],
+        }
+    }
+    labelled = {"metadata": {"namespace": "ml", "labels": {"serving.qwenops.io/service": "q2"}}}
+    assert reconcile.owner_of(owned) == ("ml", "q")
+    assert reconcile.owner_of(labelled) == ("ml", "q2")
+    assert reconcile.owner_of({"metadata": {}}) is None
+
+
+def test_resource_paths():
+    assert DEPLOYMENTS.path("ml", "q") == "/apis/apps/v1/namespaces/ml/deployments/q"
+    assert SERVICES.path("ml") == "/api/v1/namespaces/ml/services"
+    assert (
+        QWENSERVICES.path("ml", "q", "status")
+        == "/apis/serving.qwenops.io/v1alpha1/namespaces/ml/qwenservices/q/status"
+    )

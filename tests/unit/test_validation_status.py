@@ -1,0 +1,147 @@
+"""Bad input gets a clear message; status tells the story of the Deployment."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qwen_operator import api, status
+from qwen_operator.validation import InvalidSpec, parse
+
+NOW = "2026-11-21T12:00:00Z"
+LATER = "2026-11-21T12:05:00Z"
+
+
+def body(minimal: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    b = copy.deepcopy(minimal)
+    b["spec"].update(spec)
+    return b
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"engine": {"gpuMemoryUtilization": 2}},
+            "spec.engine.gpuMemoryUtilization: Input should be less than",
+        ),
+        ({"engine": {"extraArgs": ["--port=1"]}}, "'--port=1' sets a flag the operator manages"),
+        ({"engine": {"env": [{"name": "HF_TOKEN", "value": "x"}]}}, "HF_TOKEN is set by the operator"),
+        ({"engine": {"enableAutoToolChoice": True}}, "needs spec.engine.toolCallParser"),
+        ({"engine": {"tensorParallelSize": 2}, "resources": {"gpus": 3}}, "must be a multiple of"),
+        ({"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}, "minReplicas (3) must be <= maxReplicas (2)"),
+        ({"model": {"name": "../etc", "source": {"pvc": {"claimName": "w"}}}}, "must not contain '..'"),
+        (
+            {"engine": {"tensorParalelSize": 2}},
+            "spec.engine.tensorParalelSize: Extra inputs are not permitted",
+        ),
+        ({"model": {}}, "spec.model.name: Field required"),
+    ],
+)
+def test_invalid_specs_name_the_field_and_the_fix(minimal, spec, message):
+    with pytest.raises(InvalidSpec) as caught:
+        parse(body(minimal, **spec))
+    assert any(message in m for m in caught.value.messages), caught.value.messages
+
+
+def test_missing_spec_is_reported(minimal):
+    del minimal["spec"]
+    with pytest.raises(InvalidSpec, match="spec: Field required"):
+        parse(minimal)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+spec_keys = st.sampled_from(
+    ["model", "engine", "resources", "scheduling", "autoscaling", "replicas", "service"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(spec_keys, json_values, max_size=4))
+def test_no_object_crashes_the_parser(spec):
+    """Whatever is stored in the cluster, parsing yields a QwenService or an InvalidSpec, never a crash."""
+    obj = {"metadata": {"name": "q", "namespace": "n"}, "spec": spec}
+    messages: list[str] = []
+    try:
+        parse(obj)
+    except InvalidSpec as exc:
+        messages = exc.messages or [""]
+    assert all(isinstance(m, str) and m for m in messages)
+
+
+def deployment(
+    desired: int, ready: int, generation: int = 1, observed: int = 1, **conditions: str
+) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": desired},
+        "status": {
+            "observedGeneration": observed, "replicas": desired, "updatedReplicas": desired,
+            "readyReplicas": ready,
+            "conditions": [{"type": t, "status": s, "reason": "R", "message": f"{t} is {s}"}
+                           for t, s in conditions.items()],
+        },
+    }  # fmt: skip
+
+
+def cond(st_: api.QwenServiceStatus, type_: str) -> api.Condition:
+    return next(c for c in st_.conditions if c.type == type_)
+
+
+@pytest.mark.parametrize(
+    ("dep", "phase", "ready"),
+    [
+        (None, "Pending", "False"),
+        (deployment(2, 0), "Progressing", "False"),
+        (deployment(2, 1), "Progressing", "False"),
+        (deployment(2, 2), "Ready", "True"),
+        (deployment(2, 2, generation=2, observed=1), "Progressing", "True"),
+        (deployment(2, 0, Progressing="False"), "Degraded", "False"),
+        (deployment(2, 1, ReplicaFailure="True"), "Degraded", "False"),
+        (deployment(0, 0), "Ready", "True"),
+    ],
+)
+def test_phase_and_ready_follow_the_deployment(minimal, dep, phase, ready):
+    got = status.compute_status(parse(minimal), dep, NOW)
+    assert got.phase == phase
+    assert cond(got, "Ready").status == ready
+    assert cond(got, "InvalidSpec").status == "False"
+    assert got.endpoint == "http://qwen.ml.svc:8000/v1"
+
+
+def test_conflicts_are_degraded_with_their_message(minimal):
+    problem = status.Problem("ResourceConflict", "Deployment ml/qwen exists and is not owned")
+    got = status.compute_status(parse(minimal), deployment(1, 1), NOW, [problem])
+    assert got.phase == "Degraded"
+    assert cond(got, "Degraded").reason == "ResourceConflict"
+    assert "not owned" in cond(got, "Degraded").message
+
+
+def test_transition_time_changes_only_when_a_condition_flips(minimal):
+    svc = parse(minimal)
+    first = status.compute_status(svc, deployment(1, 0), NOW)
+    svc2 = svc.model_copy(update={"status": first})
+    same = status.compute_status(svc2, deployment(1, 0), LATER)
+    assert cond(same, "Ready").last_transition_time == NOW
+    flipped = status.compute_status(svc2, deployment(1, 1), LATER)
+    assert cond(flipped, "Ready").last_transition_time == LATER
+
+
+def test_invalid_status_keeps_what_runs(minimal):
+    old = status.compute_status(parse(minimal), deployment(2, 2), NOW)
+    got = status.invalid_status(old, 3, ["spec.engine.extraArgs: bad"], LATER)
+    assert got.phase == "Invalid"
+    assert cond(got, "InvalidSpec").status == "True"
+    assert cond(got, "InvalidSpec").message == "spec.engine.extraArgs: bad"
+    assert got.ready_replicas == 2
+    assert got.observed_generation == 3
