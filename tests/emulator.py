@@ -96,21 +96,22 @@ class Emulator(kmock.KubernetesEmulator):
         return copy.deepcopy(self._objects[key].raw)
 
     # ---------------------------------------------------------------------------------- mutations
+    async def _mutate(self, request: rendering.Request) -> dict[str, Any]:
+        """Apply one create, patch or delete under the lock, then wake the watches."""
+        mutator = {
+            enums.action.CREATE: self._create,
+            enums.action.UPDATE: self._update,
+            enums.action.DELETE: self._delete,
+        }[request.action]
+        async with self._lock:
+            result = mutator(request)
+        await self._notify()
+        return result
+
     async def _handle(self, request: rendering.Request) -> Any:
-        action = request.action
-        if request.resource is not None and action in (
-            enums.action.CREATE,
-            enums.action.UPDATE,
-            enums.action.DELETE,
-        ):
-            async with self._lock:
-                if action == enums.action.CREATE:
-                    self._results[request.id] = self._create(request)
-                elif action == enums.action.UPDATE:
-                    self._results[request.id] = self._update(request)
-                else:
-                    self._results[request.id] = self._delete(request)
-            await self._notify()
+        mutating = (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
+        if request.resource is not None and request.action in mutating:
+            self._results[request.id] = await self._mutate(request)
         return await apps.RawHandler._handle(self, request)
 
     def _create(self, request: rendering.Request) -> dict[str, Any]:
@@ -294,47 +295,33 @@ class Emulator(kmock.KubernetesEmulator):
     # ------------------------------------------------------------------------ helpers for tests
     async def put(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
         """Create an object as a client would (with metadata and a watch event)."""
-        request = rendering.Request(
-            method=enums.method.POST,
-            action=enums.action.CREATE,
-            resource=kmock.resource(resource),
-            namespace=obj.get("metadata", {}).get("namespace"),
-            data=obj,
-        )
-        async with self._lock:
-            created = self._create(request)
-        await self._notify()
-        return created
+        namespace = obj.get("metadata", {}).get("namespace")
+        return await self._mutate(self._request(enums.action.CREATE, resource, namespace, data=obj))
 
     async def patch(
         self, resource: str, namespace: str | None, name: str, patch: Any, sub: str | None = None
     ) -> dict[str, Any]:
         """Patch an object as a client would (a test playing a controller or a user)."""
-        request = rendering.Request(
-            method=enums.method.PATCH,
-            action=enums.action.UPDATE,
-            resource=kmock.resource(resource),
-            namespace=namespace,
-            name=name,
-            subresource=sub,
-            data=patch,
+        request = self._request(
+            enums.action.UPDATE, resource, namespace, name=name, subresource=sub, data=patch
         )
-        async with self._lock:
-            result = self._update(request)
-        await self._notify()
-        return result
+        return await self._mutate(request)
 
     async def remove(self, resource: str, namespace: str | None, name: str) -> None:
-        request = rendering.Request(
-            method=enums.method.DELETE,
-            action=enums.action.DELETE,
+        await self._mutate(self._request(enums.action.DELETE, resource, namespace, name=name))
+
+    @staticmethod
+    def _request(
+        action: enums.action, resource: str, namespace: str | None, **fields: Any
+    ) -> rendering.Request:
+        methods = {enums.action.CREATE: "POST", enums.action.UPDATE: "PATCH", enums.action.DELETE: "DELETE"}
+        return rendering.Request(
+            method=enums.method(methods[action]),
+            action=action,
             resource=kmock.resource(resource),
             namespace=namespace,
-            name=name,
+            **fields,
         )
-        async with self._lock:
-            self._delete(request)
-        await self._notify()
 
     def get(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         return self._live((kmock.resource(resource), namespace, name))

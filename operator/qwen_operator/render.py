@@ -47,26 +47,24 @@ def vllm_args(spec: api.QwenServiceSpec) -> list[str]:
         "--shutdown-timeout",
         str(e.shutdown_timeout_seconds),
     ]
-    if spec.model.revision and spec.model.source.kind == "hub":
-        args += ["--revision", spec.model.revision]
-    if spec.model.trust_remote_code:
-        args.append("--trust-remote-code")
-    if e.dtype != "auto":
-        args += ["--dtype", e.dtype]
-    if e.max_model_len is not None:
-        args += ["--max-model-len", str(e.max_model_len)]
-    if e.enforce_eager:
-        args.append("--enforce-eager")
-    if e.quantization:
-        args += ["--quantization", e.quantization]
-    if e.cpu_offload_gb is not None:
-        args += ["--cpu-offload-gb", _num(e.cpu_offload_gb)]
-    if e.max_num_seqs is not None:
-        args += ["--max-num-seqs", str(e.max_num_seqs)]
-    if e.enable_auto_tool_choice:
-        args.append("--enable-auto-tool-choice")
-    if e.tool_call_parser:
-        args += ["--tool-call-parser", e.tool_call_parser]
+    # (flag, value): None leaves the flag out, True is a bare switch, anything else is its value.
+    optional: list[tuple[str, str | int | bool | None]] = [
+        ("--revision", spec.model.revision if spec.model.source.kind == "hub" else None),
+        ("--trust-remote-code", spec.model.trust_remote_code or None),
+        ("--dtype", None if e.dtype == "auto" else e.dtype),
+        ("--max-model-len", e.max_model_len),
+        ("--enforce-eager", e.enforce_eager or None),
+        ("--quantization", e.quantization),
+        ("--cpu-offload-gb", None if e.cpu_offload_gb is None else _num(e.cpu_offload_gb)),
+        ("--max-num-seqs", e.max_num_seqs),
+        ("--enable-auto-tool-choice", e.enable_auto_tool_choice or None),
+        ("--tool-call-parser", e.tool_call_parser),
+    ]
+    for flag, value in optional:
+        if value is True:
+            args.append(flag)
+        elif value is not None and value != "":
+            args += [flag, str(value)]
     return args + list(e.extra_args)
 
 
