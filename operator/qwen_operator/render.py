@@ -157,8 +157,7 @@ def _http_probe(period: int, timeout: int, failures: int) -> dict[str, Any]:
     }
 
 
-def _container(spec: api.QwenServiceSpec) -> dict[str, Any]:
-    _, mounts = _volumes(spec)
+def _container(spec: api.QwenServiceSpec, mounts: list[dict[str, Any]]) -> dict[str, Any]:
     startup = _http_probe(
         STARTUP_PROBE_PERIOD_SECONDS,
         5,
@@ -199,9 +198,9 @@ def _pod_security(spec: api.QwenServiceSpec) -> dict[str, Any]:
 
 def pod_template(svc: api.QwenService) -> dict[str, Any]:
     spec = svc.spec
-    volumes, _ = _volumes(spec)
+    volumes, mounts = _volumes(spec)
     pod: dict[str, Any] = {
-        "containers": [_container(spec)],
+        "containers": [_container(spec, mounts)],
         "volumes": volumes,
         "securityContext": _pod_security(spec),
         "terminationGracePeriodSeconds": termination_grace_seconds(spec),
