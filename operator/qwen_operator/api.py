@@ -50,6 +50,11 @@ def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]}
 
 
+def _section(model: type[Any], description: str = "") -> Any:
+    """A nested section that defaults to ``{}`` in the CRD, so the API server applies its inner defaults."""
+    return Field(default_factory=model, json_schema_extra={"default": {}}, description=description or None)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
@@ -97,9 +102,7 @@ class HubSource(_Model):
     token_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key holding a Hub token (HF_TOKEN), for gated or private models."
     )
-    cache: CacheVolume = Field(
-        default_factory=CacheVolume, json_schema_extra={"default": {}}, description="Hub cache volume."
-    )
+    cache: CacheVolume = _section(CacheVolume, "Hub cache volume.")
 
 
 class ModelSource(_Model):
@@ -331,11 +334,11 @@ class AutoscalingSpec(_Model):
     enabled: bool = Field(default=False, description="Let the operator own the replica count.")
     min_replicas: int = Field(default=1, ge=1, le=1000)
     max_replicas: int = Field(default=5, ge=1, le=1000)
-    targets: ScalingTargets = Field(default_factory=ScalingTargets, json_schema_extra={"default": {}})
+    targets: ScalingTargets = _section(ScalingTargets)
     tolerance: float = Field(default=0.1, ge=0, lt=1, description="Deviation from target that moves nothing.")
     evaluation_interval_seconds: int = Field(default=15, ge=5, le=600, description="How often to evaluate.")
-    scale_up: ScaleUpPolicy = Field(default_factory=ScaleUpPolicy, json_schema_extra={"default": {}})
-    scale_down: ScaleDownPolicy = Field(default_factory=ScaleDownPolicy, json_schema_extra={"default": {}})
+    scale_up: ScaleUpPolicy = _section(ScaleUpPolicy)
+    scale_down: ScaleDownPolicy = _section(ScaleDownPolicy)
     metrics_stale_after_seconds: int = Field(
         default=60, ge=5, description="Samples older than this count as missing."
     )
@@ -358,39 +361,17 @@ class QwenServiceSpec(_Model):
         )
     )
     model: ModelSpec = Field(description="Which model to serve and where its weights come from.")
-    engine: EngineSpec = Field(
-        default_factory=EngineSpec,
-        json_schema_extra={"default": {}},
-        description="The vLLM server and its flags.",
-    )
-    resources: ResourcesSpec = Field(
-        default_factory=ResourcesSpec,
-        json_schema_extra={"default": {}},
-        description="GPUs, CPU and memory per replica.",
-    )
-    scheduling: SchedulingSpec = Field(
-        default_factory=SchedulingSpec,
-        json_schema_extra={"default": {}},
-        description="Where the pods may run.",
-    )
-    security: SecuritySpec = Field(
-        default_factory=SecuritySpec,
-        json_schema_extra={"default": {}},
-        description="The pods' security context.",
-    )
+    engine: EngineSpec = _section(EngineSpec, "The vLLM server and its flags.")
+    resources: ResourcesSpec = _section(ResourcesSpec, "GPUs, CPU and memory per replica.")
+    scheduling: SchedulingSpec = _section(SchedulingSpec, "Where the pods may run.")
+    security: SecuritySpec = _section(SecuritySpec, "The pods' security context.")
     api_key_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key with the API key clients must send (vLLM --api-key)."
     )
-    service: ServiceSpec = Field(
-        default_factory=ServiceSpec,
-        json_schema_extra={"default": {}},
-        description="The Service in front of the pods.",
-    )
+    service: ServiceSpec = _section(ServiceSpec, "The Service in front of the pods.")
     replicas: int = Field(default=1, ge=0, le=1000, description="Replicas when autoscaling is off.")
-    autoscaling: AutoscalingSpec = Field(
-        default_factory=AutoscalingSpec,
-        json_schema_extra={"default": {}},
-        description="Let the operator move replicas between minReplicas and maxReplicas on load.",
+    autoscaling: AutoscalingSpec = _section(
+        AutoscalingSpec, "Let the operator move replicas between minReplicas and maxReplicas on load."
     )
 
     @property
