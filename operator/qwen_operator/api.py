@@ -9,6 +9,7 @@ Pure module: no Kubernetes, kopf or Prometheus imports.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -295,34 +296,105 @@ class ScalingTargets(_Model):
     concurrency_per_replica: float = Field(
         default=16,
         gt=0,
-        description="Requests in flight (running + waiting) one replica should carry.",
+        description=(
+            "Requests in flight (running + waiting) one replica should carry. 16 keeps a 7B model on "
+            "one GPU well inside its batch capacity, so time per output token stays near its floor."
+        ),
     )
     kv_cache_usage: float = Field(
-        default=0.8, gt=0, le=1, description="KV-cache usage (0-1) one replica should stay under."
+        default=0.8,
+        gt=0,
+        le=1,
+        description=(
+            "KV-cache usage (0-1) one replica should stay under; above ~0.9 vLLM starts preempting "
+            "requests, which costs recomputation."
+        ),
     )
     waiting_per_replica: float | None = Field(
-        default=None, gt=0, description="Optional: queued requests one replica may hold."
+        default=None, gt=0, description="Optional: queued requests one replica may hold (off by default)."
     )
 
 
 class ScaleUpPolicy(_Model):
-    max_step_percent: int = Field(default=100, ge=1, description="Grow by at most this percent per step...")
+    max_step_percent: int = Field(
+        default=100, ge=1, description="Grow by at most this percent per evaluation (100: double)..."
+    )
     max_step_replicas: int = Field(
         default=4, ge=1, description="...or by this many replicas, whichever is more."
     )
     panic_threshold: float = Field(
-        default=2.0, gt=1, description="Load at this multiple of capacity skips the step limit."
+        default=2.0,
+        gt=1,
+        description="Load at this multiple of the ready replicas' capacity skips the step limit (panic).",
     )
 
 
 class ScaleDownPolicy(_Model):
     stabilization_window_seconds: int = Field(
-        default=300, ge=0, description="Scale down only to the highest recommendation of this window."
+        default=300,
+        ge=0,
+        le=3600,
+        description=(
+            "Scale down only to the highest recommendation of this window; a 7B replica takes minutes "
+            "to come back, so a dip shorter than that must not remove one."
+        ),
     )
     cooldown_after_scale_up_seconds: int = Field(
-        default=300, ge=0, description="No scale-down for this long after a scale-up."
+        default=300, ge=0, le=3600, description="No scale-down for this long after a scale-up."
     )
     max_step_replicas: int = Field(default=1, ge=1, description="Remove at most this many replicas per step.")
+
+
+class BasicAuthSecretRef(_Model):
+    """A Secret holding a user name and a password."""
+
+    name: str = Field(min_length=1, max_length=253, description="Secret name.")
+    username_key: str = Field(default="username", min_length=1, max_length=253)
+    password_key: str = Field(default="password", min_length=1, max_length=253)
+
+
+class PrometheusSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "!(has(self.bearerTokenSecretRef) && has(self.basicAuthSecretRef))",
+                "prometheus: set bearerTokenSecretRef or basicAuthSecretRef, not both",
+            )
+        )
+    )
+    url: str | None = Field(
+        default=None,
+        max_length=1024,
+        pattern=r"^https?://",
+        description="Overrides the operator-wide Prometheus URL (QWEN_OPERATOR_PROMETHEUS_URL).",
+    )
+    bearer_token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key with a bearer token sent to Prometheus."
+    )
+    basic_auth_secret_ref: BasicAuthSecretRef | None = Field(
+        default=None, description="Secret with a user name and password for Prometheus."
+    )
+    ca_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key with the PEM CA bundle that signs Prometheus' certificate."
+    )
+    insecure_skip_verify: bool = Field(default=False, description="Do not verify Prometheus' certificate.")
+
+
+class MetricsSpec(_Model):
+    source: Literal["prometheus", "pods"] | None = Field(
+        default=None,
+        description=(
+            "Where load comes from: prometheus (queries, batched for all services), or pods (scrape each "
+            "ready pod's /metrics directly). Defaults to the operator's QWEN_OPERATOR_METRICS_SOURCE."
+        ),
+    )
+    prometheus: PrometheusSpec = _section(PrometheusSpec, "Per-service Prometheus connection.")
+    stale_after_seconds: int = Field(
+        default=60,
+        ge=5,
+        le=3600,
+        description="Samples older than this count as missing (two to four scrape intervals).",
+    )
 
 
 class AutoscalingSpec(_Model):
@@ -332,19 +404,23 @@ class AutoscalingSpec(_Model):
         )
     )
     enabled: bool = Field(default=False, description="Let the operator own the replica count.")
-    min_replicas: int = Field(default=1, ge=1, le=1000)
-    max_replicas: int = Field(default=5, ge=1, le=1000)
-    targets: ScalingTargets = _section(ScalingTargets)
-    tolerance: float = Field(default=0.1, ge=0, lt=1, description="Deviation from target that moves nothing.")
-    evaluation_interval_seconds: int = Field(default=15, ge=5, le=600, description="How often to evaluate.")
-    scale_up: ScaleUpPolicy = _section(ScaleUpPolicy)
-    scale_down: ScaleDownPolicy = _section(ScaleDownPolicy)
-    metrics_stale_after_seconds: int = Field(
-        default=60, ge=5, description="Samples older than this count as missing."
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="Never fewer replicas than this.")
+    max_replicas: int = Field(
+        default=5, ge=1, le=1000, description="Never more replicas (GPUs = maxReplicas x GPUs per replica)."
     )
-    prometheus_url: str | None = Field(
-        default=None, max_length=1024, description="Overrides the operator-wide Prometheus URL."
+    targets: ScalingTargets = _section(ScalingTargets, "Per-replica targets; the largest need wins.")
+    tolerance: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="Need within this fraction of the current replicas moves nothing.",
     )
+    evaluation_interval_seconds: int = Field(
+        default=15, ge=5, le=600, description="How often this service is evaluated."
+    )
+    scale_up: ScaleUpPolicy = _section(ScaleUpPolicy, "How fast replicas are added.")
+    scale_down: ScaleDownPolicy = _section(ScaleDownPolicy, "How carefully replicas are removed.")
+    metrics: MetricsSpec = _section(MetricsSpec, "Where the load and KV-cache metrics come from.")
 
 
 # ----------------------------------------------------------------------------------------- the spec
@@ -395,6 +471,41 @@ class Condition(_Model):
     observed_generation: int | None = None
 
 
+class Recommendation(_Model):
+    """A run of equal recommendations, from ``since`` until the next entry (or now)."""
+
+    since: datetime.datetime
+    replicas: int
+
+
+class ScalingObservation(_Model):
+    """What the last evaluation saw, over the ready pods that reported fresh metrics."""
+
+    ready_replicas: int
+    pods_with_data: int
+    concurrency: float = Field(description="Requests running + waiting, summed over the pods.")
+    waiting: float = Field(description="Requests waiting, summed over the pods.")
+    load_per_replica: float | None = Field(default=None, description="concurrency / podsWithData.")
+    kv_cache_usage: float | None = Field(default=None, description="Mean KV-cache usage (0-1).")
+
+
+class AutoscalingStatus(_Model):
+    """The scaler's last decision and the state its windows and cooldowns need (survives restarts)."""
+
+    model_config = ConfigDict(extra="ignore")
+    reason: str | None = None
+    message: str | None = None
+    recommendation: int | None = Field(default=None, description="Replicas the signals ask for, unlimited.")
+    observation: ScalingObservation | None = None
+    last_scale_up_time: datetime.datetime | None = None
+    data_since: datetime.datetime | None = Field(
+        default=None, description="Start of the current unbroken run of metrics (scale-down waits a window)."
+    )
+    recommendations: list[Recommendation] = Field(
+        default_factory=list, max_length=256, description="Recommendations within the stabilization window."
+    )
+
+
 class QwenServiceStatus(_Model):
     model_config = ConfigDict(extra="ignore")
     phase: Literal["Pending", "Progressing", "Ready", "Degraded", "Invalid"] | None = None
@@ -402,6 +513,8 @@ class QwenServiceStatus(_Model):
     replicas: int | None = Field(default=None, description="Replicas the Deployment has.")
     ready_replicas: int | None = Field(default=None, description="Replicas serving.")
     desired_replicas: int | None = Field(default=None, description="Replicas the operator asks for.")
+    last_scale_time: datetime.datetime | None = Field(default=None, description="When replicas last changed.")
+    autoscaling: AutoscalingStatus | None = None
     observed_generation: int | None = None
     endpoint: str | None = Field(default=None, description="In-cluster OpenAI-compatible base URL.")
     selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")

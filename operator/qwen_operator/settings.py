@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -21,9 +21,34 @@ class OperatorSettings(BaseSettings):
     liveness_endpoint: str | None = Field(
         default="http://0.0.0.0:8080/healthz", description="kopf's liveness probe endpoint; empty to disable."
     )
+    metrics_source: Literal["prometheus", "pods"] = Field(
+        default="prometheus",
+        description="Where the scaler reads load (per service: spec.autoscaling.metrics.source).",
+    )
     prometheus_url: str = Field(
         default="http://prometheus-operated.monitoring.svc:9090",
-        description="Prometheus the scaler queries (per-service override: spec.autoscaling.prometheusUrl).",
+        description="Prometheus the scaler queries (per service: spec.autoscaling.metrics.prometheus.url).",
+    )
+    prometheus_bearer_token_file: str | None = Field(
+        default=None, description="File holding a bearer token for Prometheus (e.g. a mounted Secret)."
+    )
+    prometheus_username: str | None = Field(default=None, description="Basic-auth user for Prometheus.")
+    prometheus_password: SecretStr | None = Field(default=None, description="Basic-auth password.")
+    prometheus_ca_file: str | None = Field(default=None, description="PEM CA bundle for Prometheus' TLS.")
+    prometheus_insecure_skip_verify: bool = Field(default=False, description="Skip TLS verification.")
+    prometheus_service_label: str = Field(
+        default="serving_qwenops_io_service",
+        description="Label on the vLLM series naming the QwenService (what the scrape config maps from "
+        "the pod label serving.qwenops.io/service).",
+    )
+    metrics_timeout_seconds: float = Field(
+        default=5, gt=0, le=60, description="Deadline for one evaluation's metric queries."
+    )
+    scaler_tick_seconds: float = Field(
+        default=5, gt=0, le=60, description="How often the scaler looks for services due for evaluation."
+    )
+    metrics_port: int = Field(
+        default=9100, ge=0, le=65535, description="Port of the operator's own /metrics; 0 disables it."
     )
     peering: str | None = Field(
         default=None,

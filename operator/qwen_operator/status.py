@@ -158,5 +158,5 @@ def invalid_status(
 
 def status_patch(status: api.QwenServiceStatus) -> dict[str, Any]:
     """The status as the API stores it (camelCase, no unset fields)."""
-    dumped: dict[str, Any] = status.model_dump(by_alias=True, exclude_none=True)
+    dumped: dict[str, Any] = status.model_dump(by_alias=True, exclude_none=True, mode="json")
     return dumped

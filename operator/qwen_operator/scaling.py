@@ -1,0 +1,401 @@
+"""The scaling decision: a pure function of what was observed, the spec, the state and the time.
+
+``decide(observation, spec, state, now) -> Decision`` runs small named stages; each may change the
+replica count and says why (:class:`Reason`):
+
+1. ``recommend``: per signal (concurrency, KV-cache usage, optionally waiting requests) the replicas the
+   load needs; the largest wins; a tolerance band around the current count moves nothing.
+2. cold start: the count compared with is the Deployment's (ready pods plus pods starting), so pods on
+   the way count as capacity; only load beyond them scales up again.
+3. ``scale_up``: immediate, at most +``maxStepPercent`` % or +``maxStepReplicas`` per step; load far
+   above the ready pods' capacity (``panicThreshold``) skips the limit.
+4. ``scale_down``: only after a full window of unbroken data, not within the cooldown after a scale-up,
+   to the highest recommendation of the stabilization window, at most ``maxStepReplicas`` per step.
+5. ``bound``: minReplicas/maxReplicas.
+6. No usable data (none, NaN, Inf, stale, or the source failed): hold, say ``MetricsUnavailable``.
+
+No I/O and no clock: ``now`` is passed in, the state comes in and goes out. See docs/autoscaling.md.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from qwen_operator import api
+
+
+class Reason(enum.StrEnum):
+    METRICS_UNAVAILABLE = "MetricsUnavailable"
+    AT_TARGET = "AtTarget"  # the load needs the current replicas, within the tolerance
+    COLD_START = "ColdStart"  # the load is covered once the starting pods are ready
+    ABOVE_TARGET = "AboveTarget"
+    BELOW_TARGET = "BelowTarget"
+    PANIC = "Panic"
+    SCALE_UP_LIMITED = "ScaleUpLimited"
+    AWAITING_FULL_WINDOW = "AwaitingFullWindow"
+    SCALE_DOWN_COOLDOWN = "ScaleDownCooldown"
+    SCALE_DOWN_STABILIZED = "ScaleDownStabilized"
+    SCALE_DOWN_LIMITED = "ScaleDownLimited"
+    TOO_FEW_REPLICAS = "TooFewReplicas"
+    TOO_MANY_REPLICAS = "TooManyReplicas"
+
+
+# Reasons that mean "the signals asked for another count, a limit said no" (the ScalingLimited condition).
+LIMITED = frozenset(
+    {Reason.SCALE_UP_LIMITED, Reason.SCALE_DOWN_LIMITED, Reason.TOO_FEW_REPLICAS, Reason.TOO_MANY_REPLICAS}
+)
+
+
+# ----------------------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class PodSample:
+    """One pod's latest vLLM figures, summed over its engines (KV usage: their mean)."""
+
+    running: float
+    waiting: float
+    kv_cache_usage: float | None  # 0-1; None when the pod exports neither KV metric
+    age_seconds: float  # how old the newest sample is
+
+    def usable(self, stale_after: float) -> bool:
+        numbers = (self.running, self.waiting, self.age_seconds)
+        if not all(math.isfinite(x) and x >= 0 for x in numbers):
+            return False
+        if self.kv_cache_usage is not None and not (
+            math.isfinite(self.kv_cache_usage) and 0 <= self.kv_cache_usage <= 1.5
+        ):
+            return False
+        return self.age_seconds <= stale_after
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One QwenService as seen now: the Deployment's replicas, its ready pods, and their samples."""
+
+    replicas: int  # the Deployment's spec.replicas: what was asked for, ready or not
+    ready_pods: tuple[str, ...]
+    samples: Mapping[str, PodSample] = field(default_factory=dict)
+    error: str | None = None  # the metrics source failed (unreachable, timeout, bad answer)
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """Ready pods without a sample."""
+        return tuple(pod for pod in self.ready_pods if pod not in self.samples)
+
+
+@dataclass(frozen=True)
+class State:
+    """What the windows and cooldowns remember. Everything but ``last_evaluated`` lives in status."""
+
+    last_scale_time: datetime | None = None
+    last_scale_up_time: datetime | None = None
+    data_since: datetime | None = None
+    history: tuple[tuple[datetime, int], ...] = ()  # runs of equal recommendations: (since, replicas)
+    last_evaluated: datetime | None = None  # in memory only, so a restart reads as a gap in the data
+
+
+# ---------------------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str  # concurrency, kvCacheUsage, waiting
+    value: float  # the total the need was computed from
+    target: float  # per replica
+    need: float  # replicas this signal needs: value / target
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: int
+    reason: Reason
+    message: str
+    state: State
+    recommendation: int | None = None
+    observation: api.ScalingObservation | None = None
+
+    @property
+    def metrics_available(self) -> bool:
+        return self.observation is not None
+
+    @property
+    def limited(self) -> bool:
+        return self.reason in LIMITED
+
+
+# --------------------------------------------------------------------------------------- stages
+
+
+@dataclass(frozen=True)
+class _Need:
+    """The recommendation before limits, with what it rests on."""
+
+    replicas: int
+    reason: Reason
+    message: str
+    top: Signal
+    observation: api.ScalingObservation
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2f}".rstrip("0").rstrip(".") if x != int(x) else str(int(x))
+
+
+def signals(samples: Mapping[str, PodSample], targets: api.ScalingTargets) -> list[Signal]:
+    """Each signal's total over the pods and the replicas it needs at its per-replica target."""
+    concurrency = sum(s.running + s.waiting for s in samples.values())
+    out = [
+        Signal(
+            "concurrency",
+            concurrency,
+            targets.concurrency_per_replica,
+            concurrency / targets.concurrency_per_replica,
+        )
+    ]
+    kv = [s.kv_cache_usage for s in samples.values() if s.kv_cache_usage is not None]
+    if kv:
+        out.append(Signal("kvCacheUsage", sum(kv), targets.kv_cache_usage, sum(kv) / targets.kv_cache_usage))
+    if targets.waiting_per_replica is not None:
+        waiting = sum(s.waiting for s in samples.values())
+        out.append(
+            Signal("waiting", waiting, targets.waiting_per_replica, waiting / targets.waiting_per_replica)
+        )
+    return out
+
+
+def _replicas_for(need: float, current: int, tolerance: float) -> int:
+    """Replicas for a need; within the tolerance band around ``current`` it is ``current``."""
+    if current > 0 and abs(need / current - 1) <= tolerance:
+        return current
+    return max(math.ceil(need - 1e-9), 0)
+
+
+def _describe(sig: Signal, ready: int) -> str:
+    label = {"concurrency": "concurrency", "kvCacheUsage": "KV-cache usage", "waiting": "waiting"}[sig.name]
+    return f"{label} {_fmt(sig.value)} vs target {_fmt(sig.target)} x {ready} ready"
+
+
+def recommend(obs: Observation, spec: api.AutoscalingSpec) -> _Need | None:
+    """Stages 1-2: what the load needs, or None without usable data.
+
+    Ready pods without data are assumed idle when that would scale up, and exactly at target when that
+    would scale down (as the Kubernetes HPA does), so a pod that stopped reporting never causes a move.
+    """
+    stale = spec.metrics.stale_after_seconds
+    usable = {pod: s for pod, s in obs.samples.items() if pod in obs.ready_pods and s.usable(stale)}
+    if not usable:
+        return None
+    silent = sorted(pod for pod in obs.ready_pods if pod not in usable)
+    missing = len(silent)
+    current = obs.replicas
+    sigs = signals(usable, spec.targets)
+    top = max(sigs, key=lambda s: s.need)
+    up = max(_replicas_for(s.need, current, spec.tolerance) for s in sigs)
+    down = max(_replicas_for(s.need + missing, current, spec.tolerance) for s in sigs)
+    replicas = up if up > current else min(down, current)
+
+    conc = sigs[0].value
+    kv_values = [s.kv_cache_usage for s in usable.values() if s.kv_cache_usage is not None]
+    observation = api.ScalingObservation(
+        ready_replicas=len(obs.ready_pods),
+        pods_with_data=len(usable),
+        concurrency=round(conc, 2),
+        waiting=round(sum(s.waiting for s in usable.values()), 2),
+        load_per_replica=round(conc / len(usable), 2),
+        kv_cache_usage=round(sum(kv_values) / len(kv_values), 3) if kv_values else None,
+    )
+    ready = len(obs.ready_pods)
+    text = _describe(top, ready)
+    if missing:
+        text += f"; {missing} ready pod(s) without data: {', '.join(silent[:5])}"
+    if replicas > current:
+        reason = Reason.ABOVE_TARGET
+    elif replicas < current:
+        reason = Reason.BELOW_TARGET
+    elif ready < current and math.ceil(top.need - 1e-9) > ready:
+        reason = Reason.COLD_START
+        text += f"; {current - ready} starting replica(s) will absorb it"
+    else:
+        reason = Reason.AT_TARGET
+    return _Need(replicas, reason, text, top, observation)
+
+
+def scale_up(
+    need: _Need, current: int, ready: int, policy: api.ScaleUpPolicy
+) -> tuple[int, Reason, str | None]:
+    """Stage 3: immediate, step-limited unless the load is far above the ready pods' capacity."""
+    limit = max(math.ceil(current * (1 + policy.max_step_percent / 100)), current + policy.max_step_replicas)
+    if need.replicas <= limit:
+        return need.replicas, Reason.ABOVE_TARGET, None
+    capacity = max(ready, 1)
+    if need.top.need >= policy.panic_threshold * capacity:
+        return need.replicas, Reason.PANIC, f"panic: load is {_fmt(need.top.need / capacity)}x capacity"
+    return limit, Reason.SCALE_UP_LIMITED, f"step limited to {limit} (wants {need.replicas})"
+
+
+def window_max(history: tuple[tuple[datetime, int], ...], now: datetime, window: float) -> int | None:
+    """The highest recommendation whose run overlaps the last ``window`` seconds."""
+    start = now - timedelta(seconds=window)
+    best: int | None = None
+    for i, (_, replicas) in enumerate(history):
+        end = history[i + 1][0] if i + 1 < len(history) else now
+        if end > start or i + 1 == len(history):
+            best = replicas if best is None else max(best, replicas)
+    return best
+
+
+def record(
+    history: tuple[tuple[datetime, int], ...], now: datetime, replicas: int, window: float
+) -> tuple[tuple[datetime, int], ...]:
+    """Add a recommendation (a new run only when it differs) and drop runs that ended before the window."""
+    runs = list(history)
+    if not runs or runs[-1][1] != replicas:
+        runs.append((now, replicas))
+    start = now - timedelta(seconds=window)
+    while len(runs) > 1 and runs[1][0] <= start:
+        runs.pop(0)
+    return tuple(runs[-256:])
+
+
+def scale_down(
+    need: _Need, current: int, spec: api.AutoscalingSpec, state: State, now: datetime
+) -> tuple[int, Reason, str | None]:
+    """Stage 4: only after a full window of data, outside the cooldown, stabilized and step-limited."""
+    policy = spec.scale_down
+    window = policy.stabilization_window_seconds
+    have = (now - state.data_since).total_seconds() if state.data_since is not None else 0.0
+    if have < window:
+        return current, Reason.AWAITING_FULL_WINDOW, f"{int(have)} s of data, scale-down waits for {window} s"
+    if state.last_scale_up_time is not None:
+        since_up = (now - state.last_scale_up_time).total_seconds()
+        if since_up < policy.cooldown_after_scale_up_seconds:
+            return (
+                current,
+                Reason.SCALE_DOWN_COOLDOWN,
+                f"scaled up {int(since_up)} s ago, cooldown {policy.cooldown_after_scale_up_seconds} s",
+            )
+    stabilized = max(need.replicas, window_max(state.history, now, window) or 0)
+    if stabilized >= current:
+        return (
+            current,
+            Reason.SCALE_DOWN_STABILIZED,
+            f"recommendation was {stabilized} within the last {window} s",
+        )
+    floor = current - policy.max_step_replicas
+    if stabilized < floor:
+        return floor, Reason.SCALE_DOWN_LIMITED, f"step limited to {floor} (wants {stabilized})"
+    return stabilized, Reason.BELOW_TARGET, None
+
+
+def bound(replicas: int, spec: api.AutoscalingSpec) -> tuple[int, Reason | None]:
+    """Stage 5: minReplicas <= replicas <= maxReplicas."""
+    if replicas < spec.min_replicas:
+        return spec.min_replicas, Reason.TOO_FEW_REPLICAS
+    if replicas > spec.max_replicas:
+        return spec.max_replicas, Reason.TOO_MANY_REPLICAS
+    return replicas, None
+
+
+# ------------------------------------------------------------------------------------------ decide
+
+
+def _gap(state: State, spec: api.AutoscalingSpec, now: datetime) -> bool:
+    """Whether the data run is broken: first evaluation since start, or evaluations stopped a while."""
+    if state.last_evaluated is None:
+        return True
+    limit = max(2 * spec.evaluation_interval_seconds, spec.metrics.stale_after_seconds)
+    return (now - state.last_evaluated).total_seconds() > limit
+
+
+def decide(obs: Observation, spec: api.AutoscalingSpec, state: State, now: datetime) -> Decision:
+    """The replicas a QwenService should have now, why, and the state to remember."""
+    current = obs.replicas
+    window = spec.scale_down.stabilization_window_seconds
+    need = recommend(obs, spec)
+
+    if need is None:
+        why = obs.error or (
+            "no ready pods"
+            if not obs.ready_pods
+            else f"no fresh metrics from {len(obs.ready_pods)} ready pod(s)"
+            f" (stale after {spec.metrics.stale_after_seconds} s)"
+        )
+        replicas, limit = bound(current, spec)
+        new_state = replace(state, data_since=None, last_evaluated=now)
+        reason = limit or Reason.METRICS_UNAVAILABLE
+        message = f"holding {current} replicas: {why}"
+        if limit:
+            message = f"{_bound_message(limit, spec)}; metrics unavailable: {why}"
+        return _finish(Decision(replicas, reason, message, new_state), current, now)
+
+    data_since = now if _gap(state, spec, now) or state.data_since is None else state.data_since
+    state = replace(state, data_since=data_since, last_evaluated=now)
+    ready = len(obs.ready_pods)
+    replicas, reason, note = need.replicas, need.reason, None
+    if need.replicas > current:
+        replicas, reason, note = scale_up(need, current, ready, spec.scale_up)
+    elif need.replicas < current:
+        replicas, reason, note = scale_down(need, current, spec, state, now)
+    bounded, limit = bound(replicas, spec)
+    message = need.message + (f"; {note}" if note else "")
+    if limit is not None:
+        reason, message = limit, f"{_bound_message(limit, spec)}; {message}"
+    state = replace(state, history=record(state.history, now, need.replicas, window))
+    decision = Decision(bounded, reason, message, state, need.replicas, need.observation)
+    return _finish(decision, current, now)
+
+
+def _bound_message(limit: Reason, spec: api.AutoscalingSpec) -> str:
+    if limit is Reason.TOO_FEW_REPLICAS:
+        return f"at minReplicas {spec.min_replicas}"
+    return f"at maxReplicas {spec.max_replicas}"
+
+
+def _finish(decision: Decision, current: int, now: datetime) -> Decision:
+    """Stamp the scale times when the count moves."""
+    if decision.replicas == current:
+        return decision
+    state = replace(decision.state, last_scale_time=now)
+    if decision.replicas > current:
+        state = replace(state, last_scale_up_time=now)
+    return replace(decision, state=state)
+
+
+# ---------------------------------------------------------------------------- status conversions
+
+
+def state_from_status(status: api.QwenServiceStatus) -> State:
+    """The persisted part of the state (``last_evaluated`` is not persisted: a restart is a gap)."""
+    auto = status.autoscaling or api.AutoscalingStatus()
+    return State(
+        last_scale_time=status.last_scale_time,
+        last_scale_up_time=auto.last_scale_up_time,
+        data_since=auto.data_since,
+        history=tuple((r.since, r.replicas) for r in auto.recommendations),
+    )
+
+
+def status_with(status: api.QwenServiceStatus, decision: Decision) -> api.QwenServiceStatus:
+    """The status carrying a decision: desired replicas, scale time, observation, reason and state."""
+    state = decision.state
+    auto = api.AutoscalingStatus(
+        reason=decision.reason.value,
+        message=decision.message,
+        recommendation=decision.recommendation,
+        observation=decision.observation,
+        last_scale_up_time=state.last_scale_up_time,
+        data_since=state.data_since,
+        recommendations=[api.Recommendation(since=t, replicas=r) for t, r in state.history],
+    )
+    return status.model_copy(
+        update={
+            "desired_replicas": decision.replicas,
+            "last_scale_time": state.last_scale_time,
+            "autoscaling": auto,
+        }
+    )
