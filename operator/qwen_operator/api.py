@@ -416,7 +416,10 @@ class AutoscalingSpec(_Model):
         description="Need within this fraction of the current replicas moves nothing.",
     )
     evaluation_interval_seconds: int = Field(
-        default=15, ge=5, le=600, description="How often this service is evaluated."
+        default=15,
+        ge=1,
+        le=600,
+        description="How often this service is evaluated (with Prometheus: no faster than it scrapes).",
     )
     scale_up: ScaleUpPolicy = _section(ScaleUpPolicy, "How fast replicas are added.")
     scale_down: ScaleDownPolicy = _section(ScaleDownPolicy, "How carefully replicas are removed.")

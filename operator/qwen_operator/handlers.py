@@ -9,9 +9,11 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import kopf
+import prometheus_client
 from kubernetes_asyncio.client import ApiClient
 
 from qwen_operator import api, kube, labels, reconcile
+from qwen_operator.autoscaler import Autoscaler
 from qwen_operator.settings import OperatorSettings
 
 MANAGED = {"app.kubernetes.io/managed-by": labels.MANAGED_BY}
@@ -31,8 +33,19 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.WARNING  # our own events are posted explicitly
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
-    memo.config = OperatorSettings()
+    memo.config = config = OperatorSettings()
     memo.locks = {}
+    memo.metrics_server = None
+    if config.metrics_port:
+        memo.metrics_server, _thread = prometheus_client.start_http_server(config.metrics_port)
+    memo.logged_in = asyncio.Event()
+    memo.scaler = asyncio.create_task(_scale(memo), name="qwen-operator-scaler")
+
+
+async def _scale(memo: kopf.Memo) -> None:
+    """The one periodic evaluation of all QwenServices; it starts once the login gave us a client."""
+    await memo.logged_in.wait()
+    await Autoscaler(memo.cluster, memo.config, memo.locks).run(lambda: memo.cluster)
 
 
 @kopf.on.login()
@@ -62,11 +75,18 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
     )
     if old is not None:
         await old.close()
+    memo.logged_in.set()
     return info
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    scaler: asyncio.Task[None] | None = memo.get("scaler")
+    if scaler is not None:
+        scaler.cancel()
+        await asyncio.gather(scaler, return_exceptions=True)
+    if memo.get("metrics_server") is not None:
+        memo.metrics_server.shutdown()
     cluster: kube.Cluster | None = memo.get("cluster")
     if cluster is not None:
         await cluster.close()
@@ -90,8 +110,12 @@ async def _reconcile(memo: kopf.Memo, body: Mapping[str, Any], logger: Any) -> r
     meta = body["metadata"]
     key = (meta.get("namespace"), meta["name"])
     lock: asyncio.Lock = memo.locks.setdefault(key, asyncio.Lock())
-    async with lock:  # a QwenService change and a Deployment event must not race to create
-        outcome = await reconcile.reconcile(memo.cluster, body, now_rfc3339())
+    async with lock:  # a QwenService change, a Deployment event and the scaler must not race
+        # The scaler may have written status since kopf read this body: work from the latest copy.
+        fresh = await memo.cluster.get(kube.QWENSERVICES, key[0] or "default", key[1])
+        if fresh is None or fresh["metadata"].get("uid") != meta.get("uid"):
+            return reconcile.Outcome()
+        outcome = await reconcile.reconcile(memo.cluster, fresh, now_rfc3339())
     _post(body, outcome, logger)
     return outcome
 

@@ -43,6 +43,7 @@ DEPLOYMENTS = Resource("apps", "v1", "deployments")
 SERVICES = Resource("", "v1", "services")
 PODS = Resource("", "v1", "pods")
 EVENTS = Resource("", "v1", "events")
+SECRETS = Resource("", "v1", "secrets")
 
 # (group, resource, verbs) the operator uses: what its RBAC must grant, and no more.
 # kopf itself lists/watches/patches QwenServices, and posts events.
@@ -52,6 +53,8 @@ API_CALLS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("apps", "deployments", ("get", "list", "watch", "create", "patch")),
     ("", "services", ("get", "create", "patch")),
     ("", "events", ("create",)),
+    ("", "pods", ("list", "patch")),  # ready pods to observe; pod-deletion-cost before a scale-down
+    ("", "secrets", ("get",)),  # only the Prometheus credentials a QwenService names
     ("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch")),
 )
 

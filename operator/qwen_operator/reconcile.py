@@ -143,7 +143,12 @@ async def write_status(
     outcome.status = body
     if body == old:
         return
-    patch = {**{key: None for key in old if key not in body}, **body}  # null deletes in a merge patch
+    # Only the top-level fields that differ: the scaler and the reconcile both write status, and neither
+    # may put back an older copy of a field the other one owns. null deletes in a merge patch.
+    patch = {
+        **{key: None for key in old if key not in body},
+        **{k: v for k, v in body.items() if old.get(k) != v},
+    }
     meta = svc_body["metadata"]
     await cluster.merge_patch(QWENSERVICES, meta["namespace"], meta["name"], {"status": patch}, sub="status")
     outcome.writes += 1

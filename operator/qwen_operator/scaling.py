@@ -366,6 +366,18 @@ def _finish(decision: Decision, current: int, now: datetime) -> Decision:
     return replace(decision, state=state)
 
 
+def deletion_costs(obs: Observation) -> dict[str, int]:
+    """``pod-deletion-cost`` per ready pod with data: busier pods cost more, so idle ones go first.
+
+    Requests in flight weigh 100 each, KV-cache usage adds up to 100; pods without data are left out.
+    """
+    return {
+        pod: round(100 * (s.running + s.waiting) + 100 * (s.kv_cache_usage or 0))
+        for pod, s in obs.samples.items()
+        if pod in obs.ready_pods and math.isfinite(s.running + s.waiting + (s.kv_cache_usage or 0))
+    }
+
+
 # ---------------------------------------------------------------------------- status conversions
 
 
@@ -377,25 +389,4 @@ def state_from_status(status: api.QwenServiceStatus) -> State:
         last_scale_up_time=auto.last_scale_up_time,
         data_since=auto.data_since,
         history=tuple((r.since, r.replicas) for r in auto.recommendations),
-    )
-
-
-def status_with(status: api.QwenServiceStatus, decision: Decision) -> api.QwenServiceStatus:
-    """The status carrying a decision: desired replicas, scale time, observation, reason and state."""
-    state = decision.state
-    auto = api.AutoscalingStatus(
-        reason=decision.reason.value,
-        message=decision.message,
-        recommendation=decision.recommendation,
-        observation=decision.observation,
-        last_scale_up_time=state.last_scale_up_time,
-        data_since=state.data_since,
-        recommendations=[api.Recommendation(since=t, replicas=r) for t, r in state.history],
-    )
-    return status.model_copy(
-        update={
-            "desired_replicas": decision.replicas,
-            "last_scale_time": state.last_scale_time,
-            "autoscaling": auto,
-        }
     )

@@ -6,12 +6,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from qwen_operator import api, labels, render
+from qwen_operator import api, labels, render, scaling
 
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 INVALID_SPEC = "InvalidSpec"
+SCALING_ACTIVE = "ScalingActive"
+SCALING_LIMITED = "ScalingLimited"
+METRICS_AVAILABLE = "MetricsAvailable"
+SCALING_CONDITIONS = (SCALING_ACTIVE, SCALING_LIMITED, METRICS_AVAILABLE)
 
 
 @dataclass(frozen=True)
@@ -132,8 +136,15 @@ def compute_status(
         gen,
     )
 
+    if not svc.spec.autoscaling.enabled:
+        conds = set_condition(
+            conds, SCALING_ACTIVE, False, "AutoscalingDisabled", "spec.replicas rules", now, gen
+        )
+        conds = [c for c in conds if c.type not in (SCALING_LIMITED, METRICS_AVAILABLE)]
+
     return old.model_copy(
         update={
+            "autoscaling": old.autoscaling if svc.spec.autoscaling.enabled else None,
             "phase": phase,
             "conditions": conds,
             "replicas": replicas,
@@ -142,6 +153,61 @@ def compute_status(
             "observed_generation": gen,
             "endpoint": render.endpoint(svc),
             "selector": labels.selector_string(svc.name),
+        }
+    )
+
+
+def scaling_status(
+    old: api.QwenServiceStatus, decision: scaling.Decision, now: str, generation: int | None
+) -> api.QwenServiceStatus:
+    """The status carrying a scaling decision: desired replicas, observation, reason, state, conditions."""
+    state = decision.state
+    available = decision.metrics_available
+    obs = decision.observation
+    conds = set_condition(
+        old.conditions,
+        SCALING_ACTIVE,
+        available,
+        "ValidMetricFound" if available else scaling.Reason.METRICS_UNAVAILABLE.value,
+        decision.message,
+        now,
+        generation,
+    )
+    conds = set_condition(
+        conds,
+        SCALING_LIMITED,
+        decision.limited,
+        decision.reason.value if decision.limited else "DesiredWithinRange",
+        decision.message,
+        now,
+        generation,
+    )
+    conds = set_condition(
+        conds,
+        METRICS_AVAILABLE,
+        available,
+        "MetricsAvailable" if available else "MetricsUnavailable",
+        f"{obs.pods_with_data} of {obs.ready_replicas} ready pods report metrics"
+        if obs is not None
+        else decision.message,
+        now,
+        generation,
+    )
+    auto = api.AutoscalingStatus(
+        reason=decision.reason.value,
+        message=decision.message,
+        recommendation=decision.recommendation,
+        observation=obs,
+        last_scale_up_time=state.last_scale_up_time,
+        data_since=state.data_since,
+        recommendations=[api.Recommendation(since=t, replicas=r) for t, r in state.history],
+    )
+    return old.model_copy(
+        update={
+            "conditions": conds,
+            "desired_replicas": decision.replicas,
+            "last_scale_time": state.last_scale_time,
+            "autoscaling": auto,
         }
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,22 @@ async def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
         yield handler
 
 
+# Operator settings for the tests unless a test set its own: no /metrics port of its own (the tests
+# scrape the operator's registry directly), a fast scaler tick, and pods as the metrics source.
+OPERATOR_ENV = {
+    "QWEN_OPERATOR_METRICS_PORT": "0",
+    "QWEN_OPERATOR_SCALER_TICK_SECONDS": "0.2",
+    "QWEN_OPERATOR_METRICS_SOURCE": "pods",
+}
+
+
 @pytest.fixture
-async def operator(emulator: Emulator) -> AsyncIterator[asyncio.Task[None]]:
+async def operator(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[asyncio.Task[None]]:
     from qwen_operator import handlers  # noqa: F401  (registers the real handlers)
+
+    for key, value in OPERATOR_ENV.items():
+        if key not in os.environ:
+            monkeypatch.setenv(key, value)
 
     stop, ready = asyncio.Event(), asyncio.Event()
     settings = kopf.OperatorSettings()

@@ -22,9 +22,9 @@ from qwen_operator.scaling import (
     decide,
     record,
     state_from_status,
-    status_with,
     window_max,
 )
+from qwen_operator.status import scaling_status
 
 T0 = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
 
@@ -277,7 +277,7 @@ def test_history_keeps_runs_and_drops_what_left_the_window() -> None:
 
 def test_status_round_trip_keeps_the_state_but_not_the_last_evaluation() -> None:
     decision = decide(observe(1, pods(30)), spec(), warm(), T0)
-    status = status_with(api.QwenServiceStatus(), decision)
+    status = scaling_status(api.QwenServiceStatus(), decision, "2026-11-21T12:00:00Z", 1)
     assert status.desired_replicas == decision.replicas == 4
     assert status.autoscaling is not None
     assert status.autoscaling.reason == "AboveTarget"

@@ -1,0 +1,353 @@
+"""The periodic evaluation: one loop per operator scales every QwenService that has autoscaling on.
+
+Each tick it lists QwenServices, their Deployments and ready pods (three list calls for all of them),
+asks each metrics source once for all the services that use it (batched), runs the pure
+:func:`~qwen_operator.scaling.decide` per service, and writes only what changed: the Deployment's
+``spec.replicas``, ``pod-deletion-cost`` annotations before a scale-down, the status, and an Event
+per change. kopf-free, so tests drive :meth:`Autoscaler.tick` with their own clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import logging
+import os
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from qwen_operator import api, labels, reconcile, scaling, status, telemetry, validation
+from qwen_operator.kube import DEPLOYMENTS, EVENTS, PODS, QWENSERVICES, SECRETS, Resource
+from qwen_operator.metrics import (
+    MetricsSource,
+    PodRef,
+    PodsSource,
+    PrometheusConfig,
+    PrometheusSource,
+    Target,
+)
+from qwen_operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={labels.MANAGED_BY}"
+
+
+class ClusterAPI(reconcile.ClusterAPI, Protocol):
+    async def list(
+        self, res: Resource, namespace: str | None, selector: str | None = None
+    ) -> list[dict[str, Any]]: ...
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+
+
+def rfc3339(t: datetime.datetime) -> str:
+    return t.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def is_ready(pod: Mapping[str, Any]) -> bool:
+    """Serving: Running, Ready condition True, not terminating."""
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return False
+    st = pod.get("status") or {}
+    if st.get("phase") != "Running":
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
+
+
+@dataclass
+class Evaluated:
+    """What one evaluation of one service did (for logs and tests)."""
+
+    namespace: str
+    name: str
+    decision: scaling.Decision
+    previous: int
+    outcome: reconcile.Outcome = field(default_factory=reconcile.Outcome)
+
+
+class SecretMissing(Exception):
+    pass
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        cluster: ClusterAPI,
+        config: OperatorSettings,
+        locks: dict[tuple[str, str], asyncio.Lock] | None = None,
+        clock: Callable[[], datetime.datetime] = utcnow,
+        pods_source: MetricsSource | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.config = config
+        self.locks = locks if locks is not None else {}
+        self.clock = clock
+        self.memory: dict[str, scaling.State] = {}  # by uid; last_evaluated lives only here
+        self.pods_source = pods_source or PodsSource(
+            port=api.VLLM_PORT, timeout=config.metrics_timeout_seconds
+        )
+        self.prometheus: dict[PrometheusConfig, PrometheusSource] = {}
+        self._ca_files: dict[bytes, str] = {}
+
+    # ------------------------------------------------------------------------------------ loop
+
+    async def run(self, cluster: Callable[[], ClusterAPI] | None = None) -> None:
+        """Evaluate forever; a failing tick is logged and the next one tries again.
+
+        ``cluster`` gives the current client each tick (a re-login replaces it).
+        """
+        while True:
+            if cluster is not None:
+                self.cluster = cluster()
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scaler tick failed")
+            await asyncio.sleep(self.config.scaler_tick_seconds)
+
+    async def _list(self, res: Resource, selector: str | None = None) -> list[dict[str, Any]]:
+        if not self.config.namespaces:
+            return await self.cluster.list(res, None, selector)
+        found = await asyncio.gather(*(self.cluster.list(res, ns, selector) for ns in self.config.namespaces))
+        return [obj for objs in found for obj in objs]
+
+    def _due(self, svc: api.QwenService, now: datetime.datetime) -> bool:
+        last = self.memory.get(svc.metadata.uid or "", scaling.State()).last_evaluated
+        return (
+            last is None or (now - last).total_seconds() >= svc.spec.autoscaling.evaluation_interval_seconds
+        )
+
+    async def tick(self) -> list[Evaluated]:
+        """One evaluation of every service that is due."""
+        started = time.monotonic()
+        now = self.clock()
+        due: list[api.QwenService] = []
+        for body in await self._list(QWENSERVICES):
+            try:
+                svc = validation.parse(body)
+            except validation.InvalidSpec:
+                continue  # the reconcile reports it
+            if (
+                svc.spec.autoscaling.enabled
+                and self._due(svc, now)
+                and not body["metadata"].get("deletionTimestamp")
+            ):
+                due.append(svc)
+        if not due:
+            return []
+        deployments = {
+            (d["metadata"]["namespace"], d["metadata"]["name"]): d
+            for d in await self._list(DEPLOYMENTS, MANAGED_SELECTOR)
+        }
+        ready: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for pod in await self._list(PODS, MANAGED_SELECTOR):
+            meta = pod["metadata"]
+            owner = (meta.get("labels") or {}).get(labels.SERVICE_LABEL)
+            if owner and is_ready(pod):
+                ready[meta["namespace"], owner].append(pod)
+
+        groups: dict[MetricsSource, list[Target]] = defaultdict(list)
+        failed: dict[tuple[str, str], str] = {}
+        targets: dict[tuple[str, str], tuple[api.QwenService, Target, list[dict[str, Any]]]] = {}
+        for svc in due:
+            dep = deployments.get((svc.namespace, svc.name))
+            if dep is None or not reconcile.owned_by(dep, svc):
+                continue  # nothing to scale yet, or not ours: the reconcile says so
+            pods = sorted(ready[svc.namespace, svc.name], key=lambda p: str(p["metadata"]["name"]))
+            target = Target(
+                svc.namespace,
+                svc.name,
+                int(dep.get("spec", {}).get("replicas", 1)),
+                tuple(PodRef(p["metadata"]["name"], (p.get("status") or {}).get("podIP")) for p in pods),
+            )
+            targets[target.key] = (svc, target, pods)
+            try:
+                groups[await self._source(svc)].append(target)
+            except SecretMissing as exc:
+                failed[target.key] = str(exc)
+
+        observed: dict[tuple[str, str], scaling.Observation] = {}
+        answers = await asyncio.gather(*(source.observe(ts) for source, ts in groups.items()))
+        for answer in answers:
+            observed.update(answer)
+        for key, error in failed.items():
+            observed[key] = targets[key][1].observation({}, error)
+
+        results = []
+        for key, obs in observed.items():
+            svc, _, pods = targets[key]
+            try:
+                results.append(await self._act(svc, obs, pods, now))
+            except Exception:
+                log.exception("scaling %s/%s failed", *key)
+        telemetry.EVALUATION_SECONDS.observe(time.monotonic() - started)
+        return results
+
+    # ---------------------------------------------------------------------------------- sources
+
+    async def _secret(self, namespace: str, name: str, key: str) -> bytes:
+        secret = await self.cluster.get(SECRETS, namespace, name)
+        value = ((secret or {}).get("data") or {}).get(key)
+        if value is None:
+            raise SecretMissing(f"Secret {namespace}/{name} has no key {key!r} (Prometheus credentials)")
+        return base64.b64decode(value)
+
+    def _ca_file(self, pem: bytes) -> str:
+        if pem not in self._ca_files:
+            fd, path = tempfile.mkstemp(prefix="qwen-operator-prometheus-", suffix=".crt")
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+            self._ca_files[pem] = path
+        return self._ca_files[pem]
+
+    async def _source(self, svc: api.QwenService) -> MetricsSource:
+        metrics = svc.spec.autoscaling.metrics
+        if (metrics.source or self.config.metrics_source) == "pods":
+            return self.pods_source
+        prom, cfg, ns = metrics.prometheus, self.config, svc.namespace
+        token = cfg.prometheus_bearer_token_file and _read(cfg.prometheus_bearer_token_file)
+        username = cfg.prometheus_username
+        password = cfg.prometheus_password.get_secret_value() if cfg.prometheus_password else None
+        ca_file = cfg.prometheus_ca_file
+        if prom.bearer_token_secret_ref is not None:
+            ref = prom.bearer_token_secret_ref
+            token, username, password = (
+                (await self._secret(ns, ref.name, ref.key)).decode().strip(),
+                None,
+                None,
+            )
+        if prom.basic_auth_secret_ref is not None:
+            basic = prom.basic_auth_secret_ref
+            token = None
+            username = (await self._secret(ns, basic.name, basic.username_key)).decode()
+            password = (await self._secret(ns, basic.name, basic.password_key)).decode()
+        if prom.ca_secret_ref is not None:
+            ca_file = self._ca_file(await self._secret(ns, prom.ca_secret_ref.name, prom.ca_secret_ref.key))
+        config = PrometheusConfig(
+            url=(prom.url or cfg.prometheus_url).rstrip("/"),
+            bearer_token=token or None,
+            username=username,
+            password=password,
+            ca_file=ca_file,
+            insecure_skip_verify=prom.insecure_skip_verify or cfg.prometheus_insecure_skip_verify,
+        )
+        if config not in self.prometheus:
+            self.prometheus[config] = PrometheusSource(
+                config, cfg.prometheus_service_label, cfg.metrics_timeout_seconds
+            )
+        return self.prometheus[config]
+
+    # ------------------------------------------------------------------------------------- act
+
+    async def _act(
+        self,
+        svc: api.QwenService,
+        obs: scaling.Observation,
+        pods: Sequence[Mapping[str, Any]],
+        now: datetime.datetime,
+    ) -> Evaluated:
+        key = (svc.namespace, svc.name)
+        async with self.locks.setdefault(key, asyncio.Lock()):
+            fresh = await self.cluster.get(QWENSERVICES, *key)
+            if fresh is None or fresh["metadata"].get("uid") != svc.metadata.uid:
+                raise LookupError(f"QwenService {key[0]}/{key[1]} is gone")
+            svc = validation.parse(fresh)
+            uid = svc.metadata.uid or ""
+            state = self.memory.get(uid) or scaling.state_from_status(svc.status)
+            decision = scaling.decide(obs, svc.spec.autoscaling, state, now)
+            self.memory[uid] = decision.state
+            result = Evaluated(svc.namespace, svc.name, decision, obs.replicas)
+            out = result.outcome
+            if decision.replicas < obs.replicas:
+                await self._mark_deletion_costs(svc.namespace, pods, scaling.deletion_costs(obs), out)
+            if decision.replicas != obs.replicas:
+                patch = {"spec": {"replicas": decision.replicas}}
+                await self.cluster.merge_patch(DEPLOYMENTS, svc.namespace, svc.name, patch)
+                out.writes += 1
+                verb = "ScaledUp" if decision.replicas > obs.replicas else "ScaledDown"
+                message = f"{obs.replicas} -> {decision.replicas}: {decision.message}"
+                out.events.append(reconcile.Event("Normal", verb, message))
+                log.info("%s/%s %s %s", svc.namespace, svc.name, verb, message)
+            old_available = _condition(svc.status, status.METRICS_AVAILABLE)
+            new = status.scaling_status(svc.status, decision, rfc3339(now), svc.metadata.generation)
+            if not decision.metrics_available and old_available != "False":
+                out.events.append(reconcile.Event("Warning", "MetricsUnavailable", decision.message))
+            if decision.metrics_available and old_available == "False":
+                out.events.append(reconcile.Event("Normal", "MetricsAvailable", decision.message))
+            await reconcile.write_status(self.cluster, fresh, new, out)
+            for event in out.events:
+                await self.cluster.create(EVENTS, event_body(fresh, event, now))
+        direction = (
+            "up"
+            if decision.replicas > obs.replicas
+            else "down"
+            if decision.replicas < obs.replicas
+            else "none"
+        )
+        telemetry.DECISIONS.labels(direction, decision.reason.value).inc()
+        telemetry.DESIRED_REPLICAS.labels(svc.namespace, svc.name).set(decision.replicas)
+        return result
+
+    async def _mark_deletion_costs(
+        self,
+        namespace: str,
+        pods: Sequence[Mapping[str, Any]],
+        costs: Mapping[str, int],
+        out: reconcile.Outcome,
+    ) -> None:
+        """Annotate the ready pods so the ReplicaSet removes the least-loaded ones first."""
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            if name not in costs:
+                continue
+            value = str(costs[name])
+            if (pod["metadata"].get("annotations") or {}).get(labels.POD_DELETION_COST_ANNOTATION) == value:
+                continue
+            patch = {"metadata": {"annotations": {labels.POD_DELETION_COST_ANNOTATION: value}}}
+            await self.cluster.merge_patch(PODS, namespace, name, patch)
+            out.writes += 1
+
+
+def _condition(st: api.QwenServiceStatus, type_: str) -> str | None:
+    return next((c.status for c in st.conditions if c.type == type_), None)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def event_body(obj: Mapping[str, Any], event: reconcile.Event, now: datetime.datetime) -> dict[str, Any]:
+    """A core/v1 Event about a QwenService."""
+    meta = obj["metadata"]
+    stamp = rfc3339(now)
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        },
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message[:1024],
+        "source": {"component": labels.MANAGED_BY},
+        "reportingComponent": labels.MANAGED_BY,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }

@@ -1,0 +1,285 @@
+"""Where the scaler's observations come from: Prometheus (batched queries) or the pods' own /metrics.
+
+A :class:`MetricsSource` turns the scaler's targets (each QwenService's ready pods) into one
+:class:`~qwen_operator.scaling.Observation` per service. Sources never raise for a bad answer: a
+failure becomes ``Observation.error`` and the decision holds the replicas.
+
+vLLM's metric names: ``vllm:num_requests_running``, ``vllm:num_requests_waiting`` and the KV-cache
+usage ``vllm:kv_cache_usage_perc`` (0-1), or ``vllm:gpu_cache_usage_perc`` on vLLM older than 0.12.
+Every series carries ``model_name`` and ``engine``; a pod's figures are summed over its engines
+(KV usage: their mean).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+import requests
+from prometheus_api_client import PrometheusConnect
+from prometheus_client.parser import text_string_to_metric_families
+from urllib3.util.retry import Retry
+
+from qwen_operator import telemetry
+from qwen_operator.scaling import Observation, PodSample
+
+RUNNING = "vllm:num_requests_running"
+WAITING = "vllm:num_requests_waiting"
+KV_USAGE = "vllm:kv_cache_usage_perc"
+KV_USAGE_OLD = "vllm:gpu_cache_usage_perc"  # vLLM < 0.12
+
+
+@dataclass(frozen=True)
+class PodRef:
+    name: str
+    ip: str | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """One QwenService to observe: its Deployment's replicas and its ready pods."""
+
+    namespace: str
+    name: str
+    replicas: int
+    pods: tuple[PodRef, ...]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.namespace, self.name
+
+    def observation(self, samples: Mapping[str, PodSample], error: str | None = None) -> Observation:
+        names = tuple(p.name for p in self.pods)
+        kept = {pod: s for pod, s in samples.items() if pod in names}
+        return Observation(replicas=self.replicas, ready_pods=names, samples=kept, error=error)
+
+
+class MetricsSource(Protocol):
+    name: str
+
+    async def observe(self, targets: Sequence[Target]) -> dict[tuple[str, str], Observation]:
+        """One observation per target; never raises for a failed or malformed answer."""
+        ...
+
+
+# ------------------------------------------------------------------------------------ aggregation
+
+
+@dataclass
+class _Acc:
+    running: float = 0.0
+    waiting: float = 0.0
+    kv: list[float] = field(default_factory=list)
+    kv_old: list[float] = field(default_factory=list)
+    seen: bool = False
+
+    def sample(self, age: float) -> PodSample | None:
+        if not self.seen:
+            return None
+        kv = self.kv or self.kv_old
+        return PodSample(self.running, self.waiting, sum(kv) / len(kv) if kv else None, age)
+
+
+def _add(acc: _Acc, name: str, value: float) -> None:
+    if name == RUNNING:
+        acc.running += value
+        acc.seen = True
+    elif name == WAITING:
+        acc.waiting += value
+        acc.seen = True
+    elif name == KV_USAGE:
+        acc.kv.append(value)
+    elif name == KV_USAGE_OLD:
+        acc.kv_old.append(value)
+
+
+def parse_vllm_metrics(text: str, model_name: str | None = None) -> PodSample | None:
+    """A pod's sample from its /metrics text (None when it exports no vLLM request gauges).
+
+    Raises ValueError on text that is not the Prometheus exposition format.
+    """
+    acc = _Acc()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if model_name is not None and sample.labels.get("model_name", model_name) != model_name:
+                continue
+            _add(acc, sample.name, float(sample.value))
+    return acc.sample(0.0)
+
+
+# --------------------------------------------------------------------------------------- pods
+
+
+class PodsSource:
+    """Scrape each ready pod's /metrics directly: no Prometheus, seconds of lag, not a scrape interval."""
+
+    name = "pods"
+
+    def __init__(self, port: int = 8000, timeout: float = 2.0, concurrency: int = 32) -> None:
+        self.port = port
+        self.timeout = timeout
+        self.limit = asyncio.Semaphore(concurrency)
+
+    async def _scrape(self, session: aiohttp.ClientSession, pod: PodRef) -> PodSample | str:
+        if not pod.ip:
+            return "no pod IP"
+        url = f"http://{pod.ip}:{self.port}/metrics"
+        try:
+            async with self.limit, session.get(url) as response:
+                if response.status != 200:
+                    return f"HTTP {response.status}"
+                text = await response.text()
+            sample = parse_vllm_metrics(text)
+        except (aiohttp.ClientError, TimeoutError, ValueError, UnicodeDecodeError) as exc:
+            return f"{type(exc).__name__}: {exc}"[:200]
+        return sample if sample is not None else "no vLLM metrics"
+
+    async def observe(self, targets: Sequence[Target]) -> dict[tuple[str, str], Observation]:
+        pods = [(t, p) for t in targets for p in t.pods]
+        started = time.monotonic()
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            results = await asyncio.gather(*(self._scrape(session, p) for _, p in pods))
+        telemetry.QUERY_SECONDS.labels(self.name).observe(time.monotonic() - started)
+        samples: dict[tuple[str, str], dict[str, PodSample]] = defaultdict(dict)
+        errors: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for (target, pod), result in zip(pods, results, strict=True):
+            if isinstance(result, PodSample):
+                samples[target.key][pod.name] = result
+            else:
+                errors[target.key].append(f"{pod.name}: {result}")
+                telemetry.QUERY_ERRORS.labels(self.name).inc()
+        out = {}
+        for t in targets:
+            got = samples.get(t.key, {})
+            error = (
+                None if got or not errors.get(t.key) else "scraping pods failed: " + "; ".join(errors[t.key])
+            )
+            out[t.key] = t.observation(got, error)
+        return out
+
+
+# ---------------------------------------------------------------------------------- prometheus
+
+
+@dataclass(frozen=True)
+class PrometheusConfig:
+    """How to reach one Prometheus. Services that share a config share its queries."""
+
+    url: str
+    bearer_token: str | None = None
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    insecure_skip_verify: bool = False
+
+
+def queries(service_label: str) -> dict[str, str]:
+    """One PromQL query per signal, for every QwenService at once, grouped by namespace/pod/service."""
+    by = f"namespace, pod, {service_label}"
+    sel = f'{{{service_label}!=""}}'
+    return {
+        "running": f"sum by ({by}) ({RUNNING}{sel})",
+        "waiting": f"sum by ({by}) ({WAITING}{sel})",
+        "kv": f"avg by ({by}) ({KV_USAGE}{sel} or {KV_USAGE_OLD}{sel})",
+        "timestamp": f"max by ({by}) (timestamp({RUNNING}{sel}))",
+    }
+
+
+def _number(text: Any) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+class PrometheusSource:
+    """Batched PromQL: the number of queries per evaluation does not grow with the number of services."""
+
+    name = "prometheus"
+
+    def __init__(
+        self,
+        config: PrometheusConfig,
+        service_label: str = "serving_qwenops_io_service",
+        timeout: float = 5.0,
+        connect: Callable[[PrometheusConfig, float], PrometheusConnect] | None = None,
+    ) -> None:
+        self.config = config
+        self.service_label = service_label
+        self.timeout = timeout
+        self.queries = queries(service_label)
+        self.client = (connect or _connect)(config, timeout)
+
+    def _query(self, promql: str) -> list[dict[str, Any]]:
+        result = self.client.custom_query(promql, params={"timeout": f"{self.timeout}s"})
+        if not isinstance(result, list):
+            raise ValueError(f"unexpected answer: {str(result)[:100]}")
+        return result
+
+    async def _all(self) -> dict[str, list[dict[str, Any]]]:
+        names = list(self.queries)
+        answers = await asyncio.gather(*(asyncio.to_thread(self._query, self.queries[n]) for n in names))
+        return dict(zip(names, answers, strict=True))
+
+    async def observe(self, targets: Sequence[Target]) -> dict[tuple[str, str], Observation]:
+        started = time.monotonic()
+        telemetry.QUERIES.labels(self.name).inc(len(self.queries))
+        try:
+            answers = await asyncio.wait_for(self._all(), self.timeout)
+        except Exception as exc:  # any failure of the source holds replicas; it never stops the scaler
+            telemetry.QUERY_ERRORS.labels(self.name).inc()
+            reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            error = f"Prometheus at {self.config.url} failed: {reason}"[:300]
+            return {t.key: t.observation({}, error) for t in targets}
+        finally:
+            telemetry.QUERY_SECONDS.labels(self.name).observe(time.monotonic() - started)
+        by_pod = self._split(answers)
+        return {t.key: t.observation(by_pod.get(t.key, {})) for t in targets}
+
+    def _split(
+        self, answers: Mapping[str, Iterable[Mapping[str, Any]]]
+    ) -> dict[tuple[str, str], dict[str, PodSample]]:
+        """Per (namespace, service), per pod: the figures, with the sample age Prometheus reports."""
+        accs: dict[tuple[str, str, str], _Acc] = defaultdict(_Acc)
+        ages: dict[tuple[str, str, str], float] = {}
+        names = {"running": RUNNING, "waiting": WAITING, "kv": KV_USAGE}
+        for signal, series in answers.items():
+            for item in series:
+                labels = item.get("metric", {})
+                key = (labels.get("namespace", ""), labels.get(self.service_label, ""), labels.get("pod", ""))
+                if not all(key):
+                    continue
+                at, value = item.get("value", (math.nan, "NaN"))
+                number = _number(value)
+                if signal == "timestamp":
+                    ages[key] = max(0.0, _number(at) - number)
+                else:
+                    _add(accs[key], names[signal], number)
+        out: dict[tuple[str, str], dict[str, PodSample]] = defaultdict(dict)
+        for (namespace, service, pod), acc in accs.items():
+            sample = acc.sample(ages.get((namespace, service, pod), math.inf))
+            if sample is not None:
+                out[namespace, service][pod] = sample
+        return out
+
+
+def _connect(config: PrometheusConfig, timeout: float) -> PrometheusConnect:
+    session = requests.Session()  # PrometheusConnect ignores disable_ssl when given a session
+    session.verify = False if config.insecure_skip_verify else (config.ca_file or True)
+    headers = {"Authorization": f"Bearer {config.bearer_token}"} if config.bearer_token else None
+    auth = (config.username, config.password or "") if config.username else None
+    return PrometheusConnect(
+        url=config.url,
+        headers=headers,
+        retry=Retry(total=0),  # the next evaluation is the retry; a deadline is a deadline
+        auth=auth,
+        session=session,
+        timeout=math.ceil(timeout),
+    )
