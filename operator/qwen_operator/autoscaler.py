@@ -91,7 +91,7 @@ class Autoscaler:
         self.clock = clock
         self.memory: dict[str, scaling.State] = {}  # by uid; last_evaluated lives only here
         self.pods_source = pods_source or PodsSource(
-            port=api.VLLM_PORT, timeout=config.metrics_timeout_seconds
+            port=config.pod_metrics_port, timeout=config.metrics_timeout_seconds
         )
         self.prometheus: dict[PrometheusConfig, PrometheusSource] = {}
         self._ca_files: dict[bytes, str] = {}
@@ -279,9 +279,12 @@ class Autoscaler:
                 log.info("%s/%s %s %s", svc.namespace, svc.name, verb, message)
             old_available = _condition(svc.status, status.METRICS_AVAILABLE)
             new = status.scaling_status(svc.status, decision, rfc3339(now), svc.metadata.generation)
-            if not decision.metrics_available and old_available != "False":
+            new_available = _condition(new, status.METRICS_AVAILABLE)
+            # Warn when ready pods stop reporting; no ready pods yet (a new service) is not worth one.
+            lost, found = ("False", "MetricsUnavailable"), ("True", "MetricsAvailable")
+            if new_available == lost != old_available:
                 out.events.append(reconcile.Event("Warning", "MetricsUnavailable", decision.message))
-            if decision.metrics_available and old_available == "False":
+            if new_available == found and old_available == lost:
                 out.events.append(reconcile.Event("Normal", "MetricsAvailable", decision.message))
             await reconcile.write_status(self.cluster, fresh, new, out)
             for event in out.events:
@@ -317,8 +320,8 @@ class Autoscaler:
             out.writes += 1
 
 
-def _condition(st: api.QwenServiceStatus, type_: str) -> str | None:
-    return next((c.status for c in st.conditions if c.type == type_), None)
+def _condition(st: api.QwenServiceStatus, type_: str) -> tuple[str, str] | None:
+    return next(((c.status, c.reason) for c in st.conditions if c.type == type_), None)
 
 
 def _read(path: str) -> str:

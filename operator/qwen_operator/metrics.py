@@ -218,7 +218,7 @@ class PrometheusSource:
         self.client = (connect or _connect)(config, timeout)
 
     def _query(self, promql: str) -> list[dict[str, Any]]:
-        result = self.client.custom_query(promql, params={"timeout": f"{self.timeout}s"})
+        result = self.client.custom_query(promql, params={"timeout": f"{max(1, int(self.timeout * 1000))}ms"})
         if not isinstance(result, list):
             raise ValueError(f"unexpected answer: {str(result)[:100]}")
         return result

@@ -118,6 +118,7 @@ class Decision:
     state: State
     recommendation: int | None = None
     observation: api.ScalingObservation | None = None
+    ready_pods: int = 0
 
     @property
     def metrics_available(self) -> bool:
@@ -331,7 +332,8 @@ def decide(obs: Observation, spec: api.AutoscalingSpec, state: State, now: datet
         message = f"holding {current} replicas: {why}"
         if limit:
             message = f"{_bound_message(limit, spec)}; metrics unavailable: {why}"
-        return _finish(Decision(replicas, reason, message, new_state), current, now)
+        decision = Decision(replicas, reason, message, new_state, ready_pods=len(obs.ready_pods))
+        return _finish(decision, current, now)
 
     data_since = now if _gap(state, spec, now) or state.data_since is None else state.data_since
     state = replace(state, data_since=data_since, last_evaluated=now)
@@ -346,7 +348,7 @@ def decide(obs: Observation, spec: api.AutoscalingSpec, state: State, now: datet
     if limit is not None:
         reason, message = limit, f"{_bound_message(limit, spec)}; {message}"
     state = replace(state, history=record(state.history, now, need.replicas, window))
-    decision = Decision(bounded, reason, message, state, need.replicas, need.observation)
+    decision = Decision(bounded, reason, message, state, need.replicas, need.observation, ready)
     return _finish(decision, current, now)
 
 

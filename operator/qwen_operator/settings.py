@@ -41,6 +41,9 @@ class OperatorSettings(BaseSettings):
         description="Label on the vLLM series naming the QwenService (what the scrape config maps from "
         "the pod label serving.qwenops.io/service).",
     )
+    pod_metrics_port: int = Field(
+        default=8000, ge=1, le=65535, description="Port of the vLLM pods' /metrics for the pods source."
+    )
     metrics_timeout_seconds: float = Field(
         default=5, gt=0, le=60, description="Deadline for one evaluation's metric queries."
     )

@@ -1,0 +1,143 @@
+"""Local HTTP endpoints that serve vLLM 0.32's /metrics text (from a real capture) with values we set.
+
+Each endpoint is a real HTTP server on a loopback address (127.0.0.x: Linux routes the whole /8 to lo),
+so Prometheus and the pods source scrape them exactly as they would scrape vLLM pods.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from tests.conftest import DATA
+
+TEMPLATE = (DATA / "vllm-0.32-metrics-idle.txt").read_text()
+GAUGES = {
+    "running": "vllm:num_requests_running",
+    "waiting": "vllm:num_requests_waiting",
+    "kv": "vllm:kv_cache_usage_perc",
+}
+
+
+def render(running: float, waiting: float, kv: float, engines: int = 1, old_kv_name: bool = False) -> str:
+    """The captured idle /metrics with the three gauges set (split evenly over ``engines``)."""
+    text = TEMPLATE
+    values = {"running": running / engines, "waiting": waiting / engines, "kv": kv}
+    for key, metric in GAUGES.items():
+        pattern = re.compile(rf"^{re.escape(metric)}\{{(?P<labels>[^}}]*)\}} \S+$", re.M)
+        match = pattern.search(text)
+        assert match, f"{metric} not in the capture"
+        labels = match["labels"]
+        lines = [
+            metric + "{" + labels.replace('engine="0"', f'engine="{e}"') + "} " + str(values[key])
+            for e in range(engines)
+        ]
+        text = pattern.sub("\n".join(lines), text, count=1)
+    if old_kv_name:  # vLLM < 0.12 named the KV gauge differently
+        text = text.replace("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+    return text
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Load:
+    running: float = 0
+    waiting: float = 0
+    kv: float = 0
+    engines: int = 1
+    old_kv_name: bool = False
+    mode: str = "ok"  # ok, html, nan, slow, error
+
+
+class FakeVLLM:
+    """One vLLM pod's /metrics on ``host:port``; change ``load`` at any time."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.load = Load()
+        self.scrapes = 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.scrapes += 1
+                load = owner.load
+                if load.mode == "slow":
+                    time.sleep(3)
+                if load.mode == "error":
+                    self.send_error(500)
+                    return
+                if load.mode == "html":
+                    body = b"<html><body>Bad Gateway</body></html>"
+                    ctype = "text/html"
+                elif load.mode == "nan":
+                    body = render(float("nan"), float("nan"), float("nan")).encode()
+                    ctype = "text/plain; version=0.0.4"
+                else:
+                    body = render(
+                        load.running, load.waiting, load.kv, load.engines, load.old_kv_name
+                    ).encode()
+                    ctype = "text/plain; version=0.0.4"
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.host, self.port = host, int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def set(self, running: float = 0, waiting: float = 0, kv: float = 0, **kw: Any) -> None:
+        self.load = Load(running, waiting, kv, **kw)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FakePrometheusAPI:
+    """Something at a Prometheus URL that misbehaves: answers HTML, or answers too slowly."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.vllm = FakeVLLM()  # reuse the server; its handler is replaced below
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if owner.mode == "slow":
+                    time.sleep(3)
+                body = b"<html><head><title>502 Bad Gateway</title></head></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.vllm.server.RequestHandlerClass = Handler
+        self.url = f"http://{self.vllm.address}"
+
+    def close(self) -> None:
+        self.vllm.close()

@@ -1,0 +1,241 @@
+"""The real kopf operator scales a QwenService on load read from real HTTP /metrics endpoints.
+
+The emulator has no ReplicaSet controller or kubelet, so :class:`PodPlayer` plays them: it keeps pods
+in line with the Deployment's replicas (removing the lowest pod-deletion-cost first, as a ReplicaSet
+does), marks them Ready after a start-up delay, and gives each one a vLLM-format /metrics endpoint on
+its own loopback address, where the load is spread as a Service would spread it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import prometheus_client
+import pytest
+
+from qwen_operator import labels
+from tests.emulator import Emulator
+from tests.fakevllm import FakeVLLM, free_port
+from tests.integration.conftest import DEPLOY, PODS, QSVC, eventually
+from tests.integration.test_operator import NS, condition, events, qsvc
+
+pytestmark = pytest.mark.integration
+
+COST = labels.POD_DELETION_COST_ANNOTATION
+
+
+class PodPlayer:
+    def __init__(self, emulator: Emulator, name: str, port: int, startup: float = 0.3) -> None:
+        self.emulator, self.name, self.startup = emulator, name, startup
+        self.free = [FakeVLLM(host=f"127.0.0.{30 + i}", port=port) for i in range(6)]
+        self.servers: dict[str, FakeVLLM] = {}
+        self.total = 0.0  # requests in flight, spread evenly over ready pods
+        self.pinned: dict[str, float] = {}  # or per pod
+        self.mode = "ok"
+        self.serial = 0
+        self.deleted: list[str] = []
+
+    def pods(self) -> list[dict[str, Any]]:
+        return [
+            p
+            for p in self.emulator.items(PODS, NS)
+            if p["metadata"].get("labels", {}).get(labels.SERVICE_LABEL) == self.name
+        ]
+
+    async def _create(self) -> None:
+        server = self.free.pop(0)
+        name = f"{self.name}-{self.serial}"
+        self.serial += 1
+        self.servers[name] = server
+        await self.emulator.put(
+            PODS,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": NS, "labels": labels.common_labels(self.name)},
+                "spec": {"containers": [{"name": "vllm", "image": "vllm"}]},
+                "status": {"phase": "Pending", "podIP": server.host},
+            },
+        )
+
+    async def _ready(self, name: str) -> None:
+        await asyncio.sleep(self.startup)
+        ready = {"type": "Ready", "status": "True"}
+        await self.emulator.patch(
+            PODS, NS, name, {"status": {"phase": "Running", "conditions": [ready]}}, sub="status"
+        )
+
+    def _cost(self, pod: dict[str, Any]) -> int:
+        return int((pod["metadata"].get("annotations") or {}).get(COST, "0"))
+
+    async def run(self) -> None:
+        while True:
+            dep = self.emulator.get(DEPLOY, NS, self.name)
+            want = int(dep["spec"]["replicas"]) if dep else 0
+            pods = self.pods()
+            for _ in range(want - len(pods)):
+                await self._create()
+                asyncio.get_running_loop().create_task(self._ready(f"{self.name}-{self.serial - 1}"))
+            if len(pods) > want:
+                for pod in sorted(pods, key=lambda p: (self._cost(p), p["metadata"]["name"]))[
+                    : len(pods) - want
+                ]:
+                    name = pod["metadata"]["name"]
+                    await self.emulator.remove(PODS, NS, name)
+                    self.free.append(self.servers.pop(name))
+                    self.deleted.append(name)
+            ready = [
+                p["metadata"]["name"] for p in self.pods() if p.get("status", {}).get("phase") == "Running"
+            ]
+            for name, server in self.servers.items():
+                each = self.pinned.get(name, self.total / len(ready) if ready and name in ready else 0)
+                server.set(running=each, kv=min(1.0, each / 40), mode=self.mode)
+            await asyncio.sleep(0.05)
+
+    def close(self) -> None:
+        for server in self.free + list(self.servers.values()):
+            server.close()
+
+
+@pytest.fixture
+def pod_port(monkeypatch: pytest.MonkeyPatch) -> int:
+    port = free_port("127.0.0.30")
+    monkeypatch.setenv("QWEN_OPERATOR_POD_METRICS_PORT", str(port))
+    return port
+
+
+@pytest.fixture
+async def player(pod_port: int, emulator: Emulator, operator: Any) -> AsyncIterator[PodPlayer]:
+    p = PodPlayer(emulator, "qwen", pod_port)
+    task = asyncio.create_task(p.run())
+    yield p
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await asyncio.to_thread(p.close)
+
+
+def autoscaled(**autoscaling: Any) -> dict[str, Any]:
+    spec = {
+        "enabled": True,
+        "minReplicas": 1,
+        "maxReplicas": 4,
+        "targets": {"concurrencyPerReplica": 8},
+        "evaluationIntervalSeconds": 1,
+        "scaleDown": {
+            "stabilizationWindowSeconds": 4,
+            "cooldownAfterScaleUpSeconds": 2,
+            "maxStepReplicas": 1,
+        },
+        "metrics": {"source": "pods", "staleAfterSeconds": 5},
+    }
+    spec.update(autoscaling)
+    return qsvc(autoscaling=spec)
+
+
+def replicas(emulator: Emulator) -> int | None:
+    dep = emulator.get(DEPLOY, NS, "qwen")
+    return dep["spec"]["replicas"] if dep else None
+
+
+def scaling_status(emulator: Emulator) -> dict[str, Any]:
+    return dict((emulator.get(QSVC, NS, "qwen") or {}).get("status", {}).get("autoscaling") or {})
+
+
+async def test_load_scales_up_then_down_only_after_the_window(emulator: Emulator, player: PodPlayer) -> None:
+    await emulator.put(QSVC, autoscaled())
+    await eventually(lambda: replicas(emulator) == 1, what="the Deployment at minReplicas")
+    await eventually(lambda: scaling_status(emulator).get("observation"), what="a first observation")
+
+    player.total = 30  # 3.75 replicas' worth
+    await eventually(lambda: replicas(emulator) == 4, within=10, what="a scale-up to 4")
+    (up,) = await eventually(lambda: events(emulator, "qwen", "ScaledUp"), what="a ScaledUp event")
+    assert up["message"].startswith("1 -> 4: concurrency 30 vs target 8 x 1 ready"), up["message"]
+    status = emulator.get(QSVC, NS, "qwen")["status"]
+    assert status["desiredReplicas"] == 4
+    assert status["lastScaleTime"]
+    assert condition(emulator.get(QSVC, NS, "qwen"), "ScalingActive")["status"] == "True"
+    await eventually(
+        lambda: scaling_status(emulator).get("observation", {}).get("readyReplicas") == 4, what="4 ready pods"
+    )
+    assert replicas(emulator) == 4, "no second scale-up for the same load once the pods are ready"
+
+    # Load drops to one pod's worth, all of it on one pod: scale-down waits for the window, then goes
+    # one replica at a time, and the busy pod is the one that stays.
+    busy = sorted(player.servers)[1]
+    player.total, player.pinned = 0, {busy: 6}
+    loop = asyncio.get_running_loop()
+    dropped = loop.time()
+    await eventually(lambda: replicas(emulator) == 3, within=15, what="the first scale-down")
+    assert loop.time() - dropped >= 3.5, "scaled down inside the 4 s stabilization window"
+    await eventually(lambda: replicas(emulator) == 1, within=15, what="the scale-down to minReplicas")
+    await eventually(lambda: len(events(emulator, "qwen", "ScaledDown")) == 3, what="3 ScaledDown events")
+    downs = [e["message"] for e in events(emulator, "qwen", "ScaledDown")]
+    assert [m.split(":")[0] for m in downs] == ["4 -> 3", "3 -> 2", "2 -> 1"], downs
+    await eventually(lambda: len(player.pods()) == 1, what="the surplus pods gone")
+    assert [p["metadata"]["name"] for p in player.pods()] == [busy], "the idle pods go first"
+    assert player.pods()[0]["metadata"]["annotations"][COST] == "615", "6 requests and KV 0.15"
+
+    sample = prometheus_client.REGISTRY.get_sample_value
+    assert sample("qwen_operator_desired_replicas", {"namespace": NS, "name": "qwen"}) == 1
+    assert sample("qwen_operator_scaling_decisions_total", {"direction": "up", "reason": "AboveTarget"}) >= 1
+    assert sample("qwen_operator_evaluation_seconds_count") > 0
+
+
+async def test_missing_metrics_hold_replicas_and_recovery_waits_a_window(
+    emulator: Emulator, player: PodPlayer
+) -> None:
+    player.total = 20
+    await emulator.put(QSVC, autoscaled())
+    await eventually(lambda: replicas(emulator) == 3, within=10, what="a scale-up to 3")
+    await eventually(
+        lambda: scaling_status(emulator).get("observation", {}).get("readyReplicas") == 3, what="3 ready"
+    )
+
+    player.total, player.mode = 0, "error"  # every /metrics answers 500: no data at all
+    await eventually(
+        lambda: (
+            (c := condition(emulator.get(QSVC, NS, "qwen"), "MetricsAvailable")) and c["status"] == "False"
+        ),
+        what="MetricsAvailable=False",
+    )
+    (warning,) = await eventually(lambda: events(emulator, "qwen", "MetricsUnavailable"), what="a warning")
+    assert warning["type"] == "Warning"
+    assert "holding 3 replicas: scraping pods failed" in warning["message"]
+    await asyncio.sleep(7)  # longer than the window and the cooldown together
+    assert replicas(emulator) == 3, "no scale-down without data"
+    assert scaling_status(emulator)["reason"] == "MetricsUnavailable"
+    assert condition(emulator.get(QSVC, NS, "qwen"), "ScalingActive")["status"] == "False"
+
+    player.mode = "ok"  # back, and idle
+    loop = asyncio.get_running_loop()
+    back = loop.time()
+    await eventually(
+        lambda: (
+            (c := condition(emulator.get(QSVC, NS, "qwen"), "MetricsAvailable")) and c["status"] == "True"
+        ),
+        what="MetricsAvailable=True",
+    )
+    await eventually(lambda: replicas(emulator) == 2, within=15, what="a scale-down after recovery")
+    assert loop.time() - back >= 3.5, "scale-down must wait a full window of fresh data"
+    await eventually(lambda: events(emulator, "qwen", "MetricsAvailable"), what="a MetricsAvailable event")
+
+
+async def test_autoscaling_off_hands_replicas_back_to_the_spec(emulator: Emulator, player: PodPlayer) -> None:
+    player.total = 20
+    await emulator.put(QSVC, autoscaled())
+    await eventually(lambda: replicas(emulator) == 3, within=10, what="a scale-up to 3")
+    await emulator.patch(QSVC, NS, "qwen", {"spec": {"autoscaling": {"enabled": False}, "replicas": 1}})
+    await eventually(lambda: replicas(emulator) == 1, what="spec.replicas back in charge")
+    got = await eventually(
+        lambda: (
+            (c := condition(emulator.get(QSVC, NS, "qwen"), "ScalingActive")) and c["status"] == "False" and c
+        ),
+        what="ScalingActive=False",
+    )
+    assert got["reason"] == "AutoscalingDisabled"
+    await asyncio.sleep(2)
+    assert replicas(emulator) == 1, "the scaler leaves a service with autoscaling off alone"

@@ -1,0 +1,158 @@
+"""The Prometheus source against a real Prometheus scraping vLLM-format endpoints over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from qwen_operator import api, scaling
+from qwen_operator.metrics import PodRef, PrometheusConfig, PrometheusSource, Target
+from tests.fakevllm import FakePrometheusAPI, FakeVLLM
+from tests.prom import Prometheus
+
+pytestmark = pytest.mark.integration
+
+SPEC = api.AutoscalingSpec.model_validate(
+    {"enabled": True, "minReplicas": 1, "maxReplicas": 10, "targets": {"concurrencyPerReplica": 8}}
+)
+NOW = datetime(2026, 11, 21, 12, tzinfo=UTC)
+WARM = scaling.State(data_since=datetime(2026, 11, 21, 11, tzinfo=UTC), last_evaluated=NOW)
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
+    prom = Prometheus(tmp_path)
+    prom.start()
+    yield prom
+    prom.stop()
+
+
+@pytest.fixture
+def pods() -> Iterator[list[FakeVLLM]]:
+    servers = [FakeVLLM(host=f"127.0.0.{10 + i}") for i in range(5)]
+    yield servers
+    for s in servers:
+        s.close()
+
+
+def source(url: str, timeout: float = 5.0) -> PrometheusSource:
+    return PrometheusSource(PrometheusConfig(url=url), timeout=timeout)
+
+
+def target(ns: str, name: str, *pod_names: str, replicas: int | None = None) -> Target:
+    refs = tuple(PodRef(p) for p in pod_names)
+    return Target(ns, name, replicas if replicas is not None else len(refs), refs)
+
+
+async def test_batched_queries_split_per_service(prometheus: Prometheus, pods: list[FakeVLLM]) -> None:
+    pods[0].set(running=14, waiting=2, kv=0.5)
+    pods[1].set(running=4, waiting=0, kv=0.1, old_kv_name=True)  # vLLM < 0.12
+    pods[2].set(running=6, waiting=6, kv=0.9, engines=2)  # data parallel: two engines in one pod
+    pods[3].set(running=1, waiting=0, kv=0.0)  # same pod name and service name, other namespace
+    pods[4].set(running=99, waiting=0, kv=1.0)  # scraped, but the pod is not ready
+    prometheus.set_targets(
+        [
+            (pods[0].address, "ml", "chat-0", "chat"),
+            (pods[1].address, "ml", "chat-1", "chat"),
+            (pods[2].address, "ml", "code-0", "code"),
+            (pods[3].address, "team-b", "chat-0", "chat"),
+            (pods[4].address, "ml", "chat-9", "chat"),
+        ]
+    )
+    prometheus.wait_for_series(5)
+    chat = target("ml", "chat", "chat-0", "chat-1")
+    code = target("ml", "code", "code-0")
+    other = target("team-b", "chat", "chat-0")
+    obs = await source(prometheus.url).observe([chat, code, other])
+
+    assert set(obs[chat.key].samples) == {"chat-0", "chat-1"}, obs
+    c0, c1 = obs[chat.key].samples["chat-0"], obs[chat.key].samples["chat-1"]
+    assert (c0.running, c0.waiting, c0.kv_cache_usage) == (14, 2, 0.5)
+    assert (c1.running, c1.kv_cache_usage) == (4, pytest.approx(0.1))
+    assert 0 <= c0.age_seconds < 5
+    k = obs[code.key].samples["code-0"]
+    assert (k.running, k.waiting, k.kv_cache_usage) == (6, 6, pytest.approx(0.9))
+    assert obs[other.key].samples["chat-0"].running == 1
+    assert all(o.error is None for o in obs.values())
+
+    decision = scaling.decide(obs[chat.key], SPEC, WARM, NOW)
+    assert (decision.replicas, decision.reason) == (3, scaling.Reason.ABOVE_TARGET), decision.message
+    assert decision.message.startswith("concurrency 20 vs target 8 x 2 ready")
+
+
+async def test_query_count_does_not_grow_with_services(prometheus: Prometheus, pods: list[FakeVLLM]) -> None:
+    prometheus.set_targets([(p.address, "ml", f"s{i}-0", f"s{i}") for i, p in enumerate(pods)])
+    prometheus.wait_for_series(5)
+    src = source(prometheus.url)
+
+    async def count(targets: list[Target]) -> float:
+        before = prometheus.query_requests()
+        obs = await src.observe(targets)
+        assert len(obs) == len(targets)
+        return prometheus.query_requests() - before
+
+    one = await count([target("ml", "s0", "s0-0")])
+    many = await count(
+        [target("ml", f"s{i}", f"s{i}-0") for i in range(5)]
+        + [target("ns", f"x{i}", f"x{i}-0") for i in range(45)]
+    )
+    assert one == many == len(src.queries) == 4
+
+
+async def test_empty_and_nan_hold_replicas(prometheus: Prometheus, pods: list[FakeVLLM]) -> None:
+    pods[0].set(mode="nan")
+    prometheus.set_targets([(pods[0].address, "ml", "nan-0", "nan")])
+    prometheus.wait_for_series(1)
+    nan, empty = target("ml", "nan", "nan-0", replicas=3), target("ml", "nothing", "nothing-0", replicas=3)
+    obs = await source(prometheus.url).observe([nan, empty])
+    assert obs[empty.key].samples == {}
+    for key in (nan.key, empty.key):
+        decision = scaling.decide(obs[key], SPEC, WARM, NOW)
+        assert (decision.replicas, decision.reason) == (3, scaling.Reason.METRICS_UNAVAILABLE)
+
+
+async def test_prometheus_down_holds_then_recovers(prometheus: Prometheus, pods: list[FakeVLLM]) -> None:
+    pods[0].set(running=0, waiting=0, kv=0)
+    prometheus.set_targets([(pods[0].address, "ml", "q-0", "q")])
+    prometheus.wait_for_series(1)
+    src, t = source(prometheus.url, timeout=2), target("ml", "q", "q-0", replicas=4)
+    state = WARM
+
+    prometheus.stop()
+    obs = (await src.observe([t]))[t.key]
+    assert obs.error is not None
+    assert "Prometheus at http://127.0.0.1" in obs.error
+    down = scaling.decide(obs, SPEC, state, NOW)
+    assert (down.replicas, down.reason) == (4, scaling.Reason.METRICS_UNAVAILABLE)
+    assert "failed" in down.message
+
+    prometheus.start()  # same data dir and port
+    prometheus.wait_for_series(1)
+    obs = (await src.observe([t]))[t.key]
+    assert obs.error is None
+    assert obs.samples["q-0"].running == 0
+    back = scaling.decide(obs, SPEC, down.state, NOW)
+    assert back.metrics_available
+    # The data run restarted: an idle service still waits a full window before it shrinks.
+    assert (back.replicas, back.reason) == (4, scaling.Reason.AWAITING_FULL_WINDOW)
+
+
+@pytest.mark.parametrize("mode", ["html", "slow"])
+async def test_html_or_slow_answers_are_errors_within_the_deadline(mode: str) -> None:
+    fake = FakePrometheusAPI(mode)
+    try:
+        t = target("ml", "q", "q-0", replicas=2)
+        started = time.monotonic()
+        obs = (await source(fake.url, timeout=0.5).observe([t]))[t.key]
+        assert time.monotonic() - started < 2
+        assert obs.error is not None
+        assert ("timed out" in obs.error) if mode == "slow" else ("JSONDecodeError" in obs.error)
+        decision = scaling.decide(obs, SPEC, WARM, NOW)
+        assert (decision.replicas, decision.reason) == (2, scaling.Reason.METRICS_UNAVAILABLE)
+    finally:
+        await asyncio.to_thread(fake.close)
