@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from qwen_operator import api, crd, render, validation
+from qwen_operator import api, crd, render, settings, validation
 
 
 def _documents(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -57,7 +57,7 @@ def cmd_crds(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     if args.readme:
         readme = Path(args.readme)
-        readme.write_text(crd.with_reference(readme.read_text()))
+        readme.write_text(settings.with_settings(crd.with_reference(readme.read_text())))
     return 0
 
 

@@ -64,3 +64,25 @@ class OperatorSettings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+
+SETTINGS_START = "<!-- settings:begin -->"
+SETTINGS_END = "<!-- settings:end -->"
+
+
+def settings_markdown() -> str:
+    """The operator settings table, generated from the model (the README embeds it)."""
+    rows = [SETTINGS_START, "| variable | default | meaning |", "|---|---|---|"]
+    for name, info in OperatorSettings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        shown = ",".join(default) if isinstance(default, list) else default
+        shown = str(shown).lower() if isinstance(shown, bool) else shown
+        text = "(none)" if shown in (None, "", []) else f"`{shown}`"
+        rows.append(f"| `QWEN_OPERATOR_{name.upper()}` | {text} | {info.description or ''} |")
+    return "\n".join([*rows, SETTINGS_END])
+
+
+def with_settings(readme: str) -> str:
+    """The README with its settings table replaced by the generated one."""
+    start, end = readme.index(SETTINGS_START), readme.index(SETTINGS_END) + len(SETTINGS_END)
+    return readme[:start] + settings_markdown() + readme[end:]

@@ -21,6 +21,7 @@ from tests.emulator import Emulator
 from tests.fakevllm import FakeVLLM, free_port
 from tests.integration.conftest import DEPLOY, PODS, QSVC, eventually
 from tests.integration.test_operator import NS, condition, events, qsvc
+from tests.prom import Prometheus
 
 pytestmark = pytest.mark.integration
 
@@ -28,8 +29,16 @@ COST = labels.POD_DELETION_COST_ANNOTATION
 
 
 class PodPlayer:
-    def __init__(self, emulator: Emulator, name: str, port: int, startup: float = 0.3) -> None:
-        self.emulator, self.name, self.startup = emulator, name, startup
+    def __init__(
+        self,
+        emulator: Emulator,
+        name: str,
+        port: int,
+        startup: float = 0.3,
+        prometheus: Prometheus | None = None,
+    ) -> None:
+        self.emulator, self.name, self.startup, self.prometheus = emulator, name, startup, prometheus
+        self.scraped: list[str] = []
         self.free = [FakeVLLM(host=f"127.0.0.{30 + i}", port=port) for i in range(6)]
         self.servers: dict[str, FakeVLLM] = {}
         self.total = 0.0  # requests in flight, spread evenly over ready pods
@@ -90,6 +99,11 @@ class PodPlayer:
             ready = [
                 p["metadata"]["name"] for p in self.pods() if p.get("status", {}).get("phase") == "Running"
             ]
+            if self.prometheus is not None and sorted(self.servers) != self.scraped:
+                self.scraped = sorted(self.servers)
+                self.prometheus.set_targets(
+                    [(self.servers[n].address, NS, n, self.name) for n in self.scraped]
+                )
             for name, server in self.servers.items():
                 each = self.pinned.get(name, self.total / len(ready) if ready and name in ready else 0)
                 server.set(running=each, kv=min(1.0, each / 40), mode=self.mode)
@@ -109,7 +123,12 @@ def pod_port(monkeypatch: pytest.MonkeyPatch) -> int:
 
 @pytest.fixture
 async def player(pod_port: int, emulator: Emulator, operator: Any) -> AsyncIterator[PodPlayer]:
-    p = PodPlayer(emulator, "qwen", pod_port)
+    async with _playing(PodPlayer(emulator, "qwen", pod_port)) as p:
+        yield p
+
+
+@contextlib.asynccontextmanager
+async def _playing(p: PodPlayer) -> AsyncIterator[PodPlayer]:
     task = asyncio.create_task(p.run())
     yield p
     task.cancel()
@@ -239,3 +258,41 @@ async def test_autoscaling_off_hands_replicas_back_to_the_spec(emulator: Emulato
     assert got["reason"] == "AutoscalingDisabled"
     await asyncio.sleep(2)
     assert replicas(emulator) == 1, "the scaler leaves a service with autoscaling off alone"
+
+
+@pytest.fixture
+def prometheus(tmp_path: Any) -> Any:
+    prom = Prometheus(tmp_path)
+    prom.start()
+    yield prom
+    prom.stop()
+
+
+async def test_scaling_through_a_real_prometheus(
+    pod_port: int, emulator: Emulator, prometheus: Prometheus, operator: Any
+) -> None:
+    """kopf + emulator + Prometheus scraping the pods, with the per-service Prometheus URL."""
+    metrics = {"source": "prometheus", "prometheus": {"url": prometheus.url}, "staleAfterSeconds": 10}
+    async with _playing(PodPlayer(emulator, "qwen", pod_port, prometheus=prometheus)) as player:
+        await emulator.put(QSVC, autoscaled(metrics=metrics))
+        await eventually(
+            lambda: scaling_status(emulator).get("observation"),
+            within=20,
+            what="an observation via Prometheus",
+        )
+        player.total = 20
+        await eventually(lambda: replicas(emulator) == 3, within=20, what="a scale-up to 3")
+        (up,) = await eventually(lambda: events(emulator, "qwen", "ScaledUp"), what="a ScaledUp event")
+        assert up["message"].startswith("1 -> 3: concurrency 20 vs target 8 x 1 ready"), up["message"]
+        sample = prometheus_client.REGISTRY.get_sample_value
+        assert sample("qwen_operator_metric_queries_total", {"source": "prometheus"}) > 0
+
+        prometheus.stop()  # Prometheus goes away: replicas hold, the user is told
+        player.total = 0
+        await eventually(
+            lambda: "Prometheus at" in (scaling_status(emulator).get("message") or ""),
+            within=10,
+            what="the scaler to report Prometheus down",
+        )
+        await asyncio.sleep(6)
+        assert replicas(emulator) == 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from qwen_operator import cli, crd
+from qwen_operator import cli, crd, settings
 from qwen_operator.settings import OperatorSettings
 from tests.conftest import EXAMPLES, ROOT
 from tests.k8s import validate_k8s
@@ -52,6 +52,12 @@ def test_crds_command_prints_the_generated_crd(capsys):
 def test_readme_spec_reference_matches_the_model():
     readme = (ROOT / "README.md").read_text()
     assert crd.with_reference(readme) == readme, "README's spec reference drifted: run `make crds`"
+
+
+def test_readme_settings_table_matches_the_settings_model():
+    readme = (ROOT / "README.md").read_text()
+    assert settings.with_settings(readme) == readme, "README's settings table drifted: run `make crds`"
+    assert "`QWEN_OPERATOR_METRICS_SOURCE` | `prometheus`" in readme
 
 
 def test_settings_come_from_the_environment(monkeypatch):

@@ -109,3 +109,26 @@ def test_resource_paths():
         QWENSERVICES.path("ml", "q", "status")
         == "/apis/serving.qwenops.io/v1alpha1/namespaces/ml/qwenservices/q/status"
     )
+
+
+async def test_status_write_sends_only_changed_fields_so_the_scalers_survive(minimal):
+    """The reconcile may hold an older copy of the scaler's status fields; it must not write them back."""
+    sent: list[Any] = []
+
+    class Recording(FakeCluster):
+        async def merge_patch(
+            self, res: Resource, namespace: str, name: str, patch: Any, sub: str | None = None
+        ):
+            sent.append(patch)
+            return {}
+
+    body = copy.deepcopy(minimal)
+    body["spec"]["autoscaling"] = {"enabled": True}
+    scaler = {"reason": "AboveTarget", "recommendations": [{"since": NOW, "replicas": 3}]}
+    body["status"] = {"autoscaling": scaler, "lastScaleTime": NOW, "phase": "Pending"}
+    await reconcile.reconcile(Recording(), body, NOW)
+    (patch,) = sent
+    assert "phase" in patch["status"]
+    assert "conditions" in patch["status"]
+    assert "autoscaling" not in patch["status"]
+    assert "lastScaleTime" not in patch["status"]
