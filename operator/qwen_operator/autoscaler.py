@@ -131,7 +131,11 @@ class Autoscaler:
         started = time.monotonic()
         now = self.clock()
         due: list[api.QwenService] = []
-        for body in await self._list(QWENSERVICES):
+        listed = await self._list(QWENSERVICES)
+        alive = {body["metadata"].get("uid") for body in listed}
+        for uid in [uid for uid in self.memory if uid not in alive]:
+            del self.memory[uid]  # deleted services
+        for body in listed:
             try:
                 svc = validation.parse(body)
             except validation.InvalidSpec:
