@@ -191,6 +191,8 @@ class Autoscaler:
             svc, _, pods = targets[key]
             try:
                 results.append(await self._act(svc, obs, pods, now))
+            except (LookupError, validation.InvalidSpec) as exc:
+                log.info("not scaling %s/%s: %s", *key, exc)  # changed since the list; the reconcile acts
             except Exception:
                 log.exception("scaling %s/%s failed", *key)
         telemetry.EVALUATION_SECONDS.observe(time.monotonic() - started)
@@ -265,6 +267,8 @@ class Autoscaler:
             if fresh is None or fresh["metadata"].get("uid") != svc.metadata.uid:
                 raise LookupError(f"QwenService {key[0]}/{key[1]} is gone")
             svc = validation.parse(fresh)
+            if not svc.spec.autoscaling.enabled:
+                raise LookupError(f"QwenService {key[0]}/{key[1]} turned autoscaling off")
             uid = svc.metadata.uid or ""
             state = self.memory.get(uid) or scaling.state_from_status(svc.status)
             decision = scaling.decide(obs, svc.spec.autoscaling, state, now)

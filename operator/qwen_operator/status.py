@@ -140,7 +140,7 @@ def compute_status(
         conds = set_condition(
             conds, SCALING_ACTIVE, False, "AutoscalingDisabled", "spec.replicas rules", now, gen
         )
-        conds = [c for c in conds if c.type not in (SCALING_LIMITED, METRICS_AVAILABLE)]
+        conds = [c for c in conds if c.type == SCALING_ACTIVE or c.type not in SCALING_CONDITIONS]
 
     return old.model_copy(
         update={
