@@ -13,8 +13,6 @@ import asyncio
 import base64
 import datetime
 import logging
-import os
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from qwen_operator import api, labels, reconcile, scaling, status, telemetry, validation
-from qwen_operator.kube import DEPLOYMENTS, EVENTS, PODS, QWENSERVICES, SECRETS, Resource
+from qwen_operator.kube import DEPLOYMENTS, EVENTS, PODS, QWENSERVICES, SECRETS, Resource, temp_file
 from qwen_operator.metrics import (
     MetricsSource,
     PodRef,
@@ -208,11 +206,8 @@ class Autoscaler:
         return base64.b64decode(value)
 
     def _ca_file(self, pem: bytes) -> str:
-        if pem not in self._ca_files:
-            fd, path = tempfile.mkstemp(prefix="qwen-operator-prometheus-", suffix=".crt")
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-            self._ca_files[pem] = path
+        if pem not in self._ca_files:  # one file per distinct CA, not one per evaluation
+            self._ca_files[pem] = temp_file(pem, ".crt")
         return self._ca_files[pem]
 
     async def _source(self, svc: api.QwenService) -> MetricsSource:

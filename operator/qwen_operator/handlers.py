@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 from collections.abc import Mapping
 from typing import Any, cast
@@ -13,14 +12,10 @@ import prometheus_client
 from kubernetes_asyncio.client import ApiClient
 
 from qwen_operator import api, kube, labels, reconcile
-from qwen_operator.autoscaler import Autoscaler
+from qwen_operator.autoscaler import Autoscaler, rfc3339, utcnow
 from qwen_operator.settings import OperatorSettings
 
 MANAGED = {"app.kubernetes.io/managed-by": labels.MANAGED_BY}
-
-
-def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @kopf.on.startup()
@@ -115,7 +110,7 @@ async def _reconcile(memo: kopf.Memo, body: Mapping[str, Any], logger: Any) -> r
         fresh = await memo.cluster.get(kube.QWENSERVICES, key[0] or "default", key[1])
         if fresh is None or fresh["metadata"].get("uid") != meta.get("uid"):
             return reconcile.Outcome()
-        outcome = await reconcile.reconcile(memo.cluster, fresh, now_rfc3339())
+        outcome = await reconcile.reconcile(memo.cluster, fresh, rfc3339(utcnow()))
     _post(body, outcome, logger)
     return outcome
 

@@ -137,6 +137,11 @@ def _file(path: PathLike | None, data: str | bytes | None, suffix: str) -> str |
         return os.fsdecode(path)
     if not data:
         return None
+    return temp_file(data, suffix)
+
+
+def temp_file(data: str | bytes, suffix: str) -> str:
+    """Write certificate data to a private temporary file (removed at exit); clients want paths."""
     fd, name = tempfile.mkstemp(prefix="qwen-operator-", suffix=suffix)
     with os.fdopen(fd, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)

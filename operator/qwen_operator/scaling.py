@@ -82,11 +82,6 @@ class Observation:
     samples: Mapping[str, PodSample] = field(default_factory=dict)
     error: str | None = None  # the metrics source failed (unreachable, timeout, bad answer)
 
-    @property
-    def missing(self) -> tuple[str, ...]:
-        """Ready pods without a sample."""
-        return tuple(pod for pod in self.ready_pods if pod not in self.samples)
-
 
 @dataclass(frozen=True)
 class State:
@@ -105,9 +100,13 @@ class State:
 @dataclass(frozen=True)
 class Signal:
     name: str  # concurrency, kvCacheUsage, waiting
-    value: float  # the total the need was computed from
+    value: float  # the total over the pods
     target: float  # per replica
-    need: float  # replicas this signal needs: value / target
+
+    @property
+    def need(self) -> float:
+        """Replicas this signal needs."""
+        return self.value / self.target
 
 
 @dataclass(frozen=True)
@@ -150,22 +149,12 @@ def _fmt(x: float) -> str:
 def signals(samples: Mapping[str, PodSample], targets: api.ScalingTargets) -> list[Signal]:
     """Each signal's total over the pods and the replicas it needs at its per-replica target."""
     concurrency = sum(s.running + s.waiting for s in samples.values())
-    out = [
-        Signal(
-            "concurrency",
-            concurrency,
-            targets.concurrency_per_replica,
-            concurrency / targets.concurrency_per_replica,
-        )
-    ]
+    out = [Signal("concurrency", concurrency, targets.concurrency_per_replica)]
     kv = [s.kv_cache_usage for s in samples.values() if s.kv_cache_usage is not None]
     if kv:
-        out.append(Signal("kvCacheUsage", sum(kv), targets.kv_cache_usage, sum(kv) / targets.kv_cache_usage))
+        out.append(Signal("kvCacheUsage", sum(kv), targets.kv_cache_usage))
     if targets.waiting_per_replica is not None:
-        waiting = sum(s.waiting for s in samples.values())
-        out.append(
-            Signal("waiting", waiting, targets.waiting_per_replica, waiting / targets.waiting_per_replica)
-        )
+        out.append(Signal("waiting", sum(s.waiting for s in samples.values()), targets.waiting_per_replica))
     return out
 
 

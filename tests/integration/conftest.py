@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import yaml
 
 from qwen_operator import crd
 from tests.emulator import Emulator
+from tests.prom import Prometheus
 
 QSVC = "serving.qwenops.io/v1alpha1/qwenservices"
 DEPLOY = "apps/v1/deployments"
@@ -105,6 +106,15 @@ async def operator(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Async
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.wait_for(task, 15)
     assert task.cancelled() or task.exception() is None, f"the operator crashed: {task.exception()!r}"
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
+    """A real Prometheus server on 127.0.0.1 for this test (tests/prom.py)."""
+    prom = Prometheus(tmp_path)
+    prom.start()
+    yield prom
+    prom.stop()
 
 
 async def eventually(check: Callable[[], Any], within: float = 10, what: str = "condition") -> Any:

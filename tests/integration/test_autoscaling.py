@@ -260,14 +260,6 @@ async def test_autoscaling_off_hands_replicas_back_to_the_spec(emulator: Emulato
     assert replicas(emulator) == 1, "the scaler leaves a service with autoscaling off alone"
 
 
-@pytest.fixture
-def prometheus(tmp_path: Any) -> Any:
-    prom = Prometheus(tmp_path)
-    prom.start()
-    yield prom
-    prom.stop()
-
-
 async def test_scaling_through_a_real_prometheus(
     pod_port: int, emulator: Emulator, prometheus: Prometheus, operator: Any
 ) -> None:

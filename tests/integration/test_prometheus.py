@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -22,14 +21,6 @@ SPEC = api.AutoscalingSpec.model_validate(
 )
 NOW = datetime(2026, 11, 21, 12, tzinfo=UTC)
 WARM = scaling.State(data_since=datetime(2026, 11, 21, 11, tzinfo=UTC), last_evaluated=NOW)
-
-
-@pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
-    prom = Prometheus(tmp_path)
-    prom.start()
-    yield prom
-    prom.stop()
 
 
 @pytest.fixture
