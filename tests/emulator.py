@@ -28,6 +28,15 @@ import kmock
 from kmock._internal import apps, enums, rendering
 from kmock._internal.dicts import merge_patch_dict
 
+VERBS = {
+    enums.action.LIST: "list",
+    enums.action.WATCH: "watch",
+    enums.action.FETCH: "get",
+    enums.action.CREATE: "create",
+    enums.action.UPDATE: "patch",
+    enums.action.DELETE: "delete",
+}
+
 # Resources whose status (and replicas) live behind subresources.
 STATUS_SUBRESOURCE = {("apps", "deployments"), ("serving.qwenops.io", "qwenservices")}
 SCALE_SUBRESOURCE = STATUS_SUBRESOURCE
@@ -70,6 +79,8 @@ class Emulator(kmock.KubernetesEmulator):
     _log: list[tuple[int, Any, dict[str, Any]]] = attrs.field(factory=list, init=False)
     _changed: asyncio.Condition = attrs.field(factory=asyncio.Condition, init=False)
     _results: dict[int, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    # What clients asked over HTTP, as RBAC sees it: (group, resource[/subresource], verb).
+    audit: set[tuple[str, str, str]] = attrs.field(factory=set, init=False)
 
     # ------------------------------------------------------------------------------------ helpers
     def _next_rv(self) -> str:
@@ -110,6 +121,12 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: rendering.Request) -> Any:
         mutating = (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
+        if request.resource is not None and request.resource.plural and request.action is not None:
+            verb = VERBS[request.action]
+            if request.action is enums.action.UPDATE and request.method == enums.method.PUT:
+                verb = "update"
+            plural = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+            self.audit.add((request.resource.group or "", plural, verb))
         if request.resource is not None and request.action in mutating:
             self._results[request.id] = await self._mutate(request)
         return await apps.RawHandler._handle(self, request)

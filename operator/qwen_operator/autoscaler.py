@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from kubernetes_asyncio.client.exceptions import ApiException
+
 from qwen_operator import api, labels, reconcile, scaling, status, telemetry, validation
 from qwen_operator.kube import DEPLOYMENTS, EVENTS, PODS, QWENSERVICES, SECRETS, Resource, temp_file
 from qwen_operator.metrics import (
@@ -88,6 +90,7 @@ class Autoscaler:
         self.locks = locks if locks is not None else {}
         self.clock = clock
         self.memory: dict[str, scaling.State] = {}  # by uid; last_evaluated lives only here
+        self.exported: set[tuple[str, str]] = set()  # services with per-service gauges
         self.pods_source = pods_source or PodsSource(
             port=config.pod_metrics_port, timeout=config.metrics_timeout_seconds
         )
@@ -133,6 +136,14 @@ class Autoscaler:
         alive = {body["metadata"].get("uid") for body in listed}
         for uid in [uid for uid in self.memory if uid not in alive]:
             del self.memory[uid]  # deleted services
+        exported = {
+            (body["metadata"]["namespace"], body["metadata"]["name"])
+            for body in listed
+            if (body.get("spec", {}).get("autoscaling") or {}).get("enabled")
+        }
+        for key in self.exported - exported:
+            telemetry.forget(*key)  # deleted, or autoscaling switched off
+        self.exported = exported
         for body in listed:
             try:
                 svc = validation.parse(body)
@@ -199,8 +210,22 @@ class Autoscaler:
     # ---------------------------------------------------------------------------------- sources
 
     async def _secret(self, namespace: str, name: str, key: str) -> bytes:
-        secret = await self.cluster.get(SECRETS, namespace, name)
-        value = ((secret or {}).get("data") or {}).get(key)
+        try:
+            secret = await self.cluster.get(SECRETS, namespace, name)
+        except ApiException as exc:
+            hint = (
+                " (the operator may not read Secrets: install the chart with rbac.prometheusSecrets=true,"
+                " or give Prometheus credentials operator-wide)"
+                if exc.status == 403
+                else ""
+            )
+            raise SecretMissing(
+                f"cannot read Secret {namespace}/{name} for Prometheus credentials: "
+                f"HTTP {exc.status} {exc.reason}{hint}"
+            ) from exc
+        if secret is None:
+            raise SecretMissing(f"Secret {namespace}/{name} (Prometheus credentials) does not exist")
+        value = (secret.get("data") or {}).get(key)
         if value is None:
             raise SecretMissing(f"Secret {namespace}/{name} has no key {key!r} (Prometheus credentials)")
         return base64.b64decode(value)
@@ -292,15 +317,10 @@ class Autoscaler:
             await reconcile.write_status(self.cluster, fresh, new, out)
             for event in out.events:
                 await self.cluster.create(EVENTS, event_body(fresh, event, now))
-        direction = (
-            "up"
-            if decision.replicas > obs.replicas
-            else "down"
-            if decision.replicas < obs.replicas
-            else "none"
+        auto = svc.spec.autoscaling
+        telemetry.record(
+            svc.namespace, svc.name, decision, obs.replicas, auto.min_replicas, auto.max_replicas
         )
-        telemetry.DECISIONS.labels(direction, decision.reason.value).inc()
-        telemetry.DESIRED_REPLICAS.labels(svc.namespace, svc.name).set(decision.replicas)
         return result
 
     async def _mark_deletion_costs(

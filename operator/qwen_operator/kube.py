@@ -45,17 +45,42 @@ PODS = Resource("", "v1", "pods")
 EVENTS = Resource("", "v1", "events")
 SECRETS = Resource("", "v1", "secrets")
 
-# (group, resource, verbs) the operator uses: what its RBAC must grant, and no more.
-# kopf itself lists/watches/patches QwenServices, and posts events.
-API_CALLS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    (api.GROUP, api.PLURAL, ("get", "list", "watch", "patch")),
-    (api.GROUP, f"{api.PLURAL}/status", ("get", "patch")),
-    ("apps", "deployments", ("get", "list", "watch", "create", "patch")),
-    ("", "services", ("get", "create", "patch")),
-    ("", "events", ("create",)),
-    ("", "pods", ("list", "patch")),  # ready pods to observe; pod-deletion-cost before a scale-down
-    ("", "secrets", ("get",)),  # only the Prometheus credentials a QwenService names
-    ("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch")),
+
+@dataclass(frozen=True)
+class ApiCall:
+    """One kind of call the operator makes: what its RBAC must grant, and no more."""
+
+    group: str
+    resource: str
+    verbs: tuple[str, ...]
+    why: str
+    cluster_scoped: bool = False  # granted cluster-wide even when the operator watches listed namespaces
+    feature: str | None = None  # the chart value that grants it; without it, that feature is unavailable
+
+
+# Every call the operator (and kopf under it) makes. The Helm chart's Roles/ClusterRoles are compared
+# with this list by a test, and the integration tests check every call they see against it.
+API_CALLS: tuple[ApiCall, ...] = (
+    ApiCall(api.GROUP, api.PLURAL, ("get", "list", "watch", "patch"), "kopf watches them; reconcile reads"),
+    ApiCall(api.GROUP, f"{api.PLURAL}/status", ("get", "patch"), "status, conditions, scaler state"),
+    ApiCall("apps", "deployments", ("get", "list", "watch", "create", "patch"), "the vLLM workload"),
+    ApiCall("", "services", ("get", "create", "patch"), "the vLLM Service"),
+    ApiCall("", "events", ("create",), "kopf's and the scaler's Events"),
+    ApiCall("", "pods", ("list", "patch"), "ready pods to observe; pod-deletion-cost before a scale-down"),
+    ApiCall(
+        "",
+        "secrets",
+        ("get",),
+        "only the Prometheus credentials a QwenService names (metrics.prometheus.*SecretRef)",
+        feature="rbac.prometheusSecrets",
+    ),
+    ApiCall(
+        "apiextensions.k8s.io",
+        "customresourcedefinitions",
+        ("list", "watch"),
+        "kopf notices the CRD being installed or removed",
+        cluster_scoped=True,
+    ),
 )
 
 MERGE_PATCH = "application/merge-patch+json"

@@ -1,16 +1,43 @@
-"""The operator's own metrics (prometheus-client), served on ``QWEN_OPERATOR_METRICS_PORT``."""
+"""The operator's own metrics (prometheus-client), served on ``QWEN_OPERATOR_METRICS_PORT``.
+
+The per-service gauges carry ``namespace`` and ``name`` (the QwenService); the chart's alerts and
+dashboard join them with the vLLM series on ``namespace`` and ``serving_qwenops_io_service``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram
 
-DESIRED_REPLICAS = Gauge(
-    "qwen_operator_desired_replicas", "Replicas the scaler asks for.", ["namespace", "name"]
+from qwen_operator import scaling
+
+_SERVICE = ["namespace", "name"]
+DESIRED_REPLICAS = Gauge("qwen_operator_desired_replicas", "Replicas the scaler asks for.", _SERVICE)
+READY_REPLICAS = Gauge(
+    "qwen_operator_ready_replicas", "Ready vLLM pods the scaler saw at its last evaluation.", _SERVICE
+)
+RECOMMENDED_REPLICAS = Gauge(
+    "qwen_operator_recommended_replicas",
+    "Replicas the load needs before step limits and bounds (absent while metrics are unavailable).",
+    _SERVICE,
+)
+MIN_REPLICAS = Gauge("qwen_operator_min_replicas", "spec.autoscaling.minReplicas.", _SERVICE)
+MAX_REPLICAS = Gauge("qwen_operator_max_replicas", "spec.autoscaling.maxReplicas.", _SERVICE)
+METRICS_AVAILABLE = Gauge(
+    "qwen_operator_metrics_available",
+    "1 when the last evaluation had usable load metrics, 0 when it held replicas for lack of them.",
+    _SERVICE,
+)
+SCALING_LIMITED = Gauge(
+    "qwen_operator_scaling_limited",
+    "1 when a step limit or a replica bound cut the last decision (the ScalingLimited condition).",
+    _SERVICE,
 )
 DECISIONS = Counter(
     "qwen_operator_scaling_decisions_total",
-    "Scaling decisions by direction (up, down, none) and reason.",
-    ["direction", "reason"],
+    "Scaling decisions per QwenService by direction (up, down, none) and reason.",
+    [*_SERVICE, "direction", "reason"],
 )
 QUERIES = Counter("qwen_operator_metric_queries_total", "Metric queries sent.", ["source"])
 QUERY_ERRORS = Counter(
@@ -27,3 +54,62 @@ EVALUATION_SECONDS = Histogram(
     "Time of one scaler evaluation cycle (listing, metrics, decisions, writes).",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+
+_GAUGES = (
+    DESIRED_REPLICAS,
+    READY_REPLICAS,
+    RECOMMENDED_REPLICAS,
+    MIN_REPLICAS,
+    MAX_REPLICAS,
+    METRICS_AVAILABLE,
+    SCALING_LIMITED,
+)
+
+
+# The moves each reason can come with. Their counters start at 0 with the service, so the first
+# scale-up already shows in increase()/rate() (Prometheus cannot see a counter that appears at 1).
+_R = scaling.Reason
+MOVES = {
+    "up": (_R.ABOVE_TARGET, _R.PANIC, _R.SCALE_UP_LIMITED, _R.TOO_FEW_REPLICAS, _R.TOO_MANY_REPLICAS),
+    "down": (_R.BELOW_TARGET, _R.SCALE_DOWN_STABILIZED, _R.SCALE_DOWN_LIMITED, _R.TOO_MANY_REPLICAS),
+}
+_decision_labels: dict[tuple[str, str], set[tuple[str, str]]] = {}
+
+
+def record(
+    namespace: str, name: str, decision: scaling.Decision, before: int, min_replicas: int, max_replicas: int
+) -> None:
+    """Export one evaluation of one QwenService."""
+    direction = "up" if decision.replicas > before else "down" if decision.replicas < before else "none"
+    seen = _decision_labels.get((namespace, name))
+    if seen is None:
+        seen = _decision_labels[namespace, name] = set()
+        for move, reasons in MOVES.items():
+            for reason in reasons:
+                DECISIONS.labels(namespace, name, move, reason.value)
+                seen.add((move, reason.value))
+    DECISIONS.labels(namespace, name, direction, decision.reason.value).inc()
+    seen.add((direction, decision.reason.value))
+    DESIRED_REPLICAS.labels(namespace, name).set(decision.replicas)
+    READY_REPLICAS.labels(namespace, name).set(decision.ready_pods)
+    MIN_REPLICAS.labels(namespace, name).set(min_replicas)
+    MAX_REPLICAS.labels(namespace, name).set(max_replicas)
+    METRICS_AVAILABLE.labels(namespace, name).set(1 if decision.metrics_available else 0)
+    SCALING_LIMITED.labels(namespace, name).set(1 if decision.limited else 0)
+    if decision.recommendation is None:
+        _remove(RECOMMENDED_REPLICAS, namespace, name)
+    else:
+        RECOMMENDED_REPLICAS.labels(namespace, name).set(decision.recommendation)
+
+
+def forget(namespace: str, name: str) -> None:
+    """Drop a deleted (or no longer autoscaled) service's gauges, so alerts do not fire on ghosts."""
+    for gauge in _GAUGES:
+        _remove(gauge, namespace, name)
+    for labels in _decision_labels.pop((namespace, name), set()):
+        _remove(DECISIONS, namespace, name, *labels)
+
+
+def _remove(metric: Gauge | Counter, *labels: str) -> None:
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)

@@ -14,7 +14,7 @@ import kopf
 import pytest
 import yaml
 
-from qwen_operator import crd
+from qwen_operator import crd, kube
 from tests.emulator import Emulator
 from tests.prom import Prometheus
 
@@ -106,6 +106,10 @@ async def operator(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Async
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.wait_for(task, 15)
     assert task.cancelled() or task.exception() is None, f"the operator crashed: {task.exception()!r}"
+    # Every call the operator made is one its RBAC grants (the chart's rules come from kube.API_CALLS).
+    granted = {(c.group, c.resource, verb) for c in kube.API_CALLS for verb in c.verbs}
+    assert emulator.audit, "the audit saw no API calls"
+    assert emulator.audit <= granted, f"calls the RBAC does not grant: {sorted(emulator.audit - granted)}"
 
 
 @pytest.fixture

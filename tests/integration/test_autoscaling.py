@@ -200,7 +200,13 @@ async def test_load_scales_up_then_down_only_after_the_window(emulator: Emulator
 
     sample = prometheus_client.REGISTRY.get_sample_value
     assert sample("qwen_operator_desired_replicas", {"namespace": NS, "name": "qwen"}) == 1
-    assert sample("qwen_operator_scaling_decisions_total", {"direction": "up", "reason": "AboveTarget"}) >= 1
+    assert (
+        sample(
+            "qwen_operator_scaling_decisions_total",
+            {"namespace": NS, "name": "qwen", "direction": "up", "reason": "AboveTarget"},
+        )
+        >= 1
+    )
     assert sample("qwen_operator_evaluation_seconds_count") > 0
 
 
@@ -247,6 +253,8 @@ async def test_autoscaling_off_hands_replicas_back_to_the_spec(emulator: Emulato
     player.total = 20
     await emulator.put(QSVC, autoscaled())
     await eventually(lambda: replicas(emulator) == 3, within=10, what="a scale-up to 3")
+    desired = {"namespace": NS, "name": "qwen"}
+    assert prometheus_client.REGISTRY.get_sample_value("qwen_operator_desired_replicas", desired) == 3
     await emulator.patch(QSVC, NS, "qwen", {"spec": {"autoscaling": {"enabled": False}, "replicas": 1}})
     await eventually(lambda: replicas(emulator) == 1, what="spec.replicas back in charge")
     got = await eventually(
@@ -258,6 +266,8 @@ async def test_autoscaling_off_hands_replicas_back_to_the_spec(emulator: Emulato
     assert got["reason"] == "AutoscalingDisabled"
     await asyncio.sleep(2)
     assert replicas(emulator) == 1, "the scaler leaves a service with autoscaling off alone"
+    gauge = prometheus_client.REGISTRY.get_sample_value("qwen_operator_desired_replicas", desired)
+    assert gauge is None, "no alert should fire on the gauges of a service the scaler left"
 
 
 async def test_scaling_through_a_real_prometheus(
