@@ -32,8 +32,16 @@ format: $(STAMP) ## Format the code with ruff
 	$(BIN)/ruff check --fix operator tests
 	$(BIN)/ruff format operator tests
 
-crds: $(STAMP) ## Regenerate crds/ from the API model
-	$(BIN)/qwen-operator crds --output crds --readme README.md
+crds: $(STAMP) ## Regenerate crds/ and the chart's crds/ from the API model (and the README's tables)
+	$(BIN)/qwen-operator crds --output crds --output charts/qwen-operator/crds --readme README.md
+
+manifests: crds ## Regenerate deploy/install.yaml from the Helm chart (defaults, CRDs first)
+	$(BIN)/qwen-operator manifests --chart charts/qwen-operator --output deploy/install.yaml
+
+IMAGE ?= ghcr.io/qwenops/qwen-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+image: ## Build the operator image (needs a Docker engine): IMAGE=registry/name:tag
+	docker build -f images/operator/Dockerfile -t $(IMAGE) .
 
 render: $(STAMP) ## Print what the operator would apply for every example (FILES=... to choose)
 	$(BIN)/qwen-operator render $(or $(FILES),examples/*.yaml)
@@ -50,4 +58,4 @@ lock: ## Re-resolve constraints.txt from pyproject.toml (after changing a pin)
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-.PHONY: help install test lint format crds render run lock clean
+.PHONY: help install test lint format crds manifests image render run lock clean

@@ -49,15 +49,28 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_crds(args: argparse.Namespace) -> int:
     """Write (or print) the CRD generated from the model; optionally refresh the README's spec table."""
     text = crd.crd_yaml()
-    if args.output:
-        out = Path(args.output)
+    for folder in args.output or ():
+        out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{api.PLURAL}.yaml").write_text(text)
-    elif not args.readme:
+    if not args.output and not args.readme:
         sys.stdout.write(text)
     if args.readme:
         readme = Path(args.readme)
         readme.write_text(settings.with_settings(crd.with_reference(readme.read_text())))
+    return 0
+
+
+def cmd_manifests(args: argparse.Namespace) -> int:
+    """Write deploy/install.yaml, rendered from the Helm chart with its defaults."""
+    from qwen_operator import install
+
+    text = install.install_yaml(Path(args.chart))
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text)
     return 0
 
 
@@ -99,9 +112,16 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "crds", help="print (or write) the CustomResourceDefinition generated from the API model"
     )
-    c.add_argument("--output", help="folder to write qwenservices.yaml into")
+    c.add_argument("--output", action="append", help="folder to write qwenservices.yaml into (repeatable)")
     c.add_argument("--readme", help="README whose spec reference table to regenerate")
     c.set_defaults(func=cmd_crds)
+
+    m = sub.add_parser(
+        "manifests", help="render the Helm chart with defaults into one kubectl-applyable file"
+    )
+    m.add_argument("--chart", default="charts/qwen-operator", help="the chart folder")
+    m.add_argument("--output", default="deploy/install.yaml", help="file to write; - for stdout")
+    m.set_defaults(func=cmd_manifests)
     return p
 
 
