@@ -17,6 +17,8 @@ from typing import Any
 from tests.conftest import DATA
 
 TEMPLATE = (DATA / "vllm-0.32-metrics-idle.txt").read_text()
+UNDER_LOAD = (DATA / "vllm-0.32-metrics-under-load.txt").read_text()
+CUMULATIVE = re.compile(r"^(vllm:\S+?(?:_total|_bucket|_count|_sum)(?:\{[^}]*\})?) (\S+)$", re.M)
 GAUGES = {
     "running": "vllm:num_requests_running",
     "waiting": "vllm:num_requests_waiting",
@@ -24,9 +26,20 @@ GAUGES = {
 }
 
 
-def render(running: float, waiting: float, kv: float, engines: int = 1, old_kv_name: bool = False) -> str:
-    """The captured idle /metrics with the three gauges set (split evenly over ``engines``)."""
-    text = TEMPLATE
+def render(
+    running: float,
+    waiting: float,
+    kv: float,
+    engines: int = 1,
+    old_kv_name: bool = False,
+    template: str = TEMPLATE,
+    counters: float = 1.0,
+) -> str:
+    """A captured /metrics (idle by default) with the three gauges set (split evenly over ``engines``)
+    and every counter and histogram multiplied by ``counters`` (so they grow from scrape to scrape)."""
+    text = template
+    if counters != 1.0:
+        text = CUMULATIVE.sub(lambda m: f"{m[1]} {float(m[2]) * counters}", text)
     values = {"running": running / engines, "waiting": waiting / engines, "kv": kv}
     for key, metric in GAUGES.items():
         pattern = re.compile(rf"^{re.escape(metric)}\{{(?P<labels>[^}}]*)\}} \S+$", re.M)
@@ -57,6 +70,7 @@ class Load:
     engines: int = 1
     old_kv_name: bool = False
     mode: str = "ok"  # ok, html, nan, slow, error
+    busy: bool = False  # serve the under-load capture, its counters growing with every scrape
 
 
 class FakeVLLM:
@@ -84,7 +98,13 @@ class FakeVLLM:
                     ctype = "text/plain; version=0.0.4"
                 else:
                     body = render(
-                        load.running, load.waiting, load.kv, load.engines, load.old_kv_name
+                        load.running,
+                        load.waiting,
+                        load.kv,
+                        load.engines,
+                        load.old_kv_name,
+                        UNDER_LOAD if load.busy else TEMPLATE,
+                        float(owner.scrapes) if load.busy else 1.0,
                     ).encode()
                     ctype = "text/plain; version=0.0.4"
                 self.send_response(200)

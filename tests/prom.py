@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ BINARY = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 
 class Prometheus:
-    def __init__(self, workdir: Path, scrape_interval: str = "1s") -> None:
+    def __init__(
+        self, workdir: Path, scrape_interval: str = "1s", extra_jobs: Sequence[dict[str, Any]] = ()
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -38,7 +41,7 @@ class Prometheus:
         job["file_sd_configs"] = [{"files": [str(self.targets)], "refresh_interval": "1s"}]
         config = {
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": "5s"},
-            "scrape_configs": [job],
+            "scrape_configs": [job, *extra_jobs],
         }
         self.config = workdir / "prometheus.yml"
         self.config.write_text(yaml.safe_dump(config))
