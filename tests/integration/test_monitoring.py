@@ -228,6 +228,10 @@ def scraped(tmp_path: Path) -> Iterator[Prometheus]:
     prom.set_targets([(p.address, "ml", f"chat-{i}", "chat") for i, p in enumerate(pods)])
     try:
         prom.wait_for_series(2)
+        deadline = time.monotonic() + 20  # and the operator's endpoint, before a test changes a counter
+        while not prom.query('qwen_operator_desired_replicas{namespace="ml"}'):
+            assert time.monotonic() < deadline, "Prometheus did not scrape the operator's /metrics"
+            time.sleep(0.2)
         yield prom
     finally:
         stop.set()
@@ -291,7 +295,6 @@ def test_scaling_actions_panel_counts_a_scale_up(scraped: Prometheus) -> None:
 
 def test_every_alert_expression_evaluates_and_the_busy_ones_fire(scraped: Prometheus) -> None:
     exprs = alert_exprs()
-    assert _eventually_series(scraped, 'qwen_operator_desired_replicas{namespace="ml"}')
     assert _eventually_series(scraped, exprs["QwenServiceKVCacheNearFull"])
     # Other tests of this process may have left series of their own services: look at chat only.
     firing = {}
