@@ -14,7 +14,7 @@ help: ## List the targets
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,lint]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[sim,test,lint]'
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the operator with its test and lint tools (pinned)
@@ -43,6 +43,12 @@ IMAGE ?= ghcr.io/qwenops/qwen-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/
 image: ## Build the operator image (needs a Docker engine): IMAGE=registry/name:tag
 	docker build -f images/operator/Dockerfile -t $(IMAGE) .
 
+bench: $(STAMP) ## The autoscaling benchmark: 15 scenarios x 11 policies x 5 seeds -> bench/results/ (~18 min, 2 cores)
+	$(PY) -m qwen_operator.sim.bench --traces bench/traces --out bench/results
+
+simulate: $(STAMP) ## Replay a trace on a simulated fleet: TRACE=... GPU=a10g POLICY=ours
+	$(BIN)/qwen-operator simulate --trace $(or $(TRACE),bench/traces/AzureLLMInferenceTrace_conv.csv) --gpu $(or $(GPU),a10g) --policy $(or $(POLICY),ours)
+
 render: $(STAMP) ## Print what the operator would apply for every example (FILES=... to choose)
 	$(BIN)/qwen-operator render $(or $(FILES),examples/*.yaml)
 
@@ -51,11 +57,11 @@ run: $(STAMP) ## Run the operator against the current kubeconfig (CRDs must be a
 
 lock: ## Re-resolve constraints.txt from pyproject.toml (after changing a pin)
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install -q -e '.[test,lint]'
+	.venv-lock/bin/pip install -q -e '.[sim,test,lint]'
 	.venv-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
 	rm -rf .venv-lock
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-.PHONY: help install test lint format crds manifests image render run lock clean
+.PHONY: help install test lint format crds manifests image bench simulate render run lock clean

@@ -1,0 +1,287 @@
+"""A simulated cluster: a Deployment of vLLM pods behind a router, Prometheus scrapes, and a scaler.
+
+Time advances in 1 s slices. Within a slice, arrivals are routed at their own times (the target engine is
+advanced to the arrival first). At the end of a slice: engines advance, pods become ready or finish
+draining, Prometheus scrapes the pods whose offset falls due, and the policy runs when its interval
+falls due, creating pods (ready after a log-normal cold start) or removing them (no new traffic; drain
+up to the grace period; what still runs then is killed). Billing runs from pod creation to deletion.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from qwen_operator.sim.engine import KILLED, TIMEOUT, Engine, Request
+from qwen_operator.sim.gpus import GPU
+from qwen_operator.sim.policies import Policy, Sample, View
+from qwen_operator.sim.trace import Trace
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """Pod created -> ready: log-normal with this median and 95th percentile (seconds)."""
+
+    median: float = 150.0
+    p95: float = 240.0
+
+    def sample(self, rng: random.Random) -> float:
+        sigma = math.log(self.p95 / self.median) / 1.6448536269514722
+        return rng.lognormvariate(math.log(self.median), sigma)
+
+
+COLD_STARTS = {"fast": ColdStart(45, 72), "default": ColdStart(150, 240), "slow": ColdStart(360, 576)}
+
+
+@dataclass
+class Pod:
+    name: str
+    created: float
+    ready_at: float
+    engine: Engine
+    offset: int
+    removed: float | None = None  # stopped taking traffic (scale-down)
+    deleted: float | None = None
+    sample: Sample | None = None
+    busy_mark: float = 0.0
+
+    def ready(self, now: float) -> bool:
+        return self.removed is None and self.ready_at <= now
+
+
+@dataclass
+class Point:
+    """One row of the timeline (every ``Cluster.timeline_every`` seconds)."""
+
+    t: float
+    arrivals: int
+    desired: int
+    ready: int
+    pods: int
+    running: float
+    waiting: float
+    kv: float
+
+
+@dataclass
+class Result:
+    policy: str
+    requests: list[Request]
+    pods: list[Pod]
+    actions: list[tuple[float, int, int]]  # (time, from, to)
+    timeline: list[Point]
+    end: float  # billing horizon
+    reasons: list[tuple[float, str]] = field(default_factory=list)
+
+    @property
+    def gpu_hours(self) -> float:
+        return (
+            sum(
+                min(p.deleted if p.deleted is not None else self.end, self.end) - p.created for p in self.pods
+            )
+            / 3600
+        )
+
+
+@dataclass
+class Settings:
+    gpu: GPU
+    min_replicas: int = 1
+    max_replicas: int = 5
+    start_replicas: int = 1
+    router: str = "random"  # or "least"
+    scrape_interval: int = 15
+    cold_start: ColdStart = field(default_factory=ColdStart)
+    grace_seconds: float = 150.0  # terminationGracePeriodSeconds of the rendered Deployment
+    timeout: float = 120.0
+    seed: int = 0
+    tail: float = 180.0  # keep simulating (and billing) this long after the last arrival
+
+
+class Cluster:
+    timeline_every = 10
+
+    def __init__(self, trace: Trace, policy: Policy, settings: Settings) -> None:
+        self.trace, self.policy, self.s = trace, policy, settings
+        self.rng = random.Random(settings.seed)
+        self.pods: list[Pod] = []
+        self.live: list[Pod] = []
+        self.replicas = settings.start_replicas
+        self.gateway: deque[Request] = deque()  # requests waiting for any ready pod
+        self.requests: list[Request] = []
+        self.actions: list[tuple[float, int, int]] = []
+        self.timeline: list[Point] = []
+        self._n = 0
+        for _ in range(settings.start_replicas):
+            self._create(0.0, warm=True)
+
+    # ------------------------------------------------------------------------------ pods
+
+    def _create(self, now: float, warm: bool = False) -> None:
+        self._n += 1
+        ready_at = now if warm else now + self.s.cold_start.sample(self.rng)
+        pod = Pod(
+            f"pod-{self._n}",
+            now,
+            ready_at,
+            Engine(self.s.gpu, now),
+            self.rng.randrange(self.s.scrape_interval),
+        )
+        self.pods.append(pod)
+        self.live.append(pod)
+
+    def _victims(self, now: float, count: int) -> list[Pod]:
+        """Which pods a ReplicaSet removes: unready ones first; then, with pod-deletion-cost, the idlest
+        by the last scrape (what our scaler annotates); otherwise the newest."""
+        active = [p for p in self.live if p.removed is None]
+        unready = sorted((p for p in active if not p.ready(now)), key=lambda p: -p.created)
+        ready = [p for p in active if p.ready(now)]
+        if self.policy.deletion_cost:
+
+            def cost(p: Pod) -> float:
+                s = p.sample
+                return math.inf if s is None else 100 * (s.running + s.waiting) + 100 * s.kv
+
+            ready.sort(key=cost)
+        else:
+            ready.sort(key=lambda p: -p.created)
+        return (unready + ready)[:count]
+
+    def _scale(self, now: float, desired: int) -> None:
+        active = [p for p in self.live if p.removed is None]
+        if desired == len(active):
+            return
+        if desired > len(active):
+            for _ in range(desired - len(active)):
+                self._create(now)
+        else:
+            for pod in self._victims(now, len(active) - desired):
+                pod.removed = now
+                if pod.ready_at > now:  # never started: gone at once
+                    pod.deleted = now
+                    self.live.remove(pod)
+
+    def _ready_pods(self, now: float) -> list[Pod]:
+        return [p for p in self.live if p.ready(now)]
+
+    # ------------------------------------------------------------------------------ traffic
+
+    def _route(self, req: Request) -> None:
+        self.requests.append(req)
+        ready = self._ready_pods(req.arrival)
+        if not ready:
+            self.gateway.append(req)
+            return
+        if self.s.router == "least":
+            for p in ready:
+                p.engine.advance(req.arrival)
+            pod = min(ready, key=lambda p: (p.engine.num_running + p.engine.num_waiting, p.name))
+        else:
+            pod = self.rng.choice(ready)
+            pod.engine.advance(req.arrival)
+        pod.engine.add(req)
+
+    def _flush_gateway(self, now: float) -> None:
+        while self.gateway:
+            req = self.gateway[0]
+            if req.deadline <= now:
+                self.gateway.popleft()
+                req.outcome = TIMEOUT
+                continue
+            ready = self._ready_pods(now)
+            if not ready:
+                return
+            self.gateway.popleft()
+            pod = min(ready, key=lambda p: p.engine.num_running + p.engine.num_waiting)
+            pod.engine.advance(now)
+            pod.engine.add(req)
+
+    # ------------------------------------------------------------------------------ the loop
+
+    def run(self, progress: Callable[[float], None] | None = None) -> Result:
+        s = self.s
+        rows = list(self.trace.rows())
+        end = (self.trace.duration if rows else 0.0) + s.tail
+        policy_every = max(1, round(self.policy.interval))
+        i = 0
+        arrivals_in_point = 0
+        for second in range(math.ceil(end)):
+            t1 = float(second + 1)
+            while i < len(rows) and rows[i][0] < t1:
+                at, prompt, output = rows[i]
+                self._route(Request(i, at, prompt, output, at + s.timeout))
+                i += 1
+                arrivals_in_point += 1
+            for pod in self.live:
+                pod.engine.advance(t1)
+            self._lifecycle(t1)
+            self._flush_gateway(t1)
+            self._scrape(second + 1)
+            if (second + 1) % policy_every == 0:
+                self._evaluate(t1)
+            if (second + 1) % self.timeline_every == 0:
+                self._record(t1, arrivals_in_point)
+                arrivals_in_point = 0
+            if progress is not None and second % 60 == 0:
+                progress(t1 / end)
+        for pod in self.live:  # the horizon: whatever still runs is neither finished nor killed
+            pod.engine.advance(end)
+        for req in self.gateway:
+            req.outcome = TIMEOUT
+        reasons = getattr(self.policy, "reasons", [])
+        return Result(self.policy.name, self.requests, self.pods, self.actions, self.timeline, end, reasons)
+
+    def _lifecycle(self, now: float) -> None:
+        for pod in list(self.live):
+            if pod.removed is None:
+                continue
+            if pod.engine.idle or now - pod.removed >= self.s.grace_seconds:
+                pod.engine.abort_all(KILLED)
+                pod.deleted = now
+                self.live.remove(pod)
+
+    def _scrape(self, second: int) -> None:
+        interval = self.s.scrape_interval
+        for pod in self.live:
+            if pod.ready(second) and (second - pod.offset) % interval == 0:
+                e = pod.engine
+                busy = min(1.0, (e.busy_seconds - pod.busy_mark) / interval)
+                pod.busy_mark = e.busy_seconds
+                pod.sample = Sample(e.num_running, e.num_waiting, e.kv_usage, busy, float(second))
+
+    def _evaluate(self, now: float) -> None:
+        ready = [p for p in self.live if p.ready(now)]
+        view = View(
+            now,
+            self.replicas,
+            tuple(p.name for p in ready),
+            {p.name: p.sample for p in ready if p.sample is not None},
+            self.s.gpu.max_num_seqs,
+        )
+        desired = self.policy.desired(view)
+        if desired != self.replicas:
+            self.actions.append((now, self.replicas, desired))
+            self.replicas = desired
+        self._scale(now, self.replicas)
+
+    def _record(self, now: float, arrivals: int) -> None:
+        ready = [p for p in self.live if p.ready(now)]
+        self.timeline.append(
+            Point(
+                now,
+                arrivals,
+                self.replicas,
+                len(ready),
+                len(self.live),
+                sum(p.engine.num_running for p in self.live),
+                sum(p.engine.num_waiting for p in self.live) + len(self.gateway),
+                sum(p.engine.kv_usage for p in ready) / len(ready) if ready else 0.0,
+            )
+        )
+
+
+def simulate(trace: Trace, policy: Policy, settings: Settings) -> Result:
+    return Cluster(trace, policy, settings).run()

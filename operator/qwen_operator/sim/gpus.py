@@ -1,0 +1,86 @@
+"""Calibration of one vLLM replica (Qwen2.5-7B-Instruct, bf16, TP 1, --gpu-memory-utilization 0.9) per GPU.
+
+Every input number, and where it comes from, is listed in docs/benchmark.md ("Calibration"). The step-time
+model is ``floor + per_seq * seqs + prefill_tokens / prefill_rate + decode_context_bytes / bandwidth``;
+``floor`` and ``per_seq`` are solved from two published points: the single-stream decode rate and the step
+time at batch 32, both at a 1,000-token context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+GIB = 1024**3
+KV_BYTES_PER_TOKEN = 2 * 28 * 4 * 128 * 2  # K and V x 28 layers x 4 KV heads x 128 dims x bf16 = 57,344
+WEIGHTS_BYTES = 14.25 * GIB
+ACTIVATION_BYTES = 1.0 * GIB  # activations, CUDA graphs and the sampler's buffers that vLLM profiles
+KV_BLOCK_TOKENS = 16
+CALIBRATION_CONTEXT = 1000  # tokens of context per sequence at which the step times were taken
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    memory_gib: float
+    bandwidth: float  # bytes/s of HBM/GDDR
+    single_stream_tok_s: float  # decode rate of one sequence
+    step_b32_s: float  # step time with 32 decoding sequences
+    prefill_tok_s: float
+    max_num_seqs: int = 256
+    max_batched_tokens: int = 2048
+    memory_utilization: float = 0.9
+
+    @cached_property
+    def kv_tokens(self) -> int:
+        """Tokens of KV cache vLLM allocates after weights and activations (in whole 16-token blocks)."""
+        budget = self.memory_gib * GIB * self.memory_utilization - WEIGHTS_BYTES - ACTIVATION_BYTES
+        return int(budget // KV_BYTES_PER_TOKEN) // KV_BLOCK_TOKENS * KV_BLOCK_TOKENS
+
+    @property
+    def kv_blocks(self) -> int:
+        return self.kv_tokens // KV_BLOCK_TOKENS
+
+    def _context_seconds(self, tokens: float) -> float:
+        return tokens * KV_BYTES_PER_TOKEN / self.bandwidth
+
+    @cached_property
+    def per_seq_s(self) -> float:
+        t1 = 1.0 / self.single_stream_tok_s
+        extra_context = self._context_seconds(31 * CALIBRATION_CONTEXT)
+        return max(0.0, (self.step_b32_s - t1 - extra_context) / 31)
+
+    @cached_property
+    def floor_s(self) -> float:
+        t1 = 1.0 / self.single_stream_tok_s
+        return t1 - self.per_seq_s - self._context_seconds(CALIBRATION_CONTEXT)
+
+    @property
+    def context_s_per_token(self) -> float:
+        return KV_BYTES_PER_TOKEN / self.bandwidth
+
+    def step_seconds(self, seqs: int, prefill_tokens: int, context_tokens: int) -> float:
+        return (
+            self.floor_s
+            + self.per_seq_s * seqs
+            + prefill_tokens / self.prefill_tok_s
+            + context_tokens * self.context_s_per_token
+        )
+
+    @cached_property
+    def peak_decode_tok_s(self) -> float:
+        """Decode tokens/s at the largest batch that fits (at the calibration context)."""
+        seqs = min(self.max_num_seqs, self.kv_tokens // CALIBRATION_CONTEXT)
+        return seqs / self.step_seconds(seqs, 0, seqs * CALIBRATION_CONTEXT)
+
+
+GPUS: dict[str, GPU] = {
+    gpu.name: gpu
+    for gpu in (
+        GPU("l4", 22.5, 300e9, 15, 0.075, 6000),
+        GPU("a10g", 22.5, 600e9, 30, 0.039, 6000),
+        GPU("v100", 32, 900e9, 45, 0.027, 9000),
+        GPU("a100-80gb", 80, 2039e9, 105, 0.012, 15000),
+        GPU("h100", 80, 3350e9, 155, 0.007, 45000, max_num_seqs=1024, max_batched_tokens=8192),
+    )
+}

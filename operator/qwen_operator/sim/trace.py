@@ -1,0 +1,120 @@
+"""Request traces: the Azure LLM-inference CSV format, and synthetic variants built from real traces."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Arrival times (seconds from the first request) with prompt and output lengths, sorted."""
+
+    name: str
+    arrivals: tuple[float, ...]
+    prompts: tuple[int, ...]
+    outputs: tuple[int, ...]
+    synthetic: bool = False
+
+    def __len__(self) -> int:
+        return len(self.arrivals)
+
+    @property
+    def duration(self) -> float:
+        return self.arrivals[-1] if self.arrivals else 0.0
+
+    def rows(self) -> Iterable[tuple[float, int, int]]:
+        return zip(self.arrivals, self.prompts, self.outputs, strict=True)
+
+    def window(self, start: float, length: float) -> Trace:
+        """The requests that arrive in ``[start, start + length)``, re-based to 0."""
+        rows = [(t - start, p, o) for t, p, o in self.rows() if start <= t < start + length]
+        return _from_rows(f"{self.name}[{start:g}s+{length:g}s]", rows, self.synthetic)
+
+    def compressed(self, speed: float) -> Trace:
+        """The same requests ``speed`` times faster (for demos only: benchmarks never compress time)."""
+        rows = [(t / speed, p, o) for t, p, o in self.rows()]
+        return _from_rows(f"{self.name}x{speed:g}", rows, self.synthetic)
+
+    def overlaid(self, copies: int, shift: float) -> Trace:
+        """Heavier load: ``copies`` copies, each shifted by ``shift`` more seconds (wrapping around)."""
+        span = self.duration + 1e-9
+        rows = [((t + c * shift) % span, p, o) for c in range(copies) for t, p, o in self.rows()]
+        return _from_rows(f"{self.name}-overlay{copies}", rows, True)
+
+
+def _from_rows(name: str, rows: list[tuple[float, int, int]], synthetic: bool) -> Trace:
+    rows.sort()
+    return Trace(
+        name,
+        tuple(r[0] for r in rows),
+        tuple(r[1] for r in rows),
+        tuple(r[2] for r in rows),
+        synthetic,
+    )
+
+
+def _seconds(stamp: str) -> float:
+    # 2023-11-16 18:15:46.6805900: seven fractional digits, more than datetime parses.
+    head, _, frac = stamp.strip().partition(".")
+    base = datetime.strptime(head, "%Y-%m-%d %H:%M:%S").timestamp()
+    return base + (float("0." + frac) if frac else 0.0)
+
+
+def load(path: str | Path, name: str | None = None) -> Trace:
+    """A CSV with the Azure columns ``TIMESTAMP,ContextTokens,GeneratedTokens``."""
+    path = Path(path)
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)}")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                rows.append(
+                    (
+                        _seconds(row["TIMESTAMP"]),
+                        int(row["ContextTokens"]),
+                        max(1, int(row["GeneratedTokens"])),
+                    )
+                )
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{path}:{line}: {exc}") from None
+    if not rows:
+        raise ValueError(f"{path}: no requests")
+    start = min(r[0] for r in rows)
+    return _from_rows(name or path.stem, [(t - start, p, o) for t, p, o in rows], False)
+
+
+def sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def diurnal(base: Trace, peak_to_trough: float, duration: float, seed: int) -> Trace:
+    """Synthetic: a day-shaped arrival rate (one cosine period over ``duration``) whose mean is the base
+    trace's and whose peak is ``peak_to_trough`` times its trough; request sizes resampled from ``base``."""
+    rng = random.Random(seed)
+    mean = len(base) / base.duration
+    amplitude = (peak_to_trough - 1) / (peak_to_trough + 1)
+    peak = mean * (1 + amplitude)
+    sizes = list(zip(base.prompts, base.outputs, strict=True))
+    rows: list[tuple[float, int, int]] = []
+    t = 0.0
+    while True:  # thinning of a Poisson process at the peak rate
+        t += rng.expovariate(peak)
+        if t >= duration:
+            break
+        rate = mean * (1 - amplitude * math.cos(2 * math.pi * t / duration))
+        if rng.random() < rate / peak:
+            prompt, output = rng.choice(sizes)
+            rows.append((t, prompt, output))
+    return _from_rows(f"{base.name}-diurnal{peak_to_trough:g}x", rows, True)
