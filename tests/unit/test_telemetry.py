@@ -17,7 +17,7 @@ def value(metric: str, **labels: str) -> float | None:
 
 
 def test_record_exports_the_decision_and_forget_removes_it() -> None:
-    sample = scaling.PodSample(running=60, waiting=0, kv_cache_usage=0.2, age_seconds=1)
+    sample = scaling.PodSample(running=90, waiting=0, kv_cache_usage=0.2, age_seconds=1)
     obs = scaling.Observation(replicas=1, ready_pods=("p",), samples={"p": sample})
     decision = scaling.decide(obs, SPEC, scaling.State(), NOW)
     assert decision.replicas == 3
