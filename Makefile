@@ -23,14 +23,14 @@ test: $(STAMP) ## Run the unit and integration tests
 	$(PY) -m pytest
 
 lint: $(STAMP) ## ruff, mypy --strict, and the import contracts that keep the core pure
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 format: $(STAMP) ## Format the code with ruff
-	$(BIN)/ruff check --fix operator tests
-	$(BIN)/ruff format operator tests
+	$(BIN)/ruff check --fix operator tests bench
+	$(BIN)/ruff format operator tests bench
 
 crds: $(STAMP) ## Regenerate crds/ and the chart's crds/ from the API model (and the README's tables)
 	$(BIN)/qwen-operator crds --output crds --output charts/qwen-operator/crds --readme README.md
@@ -43,8 +43,14 @@ IMAGE ?= ghcr.io/qwenops/qwen-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/
 image: ## Build the operator image (needs a Docker engine): IMAGE=registry/name:tag
 	docker build -f images/operator/Dockerfile -t $(IMAGE) .
 
+demo: $(STAMP) ## The real operator scaling simulated vLLM pods on an embedded Kubernetes API (~2.5 min)
+	$(PY) -m qwen_operator.demo
+
 bench: $(STAMP) ## The autoscaling benchmark: 15 scenarios x 11 policies x 5 seeds -> bench/results/ (~18 min, 2 cores)
 	$(PY) -m qwen_operator.sim.bench --traces bench/traces --out bench/results
+
+bench-operator: $(STAMP) ## The operator at 10/100/1000 QwenServices (kmock + real Prometheus) -> bench/results/operator.*
+	$(PY) bench/operator_scale.py
 
 simulate: $(STAMP) ## Replay a trace on a simulated fleet: TRACE=... GPU=a10g POLICY=ours
 	$(BIN)/qwen-operator simulate --trace $(or $(TRACE),bench/traces/AzureLLMInferenceTrace_conv.csv) --gpu $(or $(GPU),a10g) --policy $(or $(POLICY),ours)
@@ -64,4 +70,4 @@ lock: ## Re-resolve constraints.txt from pyproject.toml (after changing a pin)
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-.PHONY: help install test lint format crds manifests image bench simulate render run lock clean
+.PHONY: help install test lint format crds manifests image demo bench bench-operator simulate render run lock clean

@@ -15,39 +15,10 @@ import pytest
 import yaml
 
 from qwen_operator import crd, kube
-from tests.emulator import Emulator
+from qwen_operator.sim.emulator import DEPLOY, EVENTS, PODS, QSVC, SERVICE, Emulator, declare, kubeconfig
 from tests.prom import Prometheus
 
-QSVC = "serving.qwenops.io/v1alpha1/qwenservices"
-DEPLOY = "apps/v1/deployments"
-SERVICE = "v1/services"
-EVENTS = "v1/events"
-PODS = "v1/pods"
-
-
-def declare(emulator: Emulator) -> None:
-    """Discovery: what a cluster with our CRD installed serves."""
-    verbs = {"get", "list", "watch", "create", "patch", "update", "delete"}
-    res = emulator.resources
-    res[QSVC] = kmock.ResourceInfo(
-        kind="QwenService",
-        namespaced=True,
-        verbs=verbs,
-        shortnames={"qsvc"},
-        subresources={"status", "scale"},
-    )
-    res[DEPLOY] = kmock.ResourceInfo(
-        kind="Deployment", namespaced=True, verbs=verbs, subresources={"status", "scale"}
-    )
-    res[SERVICE] = kmock.ResourceInfo(kind="Service", namespaced=True, verbs=verbs)
-    res[PODS] = kmock.ResourceInfo(kind="Pod", namespaced=True, verbs=verbs)
-    res[EVENTS] = kmock.ResourceInfo(kind="Event", namespaced=True, verbs=verbs)
-    res["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock.ResourceInfo(
-        kind="CustomResourceDefinition", namespaced=False, verbs={"get", "list", "watch"}
-    )
-    res["v1/namespaces"] = kmock.ResourceInfo(
-        kind="Namespace", namespaced=False, verbs={"get", "list", "watch"}
-    )
+__all__ = ["DEPLOY", "EVENTS", "PODS", "QSVC", "SERVICE"]
 
 
 @pytest.fixture
@@ -55,16 +26,8 @@ async def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
     async with Emulator() as handler, kmock.Server(handler) as server:
         declare(handler)
         await handler.put("apiextensions.k8s.io/v1/customresourcedefinitions", crd.crd())
-        kubeconfig = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "current-context": "kmock",
-            "clusters": [{"name": "kmock", "cluster": {"server": str(server.url).rstrip("/")}}],
-            "users": [{"name": "tester", "user": {"token": "test-token"}}],
-            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "tester"}}],
-        }
         path = tmp_path / "kubeconfig"
-        path.write_text(yaml.safe_dump(kubeconfig))
+        path.write_text(yaml.safe_dump(kubeconfig(str(server.url))))
         monkeypatch.setenv("KUBECONFIG", str(path))
         yield handler
 

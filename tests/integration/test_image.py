@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from qwen_operator.sim.emulator import Emulator
 from tests.conftest import ROOT
-from tests.emulator import Emulator
 from tests.fakevllm import free_port
 from tests.integration.conftest import DEPLOY, QSVC, eventually
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.emulator import Emulator
+from qwen_operator.sim.emulator import Emulator
 from tests.integration.conftest import DEPLOY, EVENTS, QSVC, SERVICE, eventually
 
 pytestmark = pytest.mark.integration

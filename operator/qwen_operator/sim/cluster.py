@@ -115,6 +115,10 @@ class Cluster:
         self.actions: list[tuple[float, int, int]] = []
         self.timeline: list[Point] = []
         self._n = 0
+        self._rows = list(trace.rows())
+        self._next = 0  # the next arrival
+        self._arrivals = 0  # arrivals since the last timeline point
+        self.second = 0
         for _ in range(settings.start_replicas):
             self._create(0.0, warm=True)
 
@@ -201,38 +205,58 @@ class Cluster:
 
     # ------------------------------------------------------------------------------ the loop
 
-    def run(self, progress: Callable[[float], None] | None = None) -> Result:
-        s = self.s
-        rows = list(self.trace.rows())
-        end = (self.trace.duration if rows else 0.0) + s.tail
-        policy_every = max(1, round(self.policy.interval))
-        i = 0
-        arrivals_in_point = 0
-        for second in range(math.ceil(end)):
-            t1 = float(second + 1)
-            while i < len(rows) and rows[i][0] < t1:
-                at, prompt, output = rows[i]
-                self._route(Request(i, at, prompt, output, at + s.timeout))
-                i += 1
-                arrivals_in_point += 1
-            for pod in self.live:
-                pod.engine.advance(t1)
-            self._lifecycle(t1)
-            self._flush_gateway(t1)
-            self._scrape(second + 1)
-            if (second + 1) % policy_every == 0:
-                self._evaluate(t1)
-            if (second + 1) % self.timeline_every == 0:
-                self._record(t1, arrivals_in_point)
-                arrivals_in_point = 0
-            if progress is not None and second % 60 == 0:
-                progress(t1 / end)
-        for pod in self.live:  # the horizon: whatever still runs is neither finished nor killed
-            pod.engine.advance(end)
+    @property
+    def end(self) -> float:
+        """The billing horizon: the last arrival plus the tail."""
+        return (self.trace.duration if len(self.trace) else 0.0) + self.s.tail
+
+    @property
+    def arrived(self) -> int:
+        """Requests that have arrived so far."""
+        return self._next
+
+    @property
+    def done(self) -> bool:
+        return self.second >= math.ceil(self.end)
+
+    def step(self) -> None:
+        """Simulate the next second."""
+        s, rows = self.s, self._rows
+        self.second += 1
+        t1 = float(self.second)
+        while self._next < len(rows) and rows[self._next][0] < t1:
+            at, prompt, output = rows[self._next]
+            self._route(Request(self._next, at, prompt, output, at + s.timeout))
+            self._next += 1
+            self._arrivals += 1
+        for pod in self.live:
+            pod.engine.advance(t1)
+        self._lifecycle(t1)
+        self._flush_gateway(t1)
+        self._scrape(self.second)
+        if self.second % max(1, round(self.policy.interval)) == 0:
+            self._evaluate(t1)
+        if self.second % self.timeline_every == 0:
+            self._record(t1, self._arrivals)
+            self._arrivals = 0
+
+    def result(self) -> Result:
+        """The outcome so far; at the horizon, whatever still runs is neither finished nor killed."""
+        for pod in self.live:
+            pod.engine.advance(float(self.second))
         for req in self.gateway:
-            req.outcome = TIMEOUT
+            req.outcome = req.outcome or TIMEOUT
         reasons = getattr(self.policy, "reasons", [])
-        return Result(self.policy.name, self.requests, self.pods, self.actions, self.timeline, end, reasons)
+        return Result(
+            self.policy.name, self.requests, self.pods, self.actions, self.timeline, self.end, reasons
+        )
+
+    def run(self, progress: Callable[[float], None] | None = None) -> Result:
+        while not self.done:
+            self.step()
+            if progress is not None and self.second % 60 == 0:
+                progress(self.second / self.end)
+        return self.result()
 
     def _lifecycle(self, now: float) -> None:
         for pod in list(self.live):

@@ -1,5 +1,7 @@
 """kmock's Kubernetes emulator with the API-server behaviour kopf and the operator rely on.
 
+Used by the integration tests and by ``make demo`` (kmock is in the ``sim`` and ``test`` extras).
+
 kmock 0.8 stores objects and streams watch events, but (see docs/testing.md):
 - never sets resourceVersion, uid, generation or creationTimestamp;
 - watches ignore ``?resourceVersion=`` and replay stale objects, and subscribe after their snapshot
@@ -15,6 +17,7 @@ no admission (schema, CEL) and no controllers: tests play the Deployment control
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import datetime
 import itertools
@@ -81,6 +84,8 @@ class Emulator(kmock.KubernetesEmulator):
     _results: dict[int, dict[str, Any]] = attrs.field(factory=dict, init=False)
     # What clients asked over HTTP, as RBAC sees it: (group, resource[/subresource], verb).
     audit: set[tuple[str, str, str]] = attrs.field(factory=set, init=False)
+    # Writes (create, patch, update, delete) clients made over HTTP, per (group, resource[/sub]).
+    writes: collections.Counter[tuple[str, str]] = attrs.field(factory=collections.Counter, init=False)
 
     # ------------------------------------------------------------------------------------ helpers
     def _next_rv(self) -> str:
@@ -127,6 +132,8 @@ class Emulator(kmock.KubernetesEmulator):
                 verb = "update"
             plural = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
             self.audit.add((request.resource.group or "", plural, verb))
+            if request.action in mutating:
+                self.writes[request.resource.group or "", plural] += 1
         if request.resource is not None and request.action in mutating:
             self._results[request.id] = await self._mutate(request)
         return await apps.RawHandler._handle(self, request)
@@ -356,3 +363,47 @@ class Emulator(kmock.KubernetesEmulator):
         if key not in self._objects:
             return []
         return [None if v is None else v.raw for v in self._objects[key].history]
+
+
+QSVC = "serving.qwenops.io/v1alpha1/qwenservices"
+DEPLOY = "apps/v1/deployments"
+SERVICE = "v1/services"
+EVENTS = "v1/events"
+PODS = "v1/pods"
+
+
+def declare(emulator: Emulator) -> None:
+    """Discovery: what a cluster with our CRD installed serves."""
+    verbs = {"get", "list", "watch", "create", "patch", "update", "delete"}
+    res = emulator.resources
+    res[QSVC] = kmock.ResourceInfo(
+        kind="QwenService",
+        namespaced=True,
+        verbs=verbs,
+        shortnames={"qsvc"},
+        subresources={"status", "scale"},
+    )
+    res[DEPLOY] = kmock.ResourceInfo(
+        kind="Deployment", namespaced=True, verbs=verbs, subresources={"status", "scale"}
+    )
+    res[SERVICE] = kmock.ResourceInfo(kind="Service", namespaced=True, verbs=verbs)
+    res[PODS] = kmock.ResourceInfo(kind="Pod", namespaced=True, verbs=verbs)
+    res[EVENTS] = kmock.ResourceInfo(kind="Event", namespaced=True, verbs=verbs)
+    res["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock.ResourceInfo(
+        kind="CustomResourceDefinition", namespaced=False, verbs={"get", "list", "watch"}
+    )
+    res["v1/namespaces"] = kmock.ResourceInfo(
+        kind="Namespace", namespaced=False, verbs={"get", "list", "watch"}
+    )
+
+
+def kubeconfig(url: str) -> dict[str, Any]:
+    """A kubeconfig that points at the emulator (any token is accepted)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "kmock",
+        "clusters": [{"name": "kmock", "cluster": {"server": url.rstrip("/")}}],
+        "users": [{"name": "emulated", "user": {"token": "emulated-token"}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "emulated"}}],
+    }

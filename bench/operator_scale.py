@@ -1,0 +1,292 @@
+"""The operator itself at scale: N QwenServices on the kmock emulator, metrics through a real Prometheus.
+
+The real operator runs as its own process (``qwen-operator run``, the image's command) against the
+emulator. Every QwenService has one ready pod whose vLLM ``/metrics`` is served over HTTP and scraped
+by a real Prometheus (the Debian package), exactly as the scaler's queries expect. Load is constant
+and at target, so once everything is created the system is idle: nothing should be written.
+
+Measured per N: time until every Deployment exists, evaluation-cycle time (the operator's own
+histogram), Prometheus queries per cycle (Prometheus' own request counter), the operator's peak RSS,
+and API writes per idle cycle. Run from the repository root: ``make bench-operator``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import kmock
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.fakevllm import render  # noqa: E402
+from tests.prom import Prometheus  # noqa: E402
+
+from qwen_operator import crd, labels  # noqa: E402
+from qwen_operator.sim.emulator import DEPLOY, PODS, QSVC, Emulator, declare, kubeconfig  # noqa: E402
+
+NS = "scale"
+INTERVAL = 5  # evaluationIntervalSeconds of every service
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Metrics:
+    """One HTTP server for every simulated pod: /metrics/<pod> (Prometheus sets the path per target)."""
+
+    def __init__(self) -> None:
+        body = render(running=20, waiting=0, kv=0.3).encode()  # at target: nothing to do
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def service(i: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.qwenops.io/v1alpha1",
+        "kind": "QwenService",
+        "metadata": {"name": f"svc-{i:04d}", "namespace": NS},
+        "spec": {
+            "model": {"name": "Qwen/Qwen2.5-0.5B-Instruct"},
+            "autoscaling": {
+                "enabled": True,
+                "minReplicas": 1,
+                "maxReplicas": 3,
+                "evaluationIntervalSeconds": INTERVAL,
+            },
+        },
+    }
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return str(r.read().decode())
+
+
+def sample(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(match[1]) if match else 0.0
+
+
+async def api_latency_ms(url: str, n: int) -> float:
+    """Mean time of a GET of one QwenService from the emulator while the operator runs (its floor)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        started = time.perf_counter()
+        for i in range(20):
+            base = f"{url.rstrip('/')}/apis/serving.qwenops.io/v1alpha1/namespaces/{NS}/qwenservices"
+            path = f"{base}/svc-{i % n:04d}"
+            async with session.get(path) as r:
+                await r.read()
+        return round((time.perf_counter() - started) / 20 * 1000, 1)
+
+
+def decisions(text: str) -> float:
+    """Scaling decisions so far, over every service, direction and reason."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("qwen_operator_scaling_decisions_total{")
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+    return int(match[1]) / 1024 if match else float("nan")
+
+
+async def measure(n: int, idle_cycles: int, workdir: Path) -> dict[str, Any]:
+    metrics = Metrics()
+    (workdir / f"prom-{n}").mkdir(parents=True, exist_ok=True)
+    prom = Prometheus(workdir / f"prom-{n}", scrape_interval="5s")
+    groups = [
+        {
+            "targets": [metrics.address],
+            "labels": {
+                "__metrics_path__": f"/metrics/svc-{i:04d}-0",
+                "__meta_kubernetes_namespace": NS,
+                "__meta_kubernetes_pod_name": f"svc-{i:04d}-0",
+                "__meta_kubernetes_pod_label_serving_qwenops_io_service": f"svc-{i:04d}",
+                "__meta_kubernetes_pod_label_app_kubernetes_io_managed_by": "qwen-operator",
+                "__meta_kubernetes_pod_container_port_name": "http",
+            },
+        }
+        for i in range(n)
+    ]
+    prom.targets.write_text(json.dumps(groups))
+    prom.start()
+    op_metrics = free_port()
+    async with Emulator() as emulator, kmock.Server(emulator) as server:
+        declare(emulator)
+        await emulator.put("apiextensions.k8s.io/v1/customresourcedefinitions", crd.crd())
+        config = workdir / f"kubeconfig-{n}"
+        config.write_text(yaml.safe_dump(kubeconfig(str(server.url))))
+        for i in range(n):
+            await emulator.put(QSVC, service(i))
+            pod = f"svc-{i:04d}-0"
+            await emulator.put(
+                PODS,
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": pod,
+                        "namespace": NS,
+                        "labels": labels.common_labels(f"svc-{i:04d}"),
+                    },
+                    "status": {
+                        "phase": "Running",
+                        "podIP": "127.0.0.1",
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                    },
+                },
+            )
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(config),
+            "QWEN_OPERATOR_PROMETHEUS_URL": prom.url,
+            "QWEN_OPERATOR_METRICS_PORT": str(op_metrics),
+            "QWEN_OPERATOR_LIVENESS_ENDPOINT": "",
+            # A tick per evaluation interval: every tick evaluates every service (one batched cycle).
+            "QWEN_OPERATOR_SCALER_TICK_SECONDS": str(INTERVAL),
+            "QWEN_OPERATOR_METRICS_TIMEOUT_SECONDS": "30",
+        }
+        binary = Path(sys.executable).parent / "qwen-operator"
+        log = (workdir / f"operator-{n}.log").open("wb")
+        proc = await asyncio.create_subprocess_exec(str(binary), "run", env=env, stdout=log, stderr=log)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            while len(emulator.items(DEPLOY, NS)) < n:
+                await asyncio.sleep(0.5)
+                if proc.returncode is not None or loop.time() - started > 900:
+                    raise RuntimeError(f"only {len(emulator.items(DEPLOY, NS))}/{n} Deployments")
+            created_s = loop.time() - started
+            url = f"http://127.0.0.1:{op_metrics}/metrics"
+
+            async def text() -> str:
+                return await loop.run_in_executor(None, scrape, url)
+
+            # Settle: every service evaluated at least twice (status written once, then nothing changes).
+            while decisions(await text()) < 2 * n:  # noqa: ASYNC110  (polling another process)
+                await asyncio.sleep(1)
+            await asyncio.sleep(3 * INTERVAL)
+            first = await text()
+            writes_before = sum(emulator.writes.values())
+            queries_before = await loop.run_in_executor(None, prom.query_requests)
+            cycles_before = sample(first, "qwen_operator_evaluation_seconds_count")
+            decisions_before = decisions(first)
+            cpu_before = cpu_seconds(proc.pid)
+            seconds_before = sample(first, "qwen_operator_evaluation_seconds_sum")
+            while (  # noqa: ASYNC110  (polling another process)
+                sample(await text(), "qwen_operator_evaluation_seconds_count") < cycles_before + idle_cycles
+            ):
+                await asyncio.sleep(0.5)
+            last = await text()
+            get_ms = await api_latency_ms(str(server.url), n)
+            cycles = sample(last, "qwen_operator_evaluation_seconds_count") - cycles_before
+            queries = await loop.run_in_executor(None, prom.query_requests) - queries_before
+            query_s = sample(last, 'qwen_operator_metric_query_seconds_sum{source="prometheus"}') - sample(
+                first, 'qwen_operator_metric_query_seconds_sum{source="prometheus"}'
+            )
+            writes = sum(emulator.writes.values()) - writes_before
+            per_cycle = (decisions(last) - decisions_before) / cycles
+            evaluated = sum(1 for s in emulator.items(QSVC, NS) if (s.get("status") or {}).get("autoscaling"))
+            return {
+                "services": n,
+                "deployments_created_s": round(created_s, 1),
+                "services_with_scaler_status": evaluated,
+                "cycles_measured": int(cycles),
+                "services_per_cycle": round(per_cycle, 1),
+                "operator_cpu_s_per_cycle": round((cpu_seconds(proc.pid) - cpu_before) / cycles, 3),
+                "evaluation_cycle_s": round(
+                    (sample(last, "qwen_operator_evaluation_seconds_sum") - seconds_before) / cycles, 3
+                ),
+                "prometheus_queries_per_cycle": round(queries / cycles, 2),
+                "metric_query_s_per_cycle": round(query_s / cycles, 3),
+                "emulator_get_ms": get_ms,
+                "api_writes_per_idle_cycle": round(writes / cycles, 2),
+                "operator_peak_rss_mib": round(peak_rss_mib(proc.pid), 1),
+            }
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 30)
+                if proc.returncode is None:
+                    proc.kill()
+            log.close()
+            prom.stop()
+            metrics.server.shutdown()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--services", default="10,100,1000", help="comma-separated N values")
+    parser.add_argument("--idle-cycles", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    if not shutil.which("prometheus"):
+        print("bench-operator needs the prometheus binary (apt-get install prometheus)", file=sys.stderr)
+        return 2
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="qwen-bench-operator-") as tmp:
+        for n in (int(x) for x in args.services.split(",")):
+            started = time.monotonic()
+            row = asyncio.run(measure(n, args.idle_cycles, Path(tmp)))
+            row["wall_s"] = round(time.monotonic() - started, 1)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "operator.json").write_text(json.dumps(rows, indent=1) + "\n")
+    keys = list(rows[0])
+    table = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    table += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    (args.out / "operator.md").write_text("# The operator at scale\n\n" + "\n".join(table) + "\n")
+    print("\n".join(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

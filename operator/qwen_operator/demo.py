@@ -1,0 +1,333 @@
+"""``make demo``: the real operator scaling simulated vLLM pods, on an embedded Kubernetes API.
+
+No cluster, GPU or Prometheus: kopf runs the operator's real handlers against kmock's Kubernetes
+emulator (in this process, over HTTP). A stand-in for the ReplicaSet and the kubelet backs the
+Deployment with simulated vLLM pods (``qwen_operator.sim``), each serving vLLM's ``/metrics`` on its
+own loopback address, which the operator scrapes (the ``pods`` metrics source). A slice of the real
+Azure conversation trace is replayed ``--speed`` times faster than real time, and the QwenService's
+time windows are shortened by the same factor, so the operator sees what it would see in a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qwen_operator import api, crd, labels
+from qwen_operator.sim import report, score, trace
+from qwen_operator.sim.cluster import Cluster, Pod, Settings
+from qwen_operator.sim.engine import Engine
+from qwen_operator.sim.gpus import GPUS
+from qwen_operator.sim.policies import View
+
+NS, NAME = "demo", "qwen-chat"
+MODEL = "Qwen/Qwen2.5-7B-Instruct"
+TRACE = Path("bench/traces/AzureLLMInferenceTrace_conv.csv")
+WARMUP = 300.0  # simulated seconds: the scale-up from one replica
+# The operator's settings for the demo: scrape the simulated pods directly, no ports of its own.
+OPERATOR_ENV = {
+    "QWEN_OPERATOR_METRICS_SOURCE": "pods",
+    "QWEN_OPERATOR_POD_METRICS_PORT": "",
+    "QWEN_OPERATOR_METRICS_PORT": "0",
+    "QWEN_OPERATOR_SCALER_TICK_SECONDS": "0.25",
+    "QWEN_OPERATOR_LIVENESS_ENDPOINT": "",
+}
+
+
+def metrics_text(engine: Engine) -> str:
+    """The three gauges the scaler reads, in vLLM 0.32's exposition format and labels."""
+    lbl = f'engine="0",model_name="{MODEL}"'
+    gauges = (
+        ("vllm:num_requests_running", "Number of requests in model execution batches.", engine.num_running),
+        ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", engine.num_waiting),
+        ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", engine.kv_usage),
+    )
+    out = []
+    for name, help_, value in gauges:
+        out += [f"# HELP {name} {help_}", f"# TYPE {name} gauge", f"{name}{{{lbl}}} {float(value)}"]
+    return "\n".join(out) + "\n"
+
+
+class PodServer:
+    """One simulated pod's ``/metrics`` on its own loopback address (as a pod IP would be)."""
+
+    def __init__(self, host: str, port: int, engine: Engine) -> None:
+        owner = self
+        self.engine = engine
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = metrics_text(owner.engine).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class OperatorReplicas:
+    """The simulated cluster's "policy": whatever the operator wrote into the Deployment."""
+
+    name = "qwen-operator"
+    interval = 1.0
+    deletion_cost = True  # the operator annotates pod-deletion-cost; the ReplicaSet honours it
+
+    def __init__(self) -> None:
+        self.replicas = 1
+
+    def desired(self, view: View) -> int:
+        return self.replicas
+
+
+def qwen_service(speed: float) -> dict[str, Any]:
+    """The demo's QwenService: defaults, with every time window divided by ``speed``."""
+    defaults = api.AutoscalingSpec()
+
+    def shrink(seconds: float) -> int:
+        return max(1, round(seconds / speed))
+
+    return {
+        "apiVersion": f"{api.GROUP}/{api.VERSION}",
+        "kind": api.KIND,
+        "metadata": {"name": NAME, "namespace": NS},
+        "spec": {
+            "model": {"name": MODEL},
+            "autoscaling": {
+                "enabled": True,
+                "minReplicas": 1,
+                "maxReplicas": 5,
+                "evaluationIntervalSeconds": shrink(defaults.evaluation_interval_seconds),
+                "scaleDown": {
+                    "stabilizationWindowSeconds": shrink(defaults.scale_down.stabilization_window_seconds),
+                    "cooldownAfterScaleUpSeconds": shrink(
+                        defaults.scale_down.cooldown_after_scale_up_seconds
+                    ),
+                },
+                "metrics": {"source": "pods", "staleAfterSeconds": 5},
+            },
+        },
+    }
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class Kubelet:
+    """Mirrors the simulated pods into the API as Pod objects (IP, readiness) and serves their metrics."""
+
+    def __init__(self, emulator: Any, cluster: Cluster, port: int) -> None:
+        self.emulator, self.cluster, self.port = emulator, cluster, port
+        self.servers: dict[str, PodServer] = {}
+        self.ready: dict[str, bool] = {}
+        self.ips: dict[str, str] = {}
+
+    def _ip(self, pod: Pod) -> str:
+        if pod.name not in self.ips:
+            self.ips[pod.name] = f"127.0.1.{len(self.ips) % 250 + 2}"
+        return self.ips[pod.name]
+
+    async def sync(self) -> None:
+        from qwen_operator.sim.emulator import DEPLOY, PODS
+
+        now = float(self.cluster.second)
+        alive = {f"{NAME}-{p.name}": p for p in self.cluster.live if p.removed is None}
+        for name in [n for n in self.ready if n not in alive]:
+            await self.emulator.remove(PODS, NS, name)
+            del self.ready[name]
+            if name in self.servers:
+                self.servers.pop(name).close()
+        for name, pod in alive.items():
+            ready = pod.ready(now)
+            if name not in self.ready:
+                meta = {"name": name, "namespace": NS, "labels": labels.common_labels(NAME)}
+                status = {"phase": "Pending", "podIP": self._ip(pod)}
+                body = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "status": status}
+                await self.emulator.put(PODS, body)
+                self.ready[name] = False
+            if ready and not self.ready[name]:
+                self.servers[name] = PodServer(self._ip(pod), self.port, pod.engine)
+                condition = {"type": "Ready", "status": "True"}
+                patch = {"status": {"phase": "Running", "conditions": [condition]}}
+                await self.emulator.patch(PODS, NS, name, patch, sub="status")
+                self.ready[name] = True
+        ready_count = sum(self.ready.values())
+        dep = self.emulator.get(DEPLOY, NS, NAME)
+        if dep is not None and (dep.get("status") or {}).get("readyReplicas") != ready_count:
+            counts: dict[str, Any] = {
+                "replicas": len(alive),
+                "readyReplicas": ready_count,
+                "availableReplicas": ready_count,
+                "updatedReplicas": len(alive),
+                "observedGeneration": dep["metadata"].get("generation", 1),
+            }
+            await self.emulator.patch(DEPLOY, NS, NAME, {"status": counts}, sub="status")
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.close()
+
+
+async def run_demo(args: argparse.Namespace) -> int:
+    import kmock
+    import kopf
+
+    from qwen_operator import handlers  # noqa: F401  (registers the operator's real handlers)
+    from qwen_operator.sim.emulator import DEPLOY, QSVC, Emulator, declare, kubeconfig
+
+    requests = trace.load(args.trace, "conv").window(args.start_minute * 60, args.minutes * 60)
+    policy = OperatorReplicas()
+    settings = Settings(GPUS[args.gpu], 1, 5, 1, scrape_interval=15, seed=args.seed, tail=60.0)
+    cluster = Cluster(requests, policy, settings)
+    port = _free_port("127.0.1.2")
+    logging.getLogger().setLevel(logging.ERROR)
+    for name in ("kopf", "aiohttp", "qwen_operator"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    print(
+        f"qwen-operator demo: {len(requests)} requests of the Azure conversation trace (minutes "
+        f"{args.start_minute}-{args.start_minute + args.minutes}), replayed {args.speed:g}x faster on "
+        f"simulated {args.gpu.upper()} vLLM pods; QwenService {NS}/{NAME} autoscales 1..5 with its "
+        f"windows divided by {args.speed:g}.\n"
+    )
+    with tempfile.TemporaryDirectory(prefix="qwen-demo-") as tmp:
+        async with Emulator() as emulator, kmock.Server(emulator) as server:
+            declare(emulator)
+            await emulator.put("apiextensions.k8s.io/v1/customresourcedefinitions", crd.crd())
+            path = Path(tmp) / "kubeconfig"
+            path.write_text(yaml.safe_dump(kubeconfig(str(server.url))))
+            saved = {k: os.environ.get(k) for k in (*OPERATOR_ENV, "KUBECONFIG")}
+            os.environ.update({**OPERATOR_ENV, "QWEN_OPERATOR_POD_METRICS_PORT": str(port)})
+            os.environ["KUBECONFIG"] = str(path)
+            stop, ready = asyncio.Event(), asyncio.Event()
+            kopf_settings = kopf.OperatorSettings()
+            kopf_settings.posting.enabled = False
+            operator = asyncio.create_task(
+                kopf.operator(
+                    clusterwide=True,
+                    standalone=True,
+                    stop_flag=stop,
+                    ready_flag=ready,
+                    registry=kopf.get_default_registry(),
+                    settings=kopf_settings,
+                )
+            )
+            await asyncio.wait_for(ready.wait(), 30)
+            await emulator.put(QSVC, qwen_service(args.speed))
+            kubelet = Kubelet(emulator, cluster, port)
+            columns = ("time", 6), ("req/s", 5), ("desired", 7), ("ready", 5), ("running", 7), ("waiting", 7)
+            header = "  ".join(f"{name:>{width}}" for name, width in columns) + f"  {'KV':>5}  reason"
+            print(header)
+            print("-" * (len(header) + 20))
+            loop = asyncio.get_running_loop()
+            started, last_row, arrivals_at_row = loop.time(), -1e9, 0
+            try:
+                while not cluster.done:
+                    dep = emulator.get(DEPLOY, NS, NAME)
+                    if dep is not None:
+                        policy.replicas = int(dep["spec"].get("replicas", 1))
+                    target = (loop.time() - started) * args.speed
+                    while cluster.second < target and not cluster.done:
+                        cluster.step()
+                    await kubelet.sync()
+                    if loop.time() - last_row >= args.row_seconds:
+                        last_row = loop.time()
+                        arrived = cluster.arrived - arrivals_at_row
+                        arrivals_at_row = cluster.arrived
+                        span = args.row_seconds * args.speed
+                        svc = emulator.get(QSVC, NS, NAME) or {}
+                        auto = (svc.get("status") or {}).get("autoscaling") or {}
+                        live = [p for p in cluster.live if p.ready(cluster.second)]
+                        kv = sum(p.engine.kv_usage for p in live) / len(live) if live else 0.0
+                        minutes, seconds = divmod(cluster.second, 60)
+                        print(
+                            f"{minutes:3d}:{seconds:02d}  {arrived / span:5.1f}  {policy.replicas:7d}  "
+                            f"{len(live):5d}  {sum(p.engine.num_running for p in live):7d}  "
+                            f"{sum(p.engine.num_waiting for p in live):7d}  {kv:5.2f}  "
+                            f"{auto.get('reason', '-')}",
+                            flush=True,
+                        )
+                    await asyncio.sleep(0.05)
+            finally:
+                kubelet.close()
+                stop.set()
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(operator, 15)
+                for key, value in saved.items():  # leave the environment as it was
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+            events = [
+                e for e in emulator.items("v1/events", NS) if e.get("reason") in ("ScaledUp", "ScaledDown")
+            ]
+    result = cluster.result()
+    whole = score.summarize(result)
+    warm = dataclasses.replace(result, requests=[r for r in result.requests if r.arrival >= WARMUP])
+    settled = dataclasses.replace(score.summarize(warm), policy=f"from minute {WARMUP // 60:.0f}")
+    print("\nSummary (simulated time; SLO: first token within 2 s, no timeout, not killed). The service")
+    print("starts at minReplicas=1 under full traffic: the first minutes are its cold start.")
+    print(report.table([whole, settled]))
+    print(f"\nScaling events the operator posted ({len(events)}):")
+    for e in events:
+        print(f"  {e.get('reason')}: {e.get('message')}")
+    if args.png:
+        path = report.timeline_png(
+            [result],
+            args.png,
+            f"make demo: the operator on simulated {args.gpu.upper()} pods ({args.speed:g}x)",
+        )
+        print(f"\ntimeline: {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qwen_operator.demo", description=__doc__)
+    parser.add_argument("--trace", type=Path, default=TRACE)
+    parser.add_argument("--gpu", default="a10g", choices=sorted(GPUS))
+    parser.add_argument("--speed", type=float, default=15.0, help="simulated seconds per real second")
+    parser.add_argument("--start-minute", type=int, default=10, help="where the slice starts in the trace")
+    parser.add_argument("--minutes", type=int, default=30, help="how much of the trace to replay")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--row-seconds", type=float, default=3.0, help="real seconds between table rows")
+    parser.add_argument("--png", default="demo-timeline.png", help="timeline plot ('' for none)")
+    args = parser.parse_args(argv)
+    if not args.trace.exists():
+        print(f"demo: {args.trace} not found (run from the repository root)", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    code = asyncio.run(run_demo(args))
+    print(f"demo finished in {time.monotonic() - started:.0f} s")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

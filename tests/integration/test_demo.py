@@ -1,0 +1,30 @@
+"""`make demo`, shortened: the real operator scales simulated vLLM pods on the embedded API."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from qwen_operator import demo
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_short_demo_scales_up_and_prints_the_story(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    before = dict(os.environ)
+    png = tmp_path / "demo.png"
+    # Four minutes of the conversation trace at 30x: cold starts of 150 s take 5 s.
+    code = demo.main(["--minutes", "4", "--speed", "30", "--row-seconds", "1", "--png", str(png)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "desired" in out
+    assert "ScaledUp: 1 -> " in out, out[-3000:]
+    assert "from minute 5" in out
+    assert png.stat().st_size > 10_000
+    assert dict(os.environ) == before, "the demo leaves the environment as it found it"
