@@ -36,14 +36,13 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fakevllm import render  # noqa: E402
 from tests.prom import Prometheus  # noqa: E402
 
 from qwen_operator import crd, labels  # noqa: E402
 from qwen_operator.sim.emulator import DEPLOY, PODS, QSVC, Emulator, declare, kubeconfig  # noqa: E402
 
 NS = "scale"
-INTERVAL = 5  # evaluationIntervalSeconds of every service
+INTERVAL = 15  # evaluationIntervalSeconds of every service (the default), and the scrape interval
 
 
 def free_port() -> int:
@@ -56,7 +55,17 @@ class Metrics:
     """One HTTP server for every simulated pod: /metrics/<pod> (Prometheus sets the path per target)."""
 
     def __init__(self) -> None:
-        body = render(running=20, waiting=0, kv=0.3).encode()  # at target: nothing to do
+        # At target, so nothing should change: the three gauges the scaler reads, in vLLM 0.32's names and
+        # labels (the full 55 KB page x 1,000 pods would measure this server, not the operator).
+        lbl = 'engine="0",model_name="Qwen/Qwen2.5-0.5B-Instruct"'
+        body = "".join(
+            f"# TYPE {name} gauge\n{name}{{{lbl}}} {value}\n"
+            for name, value in (
+                ("vllm:num_requests_running", 20.0),
+                ("vllm:num_requests_waiting", 0.0),
+                ("vllm:kv_cache_usage_perc", 0.3),
+            )
+        ).encode()
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -69,7 +78,11 @@ class Metrics:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # Prometheus hanging up on a slow answer is measured, not printed
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.address = f"127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -139,7 +152,7 @@ def peak_rss_mib(pid: int) -> float:
 async def measure(n: int, idle_cycles: int, workdir: Path) -> dict[str, Any]:
     metrics = Metrics()
     (workdir / f"prom-{n}").mkdir(parents=True, exist_ok=True)
-    prom = Prometheus(workdir / f"prom-{n}", scrape_interval="5s")
+    prom = Prometheus(workdir / f"prom-{n}", scrape_interval="15s")
     groups = [
         {
             "targets": [metrics.address],
@@ -209,8 +222,10 @@ async def measure(n: int, idle_cycles: int, workdir: Path) -> dict[str, Any]:
                 return await loop.run_in_executor(None, scrape, url)
 
             # Settle: every service evaluated at least twice (status written once, then nothing changes).
-            while decisions(await text()) < 2 * n:  # noqa: ASYNC110  (polling another process)
+            while decisions(await text()) < 2 * n:
                 await asyncio.sleep(1)
+                if loop.time() - started > 900:
+                    raise RuntimeError(f"the scaler did not evaluate all {n} services twice in 15 minutes")
             await asyncio.sleep(3 * INTERVAL)
             first = await text()
             writes_before = sum(emulator.writes.values())
@@ -274,15 +289,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="qwen-bench-operator-") as tmp:
         for n in (int(x) for x in args.services.split(",")):
             started = time.monotonic()
-            row = asyncio.run(measure(n, args.idle_cycles, Path(tmp)))
+            try:
+                row = asyncio.run(measure(n, args.idle_cycles, Path(tmp)))
+            except RuntimeError as exc:  # report it, and go on with the next N
+                row = {"services": n, "error": str(exc)}
             row["wall_s"] = round(time.monotonic() - started, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "operator.json").write_text(json.dumps(rows, indent=1) + "\n")
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for r in rows for k in r))
     table = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    table += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    table += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
     (args.out / "operator.md").write_text("# The operator at scale\n\n" + "\n".join(table) + "\n")
     print("\n".join(table))
     return 0

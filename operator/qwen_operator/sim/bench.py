@@ -228,6 +228,16 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+RESULTS_START, RESULTS_END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def with_results(doc: str, table: str) -> str:
+    """``doc`` with the block between the results markers replaced by ``table`` (headings demoted)."""
+    start, end = doc.index(RESULTS_START) + len(RESULTS_START), doc.index(RESULTS_END)
+    body = "\n".join("#" + line if line.startswith("#") else line for line in table.splitlines())
+    return doc[:start] + "\n" + body + "\n" + doc[end:]
+
+
 def summary_plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -262,6 +272,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--quick", action="store_true", help="one 15-minute scenario (for tests)")
     parser.add_argument("--only", help="run only scenarios whose name contains this")
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        default=None,
+        help="a Markdown file whose results block to refresh (docs/benchmark.md)",
+    )
     args = parser.parse_args(argv)
     scenarios = QUICK if args.quick else tuple(s for s in SCENARIOS if not args.only or args.only in s.name)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -293,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     (args.out / "results.md").write_text(markdown(results, meta))
     summary_plot(results, args.out / "slo-vs-gpu-hours.png")
+    if args.docs is not None and args.docs.exists():
+        args.docs.write_text(with_results(args.docs.read_text(), markdown(results, meta)))
     print("\n".join(verdicts(results)))
     print(f"wrote {args.out}/results.json, results.md and plots in {meta['wall_seconds']:.0f} s")
     return 0

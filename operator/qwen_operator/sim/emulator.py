@@ -40,6 +40,8 @@ VERBS = {
     enums.action.DELETE: "delete",
 }
 
+KEEP_REQUESTS = 32
+
 # Resources whose status (and replicas) live behind subresources.
 STATUS_SUBRESOURCE = {("apps", "deployments"), ("serving.qwenops.io", "qwenservices")}
 SCALE_SUBRESOURCE = STATUS_SUBRESOURCE
@@ -82,6 +84,7 @@ class Emulator(kmock.KubernetesEmulator):
     _log: list[tuple[int, Any, dict[str, Any]]] = attrs.field(factory=list, init=False)
     _changed: asyncio.Condition = attrs.field(factory=asyncio.Condition, init=False)
     _results: dict[int, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    _inflight: set[int] = attrs.field(factory=set, init=False)
     # What clients asked over HTTP, as RBAC sees it: (group, resource[/subresource], verb).
     audit: set[tuple[str, str, str]] = attrs.field(factory=set, init=False)
     # Writes (create, patch, update, delete) clients made over HTTP, per (group, resource[/sub]).
@@ -125,6 +128,18 @@ class Emulator(kmock.KubernetesEmulator):
         return result
 
     async def _handle(self, request: rendering.Request) -> Any:
+        # kmock keeps every request for its DSL, and matching a request scans them all: quadratic in a
+        # long run (a demo, a benchmark with 1,000 services). Keep only the requests being served;
+        # results are keyed by object, not by kmock's request id (which counts that list).
+        self._inflight.add(id(request))
+        try:
+            if len(self._requests) > KEEP_REQUESTS:
+                self._requests[:] = [r for r in self._requests if id(r) in self._inflight]
+            return await self._serve(request)
+        finally:
+            self._inflight.discard(id(request))
+
+    async def _serve(self, request: rendering.Request) -> Any:
         mutating = (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
         if request.resource is not None and request.resource.plural and request.action is not None:
             verb = VERBS[request.action]
@@ -135,7 +150,7 @@ class Emulator(kmock.KubernetesEmulator):
             if request.action in mutating:
                 self.writes[request.resource.group or "", plural] += 1
         if request.resource is not None and request.action in mutating:
-            self._results[request.id] = await self._mutate(request)
+            self._results[id(request)] = await self._mutate(request)
         return await apps.RawHandler._handle(self, request)
 
     def _create(self, request: rendering.Request) -> dict[str, Any]:
@@ -239,13 +254,13 @@ class Emulator(kmock.KubernetesEmulator):
         }
 
     async def _serve_create(self, request: rendering.Request) -> Any:
-        return self._results.pop(request.id)
+        return self._results.pop(id(request))
 
     async def _serve_update(self, request: rendering.Request) -> Any:
-        return self._results.pop(request.id)
+        return self._results.pop(id(request))
 
     async def _serve_delete(self, request: rendering.Request) -> Any:
-        return self._results.pop(request.id)
+        return self._results.pop(id(request))
 
     # ------------------------------------------------------------------------------------- reads
     def _matching(self, request: rendering.Request) -> list[dict[str, Any]]:

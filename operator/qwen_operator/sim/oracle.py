@@ -2,7 +2,8 @@
 
 For every 60 s window it takes the fewest replicas whose static fleet served that window's requests
 within the SLO (at least ``goal`` of them), and asks for them one cold start (the 95th percentile)
-ahead, so they are warm when the window starts; pods are billed from launch like any other.
+ahead, so they are warm when the window starts; pods are billed from launch like any other. When the
+simulated schedule misses the SLO overall, the per-window goal is raised (``WINDOW_GOALS``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from qwen_operator.sim.policies import Schedule
 from qwen_operator.sim.score import TtftTarget
 
 WINDOW = 60.0
+# Per-window goals tried in turn until the simulated schedule meets the SLO overall.
+WINDOW_GOALS = (0.99, 0.995, 0.999, 1.0)
 
 
 def window_attainment(

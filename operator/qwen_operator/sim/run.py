@@ -121,11 +121,22 @@ def run_all(
         results[name] = run_policy(trace, scenario, name, seed, spec)
         summaries[name] = summarize(results[name], target)
     windows = int(top.end // oracle.WINDOW) + 1
-    per_window = oracle.plan(statics, target, windows, GOAL)
     lead = COLD_STARTS[scenario.cold_start].p95 + scenario.scrape_interval
-    schedule = oracle.schedule(per_window, lead)
-    oracle_run = Cluster(trace, schedule, scenario.settings(seed, per_window[0])).run()
-    results["oracle"] = oracle_run
-    summaries["oracle"] = summarize(oracle_run, target)
+    # The cheapest plan whose simulation meets the SLO: per-window goals get stricter until it does
+    # (a plan that meets 99% in every window can still miss overall through carried-over queues).
+    best_run: tuple[Summary, Result, list[int]] | None = None
+    for window_goal in oracle.WINDOW_GOALS:
+        per_window = oracle.plan(statics, target, windows, window_goal)
+        oracle_run = Cluster(
+            trace, oracle.schedule(per_window, lead), scenario.settings(seed, per_window[0])
+        ).run()
+        scored_run = summarize(oracle_run, target)
+        if best_run is None or scored_run.slo_attainment > best_run[0].slo_attainment:
+            best_run = (scored_run, oracle_run, per_window)
+        if scored_run.slo_attainment >= GOAL:
+            best_run = (scored_run, oracle_run, per_window)
+            break
+    assert best_run is not None
+    summaries["oracle"], results["oracle"], per_window = best_run
     bound = gpu_hours_lower_bound(trace, GPUS[scenario.gpu], top.end)
     return Outcome(summaries, best, per_window, bound, length_scaled, results)
