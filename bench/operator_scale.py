@@ -20,13 +20,10 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -39,53 +36,11 @@ sys.path.insert(0, str(ROOT))
 from tests.prom import Prometheus  # noqa: E402
 
 from qwen_operator import crd, labels  # noqa: E402
+from qwen_operator.demo import MetricsServer, free_port, gauges_text  # noqa: E402
 from qwen_operator.sim.emulator import DEPLOY, PODS, QSVC, Emulator, declare, kubeconfig  # noqa: E402
 
 NS = "scale"
 INTERVAL = 15  # evaluationIntervalSeconds of every service (the default), and the scrape interval
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Metrics:
-    """One HTTP server for every simulated pod: /metrics/<pod> (Prometheus sets the path per target)."""
-
-    def __init__(self) -> None:
-        # At target, so nothing should change: the three gauges the scaler reads, in vLLM 0.32's names and
-        # labels (the full 55 KB page x 1,000 pods would measure this server, not the operator).
-        lbl = 'engine="0",model_name="Qwen/Qwen2.5-0.5B-Instruct"'
-        body = "".join(
-            f"# TYPE {name} gauge\n{name}{{{lbl}}} {value}\n"
-            for name, value in (
-                ("vllm:num_requests_running", 20.0),
-                ("vllm:num_requests_waiting", 0.0),
-                ("vllm:kv_cache_usage_perc", 0.3),
-            )
-        ).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # Prometheus hanging up on a slow answer is measured, not printed
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 def service(i: int) -> dict[str, Any]:
@@ -150,7 +105,10 @@ def peak_rss_mib(pid: int) -> float:
 
 
 async def measure(n: int, idle_cycles: int, workdir: Path) -> dict[str, Any]:
-    metrics = Metrics()
+    # At target, so nothing should change: only the three gauges the scaler reads (the full 55 KB page
+    # x 1,000 pods would measure this one server, not the operator); Prometheus sets the path per pod.
+    at_target = gauges_text(running=20, waiting=0, kv=0.3, model="Qwen/Qwen2.5-0.5B-Instruct").encode()
+    metrics = MetricsServer("127.0.0.1", 0, lambda: at_target)
     (workdir / f"prom-{n}").mkdir(parents=True, exist_ok=True)
     prom = Prometheus(workdir / f"prom-{n}", scrape_interval="15s")
     groups = [
@@ -273,7 +231,7 @@ async def measure(n: int, idle_cycles: int, workdir: Path) -> dict[str, Any]:
                     proc.kill()
             log.close()
             prom.stop()
-            metrics.server.shutdown()
+            metrics.close()
 
 
 def main() -> int:

@@ -7,14 +7,16 @@ so Prometheus and the pods source scrape them exactly as they would scrape vLLM 
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from qwen_operator.demo import free_port
 from tests.conftest import DATA
+
+__all__ = ["free_port"]  # the tests import it from here
 
 TEMPLATE = (DATA / "vllm-0.32-metrics-idle.txt").read_text()
 UNDER_LOAD = (DATA / "vllm-0.32-metrics-under-load.txt").read_text()
@@ -54,12 +56,6 @@ def render(
     if old_kv_name:  # vLLM < 0.12 named the KV gauge differently
         text = text.replace("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
     return text
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

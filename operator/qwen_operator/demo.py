@@ -21,7 +21,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,13 @@ OPERATOR_ENV = {
 }
 
 
-def metrics_text(engine: Engine) -> str:
+def gauges_text(running: float, waiting: float, kv: float, model: str = MODEL) -> str:
     """The three gauges the scaler reads, in vLLM 0.32's exposition format and labels."""
-    lbl = f'engine="0",model_name="{MODEL}"'
+    lbl = f'engine="0",model_name="{model}"'
     gauges = (
-        ("vllm:num_requests_running", "Number of requests in model execution batches.", engine.num_running),
-        ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", engine.num_waiting),
-        ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", engine.kv_usage),
+        ("vllm:num_requests_running", "Number of requests in model execution batches.", running),
+        ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", waiting),
+        ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", kv),
     )
     out = []
     for name, help_, value in gauges:
@@ -63,27 +64,38 @@ def metrics_text(engine: Engine) -> str:
     return "\n".join(out) + "\n"
 
 
-class PodServer:
-    """One simulated pod's ``/metrics`` on its own loopback address (as a pod IP would be)."""
+def metrics_text(engine: Engine) -> str:
+    """A simulated pod's /metrics: its engine's running and waiting requests and KV usage."""
+    return gauges_text(engine.num_running, engine.num_waiting, engine.kv_usage)
 
-    def __init__(self, host: str, port: int, engine: Engine) -> None:
-        owner = self
-        self.engine = engine
 
+def _page(engine: Engine) -> bytes:
+    return metrics_text(engine).encode()
+
+
+class MetricsServer:
+    """A /metrics endpoint on ``host:port`` (port 0: any free one) answering ``body()`` on every path."""
+
+    def __init__(self, host: str, port: int, body: Callable[[], bytes]) -> None:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                body = metrics_text(owner.engine).encode()
+                data = body()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(data)
 
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a scraper hanging up on a slow answer is its business, not worth a traceback
+
+        self.server = Server((host, port), Handler)
         self.server.daemon_threads = True
+        self.address = f"{host}:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -136,7 +148,8 @@ def qwen_service(speed: float) -> dict[str, Any]:
     }
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on at ``host`` right now."""
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -147,7 +160,7 @@ class Kubelet:
 
     def __init__(self, emulator: Any, cluster: Cluster, port: int) -> None:
         self.emulator, self.cluster, self.port = emulator, cluster, port
-        self.servers: dict[str, PodServer] = {}
+        self.servers: dict[str, MetricsServer] = {}
         self.ready: dict[str, bool] = {}
         self.ips: dict[str, str] = {}
 
@@ -175,7 +188,7 @@ class Kubelet:
                 await self.emulator.put(PODS, body)
                 self.ready[name] = False
             if ready and not self.ready[name]:
-                self.servers[name] = PodServer(self._ip(pod), self.port, pod.engine)
+                self.servers[name] = MetricsServer(self._ip(pod), self.port, partial(_page, pod.engine))
                 condition = {"type": "Ready", "status": "True"}
                 patch = {"status": {"phase": "Running", "conditions": [condition]}}
                 await self.emulator.patch(PODS, NS, name, patch, sub="status")
@@ -208,7 +221,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     policy = OperatorReplicas()
     settings = Settings(GPUS[args.gpu], 1, 5, 1, scrape_interval=15, seed=args.seed, tail=60.0)
     cluster = Cluster(requests, policy, settings)
-    port = _free_port("127.0.1.2")
+    port = free_port("127.0.1.2")
     logging.getLogger().setLevel(logging.ERROR)
     for name in ("kopf", "aiohttp", "qwen_operator"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from qwen_operator.sim.gpus import GPU, KV_BLOCK_TOKENS
@@ -123,23 +124,23 @@ class Engine:
 
     def _expire(self) -> None:
         """Clients give up at their deadline: vLLM aborts the request and frees its blocks."""
+        if (waiting := self._unexpired(self.waiting)) is not None:
+            self.waiting = deque(waiting)
+        if (running := self._unexpired(self.running)) is not None:
+            self.running = running
+
+    def _unexpired(self, requests: Iterable[Request]) -> list[Request] | None:
+        """End the requests past their deadline; the others, or None when none expired (no rebuild)."""
         now = self.now
-        if self.waiting and any(r.deadline <= now for r in self.waiting):
-            keep: deque[Request] = deque()
-            for r in self.waiting:
-                if r.deadline <= now:
-                    self._end(r, TIMEOUT, now)
-                else:
-                    keep.append(r)
-            self.waiting = keep
-        if any(r.deadline <= now for r in self.running):
-            keep_running = []
-            for r in self.running:
-                if r.deadline <= now:
-                    self._end(r, TIMEOUT, now)
-                else:
-                    keep_running.append(r)
-            self.running = keep_running
+        if all(r.deadline > now for r in requests):
+            return None
+        keep = []
+        for r in requests:
+            if r.deadline <= now:
+                self._end(r, TIMEOUT, now)
+            else:
+                keep.append(r)
+        return keep
 
     # ------------------------------------------------------------------------------ time
 
