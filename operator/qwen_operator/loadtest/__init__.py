@@ -1,0 +1,1 @@
+"""The load-testing kit: a Locust file for the OpenAI-compatible chat API of a QwenService."""

@@ -1,0 +1,471 @@
+"""The whole loop with real parts: real vLLM servers generating tokens, a real Prometheus scraping them,
+the real operator (its CLI, in its own process) scaling them, and the load kit's Locust file as the
+client. Only the cluster is emulated: kmock's API server, and tests/e2e/agent.py as the node.
+
+The scenario (about 5 minutes): a QwenService autoscaling 1..2 on 8 concurrent requests per replica,
+with a 30 s scale-down stabilization window. The load plan: a baseline of 4 users, a step-up to 24 (the
+operator asks for 3 replicas, and is limited to 2), then back to 4 users while the scale-down happens.
+The timeline goes to build/e2e/ (JSON and PNG), with the request records and every process's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+import yaml
+from tests.conftest import ROOT
+from tests.e2e.agent import NodeAgent
+from tests.prom import Prometheus
+
+from qwen_operator import api, crd, kube
+from qwen_operator.demo import free_port
+from qwen_operator.sim.emulator import DEPLOY, EVENTS, QSVC, Emulator, declare, kubeconfig
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+NS, NAME, SERVED = "e2e", "tiny-chat", "tiny-qwen2"
+PER_REPLICA = 8  # targets.concurrencyPerReplica
+WINDOW = 30  # scaleDown.stabilizationWindowSeconds
+COOLDOWN = 20  # scaleDown.cooldownAfterScaleUpSeconds
+BASELINE, PEAK, TAIL = (20, 4), (150, 24), (100, 4)  # (seconds, users) of the load plan
+LOCUSTFILE = ROOT / "operator" / "qwen_operator" / "loadtest" / "locustfile.py"
+
+
+def qwen_service(model: Path) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{api.GROUP}/{api.VERSION}",
+        "kind": api.KIND,
+        "metadata": {"name": NAME, "namespace": NS},
+        "spec": {
+            "model": {
+                "name": model.name,
+                "servedModelName": SERVED,
+                "source": {"hostPath": {"path": str(model.parent)}},
+            },
+            "engine": {
+                "image": "vllm-cpu:0.32.0",
+                "maxModelLen": 2048,
+                "enforceEager": True,
+                "shutdownTimeoutSeconds": 30,
+                "startupTimeoutSeconds": 300,
+                # 16 MiB of KV cache: ~32k tokens of this model, so the load shows in KV usage.
+                "extraArgs": ["--kv-cache-memory-bytes", str(16 << 20)],
+                "env": [
+                    {"name": "HF_HUB_OFFLINE", "value": "1"},
+                    {"name": "VLLM_HTTP_TIMEOUT_KEEP_ALIVE", "value": "300"},
+                    {"name": "VLLM_CPU_OMP_THREADS_BIND", "value": "nobind"},
+                    {"name": "OMP_NUM_THREADS", "value": "1"},
+                ],
+            },
+            "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi"},
+            "autoscaling": {
+                "enabled": True,
+                "minReplicas": 1,
+                "maxReplicas": 2,
+                "evaluationIntervalSeconds": 2,
+                "targets": {"concurrencyPerReplica": PER_REPLICA},
+                "scaleDown": {"stabilizationWindowSeconds": WINDOW, "cooldownAfterScaleUpSeconds": COOLDOWN},
+                "metrics": {"source": "prometheus", "staleAfterSeconds": 10},
+            },
+        },
+    }
+
+
+def _leftovers() -> dict[str, set[str]]:
+    """What is in the places vLLM leaves things (ZMQ sockets, caches, shared memory)."""
+    places = {"tmp": Path(tempfile.gettempdir()), "cache": Path.home() / ".cache", "shm": Path("/dev/shm")}
+    return {k: {p.name for p in v.iterdir()} if v.is_dir() else set() for k, v in places.items()}
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return str(r.read().decode())
+
+
+class Sampler:
+    """One row a second: what Prometheus, the Deployment and the QwenService say."""
+
+    def __init__(self, emulator: Emulator, prom: Prometheus) -> None:
+        self.emulator, self.prom = emulator, prom
+        self.rows: list[dict[str, Any]] = []
+
+    def _value(self, promql: str) -> float | None:
+        result = self.prom.query(promql)
+        return float(result[0]["value"][1]) if result else None
+
+    def sample(self) -> dict[str, Any]:
+        sel = f'{{serving_qwenops_io_service="{NAME}"}}'
+        dep = self.emulator.get(DEPLOY, NS, NAME) or {}
+        svc = self.emulator.get(QSVC, NS, NAME) or {}
+        status = svc.get("status") or {}
+        auto = status.get("autoscaling") or {}
+        conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
+        return {
+            "t": time.time(),
+            "running": self._value(f"sum(vllm:num_requests_running{sel})"),
+            "waiting": self._value(f"sum(vllm:num_requests_waiting{sel})"),
+            "kv": self._value(f"avg(vllm:kv_cache_usage_perc{sel})"),
+            "scraped_pods": self._value(f"count(up{{pod=~'{NAME}-.*'}} == 1)"),
+            "desired": (dep.get("spec") or {}).get("replicas"),
+            "ready": (dep.get("status") or {}).get("readyReplicas"),
+            "recommendation": auto.get("recommendation"),
+            "reason": auto.get("reason"),
+            "limited": conditions.get("ScalingLimited"),
+            "metrics_available": conditions.get("MetricsAvailable"),
+        }
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                self.rows.append(await asyncio.to_thread(self.sample))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1)
+
+
+def _collect_logs(node: Path, artifacts: Path) -> None:
+    """Copy every vLLM server's log into the artifacts, then remove the pods' folders."""
+    for log in node.glob("*/vllm.log"):
+        shutil.copy(log, artifacts / f"vllm-{log.parent.name}.log")
+    shutil.rmtree(node, ignore_errors=True)
+
+
+SCALING_EVENTS = ("ScaledUp", "ScaledDown")
+
+
+def _ready_replicas(emulator: Emulator) -> int | None:
+    return (emulator.get(DEPLOY, NS, NAME) or {}).get("status", {}).get("readyReplicas")
+
+
+def first(rows: list[dict[str, Any]], predicate: Any) -> dict[str, Any] | None:
+    return next((r for r in rows if predicate(r)), None)
+
+
+def plot(rows: list[dict[str, Any]], marks: dict[str, float], t0: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [r["t"] - t0 for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+    top.step(t, [r["desired"] or 0 for r in rows], where="post", label="replicas asked (Deployment)")
+    top.step(t, [r["ready"] or 0 for r in rows], where="post", label="ready", linestyle="--")
+    top.set_ylabel("replicas")
+    top.set_ylim(0, 3)
+    top.legend(loc="upper left")
+    bottom.plot(t, [r["running"] or 0 for r in rows], label="vllm:num_requests_running (sum)")
+    bottom.plot(t, [r["waiting"] or 0 for r in rows], label="vllm:num_requests_waiting (sum)")
+    kv = bottom.twinx()
+    kv.plot(t, [r["kv"] or 0 for r in rows], color="grey", label="KV usage (mean)")
+    kv.set_ylim(0, 1)
+    kv.set_ylabel("KV usage")
+    bottom.set_ylabel("requests")
+    bottom.set_xlabel("seconds since the QwenService was applied")
+    bottom.legend(loc="upper left")
+    for name, at in marks.items():
+        for ax in (top, bottom):
+            ax.axvline(at - t0, color="black", alpha=0.3)
+        top.annotate(name, (at - t0, 2.7), rotation=90, fontsize=7, va="top")
+    fig.suptitle("make e2e: the operator scaling real vLLM (CPU) servers under the load kit")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+class Scenario:
+    """The run: the processes and tasks it started, what it saw, and when."""
+
+    def __init__(self, vllm_python: str, model: Path, artifacts: Path, tmp_path: Path) -> None:
+        self.vllm_python, self.model, self.artifacts, self.tmp = vllm_python, model, artifacts, tmp_path
+        # The pods' folders: short paths, since vLLM's ZMQ sockets live in their /tmp (107 characters).
+        self.node = Path(tempfile.mkdtemp(prefix="qwen-e2e-"))
+        self.endpoints = tmp_path / "endpoints.txt"
+        self.endpoints.write_text("")
+        (tmp_path / "prometheus").mkdir()
+        self.prom = Prometheus(tmp_path / "prometheus", scrape_interval="2s")
+        self.stop = asyncio.Event()
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.agent: NodeAgent | None = None
+        self.sampler: Sampler | None = None
+        self.marks: dict[str, float] = {}
+        self.events: list[dict[str, Any]] = []
+        self.final: dict[str, Any] = {}
+        self.audit: set[tuple[str, str, str]] = set()
+        self.operator_metrics = ""
+        self.t0 = time.time()
+
+    def mark(self, name: str, at: float | None = None) -> None:
+        self.marks[name] = time.time() if at is None else at
+
+    async def until(self, check: Any, within: float, what: str) -> Any:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            assert self.procs[0].returncode is None, "the operator exited; see build/e2e/operator.log"
+            assert self.agent is not None
+            assert not self.agent.crashes, f"a vLLM server crashed: {self.agent.crashes}"
+            value = check()
+            if value:
+                return value
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"timed out after {within:.0f} s waiting for {what}")
+
+    async def run(self) -> None:
+        self.prom.start()
+        try:
+            async with Emulator() as emulator, kmock.Server(emulator) as server:
+                try:
+                    await self._run(emulator, str(server.url))
+                finally:
+                    await self.teardown()
+        finally:
+            await self.teardown()
+            self.prom.stop()
+
+    async def _run(self, emulator: Emulator, url: str) -> None:
+        declare(emulator)
+        await emulator.put("apiextensions.k8s.io/v1/customresourcedefinitions", crd.crd())
+        config = self.tmp / "kubeconfig"
+        config.write_text(yaml.safe_dump(kubeconfig(url)))
+        op_metrics = free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(config),
+            "QWEN_OPERATOR_METRICS_SOURCE": "prometheus",
+            "QWEN_OPERATOR_PROMETHEUS_URL": self.prom.url,
+            "QWEN_OPERATOR_SCALER_TICK_SECONDS": "1",
+            "QWEN_OPERATOR_METRICS_PORT": str(op_metrics),
+            "QWEN_OPERATOR_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz",
+        }
+        with (self.artifacts / "operator.log").open("wb") as log:
+            operator = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "qwen_operator", "run", env=env, stdout=log, stderr=log
+            )
+        self.procs.append(operator)
+        self.agent = agent = NodeAgent(
+            emulator, self.vllm_python, self.node, self.endpoints, self.prom.set_targets
+        )
+        self.sampler = sampler = Sampler(emulator, self.prom)
+        self.tasks += [asyncio.create_task(agent.run(self.stop)), asyncio.create_task(sampler.run(self.stop))]
+
+        self.t0 = time.time()
+        namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}
+        await emulator.put("v1/namespaces", namespace)
+        await emulator.put(QSVC, qwen_service(self.model))
+
+        # 1. One real vLLM pod comes up, Prometheus scrapes it, the operator sees its metrics.
+        await self.until(lambda: _ready_replicas(emulator) == 1, 240, "the first vLLM pod to be ready")
+        await self.until(lambda: sampler.rows and sampler.rows[-1]["running"] is not None, 60, "a scrape")
+        await self.until(lambda: sampler.rows[-1]["metrics_available"] == "True", 60, "MetricsAvailable")
+        self.mark("1st pod ready")
+
+        # 2. The load kit's Locust file drives the plan through the ready pods.
+        plan = ",".join(f"{s}s:{u}" for s, u in (BASELINE, PEAK, TAIL))
+        with (self.artifacts / "locust.log").open("wb") as log:
+            locust = await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).with_name("locust")),
+                "-f", str(LOCUSTFILE), "--headless", "--only-summary",
+                "--endpoints-file", str(self.endpoints), "--model", SERVED,
+                "--plan", plan, "--spawn-rate", "50", "--max-requests", "20000",
+                "--max-prompt-tokens", "1200", "--max-output-tokens", "500",
+                "--records", str(self.artifacts / "records.jsonl"),
+                "--summary-json", str(self.artifacts / "summary.json"),
+                "--stop-timeout", "60", "--run-time", "420s",
+                stdout=log, stderr=log,
+                # A load generator runs off the cluster: here it yields the CPU to the servers and
+                # the operator first.
+                preexec_fn=lambda: os.nice(5),
+            )  # fmt: skip
+        self.procs.append(locust)
+        self.mark("locust started")
+        await asyncio.wait_for(locust.wait(), 500)
+        self.mark("load stopped")
+        assert locust.returncode == 0, f"locust exited {locust.returncode}; see build/e2e/locust.log"
+
+        # 3. Let the scale-down finish (the pod gone), then stop everything in order.
+        await self.until(lambda: len(agent.pods) == 1, 120, "the removed pod to exit")
+        self.operator_metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{op_metrics}/metrics")
+        self.stop.set()
+        await asyncio.gather(*self.tasks)
+        await agent.shutdown()
+        operator.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(operator.wait(), 30)
+        self.events = [e for e in emulator.items(EVENTS, NS) if e.get("reason") in SCALING_EVENTS]
+        self.final = emulator.get(QSVC, NS, NAME) or {}
+        self.audit = set(emulator.audit)
+
+    async def teardown(self) -> None:
+        """Stop whatever still runs (idempotent; first inside the API server's lifetime)."""
+        self.stop.set()
+        for proc in self.procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        for task in self.tasks:
+            task.cancel()
+        if self.agent is not None:
+            self.agent.close()
+        _collect_logs(self.node, self.artifacts)
+
+    def records(self) -> list[dict[str, Any]]:
+        path = self.artifacts / "records.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def write_timeline(self) -> None:
+        """build/e2e/timeline.json and timeline.png, whether the run passed or not."""
+        rows = self.sampler.rows if self.sampler else []
+        timeline = self.agent.timeline if self.agent else []
+        up = first(rows, lambda r: r["desired"] == 2)
+        down = first(rows, lambda r: up is not None and r["t"] > up["t"] and r["desired"] == 1)
+        if up:
+            self.mark("2 replicas asked", up["t"])
+        if down:
+            self.mark("1 replica asked", down["t"])
+        for event, name in (("pod-ready", "pod ready"), ("pod-terminating", "pod terminating")):
+            for e in timeline:
+                if e["event"] == event:
+                    self.mark(f"{name} ({e['pod'][-6:]})", e["t"])
+        started = self.marks.get("locust started")
+        if started:  # the plan's steps, from the first request Locust sent
+            records = self.records()
+            begin = min((r["start"] for r in records), default=started)
+            self.mark("step-up", begin + BASELINE[0])
+            self.mark("step-down", begin + BASELINE[0] + PEAK[0])
+        (self.artifacts / "timeline.json").write_text(
+            json.dumps(
+                {
+                    "marks": {
+                        k: round(v - self.t0, 1) for k, v in sorted(self.marks.items(), key=lambda kv: kv[1])
+                    },
+                    "agent": [{**e, "t": round(e["t"] - self.t0, 2)} for e in timeline],
+                    "samples": [{**r, "t": round(r["t"] - self.t0, 2)} for r in rows],
+                    "events": [{"reason": e.get("reason"), "message": e.get("message")} for e in self.events],
+                },
+                indent=1,
+            )
+        )
+        if rows:
+            plot(rows, self.marks, self.t0, self.artifacts / "timeline.png")
+        print("\ntimeline (seconds after the QwenService was applied):")
+        for name, at in sorted(self.marks.items(), key=lambda kv: kv[1]):
+            print(f"  {at - self.t0:7.1f}  {name}")
+
+
+def concurrency_at(records: list[dict[str, Any]], t: float) -> int:
+    """Requests the clients had in flight at ``t``."""
+    return sum(1 for r in records if r["start"] <= t < (r["end"] or r["start"]))
+
+
+async def test_operator_scales_real_vllm_under_load(
+    vllm_python: str, tiny_model: Path, artifacts: Path, tmp_path: Path
+) -> None:
+    before = _leftovers()
+    run = Scenario(vllm_python, tiny_model, artifacts, tmp_path)
+    try:
+        await run.run()
+    finally:
+        run.write_timeline()
+    assert run.agent is not None
+    assert run.sampler is not None
+    rows, timeline, records, marks = run.sampler.rows, run.agent.timeline, run.records(), run.marks
+    started = [e for e in timeline if e["event"] == "pod-started"]
+    ready = [e for e in timeline if e["event"] == "pod-ready"]
+    terminating = [e for e in timeline if e["event"] == "pod-terminating"]
+    exited = [e for e in timeline if e["event"] == "pod-exited"]
+    peak_start, peak_end = marks["step-up"], marks["step-down"]
+
+    # Prometheus saw the real engine's load and KV usage.
+    loaded = [r for r in rows if peak_start + 10 < r["t"] < peak_end]
+    assert max(r["running"] or 0 for r in loaded) >= PER_REPLICA, "Prometheus never saw the step-up load"
+    assert max(r["kv"] or 0 for r in loaded) > 0.01, "vLLM's KV-cache usage never showed in Prometheus"
+    assert any(r["waiting"] is not None for r in loaded), "vllm:num_requests_waiting was not scraped"
+
+    # The operator scaled to 2 during the step-up (limited by maxReplicas), and the second pod served.
+    up, down = marks.get("2 replicas asked"), marks.get("1 replica asked")
+    assert up is not None, "the operator never scaled to 2"
+    assert peak_start < up < peak_end, f"the scale-up to 2 was not during the step-up: {marks}"
+    assert first(rows, lambda r: r["limited"] == "True" and (r["recommendation"] or 0) > 2), (
+        "ScalingLimited never reported a recommendation above maxReplicas"
+    )
+    assert len(started) == 2, f"expected exactly two vLLM pods: {timeline}"
+    assert len(ready) == 2, f"expected both vLLM pods ready: {timeline}"
+    second = next(e for e in started if e["pod"] == ready[1]["pod"])
+    served = [r for r in records if r["ok"] and r["url"].endswith(f":{second['port']}")]
+    assert len(served) >= 20, f"the second vLLM server answered only {len(served)} requests"
+
+    # Back to 1 only once the load had stayed low for the whole stabilization window.
+    assert down is not None, "the operator never scaled back to 1"
+    assert peak_end < down < marks["load stopped"], f"the scale-down was not during the tail: {marks}"
+    status = run.final.get("status") or {}
+    scaled = datetime.datetime.fromisoformat(
+        status["lastScaleTime"]
+    ).timestamp()  # whole seconds, rounded down
+    busy = [
+        r["start"]
+        for r in records
+        if r["start"] < scaled and concurrency_at(records, r["start"]) > PER_REPLICA
+    ]
+    assert busy, "the clients never had more than one replica's worth of requests in flight"
+    assert scaled >= max(busy) + WINDOW - 1, (
+        f"scaled down {scaled - max(busy):.1f} s after the load last needed 2 replicas (window {WINDOW} s)"
+    )
+    assert len(terminating) == 1, f"expected one pod removed: {terminating}"
+    assert [e["code"] for e in exited] == [0], f"the removed vLLM server did not exit cleanly: {exited}"
+
+    # No request failed, those in flight on the removed pod included.
+    failed = [r for r in records if not r["ok"]]
+    assert not failed, f"{len(failed)} requests failed, e.g. {failed[:3]}"
+    removed_port = next(e["port"] for e in started if e["pod"] == terminating[0]["pod"])
+    doomed = terminating[0]["t"]
+    in_flight = [
+        r for r in records
+        if r["url"].endswith(f":{removed_port}") and r["start"] < doomed < (r["end"] or 0)
+    ]  # fmt: skip
+    assert in_flight, "no request was in flight on the pod when it was removed (the check proves nothing)"
+    summary = json.loads((artifacts / "summary.json").read_text())
+    assert (summary["failed"], summary["ok"]) == (0, len(records))
+
+    # Status, conditions and events tell the story.
+    assert status.get("desiredReplicas") == 1
+    conditions = {c["type"]: c for c in status.get("conditions") or []}
+    assert conditions["MetricsAvailable"]["status"] == "True"
+    assert conditions["ScalingActive"]["status"] == "True"
+    events = run.events
+    assert [e["reason"] for e in events] == ["ScaledUp", "ScaledDown"], [
+        (e["reason"], e["message"]) for e in events
+    ]
+    assert events[0]["message"].startswith("1 -> 2: "), events[0]["message"]
+    assert events[1]["message"].startswith("2 -> 1: "), events[1]["message"]
+    # ... and so do the operator's own metrics (what the dashboard and alerts read).
+    decisions = [
+        line for line in run.operator_metrics.splitlines()
+        if line.startswith("qwen_operator_scaling_decisions_total{") and f'namespace="{NS}"' in line
+    ]  # fmt: skip
+    for direction in ("up", "down"):
+        counts = [float(x.rsplit(" ", 1)[1]) for x in decisions if f'direction="{direction}"' in x]
+        assert sum(counts) == 1, (direction, decisions)
+
+    # Every API call the operator made is one its RBAC grants.
+    granted = {(c.group, c.resource, verb) for c in kube.API_CALLS for verb in c.verbs}
+    assert run.audit <= granted, f"calls the RBAC does not grant: {sorted(run.audit - granted)}"
+
+    # Nothing left behind: processes, sockets and files outside the test's own folder.
+    assert all(p.process.poll() is not None for p in run.agent.pods.values())
+    after = _leftovers()
+    for place in before:
+        leaked = after[place] - before[place]
+        assert not leaked, f"left behind in {place}: {sorted(leaked)[:10]}"

@@ -1,0 +1,170 @@
+"""The load kit's Locust file, run headless by the real ``locust`` command against local HTTP servers that
+stream OpenAI chat completions as vLLM does (one token per chunk, a usage chunk, ``[DONE]``).
+
+The e2e test (tests/e2e) runs the same Locust file against real vLLM servers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qwen_operator.sim import trace as traces
+from tests.conftest import DATA, ROOT
+
+pytestmark = pytest.mark.integration
+
+LOCUSTFILE = ROOT / "operator" / "qwen_operator" / "loadtest" / "locustfile.py"
+LOCUST = str(Path(sys.executable).with_name("locust"))
+
+
+class ChatServer:
+    """Streams ``max_tokens`` chunks, ``delay`` seconds apart; ``fail`` answers 503 to every completion."""
+
+    def __init__(self, model: str = "tiny", delay: float = 0.002, fail: bool = False) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                data = json.dumps({"object": "list", "data": [{"id": model, "object": "model"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.bodies.append(body)
+                if fail or body.get("model") != model:
+                    data = b'{"error": {"message": "busy"}}'
+                    self.send_response(503 if fail else 404)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                n = int(body["max_tokens"])
+                events = [{"choices": [{"delta": {"content": f"t{i} "}}]} for i in range(n)]
+                events.append({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": n}})
+                for event in events:
+                    self._chunk(f"data: {json.dumps(event)}\n\n".encode())
+                    time.sleep(delay)
+                self._chunk(b"data: [DONE]\n\n")
+                self._chunk(b"")
+
+            def _chunk(self, data: bytes) -> None:
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def servers() -> Iterator[list[ChatServer]]:
+    started = [ChatServer(), ChatServer()]
+    yield started
+    for server in started:
+        server.close()
+
+
+def locust(
+    tmp_path: Path, *args: str, timeout: float = 60
+) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
+    records, summary = tmp_path / "records.jsonl", tmp_path / "summary.json"
+    proc = subprocess.run(
+        [LOCUST, "-f", str(LOCUSTFILE), "--headless", "--only-summary", "--records", str(records),
+         "--summary-json", str(summary), "--stop-timeout", "10", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
+    )  # fmt: skip
+    assert summary.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = records.read_text().splitlines()
+    return proc.returncode, [json.loads(line) for line in lines], json.loads(summary.read_text())
+
+
+def test_a_stepped_plan_spreads_streaming_requests_over_the_endpoints(
+    servers: list[ChatServer], tmp_path: Path
+) -> None:
+    endpoints = tmp_path / "endpoints"
+    endpoints.write_text("".join(f"{s.address}\n" for s in servers))
+    code, records, summary = locust(
+        tmp_path, "--endpoints-file", str(endpoints), "--plan", "2s:1,3s:4", "--spawn-rate", "20",
+        "--max-output-tokens", "30",
+    )  # fmt: skip
+    assert code == 0
+    assert len(records) >= 20
+    assert all(r["ok"] for r in records)
+    assert summary["ok"] == len(records)
+    assert summary["failed"] == 0
+    # Each server got a share; the model name came from /v1/models; the output length was exact.
+    for server in servers:
+        assert sum(r["url"].endswith(server.address) for r in records) >= len(records) // 4
+        assert {b["model"] for b in server.bodies} == {"tiny"}
+        assert all(b["stream"] and b["ignore_eos"] for b in server.bodies)
+    assert all(1 <= r["output_tokens"] <= 30 for r in records)
+    assert all(r["ttft"] is not None and 0 < r["ttft"] <= r["end"] - r["start"] for r in records)
+    assert summary["ttft"]["p50"] is not None
+    assert summary["output_tokens_per_s"] > 0
+    # The plan stepped from one user to four: more requests in flight in the second stage.
+    begin = min(r["start"] for r in records)
+    early = [r for r in records if r["start"] - begin < 1.5]
+    late = [r for r in records if r["start"] - begin > 3]
+    assert len(late) > len(early)
+
+
+def test_a_trace_is_replayed_at_its_arrival_times(servers: list[ChatServer], tmp_path: Path) -> None:
+    trace = DATA / "traces" / "conv-5min.csv"
+    code, records, _ = locust(
+        tmp_path, "--host", f"http://{servers[0].address}", "--model", "tiny", "--workload", "trace",
+        "--trace", str(trace), "--speedup", "60", "--max-requests", "40", "-u", "8", "-r", "8",
+        "--run-time", "30s", "--max-output-tokens", "8", "--max-prompt-tokens", "64",
+    )  # fmt: skip
+    assert code == 0
+    assert len(records) == 40
+    # The first 40 requests of the trace, no earlier than their arrival time divided by 60.
+    rows = [line.split(",") for line in trace.read_text().splitlines()[1:41]]
+    assert sorted(r["output_tokens"] for r in records) == sorted(min(8, max(1, int(row[2]))) for row in rows)
+    starts = sorted(r["start"] for r in records)
+    span = starts[-1] - starts[0]
+    arrivals = traces.load(trace).arrivals[:40]
+    assert span >= arrivals[-1] / 60 - 0.3
+
+
+def test_failures_are_counted_and_fail_the_run(tmp_path: Path) -> None:
+    server = ChatServer(fail=True)
+    try:
+        code, records, summary = locust(
+            tmp_path, "--host", f"http://{server.address}", "--model", "tiny", "-u", "2", "-r", "2",
+            "--run-time", "2s",
+        )  # fmt: skip
+    finally:
+        server.close()
+    assert code != 0  # Locust exits non-zero when requests failed
+    assert records
+    assert not any(r["ok"] for r in records)
+    assert summary["failed"] == len(records)
+    assert all(r["error"].startswith("HTTP 503") for r in records)
