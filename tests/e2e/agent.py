@@ -30,6 +30,7 @@ import secrets
 import signal
 import subprocess
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,12 @@ def remap(value: str, mounts: dict[str, Path]) -> str:
     return value
 
 
+def local_command(container: dict[str, Any], python: str, port: int, mounts: dict[str, Path]) -> list[str]:
+    """The container's command with its paths in the pod's folders (the node's interpreter as it is)."""
+    interpreter, *args = container_command(container, python, port)
+    return [interpreter, *(remap(a, mounts) for a in args)]
+
+
 class NodeAgent:
     def __init__(
         self,
@@ -125,14 +132,12 @@ class NodeAgent:
         folder: Path,
         endpoints_file: Path,
         set_targets: Callable[[list[tuple[str, str, str, str]]], None],
-        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.emulator = emulator
         self.python = python
         self.folder = folder
         self.endpoints_file = endpoints_file
         self.set_targets = set_targets
-        self.extra_env = extra_env or {}
         self.pods: dict[str, LocalPod] = {}
         self.timeline: list[dict[str, Any]] = []
         self.crashes: list[str] = []
@@ -153,14 +158,13 @@ class NodeAgent:
         container = template["spec"]["containers"][0]
         mounts = mount_map(template["spec"], container, folder)
         port = free_port()
-        argv = [remap(a, mounts) for a in container_command(container, self.python, port)]
+        argv = local_command(container, self.python, port, mounts)
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "TMPDIR": str(mounts.get("/tmp", folder)),
             "VLLM_CACHE_ROOT": str(folder / "vllm-cache"),
             "XDG_CACHE_HOME": str(folder / "xdg-cache"),
             **{e["name"]: remap(str(e["value"]), mounts) for e in container.get("env") or [] if "value" in e},
-            **self.extra_env,
         }
         cores = self._cores(container)
         log = folder / "vllm.log"
@@ -329,7 +333,11 @@ class NodeAgent:
     async def run(self, stop: asyncio.Event) -> None:
         async with aiohttp.ClientSession() as self._session:
             while not stop.is_set():
-                await self.sync()
+                try:
+                    await self.sync()
+                except Exception as exc:  # the test fails on it, with the cause
+                    self.crashes.append(f"the node agent failed: {exc!r}\n{traceback.format_exc()}")
+                    raise
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
             for task in list(self._tasks):

@@ -154,6 +154,20 @@ def test_a_trace_is_replayed_at_its_arrival_times(servers: list[ChatServer], tmp
     assert span >= arrivals[-1] / 60 - 0.3
 
 
+def test_a_replay_ends_with_its_trace(servers: list[ChatServer], tmp_path: Path) -> None:
+    lines = (DATA / "traces" / "conv-5min.csv").read_text().splitlines()[:11]
+    short = tmp_path / "short.csv"
+    short.write_text("\n".join(lines) + "\n")
+    started = time.monotonic()
+    code, records, _ = locust(
+        tmp_path, "--host", f"http://{servers[0].address}", "--workload", "trace", "--trace", str(short),
+        "--speedup", "100", "-u", "4", "-r", "4", "--run-time", "60s", "--max-output-tokens", "4",
+    )  # fmt: skip
+    assert code == 0
+    assert len(records) == 10
+    assert time.monotonic() - started < 30, "the run went on after the trace's last request"
+
+
 def test_failures_are_counted_and_fail_the_run(tmp_path: Path) -> None:
     server = ChatServer(fail=True)
     try:

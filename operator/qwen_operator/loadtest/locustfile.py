@@ -71,6 +71,7 @@ class _Run:
         self.started = time.time()
         self.lock = threading.Lock()
         self.trace: Any = None
+        self.trace_done = False
         try:
             self.plan = workload.parse_plan(options.plan) if options.plan else None
         except ValueError as exc:
@@ -94,7 +95,9 @@ class _Run:
                 return None
             self.sent += 1
             if self.trace is not None:
-                return next(self.trace, None)
+                request: workload.Request | None = next(self.trace, None)
+                self.trace_done = request is None
+                return request
         return workload.from_mix(
             self.rng, self.options.max_prompt_tokens or None, self.options.max_output_tokens or None
         )
@@ -116,7 +119,8 @@ class _Run:
 
     @property
     def exhausted(self) -> bool:
-        return bool(self.options.max_requests) and self.sent >= self.options.max_requests
+        """Every request sent: ``--max-requests`` reached, or the trace replayed to its end."""
+        return self.trace_done or (bool(self.options.max_requests) and self.sent >= self.options.max_requests)
 
     def close(self) -> dict[str, Any]:
         if self.records is not None:
@@ -217,8 +221,9 @@ class PlanShape(LoadTestShape):
         if RUN is not None and RUN.exhausted:
             return None  # --stop-timeout lets the requests in flight finish
         elapsed = float(self.get_run_time())  # type: ignore[no-untyped-call]
-        if options.plan:
-            users = workload.users_at(workload.parse_plan(options.plan), elapsed)
+        plan = RUN.plan if RUN is not None else (workload.parse_plan(options.plan) if options.plan else None)
+        if plan:
+            users = workload.users_at(plan, elapsed)
             return None if users is None else (users, options.spawn_rate or 100)
         if options.run_time and elapsed >= options.run_time:
             return None
