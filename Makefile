@@ -99,7 +99,7 @@ lock: ## Re-resolve constraints.txt from pyproject.toml (after changing a pin)
 	.venv-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
 	rm -rf .venv-lock
 
-clean: ## Remove the virtual environment and caches
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+clean: ## Remove the virtual environments, caches and e2e artifacts
+	rm -rf $(VENV) $(VLLM_VENV) build/e2e .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
 .PHONY: help install test lint format crds manifests image demo bench bench-operator simulate render run vllm-env e2e loadtest lock clean

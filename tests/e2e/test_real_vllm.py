@@ -4,7 +4,8 @@ client. Only the cluster is emulated: kmock's API server, and tests/e2e/agent.py
 
 The scenario (about 5 minutes): a QwenService autoscaling 1..2 on 8 concurrent requests per replica,
 with a 30 s scale-down stabilization window. The load plan: a baseline of 4 users, a step-up to 24 (the
-operator asks for 3 replicas, and is limited to 2), then back to 4 users while the scale-down happens.
+operator asks for 3 replicas, and is limited to 2), then 7 users (one replica's worth) while the
+scale-down happens.
 The timeline goes to build/e2e/ (JSON and PNG), with the request records and every process's log.
 """
 
@@ -41,7 +42,9 @@ NS, NAME, SERVED = "e2e", "tiny-chat", "tiny-qwen2"
 PER_REPLICA = 8  # targets.concurrencyPerReplica
 WINDOW = 30  # scaleDown.stabilizationWindowSeconds
 COOLDOWN = 20  # scaleDown.cooldownAfterScaleUpSeconds
-BASELINE, PEAK, TAIL = (20, 4), (150, 24), (100, 4)  # (seconds, users) of the load plan
+# (seconds, users) of the load plan. The tail's 7 users need one replica (7 < 8), and keep requests in
+# flight on both pods when one is removed (round-robin: each has ~3.5).
+BASELINE, PEAK, TAIL = (20, 4), (150, 24), (100, 7)
 LOCUSTFILE = ROOT / "operator" / "qwen_operator" / "loadtest" / "locustfile.py"
 
 
