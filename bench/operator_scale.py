@@ -28,16 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import kmock
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.prom import Prometheus  # noqa: E402
 
-from qwen_operator import crd, labels  # noqa: E402
+from qwen_operator import labels  # noqa: E402
 from qwen_operator.demo import MetricsServer, free_port, gauges_text  # noqa: E402
-from qwen_operator.sim.emulator import DEPLOY, PODS, QSVC, Emulator, declare, kubeconfig  # noqa: E402
+from qwen_operator.sim.emulator import DEPLOY, PODS, QSVC, Emulator, install  # noqa: E402
 
 NS = "scale"
 INTERVAL = 15  # evaluationIntervalSeconds of every service (the default), and the scrape interval
@@ -129,10 +128,7 @@ async def measure(n: int, idle_cycles: int, workdir: Path) -> dict[str, Any]:
     prom.start()
     op_metrics = free_port()
     async with Emulator() as emulator, kmock.Server(emulator) as server:
-        declare(emulator)
-        await emulator.put("apiextensions.k8s.io/v1/customresourcedefinitions", crd.crd())
-        config = workdir / f"kubeconfig-{n}"
-        config.write_text(yaml.safe_dump(kubeconfig(str(server.url))))
+        config = await install(emulator, str(server.url), workdir / f"kubeconfig-{n}")
         for i in range(n):
             await emulator.put(QSVC, service(i))
             pod = f"svc-{i:04d}-0"

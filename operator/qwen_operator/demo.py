@@ -27,9 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from qwen_operator import api, crd, labels
+from qwen_operator import api, labels
 from qwen_operator.sim import report, score, trace
 from qwen_operator.sim.cluster import Cluster, Pod, Settings
 from qwen_operator.sim.engine import Engine
@@ -214,8 +212,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     import kmock
     import kopf
 
-    from qwen_operator import handlers  # noqa: F401  (registers the operator's real handlers)
-    from qwen_operator.sim.emulator import DEPLOY, QSVC, Emulator, declare, kubeconfig
+    from qwen_operator.sim.emulator import DEPLOY, QSVC, Emulator, install, start_operator
 
     requests = trace.load(args.trace, "conv").window(args.start_minute * 60, args.minutes * 60)
     policy = OperatorReplicas()
@@ -233,27 +230,13 @@ async def run_demo(args: argparse.Namespace) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="qwen-demo-") as tmp:
         async with Emulator() as emulator, kmock.Server(emulator) as server:
-            declare(emulator)
-            await emulator.put("apiextensions.k8s.io/v1/customresourcedefinitions", crd.crd())
-            path = Path(tmp) / "kubeconfig"
-            path.write_text(yaml.safe_dump(kubeconfig(str(server.url))))
+            path = await install(emulator, str(server.url), Path(tmp) / "kubeconfig")
             saved = {k: os.environ.get(k) for k in (*OPERATOR_ENV, "KUBECONFIG")}
             os.environ.update({**OPERATOR_ENV, "QWEN_OPERATOR_POD_METRICS_PORT": str(port)})
             os.environ["KUBECONFIG"] = str(path)
-            stop, ready = asyncio.Event(), asyncio.Event()
             kopf_settings = kopf.OperatorSettings()
             kopf_settings.posting.enabled = False
-            operator = asyncio.create_task(
-                kopf.operator(
-                    clusterwide=True,
-                    standalone=True,
-                    stop_flag=stop,
-                    ready_flag=ready,
-                    registry=kopf.get_default_registry(),
-                    settings=kopf_settings,
-                )
-            )
-            await asyncio.wait_for(ready.wait(), 30)
+            operator, stop = await start_operator(kopf_settings, 30)
             await emulator.put(QSVC, qwen_service(args.speed))
             kubelet = Kubelet(emulator, cluster, port)
             columns = ("time", 6), ("req/s", 5), ("desired", 7), ("ready", 5), ("running", 7), ("waiting", 7)

@@ -39,6 +39,7 @@ from typing import Any
 import aiohttp
 
 from qwen_operator import labels
+from qwen_operator.autoscaler import rfc3339
 from qwen_operator.demo import free_port
 from qwen_operator.sim.emulator import DEPLOY, PODS, Emulator
 
@@ -66,10 +67,6 @@ class LocalPod:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-
-def _now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def container_command(container: dict[str, Any], python: str, port: int) -> list[str]:
@@ -292,7 +289,8 @@ class NodeAgent:
                 if pod.ready_at is None and await self._probe(pod):
                     pod.ready_at = time.time()
                     self.note("pod-ready", pod=pod.name, seconds=round(pod.ready_at - pod.started, 1))
-                    condition = {"type": "Ready", "status": "True", "lastTransitionTime": _now_rfc3339()}
+                    now = rfc3339(datetime.datetime.now(datetime.UTC))
+                    condition = {"type": "Ready", "status": "True", "lastTransitionTime": now}
                     patch = {"status": {"phase": "Running", "conditions": [condition]}}
                     await self.emulator.patch(PODS, ns, pod.name, patch, sub="status")
             serving = [p for p in self.pods.values() if p.deployment == name and p.terminating_at is None]

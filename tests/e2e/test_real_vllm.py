@@ -27,14 +27,13 @@ from typing import Any
 
 import kmock
 import pytest
-import yaml
 from tests.conftest import ROOT
 from tests.e2e.agent import NodeAgent
 from tests.prom import Prometheus
 
-from qwen_operator import api, crd, kube
+from qwen_operator import api, kube
 from qwen_operator.demo import free_port
-from qwen_operator.sim.emulator import DEPLOY, EVENTS, QSVC, Emulator, declare, kubeconfig
+from qwen_operator.sim.emulator import DEPLOY, EVENTS, QSVC, Emulator, install
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -240,10 +239,7 @@ class Scenario:
             self.prom.stop()
 
     async def _run(self, emulator: Emulator, url: str) -> None:
-        declare(emulator)
-        await emulator.put("apiextensions.k8s.io/v1/customresourcedefinitions", crd.crd())
-        config = self.tmp / "kubeconfig"
-        config.write_text(yaml.safe_dump(kubeconfig(url)))
+        config = await install(emulator, url, self.tmp / "kubeconfig")
         op_metrics = free_port()
         env = {
             **os.environ,

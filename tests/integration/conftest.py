@@ -12,10 +12,9 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-import yaml
 
-from qwen_operator import crd, kube
-from qwen_operator.sim.emulator import DEPLOY, EVENTS, PODS, QSVC, SERVICE, Emulator, declare, kubeconfig
+from qwen_operator import kube
+from qwen_operator.sim.emulator import DEPLOY, EVENTS, PODS, QSVC, SERVICE, Emulator, install, start_operator
 from tests.prom import Prometheus
 
 __all__ = ["DEPLOY", "EVENTS", "PODS", "QSVC", "SERVICE"]
@@ -24,10 +23,7 @@ __all__ = ["DEPLOY", "EVENTS", "PODS", "QSVC", "SERVICE"]
 @pytest.fixture
 async def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Emulator]:
     async with Emulator() as handler, kmock.Server(handler) as server:
-        declare(handler)
-        await handler.put("apiextensions.k8s.io/v1/customresourcedefinitions", crd.crd())
-        path = tmp_path / "kubeconfig"
-        path.write_text(yaml.safe_dump(kubeconfig(str(server.url))))
+        path = await install(handler, str(server.url), tmp_path / "kubeconfig")
         monkeypatch.setenv("KUBECONFIG", str(path))
         yield handler
 
@@ -43,26 +39,13 @@ OPERATOR_ENV = {
 
 @pytest.fixture
 async def operator(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[asyncio.Task[None]]:
-    from qwen_operator import handlers  # noqa: F401  (registers the real handlers)
-
     for key, value in OPERATOR_ENV.items():
         if key not in os.environ:
             monkeypatch.setenv(key, value)
 
-    stop, ready = asyncio.Event(), asyncio.Event()
     settings = kopf.OperatorSettings()
     settings.queueing.idle_timeout = 0.5  # per-object workers exit sooner, so the operator stops sooner
-    task = asyncio.create_task(
-        kopf.operator(
-            clusterwide=True,
-            standalone=True,
-            stop_flag=stop,
-            ready_flag=ready,
-            registry=kopf.get_default_registry(),
-            settings=settings,
-        )
-    )
-    await asyncio.wait_for(ready.wait(), 10)
+    task, stop = await start_operator(settings, 10)
     yield task
     assert not task.done(), "the operator stopped before the test ended"
     stop.set()  # kopf ends its task cancelled on a stop flag; anything else is a crash

@@ -23,13 +23,17 @@ import datetime
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
 import jsonpatch
 import kmock
+import yaml
 from kmock._internal import apps, enums, rendering
 from kmock._internal.dicts import merge_patch_dict
+
+from qwen_operator import crd
 
 VERBS = {
     enums.action.LIST: "list",
@@ -422,3 +426,33 @@ def kubeconfig(url: str) -> dict[str, Any]:
         "users": [{"name": "emulated", "user": {"token": "emulated-token"}}],
         "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "emulated"}}],
     }
+
+
+async def install(emulator: Emulator, url: str, path: Path) -> Path:
+    """Make the emulator a cluster with our CRD installed, and write a kubeconfig for it at ``path``."""
+    declare(emulator)
+    await emulator.put("apiextensions.k8s.io/v1/customresourcedefinitions", crd.crd())
+    await asyncio.to_thread(path.write_text, yaml.safe_dump(kubeconfig(url)))
+    return path
+
+
+async def start_operator(settings: Any, within: float) -> tuple[asyncio.Task[Any], asyncio.Event]:
+    """The operator's real kopf handlers in this event loop (cluster-wide, standalone), once ready:
+    its task, and the flag that stops it (kopf then ends the task cancelled)."""
+    import kopf
+
+    from qwen_operator import handlers  # noqa: F401  (registers the real handlers)
+
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        kopf.operator(
+            clusterwide=True,
+            standalone=True,
+            stop_flag=stop,
+            ready_flag=ready,
+            registry=kopf.get_default_registry(),
+            settings=settings,
+        )
+    )
+    await asyncio.wait_for(ready.wait(), within)
+    return task, stop
