@@ -4,7 +4,9 @@ Each tick it lists QwenServices, their Deployments and ready pods (three list ca
 asks each metrics source once for all the services that use it (batched), runs the pure
 :func:`~qwen_operator.scaling.decide` per service, and writes only what changed: the Deployment's
 ``spec.replicas``, ``pod-deletion-cost`` annotations before a scale-down, the status, and an Event
-per change. kopf-free, so tests drive :meth:`Autoscaler.tick` with their own clock.
+per change. A service with something to write is read again and decided again under its lock first;
+a steady one costs nothing beyond the three lists. kopf-free, so tests drive :meth:`Autoscaler.tick`
+with their own clock.
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ from typing import Any, Protocol
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from qwen_operator import api, labels, reconcile, scaling, status, telemetry, validation
-from qwen_operator.kube import DEPLOYMENTS, EVENTS, PODS, QWENSERVICES, SECRETS, Resource, temp_file
+from qwen_operator.kube import (
+    DEPLOYMENTS,
+    EVENTS,
+    PODS,
+    QWENSERVICES,
+    SECRETS,
+    Resource,
+    list_watched,
+    temp_file,
+)
 from qwen_operator.metrics import (
     MetricsSource,
     PodRef,
@@ -116,10 +127,7 @@ class Autoscaler:
             await asyncio.sleep(self.config.scaler_tick_seconds)
 
     async def _list(self, res: Resource, selector: str | None = None) -> list[dict[str, Any]]:
-        if not self.config.namespaces:
-            return await self.cluster.list(res, None, selector)
-        found = await asyncio.gather(*(self.cluster.list(res, ns, selector) for ns in self.config.namespaces))
-        return [obj for objs in found for obj in objs]
+        return await list_watched(self.cluster, res, self.config.namespaces, selector)
 
     def _due(self, svc: api.QwenService, now: datetime.datetime) -> bool:
         last = self.memory.get(svc.metadata.uid or "", scaling.State()).last_evaluated
@@ -132,6 +140,7 @@ class Autoscaler:
         started = time.monotonic()
         now = self.clock()
         due: list[api.QwenService] = []
+        bodies: dict[tuple[str, str], Mapping[str, Any]] = {}
         listed = await self._list(QWENSERVICES)
         alive = {body["metadata"].get("uid") for body in listed}
         for uid in [uid for uid in self.memory if uid not in alive]:
@@ -155,6 +164,7 @@ class Autoscaler:
                 and not body["metadata"].get("deletionTimestamp")
             ):
                 due.append(svc)
+                bodies[svc.namespace, svc.name] = body
         if not due:
             return []
         deployments = {
@@ -199,7 +209,7 @@ class Autoscaler:
         for key, obs in observed.items():
             svc, _, pods = targets[key]
             try:
-                results.append(await self._act(svc, obs, pods, now))
+                results.append(await self._act(svc, bodies[key], obs, pods, now))
             except (LookupError, validation.InvalidSpec) as exc:
                 log.info("not scaling %s/%s: %s", *key, exc)  # changed since the list; the reconcile acts
             except Exception:
@@ -274,13 +284,45 @@ class Autoscaler:
 
     # ------------------------------------------------------------------------------------- act
 
+    def _decide(
+        self, svc: api.QwenService, obs: scaling.Observation, now: datetime.datetime
+    ) -> tuple[scaling.Decision, api.QwenServiceStatus]:
+        """The pure decision for one service, and the status it leads to (no I/O)."""
+        state = self.memory.get(svc.metadata.uid or "") or scaling.state_from_status(svc.status)
+        decision = scaling.decide(obs, svc.spec.autoscaling, state, now)
+        return decision, status.scaling_status(svc.status, decision, rfc3339(now), svc.metadata.generation)
+
     async def _act(
+        self,
+        svc: api.QwenService,
+        body: Mapping[str, Any],
+        obs: scaling.Observation,
+        pods: Sequence[Mapping[str, Any]],
+        now: datetime.datetime,
+    ) -> Evaluated:
+        decision, new = self._decide(svc, obs, now)
+        if decision.replicas == obs.replicas and status.status_patch(new) == (body.get("status") or {}):
+            # Nothing to write (the steady state): the copy listed this tick is enough. No GET, no lock,
+            # so an idle cycle costs three list calls whatever the number of services.
+            self.memory[svc.metadata.uid or ""] = decision.state
+            result = Evaluated(svc.namespace, svc.name, decision, obs.replicas)
+        else:
+            svc, result = await self._write(svc, obs, pods, now)
+        auto = svc.spec.autoscaling
+        telemetry.record(
+            svc.namespace, svc.name, result.decision, obs.replicas, auto.min_replicas, auto.max_replicas
+        )
+        return result
+
+    async def _write(
         self,
         svc: api.QwenService,
         obs: scaling.Observation,
         pods: Sequence[Mapping[str, Any]],
         now: datetime.datetime,
-    ) -> Evaluated:
+    ) -> tuple[api.QwenService, Evaluated]:
+        """Decide again on a fresh copy under the service's lock (the reconcile may have written since the
+        list), then write what changed: replicas, deletion costs, status, Events."""
         key = (svc.namespace, svc.name)
         async with self.locks.setdefault(key, asyncio.Lock()):
             fresh = await self.cluster.get(QWENSERVICES, *key)
@@ -289,10 +331,8 @@ class Autoscaler:
             svc = validation.parse(fresh)
             if not svc.spec.autoscaling.enabled:
                 raise LookupError(f"QwenService {key[0]}/{key[1]} turned autoscaling off")
-            uid = svc.metadata.uid or ""
-            state = self.memory.get(uid) or scaling.state_from_status(svc.status)
-            decision = scaling.decide(obs, svc.spec.autoscaling, state, now)
-            self.memory[uid] = decision.state
+            decision, new = self._decide(svc, obs, now)
+            self.memory[svc.metadata.uid or ""] = decision.state
             result = Evaluated(svc.namespace, svc.name, decision, obs.replicas)
             out = result.outcome
             if decision.replicas < obs.replicas:
@@ -306,7 +346,6 @@ class Autoscaler:
                 out.events.append(reconcile.Event("Normal", verb, message))
                 log.info("%s/%s %s %s", svc.namespace, svc.name, verb, message)
             old_available = _condition(svc.status, status.METRICS_AVAILABLE)
-            new = status.scaling_status(svc.status, decision, rfc3339(now), svc.metadata.generation)
             new_available = _condition(new, status.METRICS_AVAILABLE)
             # Warn when ready pods stop reporting; no ready pods yet (a new service) is not worth one.
             lost, found = ("False", "MetricsUnavailable"), ("True", "MetricsAvailable")
@@ -317,11 +356,7 @@ class Autoscaler:
             await reconcile.write_status(self.cluster, fresh, new, out)
             for event in out.events:
                 await self.cluster.create(EVENTS, event_body(fresh, event, now))
-        auto = svc.spec.autoscaling
-        telemetry.record(
-            svc.namespace, svc.name, decision, obs.replicas, auto.min_replicas, auto.max_replicas
-        )
-        return result
+        return svc, result
 
     async def _mark_deletion_costs(
         self,

@@ -12,10 +12,11 @@ import prometheus_client
 from kubernetes_asyncio.client import ApiClient
 
 from qwen_operator import api, kube, labels, reconcile
-from qwen_operator.autoscaler import Autoscaler, rfc3339, utcnow
+from qwen_operator.autoscaler import Autoscaler, event_body, rfc3339, utcnow
 from qwen_operator.settings import OperatorSettings
 
 MANAGED = {"app.kubernetes.io/managed-by": labels.MANAGED_BY}
+log = logging.getLogger(__name__)
 
 
 @kopf.on.startup()
@@ -35,12 +36,36 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         memo.metrics_server, _thread = prometheus_client.start_http_server(config.metrics_port)
     memo.logged_in = asyncio.Event()
     memo.scaler = asyncio.create_task(_scale(memo), name="qwen-operator-scaler")
+    memo.resync = asyncio.create_task(_resync(memo), name="qwen-operator-resync")
 
 
 async def _scale(memo: kopf.Memo) -> None:
     """The one periodic evaluation of all QwenServices; it starts once the login gave us a client."""
     await memo.logged_in.wait()
     await Autoscaler(memo.cluster, memo.config, memo.locks).run(lambda: memo.cluster)
+
+
+async def _resync(memo: kopf.Memo) -> None:
+    """Level-based safety net: every ``resync_seconds``, reconcile every QwenService even without an
+    event (a Service deleted by hand is not watched; a watch event may be lost). An unchanged service
+    costs reads only."""
+    await memo.logged_in.wait()
+    while True:
+        await asyncio.sleep(memo.config.resync_seconds)
+        try:
+            listed = await kube.list_watched(memo.cluster, kube.QWENSERVICES, memo.config.namespaces)
+        except Exception:
+            log.exception("resync: listing QwenServices failed")
+            continue
+        for body in listed:
+            if body["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                await _reconcile(memo, body, log, in_handler=False)
+            except Exception:  # one bad service must not stop the others
+                log.exception(
+                    "resync of %s/%s failed", body["metadata"].get("namespace"), body["metadata"]["name"]
+                )
 
 
 @kopf.on.login()
@@ -76,10 +101,10 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
-    scaler: asyncio.Task[None] | None = memo.get("scaler")
-    if scaler is not None:
-        scaler.cancel()
-        await asyncio.gather(scaler, return_exceptions=True)
+    tasks = [t for t in (memo.get("scaler"), memo.get("resync")) if t is not None]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     if memo.get("metrics_server") is not None:
         memo.metrics_server.shutdown()
     cluster: kube.Cluster | None = memo.get("cluster")
@@ -101,7 +126,9 @@ def _post(
         )
 
 
-async def _reconcile(memo: kopf.Memo, body: Mapping[str, Any], logger: Any) -> reconcile.Outcome:
+async def _reconcile(
+    memo: kopf.Memo, body: Mapping[str, Any], logger: Any, in_handler: bool = True
+) -> reconcile.Outcome:
     meta = body["metadata"]
     key = (meta.get("namespace"), meta["name"])
     lock: asyncio.Lock = memo.locks.setdefault(key, asyncio.Lock())
@@ -111,7 +138,15 @@ async def _reconcile(memo: kopf.Memo, body: Mapping[str, Any], logger: Any) -> r
         if fresh is None or fresh["metadata"].get("uid") != meta.get("uid"):
             return reconcile.Outcome()
         outcome = await reconcile.reconcile(memo.cluster, fresh, rfc3339(utcnow()))
-    _post(body, outcome, logger)
+    if in_handler:
+        _post(body, outcome, logger)
+    elif outcome.writes:  # a resync: kopf posts events from its handlers only, so write them as the
+        # scaler does, and only for a repair (a standing warning is already in the status)
+        for event in outcome.events:
+            (logger.warning if event.type == "Warning" else logger.info)(
+                "%s: %s", event.reason, event.message
+            )
+            await memo.cluster.create(kube.EVENTS, event_body(fresh, event, utcnow()))
     return outcome
 
 

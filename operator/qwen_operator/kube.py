@@ -6,6 +6,7 @@ their verbs in :data:`API_CALLS` (the RBAC rules are checked against that list).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import os
 import tempfile
@@ -146,6 +147,17 @@ class Cluster:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+async def list_watched(
+    cluster: Any, res: Resource, namespaces: list[str], selector: str | None = None
+) -> list[dict[str, Any]]:
+    """``res`` in the namespaces the operator watches: one list call cluster-wide (no namespaces), else
+    one per namespace."""
+    if not namespaces:
+        return list(await cluster.list(res, None, selector))
+    found = await asyncio.gather(*(cluster.list(res, ns, selector) for ns in namespaces))
+    return [obj for objs in found for obj in objs]
 
 
 PathLike = str | bytes | os.PathLike[str] | os.PathLike[bytes]

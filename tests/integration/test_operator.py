@@ -286,3 +286,30 @@ async def test_kubectl_scale_through_the_scale_subresource(emulator, operator):
     )  # kubectl scale --replicas=5
     assert scale["kind"] == "Scale"
     await eventually(lambda: emulator.get(DEPLOY, NS, "qwen")["spec"]["replicas"] == 5, what="5 replicas")
+
+
+@pytest.fixture
+def resync_every_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QWEN_OPERATOR_RESYNC_SECONDS", "1")  # read when the operator starts
+
+
+async def test_the_periodic_resync_repairs_what_no_event_reports(resync_every_second, emulator, operator):
+    await emulator.put(QSVC, qsvc())
+    await eventually(lambda: emulator.get(SERVICE, NS, "qwen"), what="the Service")
+    await eventually(lambda: (emulator.get(QSVC, NS, "qwen") or {}).get("status"), what="status")
+    await asyncio.sleep(1)  # let every handler settle
+
+    # The operator does not watch Services: only the resync notices one deleted by hand.
+    await emulator.remove(SERVICE, NS, "qwen")
+    await eventually(lambda: emulator.get(SERVICE, NS, "qwen"), within=5, what="the Service re-created")
+    created = await eventually(
+        lambda: [e for e in events(emulator, "qwen", "Created") if "Service qwen" in e["message"]][1:],
+        what="a second Created event for the Service",
+    )
+    assert created[0]["source"]["component"] == "qwen-operator"
+
+    # Resyncs of an unchanged service write nothing.
+    await asyncio.sleep(0.5)
+    writes = sum(emulator.writes.values())
+    await asyncio.sleep(3)  # three resyncs
+    assert sum(emulator.writes.values()) == writes, dict(emulator.writes)
