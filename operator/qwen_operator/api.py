@@ -292,16 +292,40 @@ class ServiceSpec(_Model):
 # -------------------------------------------------------------------------------------- autoscaling
 
 
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # set on nodes by NVIDIA GPU Feature Discovery
+DEFAULT_CONCURRENCY = 24.0
+# concurrencyPerReplica tuned in the fleet benchmark on the Azure conversation trace (Qwen2.5-7B, bf16,
+# TP 1: 99% of requests with TTFT <= 2 s at the fewest GPU-hours; docs/benchmark.md), by the tokens of
+# the GPU product label that identify the card.
+TUNED_CONCURRENCY: tuple[tuple[frozenset[str], float], ...] = (
+    (frozenset({"L4"}), 32.0),
+    (frozenset({"A10G"}), 24.0),
+    (frozenset({"A100", "80GB"}), 72.0),
+)
+
+
+def default_concurrency(gpu_product: str | None) -> float:
+    """The concurrency target for a GPU product (``NVIDIA-A100-SXM4-80GB``); 24 for any other card."""
+    tokens = set((gpu_product or "").upper().split("-"))
+    return next((value for need, value in TUNED_CONCURRENCY if need <= tokens), DEFAULT_CONCURRENCY)
+
+
 class ScalingTargets(_Model):
-    concurrency_per_replica: float = Field(
-        default=24,
+    concurrency_per_replica: float | None = Field(
+        default=None,
         gt=0,
         description=(
-            "Requests in flight (running + waiting) one replica should carry. 24 was tuned in the "
-            "fleet benchmark on the Azure conversation trace (Qwen2.5-7B on A10G: 99% of requests "
-            "with TTFT <= 2 s at the fewest GPU-hours; docs/benchmark.md). Load-test your own model."
+            "Requests in flight (running + waiting) one replica should carry. Unset: tuned per GPU "
+            "from scheduling.nodeSelector's nvidia.com/gpu.product in the fleet benchmark (Qwen2.5-7B "
+            "on the Azure conversation trace: L4 32, A10G 24, A100-80GB 72; docs/benchmark.md), and "
+            "24 for other or unnamed GPUs. Load-test your own model."
         ),
     )
+
+    def concurrency(self) -> float:
+        """The target in force: the one set, else the default for an unnamed GPU."""
+        return self.concurrency_per_replica or DEFAULT_CONCURRENCY
+
     kv_cache_usage: float = Field(
         default=0.8,
         gt=0,
@@ -453,6 +477,15 @@ class QwenServiceSpec(_Model):
     autoscaling: AutoscalingSpec = _section(
         AutoscalingSpec, "Let the operator move replicas between minReplicas and maxReplicas on load."
     )
+
+    def scaling(self) -> AutoscalingSpec:
+        """The autoscaling block with its GPU-dependent default filled in: what the scaler decides on."""
+        targets = self.autoscaling.targets
+        if targets.concurrency_per_replica is not None:
+            return self.autoscaling
+        product = self.scheduling.node_selector.get(GPU_PRODUCT_LABEL)
+        filled = targets.model_copy(update={"concurrency_per_replica": default_concurrency(product)})
+        return self.autoscaling.model_copy(update={"targets": filled})
 
     @property
     def gpus_per_replica(self) -> int:

@@ -289,7 +289,7 @@ class Autoscaler:
     ) -> tuple[scaling.Decision, api.QwenServiceStatus]:
         """The pure decision for one service, and the status it leads to (no I/O)."""
         state = self.memory.get(svc.metadata.uid or "") or scaling.state_from_status(svc.status)
-        decision = scaling.decide(obs, svc.spec.autoscaling, state, now)
+        decision = scaling.decide(obs, svc.spec.scaling(), state, now)
         return decision, status.scaling_status(svc.status, decision, rfc3339(now), svc.metadata.generation)
 
     async def _act(

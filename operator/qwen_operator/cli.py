@@ -81,7 +81,7 @@ def _autoscaling_spec(path: str) -> api.AutoscalingSpec:
     _, doc = docs[0]
     doc.setdefault("metadata", {}).setdefault("namespace", "default")
     try:
-        return validation.parse(doc).spec.autoscaling
+        return validation.parse(doc).spec.scaling()
     except validation.InvalidSpec as exc:
         raise SystemExit(f"{path}: invalid QwenService:\n  - " + "\n  - ".join(exc.messages)) from None
 
@@ -91,6 +91,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     import json
 
     from qwen_operator.sim import policies, report, run, score, trace
+    from qwen_operator.sim.gpus import GPUS
 
     try:
         requests = trace.load(args.trace)
@@ -111,7 +112,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
     try:
         if args.policy != "oracle":
-            policies.make(args.policy, lo, hi, spec)  # fail fast on a bad name
+            policies.make(args.policy, lo, hi, spec, GPUS[args.gpu].product)  # fail fast on a bad name
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return 2

@@ -149,7 +149,7 @@ def _fmt(x: float) -> str:
 def signals(samples: Mapping[str, PodSample], targets: api.ScalingTargets) -> list[Signal]:
     """Each signal's total over the pods and the replicas it needs at its per-replica target."""
     concurrency = sum(s.running + s.waiting for s in samples.values())
-    out = [Signal("concurrency", concurrency, targets.concurrency_per_replica)]
+    out = [Signal("concurrency", concurrency, targets.concurrency())]
     kv = [s.kv_cache_usage for s in samples.values() if s.kv_cache_usage is not None]
     if kv:
         out.append(Signal("kvCacheUsage", sum(kv), targets.kv_cache_usage))

@@ -393,3 +393,46 @@ def test_fuzz_decisions_stay_in_bounds_and_never_drop_without_data(
     if not d.metrics_available:
         assert d.replicas >= min(replicas, lo + span)
     assert d.message
+
+
+# ------------------------------------------------------------------- the GPU-dependent default target
+
+
+@pytest.mark.parametrize(
+    ("product", "target"),
+    [
+        ("NVIDIA-A10G", 24),
+        ("NVIDIA-L4", 32),
+        ("NVIDIA-L40S", 24),  # not an L4: an untuned card gets the default
+        ("NVIDIA-A100-SXM4-80GB", 72),
+        ("NVIDIA-A100-80GB-PCIe", 72),
+        ("NVIDIA-A100-SXM4-40GB", 24),
+        ("NVIDIA-H100-80GB-HBM3", 24),
+        (None, 24),
+    ],
+)
+def test_the_default_concurrency_target_follows_the_gpu_the_pods_are_pinned_to(
+    product: str | None, target: float
+) -> None:
+    body: dict[str, Any] = {
+        "model": {"name": "Qwen/Qwen2.5-7B-Instruct"},
+        "autoscaling": {"enabled": True, "maxReplicas": 10},
+    }
+    if product is not None:
+        body["scheduling"] = {"nodeSelector": {api.GPU_PRODUCT_LABEL: product}}
+    auto = api.QwenServiceSpec.model_validate(body).scaling()
+    assert auto.targets.concurrency_per_replica == target
+    # 3 ready pods carrying 3 x target + 1 requests: at target, inside the tolerance.
+    obs = observe(3, pods(target, target, target + 1))
+    assert decide(obs, auto, warm(), T0).replicas == 3
+    assert decide(observe(3, pods(target * 2, target * 2, target * 2)), auto, warm(), T0).replicas == 6
+
+
+def test_a_target_set_in_the_spec_wins_over_the_gpu_default() -> None:
+    body = {
+        "model": {"name": "Qwen/Qwen2.5-7B-Instruct"},
+        "scheduling": {"nodeSelector": {api.GPU_PRODUCT_LABEL: "NVIDIA-A100-SXM4-80GB"}},
+        "autoscaling": {"enabled": True, "targets": {"concurrencyPerReplica": 10}},
+    }
+    assert api.QwenServiceSpec.model_validate(body).scaling().targets.concurrency_per_replica == 10
+    assert api.ScalingTargets().concurrency() == 24, "decide() on an unfilled spec uses the default"

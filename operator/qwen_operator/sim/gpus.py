@@ -27,6 +27,7 @@ class GPU:
     single_stream_tok_s: float  # decode rate of one sequence
     step_b32_s: float  # step time with 32 decoding sequences
     prefill_tok_s: float
+    product: str = ""  # the node label nvidia.com/gpu.product (NVIDIA GPU Feature Discovery)
     max_num_seqs: int = 256
     max_batched_tokens: int = 2048
     memory_utilization: float = 0.9
@@ -77,10 +78,20 @@ class GPU:
 GPUS: dict[str, GPU] = {
     gpu.name: gpu
     for gpu in (
-        GPU("l4", 22.5, 300e9, 15, 0.075, 6000),
-        GPU("a10g", 22.5, 600e9, 30, 0.039, 6000),
-        GPU("v100", 32, 900e9, 45, 0.027, 9000),
-        GPU("a100-80gb", 80, 2039e9, 105, 0.012, 15000),
-        GPU("h100", 80, 3350e9, 155, 0.007, 45000, max_num_seqs=1024, max_batched_tokens=8192),
+        GPU("l4", 22.5, 300e9, 15, 0.075, 6000, "NVIDIA-L4"),
+        GPU("a10g", 22.5, 600e9, 30, 0.039, 6000, "NVIDIA-A10G"),
+        GPU("v100", 32, 900e9, 45, 0.027, 9000, "Tesla-V100-SXM2-32GB"),
+        GPU("a100-80gb", 80, 2039e9, 105, 0.012, 15000, "NVIDIA-A100-SXM4-80GB"),
+        GPU(
+            "h100",
+            80,
+            3350e9,
+            155,
+            0.007,
+            45000,
+            "NVIDIA-H100-80GB-HBM3",
+            max_num_seqs=1024,
+            max_batched_tokens=8192,
+        ),
     )
 }

@@ -47,7 +47,10 @@ def plan(statics: Mapping[int, Result], target: TtftTarget, windows: int, goal: 
 def schedule(per_window: Sequence[int], lead: float, window: float = WINDOW) -> Schedule:
     last = len(per_window) - 1
 
-    def at(t: float) -> int:
-        return per_window[max(0, min(int(t // window), last))]
+    def index(t: float) -> int:
+        return max(0, min(int(t // window), last))
 
-    return Schedule(at, lead)
+    def peak(start: float, end: float) -> int:
+        return max(per_window[index(start) : index(end) + 1])
+
+    return Schedule(peak, lead)

@@ -306,35 +306,48 @@ class Ours:
 
 @dataclass
 class Schedule:
-    """The clairvoyant schedule: replicas known in advance per window, asked for ``lead`` seconds early."""
+    """The clairvoyant schedule: replicas known in advance per window, asked for ``lead`` seconds early.
 
-    plan: Callable[[float], int]
+    ``peak(t0, t1)`` is the most replicas planned for any moment in [t0, t1]: a pod launched for a
+    window one lead ahead is kept through every window until then, not only the two ends."""
+
+    peak: Callable[[float, float], int]
     lead: float
     interval: float = 5.0
     name: str = "oracle"
     deletion_cost: bool = True
 
     def desired(self, view: View) -> int:
-        return max(self.plan(view.now), self.plan(view.now + self.lead))
+        return self.peak(view.now, view.now + self.lead)
 
 
 def ours_spec(
-    min_replicas: int, max_replicas: int, spec: api.AutoscalingSpec | None = None
+    min_replicas: int,
+    max_replicas: int,
+    spec: api.AutoscalingSpec | None = None,
+    gpu_product: str | None = None,
 ) -> api.AutoscalingSpec:
-    """Our defaults (or a user's QwenService autoscaling block) with the scenario's bounds."""
-    base = spec or api.AutoscalingSpec()
+    """Our defaults with the scenario's bounds, and the concurrency target the operator would use for
+    pods pinned to ``gpu_product`` (its nodeSelector); or a user's QwenService autoscaling block."""
     if spec is not None:
-        return base.model_copy(update={"enabled": True})
-    return base.model_copy(
-        update={"enabled": True, "min_replicas": min_replicas, "max_replicas": max_replicas}
+        return spec.model_copy(update={"enabled": True})
+    targets = api.ScalingTargets(concurrency_per_replica=api.default_concurrency(gpu_product))
+    return api.AutoscalingSpec(
+        enabled=True, min_replicas=min_replicas, max_replicas=max_replicas, targets=targets
     )
 
 
-def make(name: str, min_replicas: int, max_replicas: int, spec: api.AutoscalingSpec | None = None) -> Policy:
+def make(
+    name: str,
+    min_replicas: int,
+    max_replicas: int,
+    spec: api.AutoscalingSpec | None = None,
+    gpu_product: str | None = None,
+) -> Policy:
     """A policy by its CLI name; baselines use ``ours``' concurrency target so all aim at the same load."""
-    auto = ours_spec(min_replicas, max_replicas, spec)
+    auto = ours_spec(min_replicas, max_replicas, spec, gpu_product)
     lo, hi = auto.min_replicas, auto.max_replicas
-    target = auto.targets.concurrency_per_replica
+    target = auto.targets.concurrency()
     if name.startswith("static:"):
         return Static(int(name.split(":", 1)[1]))
     factories: dict[str, Callable[[], Policy]] = {

@@ -63,7 +63,8 @@ def run_policy(
     spec: api.AutoscalingSpec | None = None,
     progress: Callable[[float], None] | None = None,
 ) -> Result:
-    policy = policies.make(name, scenario.min_replicas, scenario.max_replicas, spec)
+    gpu = GPUS[scenario.gpu]
+    policy = policies.make(name, scenario.min_replicas, scenario.max_replicas, spec, gpu.product)
     start = policy.replicas if isinstance(policy, policies.Static) else start_replicas(trace, scenario)
     return Cluster(trace, policy, scenario.settings(seed, start)).run(progress)
 
@@ -127,9 +128,10 @@ def run_all(
     best_run: tuple[Summary, Result, list[int]] | None = None
     for window_goal in oracle.WINDOW_GOALS:
         per_window = oracle.plan(statics, target, windows, window_goal)
-        oracle_run = Cluster(
-            trace, oracle.schedule(per_window, lead), scenario.settings(seed, per_window[0])
-        ).run()
+        plan = oracle.schedule(per_window, lead)
+        # Warm at the start, like every policy: what the plan needs before a launched pod can be ready.
+        start = plan.peak(0.0, lead)
+        oracle_run = Cluster(trace, plan, scenario.settings(seed, start)).run()
         scored_run = summarize(oracle_run, target)
         if best_run is None or scored_run.slo_attainment > best_run[0].slo_attainment:
             best_run = (scored_run, oracle_run, per_window)
