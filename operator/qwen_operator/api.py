@@ -300,7 +300,7 @@ DEFAULT_CONCURRENCY = 24.0
 TUNED_CONCURRENCY: tuple[tuple[frozenset[str], float], ...] = (
     (frozenset({"L4"}), 32.0),
     (frozenset({"A10G"}), 24.0),
-    (frozenset({"A100", "80GB"}), 72.0),
+    (frozenset({"A100", "80GB"}), 48.0),
 )
 
 
@@ -317,7 +317,7 @@ class ScalingTargets(_Model):
         description=(
             "Requests in flight (running + waiting) one replica should carry. Unset: tuned per GPU "
             "from scheduling.nodeSelector's nvidia.com/gpu.product in the fleet benchmark (Qwen2.5-7B "
-            "on the Azure conversation trace: L4 32, A10G 24, A100-80GB 72; docs/benchmark.md), and "
+            "on the Azure conversation trace: L4 32, A10G 24, A100-80GB 48; docs/benchmark.md), and "
             "24 for other or unnamed GPUs. Load-test your own model."
         ),
     )

@@ -404,8 +404,8 @@ def test_fuzz_decisions_stay_in_bounds_and_never_drop_without_data(
         ("NVIDIA-A10G", 24),
         ("NVIDIA-L4", 32),
         ("NVIDIA-L40S", 24),  # not an L4: an untuned card gets the default
-        ("NVIDIA-A100-SXM4-80GB", 72),
-        ("NVIDIA-A100-80GB-PCIe", 72),
+        ("NVIDIA-A100-SXM4-80GB", 48),
+        ("NVIDIA-A100-80GB-PCIe", 48),
         ("NVIDIA-A100-SXM4-40GB", 24),
         ("NVIDIA-H100-80GB-HBM3", 24),
         (None, 24),
