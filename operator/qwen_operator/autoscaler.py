@@ -354,8 +354,7 @@ class Autoscaler:
             if new_available == found and old_available == lost:
                 out.events.append(reconcile.Event("Normal", "MetricsAvailable", decision.message))
             await reconcile.write_status(self.cluster, fresh, new, out)
-            for event in out.events:
-                await self.cluster.create(EVENTS, event_body(fresh, event, now))
+            await create_events(self.cluster, fresh, out.events, now)
         return svc, result
 
     async def _mark_deletion_costs(
@@ -385,6 +384,17 @@ def _condition(st: api.QwenServiceStatus, type_: str) -> tuple[str, str] | None:
 def _read(path: str) -> str:
     with open(path) as f:
         return f.read().strip()
+
+
+async def create_events(
+    cluster: reconcile.ClusterAPI,
+    obj: Mapping[str, Any],
+    events: Sequence[reconcile.Event],
+    now: datetime.datetime,
+) -> None:
+    """Post Events about a QwenService through the API (where kopf's poster is not available)."""
+    for event in events:
+        await cluster.create(EVENTS, event_body(obj, event, now))
 
 
 def event_body(obj: Mapping[str, Any], event: reconcile.Event, now: datetime.datetime) -> dict[str, Any]:

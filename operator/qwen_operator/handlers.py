@@ -12,7 +12,7 @@ import prometheus_client
 from kubernetes_asyncio.client import ApiClient
 
 from qwen_operator import api, kube, labels, reconcile
-from qwen_operator.autoscaler import Autoscaler, event_body, rfc3339, utcnow
+from qwen_operator.autoscaler import Autoscaler, create_events, rfc3339, utcnow
 from qwen_operator.settings import OperatorSettings
 
 MANAGED = {"app.kubernetes.io/managed-by": labels.MANAGED_BY}
@@ -112,12 +112,17 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
         await cluster.close()
 
 
-def _post(
-    body: Mapping[str, Any], outcome: reconcile.Outcome, logger: logging.Logger | logging.LoggerAdapter[Any]
-) -> None:
+def _log_events(outcome: reconcile.Outcome, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
     for event in outcome.events:
         log = logger.warning if event.type == "Warning" else logger.info
         log("%s: %s", event.reason, event.message)
+
+
+def _post(
+    body: Mapping[str, Any], outcome: reconcile.Outcome, logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
+    _log_events(outcome, logger)
+    for event in outcome.events:
         kopf.event(
             kopf.Body(cast(kopf.RawBody, dict(body))),
             type=event.type,
@@ -142,11 +147,8 @@ async def _reconcile(
         _post(body, outcome, logger)
     elif outcome.writes:  # a resync: kopf posts events from its handlers only, so write them as the
         # scaler does, and only for a repair (a standing warning is already in the status)
-        for event in outcome.events:
-            (logger.warning if event.type == "Warning" else logger.info)(
-                "%s: %s", event.reason, event.message
-            )
-            await memo.cluster.create(kube.EVENTS, event_body(fresh, event, utcnow()))
+        _log_events(outcome, logger)
+        await create_events(memo.cluster, fresh, outcome.events, utcnow())
     return outcome
 
 
