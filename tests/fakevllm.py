@@ -131,20 +131,30 @@ class FakeVLLM:
 
 
 class FakePrometheusAPI:
-    """Something at a Prometheus URL that misbehaves: answers HTML, or answers too slowly."""
+    """Something at a Prometheus URL: it misbehaves (answers HTML, or too slowly), or, in mode
+    ``record``, answers every query with an empty result and records who asked with what credentials
+    (``seen``: the path and the Authorization header of each request)."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
+        self.seen: list[tuple[str, str | None]] = []
         self.vllm = FakeVLLM()  # reuse the server; its handler is replaced below
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                owner.seen.append((self.path, self.headers.get("Authorization")))
                 if owner.mode == "slow":
                     time.sleep(3)
                 body = b"<html><head><title>502 Bad Gateway</title></head></html>"
+                kind = "text/html"
+                if owner.mode == "record":
+                    body, kind = (
+                        b'{"status":"success","data":{"resultType":"vector","result":[]}}',
+                        "application/json",
+                    )
                 self.send_response(200)
-                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -10,10 +10,13 @@ Pure module: no Kubernetes, kopf or Prometheus imports.
 from __future__ import annotations
 
 import datetime
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+from qwen_operator import vllm_flags
 
 GROUP = "serving.qwenops.io"
 VERSION = "v1alpha1"
@@ -27,23 +30,111 @@ SHORT_NAMES = ("qsvc",)
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
 VLLM_PORT = 8000
 
-# Flags the operator sets itself; repeating them in extraArgs would make two sources of truth.
+# Flags the operator sets itself, by vLLM's option dest; repeating them in extraArgs would make two
+# sources of truth (or, for the API key, a way around the Secret). vllm_flags lists every spelling
+# vLLM's parser accepts for each (aliases such as -tp, underscores, --no-...).
 MANAGED_FLAGS = (
     "model",
-    "served-model-name",
+    "served_model_name",
     "host",
     "port",
-    "api-key",
-    "tensor-parallel-size",
-    "download-dir",
+    "uds",
+    "api_key",
+    "tensor_parallel_size",
+    "download_dir",
     "revision",
-    "shutdown-timeout",
+    "shutdown_timeout",
+    # set from spec fields: use the field instead
+    "trust_remote_code",
+    "dtype",
+    "max_model_len",
+    "gpu_memory_utilization",
+    "enforce_eager",
+    "quantization",
+    "cpu_offload_gb",
+    "max_num_seqs",
+    "enable_auto_tool_choice",
+    "tool_call_parser",
 )
 # Environment variables the operator sets itself.
 MANAGED_ENV = ("VLLM_API_KEY", "HF_TOKEN", "HF_HOME", "HOME", "USER", "VLLM_NO_USAGE_STATS")
 
-QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# ------------------------------------------------------------------------- what the API server accepts
+# The CRD and this model reject what a real API server would refuse in the objects we render, so that
+# nothing admitted fails at create time. Kubernetes 1.30 is the oldest supported version: its CEL has
+# the quantity library (1.29+) but not the format library (1.32+), so names are checked with the same
+# patterns apimachinery's validation uses.
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# A qualified name (label key): an optional DNS-subdomain prefix and '/', then a name of <= 63 characters.
+QUALIFIED_NAME_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+# An extended resource name: a qualified name with a domain, outside kubernetes.io.
+EXTENDED_RESOURCE_PATTERN = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+CONFIG_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"  # a key in a Secret or ConfigMap
+NO_BACKSTEPS_RULE = "!self.matches('(^|/)[.][.](/|$)')"
+# apimachinery's resource.Quantity grammar, without a sign (requests, limits and sizes are >= 0).
+_QUANTITY = re.compile(r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[KMGTPE]i|[numkMGTPE])?$")
+QUANTITY_RULE = "isQuantity(self) && !self.startsWith('-')"
+QUANTITY_MESSAGE = "must be a non-negative Kubernetes quantity, e.g. 500m, 4, 32Gi"
+
+
+def _quantity(value: str) -> str:
+    if not _QUANTITY.match(value):
+        raise ValueError(f"{value!r} {QUANTITY_MESSAGE}")
+    return value
+
+
+def _flag_value(value: str) -> str:
+    if value.startswith("-"):
+        raise ValueError(f"{value!r} must not start with '-' (vLLM would read it as a flag)")
+    return value
+
+
+Quantity = Annotated[
+    str,
+    AfterValidator(_quantity),
+    Field(
+        max_length=64,
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": QUANTITY_RULE, "message": QUANTITY_MESSAGE}]
+        },
+    ),
+]
+# Object names the pod refers to (Secrets, PVCs, classes, service accounts).
+ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
+ConfigKey = Annotated[str, Field(min_length=1, max_length=253, pattern=CONFIG_KEY_PATTERN)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+# A string vLLM receives as a flag's value: it must not look like a flag itself.
+FlagValue = Annotated[
+    str,
+    AfterValidator(_flag_value),
+    Field(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!self.startsWith('-')",
+                    "message": "must not start with '-' (vLLM reads it as a flag)",
+                }
+            ]
+        }
+    ),
+]
+LABEL_MAP_RULES = (
+    (
+        "self.all(k, (!k.contains('/') || k.indexOf('/') <= 253) && k.matches('"
+        + QUALIFIED_NAME_PATTERN
+        + "'))",
+        "keys must be label keys: an optional DNS-subdomain prefix and '/', then at most 63 of "
+        "[A-Za-z0-9-_.], starting and ending alphanumeric",
+    ),
+)
 
 
 def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
@@ -66,35 +157,43 @@ class _Model(BaseModel):
 class SecretKeyRef(_Model):
     """A key in a Secret in the QwenService's namespace."""
 
-    name: str = Field(min_length=1, max_length=253, description="Secret name.")
-    key: str = Field(min_length=1, max_length=253, description="Key in the Secret.")
+    name: ObjectName = Field(description="Secret name.")
+    key: ConfigKey = Field(description="Key in the Secret.")
 
 
 class PVCSource(_Model):
-    claim_name: str = Field(
-        min_length=1, max_length=253, description="PersistentVolumeClaim holding the weights."
-    )
+    claim_name: ObjectName = Field(description="PersistentVolumeClaim holding the weights.")
     sub_path: str | None = Field(
-        default=None, max_length=1024, description="Folder inside the claim mounted at /models."
+        default=None,
+        max_length=1024,
+        json_schema_extra=_rules(
+            ("!self.startsWith('/') && " + NO_BACKSTEPS_RULE, "subPath must be relative, without '..'")
+        ),
+        description="Folder inside the claim mounted at /models (relative, no '..').",
     )
     read_only: bool = Field(default=True, description="Mount the claim read-only.")
 
 
 class HostPathSource(_Model):
     path: str = Field(
-        min_length=1, max_length=1024, pattern=r"^/", description="Absolute node path mounted at /models."
+        min_length=1,
+        max_length=1024,
+        pattern=r"^/",
+        json_schema_extra=_rules((NO_BACKSTEPS_RULE, "hostPath.path must not contain '..'")),
+        description=(
+            "Absolute node path mounted at /models. Allowed only when the operator's admin allows "
+            "hostPath (QWEN_OPERATOR_ALLOW_HOST_PATH)."
+        ),
     )
 
 
 class CacheVolume(_Model):
     """Where the Hugging Face cache lives: a PersistentVolumeClaim, or an emptyDir of a size limit."""
 
-    claim_name: str | None = Field(
-        default=None, max_length=253, description="PVC for the Hub cache (keeps downloads across restarts)."
+    claim_name: ObjectName | None = Field(
+        default=None, description="PVC for the Hub cache (keeps downloads across restarts)."
     )
-    size_limit: str = Field(
-        default="100Gi", pattern=QUANTITY_PATTERN, description="emptyDir size limit when no claim is named."
-    )
+    size_limit: Quantity = Field(default="100Gi", description="emptyDir size limit when no claim is named.")
 
 
 class HubSource(_Model):
@@ -133,7 +232,7 @@ def _default_source() -> ModelSource:
 
 
 class ModelSpec(_Model):
-    name: str = Field(
+    name: FlagValue = Field(
         min_length=1,
         max_length=512,
         description=(
@@ -141,21 +240,80 @@ class ModelSpec(_Model):
             "a path relative to /models (or absolute)."
         ),
     )
-    served_model_name: str | None = Field(
-        default=None, max_length=512, description="Name clients send in requests; defaults to model.name."
+    served_model_name: FlagValue | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="Name clients send in requests; defaults to model.name.",
     )
     source: ModelSource = Field(
         default_factory=_default_source,
         json_schema_extra={"default": {"hub": {}}},
         description="Where the weights come from; defaults to a Hub download.",
     )
-    revision: str | None = Field(
-        default=None, max_length=256, description="Hub revision (branch, tag or commit)."
+    revision: FlagValue | None = Field(
+        default=None, min_length=1, max_length=256, description="Hub revision (branch, tag or commit)."
     )
     trust_remote_code: bool = Field(default=False, description="Allow custom model code from the Hub.")
 
 
 # -------------------------------------------------------------------------------------------- engine
+
+
+class KeyRef(_Model):
+    name: ObjectName = Field(description="Secret or ConfigMap name.")
+    key: ConfigKey = Field(description="Key in it.")
+    optional: bool | None = Field(default=None, description="Start even if it is missing.")
+
+
+class FieldRef(_Model):
+    api_version: Literal["v1"] | None = Field(default=None)
+    field_path: str = Field(
+        max_length=512,
+        pattern=(
+            r"^(metadata\.(name|namespace|uid)|metadata\.(labels|annotations)\['[-._a-zA-Z0-9/]{1,317}'\]"
+            r"|spec\.(nodeName|serviceAccountName)|status\.(hostIP|hostIPs|podIP|podIPs))$"
+        ),
+        description="A pod field (metadata.name, metadata.labels['k'], status.podIP, ...).",
+    )
+
+
+class ResourceFieldRef(_Model):
+    container_name: Literal["vllm"] | None = Field(default=None)
+    resource: Literal[
+        "limits.cpu",
+        "limits.memory",
+        "limits.ephemeral-storage",
+        "requests.cpu",
+        "requests.memory",
+        "requests.ephemeral-storage",
+    ]
+    divisor: Quantity | None = None
+
+
+class EnvVarSource(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "(has(self.secretKeyRef) ? 1 : 0) + (has(self.configMapKeyRef) ? 1 : 0)"
+                " + (has(self.fieldRef) ? 1 : 0) + (has(self.resourceFieldRef) ? 1 : 0) == 1",
+                "valueFrom must set exactly one of secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef",
+            )
+        )
+    )
+    secret_key_ref: KeyRef | None = None
+    config_map_key_ref: KeyRef | None = None
+    field_ref: FieldRef | None = None
+    resource_field_ref: ResourceFieldRef | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvVarSource:
+        set_ = [self.secret_key_ref, self.config_map_key_ref, self.field_ref, self.resource_field_ref]
+        if sum(ref is not None for ref in set_) != 1:
+            raise ValueError(
+                "valueFrom must set exactly one of secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef"
+            )
+        return self
 
 
 class EnvVar(_Model):
@@ -165,8 +323,8 @@ class EnvVar(_Model):
         )
     )
     name: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-    value: str | None = None
-    value_from: dict[str, Any] | None = Field(
+    value: str | None = Field(default=None, max_length=32768)
+    value_from: EnvVarSource | None = Field(
         default=None, description="A Kubernetes EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef, ...)."
     )
 
@@ -179,19 +337,23 @@ class EngineSpec(_Model):
                 "enableAutoToolChoice needs toolCallParser",
             ),
             (
-                "!has(self.extraArgs) || self.extraArgs.all(a, !a.matches('^--("
-                + "|".join(MANAGED_FLAGS)
-                + ")(=.*)?$'))",
-                "extraArgs must not set flags the operator manages: "
-                + ", ".join("--" + f for f in MANAGED_FLAGS),
+                "!has(self.extraArgs) || self.extraArgs.all(a, !a.matches('"
+                + vllm_flags.managed_pattern(MANAGED_FLAGS)
+                + "'))",
+                "extraArgs must not set flags the operator manages or --config (use the spec's fields): "
+                + ", ".join(vllm_flags.canonical(MANAGED_FLAGS)),
             ),
         )
     )
     image: str = Field(
-        default=DEFAULT_VLLM_IMAGE, min_length=1, max_length=512, description="vLLM server image."
+        default=DEFAULT_VLLM_IMAGE,
+        min_length=1,
+        max_length=512,
+        pattern=r"^[^\s]+$",
+        description="vLLM server image (no whitespace).",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(default="IfNotPresent")
-    image_pull_secrets: list[str] = Field(
+    image_pull_secrets: list[ObjectName] = Field(
         default_factory=list, max_length=16, description="Pull Secret names."
     )
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(default="auto", description="--dtype.")
@@ -204,7 +366,7 @@ class EngineSpec(_Model):
     quantization: str | None = Field(
         default=None,
         max_length=64,
-        pattern=r"^[a-z0-9_-]+$",
+        pattern=r"^[a-z0-9][a-z0-9_-]*$",
         description="--quantization: awq, gptq, fp8, ...",
     )
     cpu_offload_gb: float | None = Field(
@@ -216,7 +378,10 @@ class EngineSpec(_Model):
     max_num_seqs: int | None = Field(default=None, ge=1, description="--max-num-seqs: concurrent sequences.")
     enable_auto_tool_choice: bool = Field(default=False, description="--enable-auto-tool-choice.")
     tool_call_parser: str | None = Field(
-        default=None, max_length=64, description="--tool-call-parser (hermes for Qwen2.5)."
+        default=None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$",
+        description="--tool-call-parser (hermes for Qwen2.5).",
     )
     shutdown_timeout_seconds: int = Field(
         default=60,
@@ -247,37 +412,90 @@ class ResourcesSpec(_Model):
         description="GPUs per replica; defaults to engine.tensorParallelSize; 0 for CPU.",
     )
     gpu_resource_name: str = Field(
-        default="nvidia.com/gpu", max_length=253, description="Extended resource name."
+        default="nvidia.com/gpu",
+        max_length=253,
+        pattern=EXTENDED_RESOURCE_PATTERN,
+        json_schema_extra=_rules(
+            (
+                "!self.contains('kubernetes.io/') && self.indexOf('/') <= 244",
+                "gpuResourceName must be an extended resource name outside kubernetes.io "
+                "(domain/name, e.g. nvidia.com/gpu or amd.com/gpu)",
+            )
+        ),
+        description="Extended resource name (domain/name, e.g. nvidia.com/gpu, amd.com/gpu).",
     )
-    cpu: str | None = Field(default=None, pattern=QUANTITY_PATTERN, description="CPU request (e.g. '4').")
-    memory: str | None = Field(
-        default=None, pattern=QUANTITY_PATTERN, description="Memory request and limit (e.g. '32Gi')."
-    )
-    shared_memory_size: str = Field(
-        default="8Gi", pattern=QUANTITY_PATTERN, description="/dev/shm size (memory-backed emptyDir)."
-    )
+    cpu: Quantity | None = Field(default=None, description="CPU request (e.g. '4').")
+    memory: Quantity | None = Field(default=None, description="Memory request and limit (e.g. '32Gi').")
+    shared_memory_size: Quantity = Field(default="8Gi", description="/dev/shm size (memory-backed emptyDir).")
 
 
 class Toleration(_Model):
-    key: str | None = None
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                "a toleration with operator Exists takes no value",
+            ),
+            (
+                "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                "tolerationSeconds needs effect NoExecute",
+            ),
+            (
+                "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+                "a toleration without a key needs operator Exists",
+            ),
+        )
+    )
+    key: str | None = Field(default=None, max_length=317, pattern=QUALIFIED_NAME_PATTERN)
     operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
+    value: LabelValue | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    toleration_seconds: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists takes no value")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds needs effect NoExecute")
+        if not self.key and self.operator != "Exists":
+            raise ValueError("a toleration without a key needs operator Exists")
+        return self
+
+
+def _label_keys(value: dict[str, str]) -> dict[str, str]:
+    for key in value:
+        prefix_too_long = "/" in key and key.index("/") > 253
+        if prefix_too_long or not re.match(QUALIFIED_NAME_PATTERN, key):
+            raise ValueError(f"{key!r} is not a label key (an optional DNS-subdomain prefix and '/', a name)")
+    return value
+
+
+LabelMap = Annotated[
+    dict[str, LabelValue],
+    AfterValidator(_label_keys),
+    Field(max_length=32, json_schema_extra={"maxProperties": 32, **_rules(*LABEL_MAP_RULES)}),
+]
 
 
 class SchedulingSpec(_Model):
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
+    node_selector: LabelMap = Field(default_factory=dict, description="Node labels the pods need.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     affinity: dict[str, Any] | None = Field(default=None, description="A Kubernetes Affinity.")
-    runtime_class_name: str | None = Field(default=None, max_length=253)
-    priority_class_name: str | None = Field(default=None, max_length=253)
-    service_account_name: str | None = Field(default=None, max_length=253)
+    runtime_class_name: ObjectName | None = Field(default=None)
+    priority_class_name: ObjectName | None = Field(default=None)
+    service_account_name: ObjectName | None = Field(default=None)
 
 
 class SecuritySpec(_Model):
     run_as_user: int = Field(
-        default=1000, ge=0, description="UID the server runs as; 0 (root) drops runAsNonRoot."
+        default=1000,
+        ge=0,
+        le=2**31 - 1,
+        description=(
+            "UID the server runs as; 0 (root) drops runAsNonRoot and is allowed only when the operator's "
+            "admin allows it (QWEN_OPERATOR_ALLOW_ROOT)."
+        ),
     )
     read_only_root_filesystem: bool = Field(
         default=True, description="Root filesystem read-only; /tmp and the cache are writable volumes."
@@ -373,9 +591,9 @@ class ScaleDownPolicy(_Model):
 class BasicAuthSecretRef(_Model):
     """A Secret holding a user name and a password."""
 
-    name: str = Field(min_length=1, max_length=253, description="Secret name.")
-    username_key: str = Field(default="username", min_length=1, max_length=253)
-    password_key: str = Field(default="password", min_length=1, max_length=253)
+    name: ObjectName = Field(description="Secret name.")
+    username_key: ConfigKey = Field(default="username")
+    password_key: ConfigKey = Field(default="password")
 
 
 class PrometheusSpec(_Model):
@@ -384,25 +602,36 @@ class PrometheusSpec(_Model):
             (
                 "!(has(self.bearerTokenSecretRef) && has(self.basicAuthSecretRef))",
                 "prometheus: set bearerTokenSecretRef or basicAuthSecretRef, not both",
-            )
+            ),
+            (
+                "has(self.url) || (!has(self.caSecretRef) && !self.insecureSkipVerify)",
+                "prometheus: caSecretRef and insecureSkipVerify apply to this service's own url only",
+            ),
         )
     )
     url: str | None = Field(
         default=None,
         max_length=1024,
-        pattern=r"^https?://",
-        description="Overrides the operator-wide Prometheus URL (QWEN_OPERATOR_PROMETHEUS_URL).",
+        pattern=r"^https?://[^\s@/?#]+(/[^\s?#]*)?$",
+        description=(
+            "This service's own Prometheus, instead of the operator-wide QWEN_OPERATOR_PROMETHEUS_URL. "
+            "Used only if the operator's admin allows it (QWEN_OPERATOR_PROMETHEUS_ALLOWED_URLS), and "
+            "then only with this service's own credentials below, never the operator's."
+        ),
     )
     bearer_token_secret_ref: SecretKeyRef | None = Field(
-        default=None, description="Secret key with a bearer token sent to Prometheus."
+        default=None, description="Secret key (this namespace) with a bearer token sent to Prometheus."
     )
     basic_auth_secret_ref: BasicAuthSecretRef | None = Field(
-        default=None, description="Secret with a user name and password for Prometheus."
+        default=None, description="Secret (this namespace) with a user name and password for Prometheus."
     )
     ca_secret_ref: SecretKeyRef | None = Field(
-        default=None, description="Secret key with the PEM CA bundle that signs Prometheus' certificate."
+        default=None,
+        description="Secret key with the PEM CA bundle that signs the certificate of this service's url.",
     )
-    insecure_skip_verify: bool = Field(default=False, description="Do not verify Prometheus' certificate.")
+    insecure_skip_verify: bool = Field(
+        default=False, description="Do not verify the certificate of this service's url (testing only)."
+    )
 
 
 class MetricsSpec(_Model):
@@ -451,6 +680,56 @@ class AutoscalingSpec(_Model):
     metrics: MetricsSpec = _section(MetricsSpec, "Where the load and KV-cache metrics come from.")
 
 
+# ------------------------------------------------------------------------------------------ network
+
+
+class NetworkPeer(_Model):
+    """Pods allowed to reach the server: those matching podSelector in the namespaces matching
+    namespaceSelector (either may be left out: this namespace, or every pod of those namespaces)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "has(self.namespaceSelector) || has(self.podSelector)",
+                "a peer needs namespaceSelector or podSelector",
+            )
+        )
+    )
+    namespace_selector: LabelMap | None = Field(
+        default=None, description="matchLabels of the namespaces (e.g. kubernetes.io/metadata.name)."
+    )
+    pod_selector: LabelMap | None = Field(default=None, description="matchLabels of the pods.")
+
+    @model_validator(mode="after")
+    def _some(self) -> NetworkPeer:
+        if self.namespace_selector is None and self.pod_selector is None:
+            raise ValueError("a peer needs namespaceSelector or podSelector")
+        return self
+
+
+class NetworkPolicySpec(_Model):
+    enabled: bool = Field(
+        default=False,
+        description=(
+            "Create a NetworkPolicy that admits traffic to the server's port only from the peers below. "
+            "Off: every pod in the cluster can reach the model (set apiKeySecretRef too)."
+        ),
+    )
+    same_namespace: bool = Field(default=True, description="Admit every pod in this namespace.")
+    monitoring_namespaces: list[Annotated[str, Field(max_length=63, pattern=DNS_LABEL_PATTERN)]] = Field(
+        default_factory=lambda: ["monitoring"],
+        json_schema_extra={"default": ["monitoring"]},
+        max_length=16,
+        description=(
+            "Namespaces whose pods may scrape /metrics (Prometheus; the operator's own namespace too with "
+            "metrics source pods). The port serves the API as well."
+        ),
+    )
+    allow_from: list[NetworkPeer] = Field(
+        default_factory=list, max_length=16, description="More clients: namespace and/or pod label selectors."
+    )
+
+
 # ----------------------------------------------------------------------------------------- the spec
 
 
@@ -473,6 +752,9 @@ class QwenServiceSpec(_Model):
         default=None, description="Secret key with the API key clients must send (vLLM --api-key)."
     )
     service: ServiceSpec = _section(ServiceSpec, "The Service in front of the pods.")
+    network_policy: NetworkPolicySpec = _section(
+        NetworkPolicySpec, "Who may reach the server (a NetworkPolicy; off by default)."
+    )
     replicas: int = Field(default=1, ge=0, le=1000, description="Replicas when autoscaling is off.")
     autoscaling: AutoscalingSpec = _section(
         AutoscalingSpec, "Let the operator move replicas between minReplicas and maxReplicas on load."

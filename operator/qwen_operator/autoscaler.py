@@ -12,7 +12,6 @@ with their own clock.
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
 import logging
 import time
@@ -21,28 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kubernetes_asyncio.client.exceptions import ApiException
-
 from qwen_operator import api, labels, reconcile, scaling, status, telemetry, validation
-from qwen_operator.kube import (
-    DEPLOYMENTS,
-    EVENTS,
-    PODS,
-    QWENSERVICES,
-    SECRETS,
-    Resource,
-    list_watched,
-    temp_file,
-)
-from qwen_operator.metrics import (
-    MetricsSource,
-    PodRef,
-    PodsSource,
-    PrometheusConfig,
-    PrometheusSource,
-    Target,
-)
+from qwen_operator.kube import DEPLOYMENTS, EVENTS, PODS, QWENSERVICES, Resource, list_watched
+from qwen_operator.metrics import MetricsSource, PodRef, PodsSource, Target
 from qwen_operator.settings import OperatorSettings
+from qwen_operator.sources import SourceRefused, Sources
 
 log = logging.getLogger(__name__)
 MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={labels.MANAGED_BY}"
@@ -83,10 +65,6 @@ class Evaluated:
     outcome: reconcile.Outcome = field(default_factory=reconcile.Outcome)
 
 
-class SecretMissing(Exception):
-    pass
-
-
 class Autoscaler:
     def __init__(
         self,
@@ -102,11 +80,10 @@ class Autoscaler:
         self.clock = clock
         self.memory: dict[str, scaling.State] = {}  # by uid; last_evaluated lives only here
         self.exported: set[tuple[str, str]] = set()  # services with per-service gauges
-        self.pods_source = pods_source or PodsSource(
-            port=config.pod_metrics_port, timeout=config.metrics_timeout_seconds
+        self.sources = Sources(
+            config,
+            pods_source or PodsSource(port=config.pod_metrics_port, timeout=config.metrics_timeout_seconds),
         )
-        self.prometheus: dict[PrometheusConfig, PrometheusSource] = {}
-        self._ca_files: dict[bytes, str] = {}
 
     # ------------------------------------------------------------------------------------ loop
 
@@ -155,7 +132,7 @@ class Autoscaler:
         self.exported = exported
         for body in listed:
             try:
-                svc = validation.parse(body)
+                svc = validation.parse(body, self.config.policy())
             except validation.InvalidSpec:
                 continue  # the reconcile reports it
             if (
@@ -194,8 +171,8 @@ class Autoscaler:
             )
             targets[target.key] = (svc, target, pods)
             try:
-                groups[await self._source(svc)].append(target)
-            except SecretMissing as exc:
+                groups[await self.sources.for_service(svc, self.cluster)].append(target)
+            except SourceRefused as exc:
                 failed[target.key] = str(exc)
 
         observed: dict[tuple[str, str], scaling.Observation] = {}
@@ -216,71 +193,6 @@ class Autoscaler:
                 log.exception("scaling %s/%s failed", *key)
         telemetry.EVALUATION_SECONDS.observe(time.monotonic() - started)
         return results
-
-    # ---------------------------------------------------------------------------------- sources
-
-    async def _secret(self, namespace: str, name: str, key: str) -> bytes:
-        try:
-            secret = await self.cluster.get(SECRETS, namespace, name)
-        except ApiException as exc:
-            hint = (
-                " (the operator may not read Secrets: install the chart with rbac.prometheusSecrets=true,"
-                " or give Prometheus credentials operator-wide)"
-                if exc.status == 403
-                else ""
-            )
-            raise SecretMissing(
-                f"cannot read Secret {namespace}/{name} for Prometheus credentials: "
-                f"HTTP {exc.status} {exc.reason}{hint}"
-            ) from exc
-        if secret is None:
-            raise SecretMissing(f"Secret {namespace}/{name} (Prometheus credentials) does not exist")
-        value = (secret.get("data") or {}).get(key)
-        if value is None:
-            raise SecretMissing(f"Secret {namespace}/{name} has no key {key!r} (Prometheus credentials)")
-        return base64.b64decode(value)
-
-    def _ca_file(self, pem: bytes) -> str:
-        if pem not in self._ca_files:  # one file per distinct CA, not one per evaluation
-            self._ca_files[pem] = temp_file(pem, ".crt")
-        return self._ca_files[pem]
-
-    async def _source(self, svc: api.QwenService) -> MetricsSource:
-        metrics = svc.spec.autoscaling.metrics
-        if (metrics.source or self.config.metrics_source) == "pods":
-            return self.pods_source
-        prom, cfg, ns = metrics.prometheus, self.config, svc.namespace
-        token = cfg.prometheus_bearer_token_file and _read(cfg.prometheus_bearer_token_file)
-        username = cfg.prometheus_username
-        password = cfg.prometheus_password.get_secret_value() if cfg.prometheus_password else None
-        ca_file = cfg.prometheus_ca_file
-        if prom.bearer_token_secret_ref is not None:
-            ref = prom.bearer_token_secret_ref
-            token, username, password = (
-                (await self._secret(ns, ref.name, ref.key)).decode().strip(),
-                None,
-                None,
-            )
-        if prom.basic_auth_secret_ref is not None:
-            basic = prom.basic_auth_secret_ref
-            token = None
-            username = (await self._secret(ns, basic.name, basic.username_key)).decode()
-            password = (await self._secret(ns, basic.name, basic.password_key)).decode()
-        if prom.ca_secret_ref is not None:
-            ca_file = self._ca_file(await self._secret(ns, prom.ca_secret_ref.name, prom.ca_secret_ref.key))
-        config = PrometheusConfig(
-            url=(prom.url or cfg.prometheus_url).rstrip("/"),
-            bearer_token=token or None,
-            username=username,
-            password=password,
-            ca_file=ca_file,
-            insecure_skip_verify=prom.insecure_skip_verify or cfg.prometheus_insecure_skip_verify,
-        )
-        if config not in self.prometheus:
-            self.prometheus[config] = PrometheusSource(
-                config, cfg.prometheus_service_label, cfg.metrics_timeout_seconds
-            )
-        return self.prometheus[config]
 
     # ------------------------------------------------------------------------------------- act
 
@@ -328,7 +240,7 @@ class Autoscaler:
             fresh = await self.cluster.get(QWENSERVICES, *key)
             if fresh is None or fresh["metadata"].get("uid") != svc.metadata.uid:
                 raise LookupError(f"QwenService {key[0]}/{key[1]} is gone")
-            svc = validation.parse(fresh)
+            svc = validation.parse(fresh, self.config.policy())
             if not svc.spec.autoscaling.enabled:
                 raise LookupError(f"QwenService {key[0]}/{key[1]} turned autoscaling off")
             decision, new = self._decide(svc, obs, now)
@@ -379,11 +291,6 @@ class Autoscaler:
 
 def _condition(st: api.QwenServiceStatus, type_: str) -> tuple[str, str] | None:
     return next(((c.status, c.reason) for c in st.conditions if c.type == type_), None)
-
-
-def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read().strip()
 
 
 async def create_events(

@@ -13,10 +13,27 @@ import yaml
 from qwen_operator import api, crd, render, settings, validation
 
 
+class NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases (``*ref``): a QwenService never needs them, and nested aliases expand
+    exponentially (a "billion laughs" file of a few hundred bytes takes minutes and gigabytes)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not accepted in QwenService files", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def _documents(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
     for path in paths:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
-        for doc in yaml.safe_load_all(text):
+        try:
+            docs = list(yaml.load_all(text, Loader=NoAliasLoader))
+        except yaml.YAMLError as exc:
+            raise SystemExit(f"{path}: not a usable YAML file: {exc}") from None
+        for doc in docs:
             if isinstance(doc, dict) and doc.get("kind") == api.KIND:
                 yield path, doc
 
@@ -30,7 +47,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         found = True
         doc.setdefault("metadata", {}).setdefault("namespace", args.namespace)
         try:
-            svc = validation.parse(doc)
+            svc = validation.parse(doc, settings.OperatorSettings().policy())
         except validation.InvalidSpec as exc:
             name = doc.get("metadata", {}).get("name", "?")
             print(f"{path}: QwenService {name} is invalid:", file=sys.stderr)

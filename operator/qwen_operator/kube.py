@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -45,6 +46,7 @@ SERVICES = Resource("", "v1", "services")
 PODS = Resource("", "v1", "pods")
 EVENTS = Resource("", "v1", "events")
 SECRETS = Resource("", "v1", "secrets")
+NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,12 @@ API_CALLS: tuple[ApiCall, ...] = (
     ApiCall("apps", "deployments", ("get", "list", "watch", "create", "patch"), "the vLLM workload"),
     ApiCall("", "services", ("get", "create", "patch"), "the vLLM Service"),
     ApiCall("", "events", ("create",), "kopf's and the scaler's Events"),
+    ApiCall(
+        "networking.k8s.io",
+        "networkpolicies",
+        ("get", "create", "patch", "delete"),
+        "the vLLM pods' NetworkPolicy (spec.networkPolicy); deleted only when owned and switched off",
+    ),
     ApiCall("", "pods", ("list", "patch"), "ready pods to observe; pod-deletion-cost before a scale-down"),
     ApiCall(
         "",
@@ -89,7 +97,7 @@ JSON_PATCH = "application/json-patch+json"
 
 
 class Cluster:
-    """Plain-dict CRUD against the API server. Never deletes anything."""
+    """Plain-dict CRUD against the API server. It deletes only what the reconcile created and owns."""
 
     def __init__(self, client: ApiClient) -> None:
         self.client = client
@@ -108,7 +116,7 @@ class Cluster:
             query_params=query or [],
             header_params={"Accept": "application/json", "Content-Type": content_type},
             body=body,
-            response_types_map={200: "object", 201: "object"},
+            response_types_map={200: "object", 201: "object", 202: "object"},
             auth_settings=["BearerToken"],
             _return_http_data_only=True,
             _request_timeout=30,
@@ -137,6 +145,16 @@ class Cluster:
         self, res: Resource, namespace: str, name: str, ops: list[dict[str, Any]]
     ) -> dict[str, Any]:
         return await self._call("PATCH", res.path(namespace, name), body=ops, content_type=JSON_PATCH)
+
+    async def delete(self, res: Resource, namespace: str, name: str, uid: str) -> None:
+        """Delete one object, only if it is still the one with ``uid`` (a precondition, so a same-named
+        object made since is never removed); gone already is fine."""
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}}
+        try:
+            await self._call("DELETE", res.path(namespace, name), body=body)
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
 
     async def list(
         self, res: Resource, namespace: str | None, selector: str | None = None
@@ -212,6 +230,17 @@ def configuration(
     if username and password:
         cfg.username, cfg.password = username, password
     return cfg
+
+
+def refusal(exc: BaseException) -> str | None:
+    """The API server's message when it refused an object as invalid (HTTP 400 or 422), else None."""
+    if not isinstance(exc, ApiException) or exc.status not in (400, 422):
+        return None
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or exc.reason or f"HTTP {exc.status}")
 
 
 def is_conflict(exc: BaseException) -> bool:

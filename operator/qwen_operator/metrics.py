@@ -273,6 +273,7 @@ class PrometheusSource:
 def _connect(config: PrometheusConfig, timeout: float) -> PrometheusConnect:
     session = requests.Session()  # PrometheusConnect ignores disable_ssl when given a session
     session.verify = False if config.insecure_skip_verify else (config.ca_file or True)
+    session.max_redirects = 0  # never follow Prometheus elsewhere (with or without its credentials)
     headers = {"Authorization": f"Bearer {config.bearer_token}"} if config.bearer_token else None
     auth = (config.username, config.password or "") if config.username else None
     return PrometheusConnect(

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from qwen_operator import api, labels, render, status, validation
-from qwen_operator.kube import DEPLOYMENTS, QWENSERVICES, SERVICES, Resource
+from qwen_operator.kube import DEPLOYMENTS, NETWORKPOLICIES, QWENSERVICES, SERVICES, Resource, refusal
 
 
 class ClusterAPI(Protocol):
@@ -27,6 +27,7 @@ class ClusterAPI(Protocol):
     async def merge_patch(
         self, res: Resource, namespace: str, name: str, patch: Mapping[str, Any], sub: str | None = None
     ) -> dict[str, Any]: ...
+    async def delete(self, res: Resource, namespace: str, name: str, uid: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -161,25 +162,69 @@ def _lenient_status(body: Mapping[str, Any]) -> api.QwenServiceStatus:
         return api.QwenServiceStatus()
 
 
-async def reconcile(cluster: ClusterAPI, body: Mapping[str, Any], now: str) -> Outcome:
-    """Bring one QwenService's workload in line with its spec; return what happened."""
+async def _remove_owned(
+    cluster: ClusterAPI, res: Resource, kind: str, svc: api.QwenService, outcome: Outcome
+) -> None:
+    """Delete an object this QwenService created and no longer asks for; anything else stays."""
+    actual = await cluster.get(res, svc.namespace, svc.name)
+    if actual is None or not owned_by(actual, svc):
+        return
+    await cluster.delete(res, svc.namespace, svc.name, actual["metadata"]["uid"])
+    outcome.writes += 1
+    outcome.events.append(Event("Normal", "Deleted", f"Deleted {kind} {svc.name} (no longer in the spec)"))
+
+
+async def _invalid(
+    cluster: ClusterAPI, body: Mapping[str, Any], messages: list[str], now: str, outcome: Outcome
+) -> Outcome:
+    generation = body.get("metadata", {}).get("generation")
+    new = status.invalid_status(_lenient_status(body), generation, messages, now)
+    await write_status(cluster, body, new, outcome)
+    outcome.events.append(Event("Warning", "InvalidSpec", "; ".join(messages)))
+    return outcome
+
+
+async def reconcile(
+    cluster: ClusterAPI, body: Mapping[str, Any], now: str, policy: validation.Policy | None = None
+) -> Outcome:
+    """Bring one QwenService's workload in line with its spec; return what happened.
+
+    A spec the API server refuses (HTTP 400/422 on create or patch) is reported as ``InvalidSpec`` with
+    the server's message instead of raised: a retry cannot fix it, and what already runs keeps running.
+    """
     outcome = Outcome()
     try:
-        svc = validation.parse(body)
+        svc = validation.parse(body, policy or validation.Policy())
     except validation.InvalidSpec as exc:
-        generation = body.get("metadata", {}).get("generation")
-        new = status.invalid_status(_lenient_status(body), generation, exc.messages, now)
-        await write_status(cluster, body, new, outcome)
-        outcome.events.append(Event("Warning", "InvalidSpec", str(exc)))
-        return outcome
+        return await _invalid(cluster, body, exc.messages, now, outcome)
 
     problems: list[status.Problem] = []
     # The scaler owns the Deployment's replicas while autoscaling is on.
     skip = ("replicas",) if svc.spec.autoscaling.enabled else ()
-    deployment = await _apply(
-        cluster, DEPLOYMENTS, render.render_deployment(svc), svc, outcome, problems, skip
-    )
-    await _apply(cluster, SERVICES, render.render_service(svc), svc, outcome, problems)
+    step = "Deployment"
+    try:
+        deployment = await _apply(
+            cluster, DEPLOYMENTS, render.render_deployment(svc), svc, outcome, problems, skip
+        )
+        step = "Service"
+        await _apply(cluster, SERVICES, render.render_service(svc), svc, outcome, problems)
+        step = "NetworkPolicy"
+        policy_obj = render.render_network_policy(svc)
+        if policy_obj is not None:
+            await _apply(cluster, NETWORKPOLICIES, policy_obj, svc, outcome, problems)
+        else:
+            await _remove_owned(cluster, NETWORKPOLICIES, "NetworkPolicy", svc, outcome)
+    except Exception as exc:
+        message = refusal(exc)
+        if message is None:
+            raise
+        return await _invalid(
+            cluster,
+            body,
+            [f"the API server refused the {step} {svc.name}: {message} (what already runs is unchanged)"],
+            now,
+            outcome,
+        )
     for problem in problems:
         outcome.events.append(Event("Warning", problem.reason, problem.message))
     new = status.compute_status(svc, deployment, now, problems)

@@ -314,9 +314,42 @@ def render_service(svc: api.QwenService) -> dict[str, Any]:
     }
 
 
+def render_network_policy(svc: api.QwenService) -> dict[str, Any] | None:
+    """A NetworkPolicy that admits traffic to the server's port only from the peers the spec names, or
+    None when the spec asks for none. No peer at all means no ingress (an empty ``from`` would mean
+    everyone)."""
+    net = svc.spec.network_policy
+    if not net.enabled:
+        return None
+    peers: list[dict[str, Any]] = []
+    if net.same_namespace:
+        peers.append({"podSelector": {}})
+    for namespace in net.monitoring_namespaces:
+        peers.append({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}})
+    for peer in net.allow_from:
+        one: dict[str, Any] = {}
+        if peer.namespace_selector is not None:
+            one["namespaceSelector"] = {"matchLabels": dict(peer.namespace_selector)}
+        if peer.pod_selector is not None:
+            one["podSelector"] = {"matchLabels": dict(peer.pod_selector)}
+        peers.append(one)
+    port = {"protocol": "TCP", "port": api.VLLM_PORT}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(svc),
+        "spec": {
+            "podSelector": {"matchLabels": labels.selector_labels(svc.name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": peers, "ports": [port]}] if peers else [],
+        },
+    }
+
+
 def endpoint(svc: api.QwenService) -> str:
     return f"http://{svc.name}.{svc.namespace}.svc:{svc.spec.service.port}/v1"
 
 
 def render_all(svc: api.QwenService) -> list[dict[str, Any]]:
-    return [render_deployment(svc), render_service(svc)]
+    policy = render_network_policy(svc)
+    return [render_deployment(svc), render_service(svc), *([policy] if policy else [])]

@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from qwen_operator import validation
+
 
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QWEN_OPERATOR_", extra="ignore")
@@ -36,6 +38,22 @@ class OperatorSettings(BaseSettings):
     prometheus_password: SecretStr | None = Field(default=None, description="Basic-auth password.")
     prometheus_ca_file: str | None = Field(default=None, description="PEM CA bundle for Prometheus' TLS.")
     prometheus_insecure_skip_verify: bool = Field(default=False, description="Skip TLS verification.")
+    prometheus_allowed_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Prometheus URLs a QwenService may name in spec.autoscaling.metrics.prometheus.url, "
+            "comma-separated: a URL prefix (https://prom.team-a.svc:9090/) or a host name (prom.example.com, "
+            "*.monitoring.svc). Empty: none, every service uses the operator-wide URL. Such a service gets "
+            "only its own credentials, never the operator's."
+        ),
+    )
+    allow_host_path: bool = Field(
+        default=False,
+        description="Let a QwenService mount a node path (model.source.hostPath): node filesystem access.",
+    )
+    allow_root: bool = Field(
+        default=False, description="Let a QwenService run vLLM as root (security.runAsUser: 0)."
+    )
     prometheus_service_label: str = Field(
         default="serving_qwenops_io_service",
         description="Label on the vLLM series naming the QwenService (what the scrape config maps from "
@@ -58,7 +76,11 @@ class OperatorSettings(BaseSettings):
         description="kopf peering name for HA (two operators never act at once); empty: standalone.",
     )
 
-    @field_validator("namespaces", mode="before")
+    def policy(self) -> validation.Policy:
+        """What QwenServices may ask for beyond the safe defaults."""
+        return validation.Policy(allow_host_path=self.allow_host_path, allow_root=self.allow_root)
+
+    @field_validator("namespaces", "prometheus_allowed_urls", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

@@ -8,11 +8,12 @@ need more than CEL. Every message names the field and says what to do.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
-from qwen_operator import api
+from qwen_operator import api, vllm_flags
 
 
 class InvalidSpec(ValueError):
@@ -38,14 +39,40 @@ def _pydantic_messages(exc: ValidationError) -> list[str]:
     return messages
 
 
+@dataclass(frozen=True)
+class Policy:
+    """What the operator's admin allows beyond the safe defaults (settings, chart values)."""
+
+    allow_host_path: bool = False
+    allow_root: bool = False
+
+
+def policy_errors(spec: api.QwenServiceSpec, policy: Policy) -> list[str]:
+    """What this operator's admin does not allow (the CRD cannot know the admin's choice)."""
+    errors = []
+    if spec.model.source.host_path is not None and not policy.allow_host_path:
+        errors.append(
+            "spec.model.source.hostPath: mounting a node path is not allowed by this operator "
+            "(its admin can allow it with QWEN_OPERATOR_ALLOW_HOST_PATH / chart podSecurity.allowHostPath); "
+            "use a pvc or hub source"
+        )
+    if spec.security.run_as_user == 0 and not policy.allow_root:
+        errors.append(
+            "spec.security.runAsUser: 0 (root) is not allowed by this operator (its admin can allow it with "
+            "QWEN_OPERATOR_ALLOW_ROOT / chart podSecurity.allowRoot); use a non-root UID such as 1000"
+        )
+    return errors
+
+
 def semantic_errors(spec: api.QwenServiceSpec) -> list[str]:
     errors: list[str] = []
     e = spec.engine
     for arg in e.extra_args:
-        flag = arg.split("=", 1)[0].removeprefix("--")
-        if arg.startswith("--") and flag in api.MANAGED_FLAGS:
+        flag = vllm_flags.managed_option(arg, api.MANAGED_FLAGS)
+        if flag is not None:
             errors.append(
-                f"spec.engine.extraArgs: {arg!r} sets a flag the operator manages; use the spec field instead"
+                f"spec.engine.extraArgs: {arg!r} sets {flag}, which the operator manages; "
+                "use the spec's field instead (model, engine, apiKeySecretRef, ...)"
             )
     for var in e.env:
         if var.name in api.MANAGED_ENV:
@@ -70,13 +97,15 @@ def semantic_errors(spec: api.QwenServiceSpec) -> list[str]:
     return errors
 
 
-def parse(body: Mapping[str, Any]) -> api.QwenService:
-    """A QwenService from an API object or a file; raises :class:`InvalidSpec` with every problem."""
+def parse(body: Mapping[str, Any], policy: Policy | None = None) -> api.QwenService:
+    """A QwenService from an API object or a file; raises :class:`InvalidSpec` with every problem.
+
+    With a ``policy``, also what the operator's admin does not allow (hostPath, root)."""
     try:
         svc = api.QwenService.model_validate(dict(body))
     except ValidationError as exc:
         raise InvalidSpec(_pydantic_messages(exc)) from None
-    errors = semantic_errors(svc.spec)
+    errors = semantic_errors(svc.spec) + (policy_errors(svc.spec, policy) if policy is not None else [])
     if errors:
         raise InvalidSpec(errors)
     return svc

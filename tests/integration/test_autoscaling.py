@@ -274,8 +274,14 @@ async def test_autoscaling_off_hands_replicas_back_to_the_spec(emulator: Emulato
     assert gauge is None, "no alert should fire on the gauges of a service the scaler left"
 
 
+@pytest.fixture
+def allow_service_prometheus(prometheus: Prometheus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin allows the test's Prometheus as a per-service URL (before the operator starts)."""
+    monkeypatch.setenv("QWEN_OPERATOR_PROMETHEUS_ALLOWED_URLS", prometheus.url)
+
+
 async def test_scaling_through_a_real_prometheus(
-    pod_port: int, emulator: Emulator, prometheus: Prometheus, operator: Any
+    pod_port: int, emulator: Emulator, prometheus: Prometheus, allow_service_prometheus: None, operator: Any
 ) -> None:
     """kopf + emulator + Prometheus scraping the pods, with the per-service Prometheus URL."""
     metrics = {"source": "prometheus", "prometheus": {"url": prometheus.url}, "staleAfterSeconds": 10}

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
-from qwen_operator import crd, install, kube
+from qwen_operator import crd, install, kube, validation
 from qwen_operator.settings import OperatorSettings
 from tests.conftest import ROOT
 from tests.k8s import validate_k8s
@@ -44,12 +44,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "imagePullSecrets": ["regcred"],
     },
     "prometheus-auth": {
+        "rbac": {"prometheusSecrets": True, "prometheusSecretNamespaces": ["inference", "research"]},
         "prometheus": {
             "url": "https://prometheus.monitoring.svc:9091",
             "bearerTokenSecret": {"name": "prom-token"},
             "ca": {"configMap": "prom-ca"},
+            "allowedServiceURLs": ["https://prom.research.svc:9090/", "*.monitoring.svc"],
         },
-        "rbac": {"prometheusSecrets": True},
+        "podSecurity": {"allowHostPath": True},
         "verbose": True,
         "extraEnv": [{"name": "QWEN_OPERATOR_RESYNC_SECONDS", "value": "120"}],
     },
@@ -298,6 +300,16 @@ def test_operator_settings_come_from_values() -> None:
     assert not unknown, f"the chart sets variables the operator ignores: {unknown}"
     settings = OperatorSettings(**{k.removeprefix("QWEN_OPERATOR_").lower(): v for k, v in plain.items()})
     assert settings.prometheus_url == "https://prometheus.monitoring.svc:9091"
+    assert settings.prometheus_allowed_urls == ["https://prom.research.svc:9090/", "*.monitoring.svc"]
+    assert settings.policy() == validation.Policy(allow_host_path=True, allow_root=False)
+    defaults = OperatorSettings(
+        **{
+            k.removeprefix("QWEN_OPERATOR_").lower(): v
+            for k, v in env(operator_container(render({}))).items()
+        }
+    )
+    assert defaults.prometheus_allowed_urls == [], "no service URL is allowed by default"
+    assert defaults.policy() == validation.Policy(), "hostPath and root are off by default"
 
     basic = env(operator_container(render(VALUE_SETS["basic-auth-namespaced-monitoring"])))
     assert basic["QWEN_OPERATOR_PROMETHEUS_PASSWORD"] == {
@@ -374,13 +386,32 @@ def test_namespaced_rbac_uses_roles_in_each_listed_namespace() -> None:
     assert granted(cluster_role["rules"]) == needed(cluster_scoped=True, features=set())
 
 
-def test_secrets_are_readable_only_when_asked_for() -> None:
-    for values, expect in (({}, False), ({"rbac": {"prometheusSecrets": True}}, True)):
-        (role,) = only(render(values), "ClusterRole")
-        assert (("", "secrets", "get") in granted(role["rules"])) is expect
-        assert granted(role["rules"]) == needed(
-            cluster_scoped=None, features={"rbac.prometheusSecrets"} if expect else set()
-        )
+def test_secrets_are_readable_only_when_asked_for_and_never_cluster_wide() -> None:
+    def secret_readers(objects: list[dict[str, Any]]) -> dict[str, str]:
+        found = {}
+        for obj in objects:
+            if ("", "secrets", "get") in granted(obj.get("rules", [])):
+                found[obj["metadata"].get("namespace", "(cluster)")] = obj["kind"]
+        return found
+
+    assert secret_readers(render({})) == {}
+    assert secret_readers(render(VALUE_SETS["namespaced"])) == {}
+    objects = render(VALUE_SETS["prometheus-auth"])
+    assert secret_readers(objects) == {"inference": "Role", "research": "Role"}
+    (role,) = only(objects, "ClusterRole")
+    assert granted(role["rules"]) == needed(cluster_scoped=None, features=set())
+    for secret_role in only(objects, "Role"):
+        assert granted(secret_role["rules"]) == {("", "secrets", "get")}
+    bound = {(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in only(objects, "RoleBinding")}
+    assert bound == {(ns, secret_role["metadata"]["name"]) for ns in ("inference", "research")}
+    # Watching listed namespaces: the Secret Role goes to each of them unless others are named.
+    watched = render({"watchNamespaces": ["team-a"], "rbac": {"prometheusSecrets": True}})
+    assert secret_readers(watched) == {"team-a": "Role"}
+
+
+def test_cluster_wide_secret_reads_fail_the_render_with_what_to_set() -> None:
+    with pytest.raises(Exception, match=r"rbac\.prometheusSecretNamespaces"):
+        render({"rbac": {"prometheusSecrets": True}})
 
 
 def test_no_rule_uses_a_wildcard() -> None:

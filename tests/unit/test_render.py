@@ -9,6 +9,7 @@ import pytest
 
 from qwen_operator import api, labels, render
 from qwen_operator.validation import parse
+from qwen_operator.vllm_options import OPTIONS
 from tests.conftest import DATA, load_examples
 from tests.k8s import validate_k8s
 
@@ -106,7 +107,15 @@ def test_every_emitted_flag_exists_in_vllm(minimal):
     )
     emitted = {a.split("=")[0] for a in args(everything) if a.startswith("--")}
     assert emitted - VLLM_FLAGS == set()
-    assert {f"--{f}" for f in api.MANAGED_FLAGS} - VLLM_FLAGS == set(), "a managed flag vLLM does not know"
+    managed = {OPTIONS[dest][0] for dest in api.MANAGED_FLAGS}  # KeyError: a dest vLLM does not know
+    assert managed - VLLM_FLAGS == set(), "a managed flag vLLM does not know"
+
+
+def test_the_generated_option_table_matches_the_captured_vllm_help():
+    """vllm_options (from vLLM's parser) and the captured `vllm serve --help=all` name the same flags."""
+    long_options = {o for strings in OPTIONS.values() for o in strings if o.startswith("--")}
+    negated = {o for o in long_options if o.startswith("--no-") and "--" + o[5:] in long_options}
+    assert long_options - negated == VLLM_FLAGS  # the capture lists no --no-X switches
 
 
 def test_model_path_follows_the_source(minimal):

@@ -29,7 +29,7 @@ def body(minimal: dict[str, Any], **spec: Any) -> dict[str, Any]:
             {"engine": {"gpuMemoryUtilization": 2}},
             "spec.engine.gpuMemoryUtilization: Input should be less than",
         ),
-        ({"engine": {"extraArgs": ["--port=1"]}}, "'--port=1' sets a flag the operator manages"),
+        ({"engine": {"extraArgs": ["--port=1"]}}, "'--port=1' sets --port, which the operator manages"),
         ({"engine": {"env": [{"name": "HF_TOKEN", "value": "x"}]}}, "HF_TOKEN is set by the operator"),
         ({"engine": {"enableAutoToolChoice": True}}, "needs spec.engine.toolCallParser"),
         ({"engine": {"tensorParallelSize": 2}, "resources": {"gpus": 3}}, "must be a multiple of"),

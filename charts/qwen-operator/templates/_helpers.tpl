@@ -67,11 +67,21 @@ app.kubernetes.io/part-of: qwen-operator
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "patch"]
-{{- if .Values.rbac.prometheusSecrets }}
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get"]
-{{- end }}
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "patch", "delete"]
+{{- end -}}
+
+{{/* Namespaces where the operator may read the Secrets QwenServices name as Prometheus credentials:
+     rbac.prometheusSecretNamespaces, else the watched namespaces. Never cluster-wide. */}}
+{{- define "qwen-operator.secretNamespaces" -}}
+{{- if .Values.rbac.prometheusSecrets -}}
+{{- $namespaces := .Values.rbac.prometheusSecretNamespaces | default .Values.watchNamespaces -}}
+{{- if not $namespaces -}}
+{{- fail "rbac.prometheusSecrets: list the namespaces whose QwenServices may name Prometheus credentials in rbac.prometheusSecretNamespaces (Secret reads are never granted cluster-wide)" -}}
+{{- end -}}
+{{- join "," $namespaces -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "qwen-operator.clusterRules" -}}

@@ -233,6 +233,10 @@ class Emulator(kmock.KubernetesEmulator):
         old = self._live(key)
         if old is None:
             raise kmock.KubernetesNotFoundError(message=f"{request.name} not found")
+        options = request.data if isinstance(request.data, dict) else {}
+        want_uid = (options.get("preconditions") or {}).get("uid")
+        if want_uid and want_uid != old["metadata"].get("uid"):
+            raise kmock.KubernetesError(409, "Conflict", f"precondition failed: UID {want_uid}")
         if old["metadata"].get("finalizers"):
             if not old["metadata"].get("deletionTimestamp"):
                 old["metadata"].update(deletionTimestamp=_now(), resourceVersion=self._next_rv())
@@ -390,6 +394,8 @@ DEPLOY = "apps/v1/deployments"
 SERVICE = "v1/services"
 EVENTS = "v1/events"
 PODS = "v1/pods"
+SECRETS = "v1/secrets"
+NETWORKPOLICIES = "networking.k8s.io/v1/networkpolicies"
 
 
 def declare(emulator: Emulator) -> None:
@@ -409,6 +415,8 @@ def declare(emulator: Emulator) -> None:
     res[SERVICE] = kmock.ResourceInfo(kind="Service", namespaced=True, verbs=verbs)
     res[PODS] = kmock.ResourceInfo(kind="Pod", namespaced=True, verbs=verbs)
     res[EVENTS] = kmock.ResourceInfo(kind="Event", namespaced=True, verbs=verbs)
+    res[SECRETS] = kmock.ResourceInfo(kind="Secret", namespaced=True, verbs=verbs)
+    res[NETWORKPOLICIES] = kmock.ResourceInfo(kind="NetworkPolicy", namespaced=True, verbs=verbs)
     res["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock.ResourceInfo(
         kind="CustomResourceDefinition", namespaced=False, verbs={"get", "list", "watch"}
     )
