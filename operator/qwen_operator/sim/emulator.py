@@ -22,7 +22,7 @@ import copy
 import datetime
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,14 @@ class Emulator(kmock.KubernetesEmulator):
     calls: collections.Counter[tuple[str, str, str]] = attrs.field(factory=collections.Counter, init=False)
     # Writes (create, patch, update, delete) clients made over HTTP, per (group, resource[/sub]).
     writes: collections.Counter[tuple[str, str]] = attrs.field(factory=collections.Counter, init=False)
+    # An API server's validation, if a test plugs one in: (kind, object) -> what it refuses (a 422).
+    admission: Callable[[str, dict[str, Any]], list[str]] | None = attrs.field(default=None, init=False)
+
+    def _admit(self, obj: dict[str, Any]) -> None:
+        problems = self.admission(str(obj.get("kind", "")), obj) if self.admission else []
+        if problems:
+            what = f"{obj.get('kind')} {obj.get('metadata', {}).get('name')!r}"
+            raise kmock.KubernetesError(422, "Invalid", f"{what} is invalid: {problems[0]}")
 
     # ------------------------------------------------------------------------------------ helpers
     def _next_rv(self) -> str:
@@ -171,6 +179,7 @@ class Emulator(kmock.KubernetesEmulator):
             raise kmock.KubernetesError(409, "AlreadyExists", f"{meta['name']} already exists")
         if self._has_sub(request.resource, STATUS_SUBRESOURCE):
             obj.pop("status", None)
+        self._admit(obj)
         meta.update(
             uid=str(uuid.uuid4()), generation=1, creationTimestamp=_now(), resourceVersion=self._next_rv()
         )
@@ -217,6 +226,7 @@ class Emulator(kmock.KubernetesEmulator):
         }
         if new == old:
             return self._respond(request, old)  # a no-op patch changes nothing, not even resourceVersion
+        self._admit(new)
         if _without(new, "metadata", "status") != _without(old, "metadata", "status"):
             new["metadata"]["generation"] = int(old["metadata"].get("generation", 1)) + 1
         new["metadata"]["resourceVersion"] = self._next_rv()

@@ -1,0 +1,74 @@
+"""The committed table of vLLM's options is what the real `vllm serve` parser has (make e2e)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from qwen_operator import api, vllm_flags
+from qwen_operator.vllm_options import OPTIONS, VLLM_VERSION
+
+pytestmark = pytest.mark.e2e
+GENERATOR = Path(__file__).with_name("vllm_options.py")
+
+
+def test_the_option_table_is_the_real_parser_s(vllm_python: str) -> None:
+    run = subprocess.run(
+        [vllm_python, str(GENERATOR)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env={**os.environ, "VLLM_NO_USAGE_STATS": "1"},
+    )
+    tree = ast.parse(run.stdout)
+    values = {
+        node.targets[0].id if isinstance(node, ast.Assign) else node.target.id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None
+    }
+    assert values["VLLM_VERSION"] == VLLM_VERSION
+    assert values["OPTIONS"] == OPTIONS, "vLLM's options changed: run `make vllm-options`"
+
+
+def test_every_refused_spelling_is_one_the_real_parser_maps_to_a_managed_option(vllm_python: str) -> None:
+    """Ask vLLM's own parser what each spelling sets: the operator refuses exactly those that reach a
+    managed option (and lets through those that reach another)."""
+    # (Spellings whose effect is visible against the defaults: --no-enforce-eager sets the default.)
+    spellings = [
+        "--api_key=x", "--api-k=x", "--api-key.x=1", "-tp=2", "-qawq", "--served_model_name=x",
+        "--device-memory-utilization=0.5", "--max-model=100", "--port=9", "--dtype=half",
+        "--enable-prefix-caching", "--max-num-batched-tokens=64", "--seed=3", "--no-enable-prefix-caching",
+    ]  # fmt: skip
+    script = (
+        "import sys, json\n"
+        "from vllm.entrypoints.cli.serve import ServeSubcommand\n"
+        "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+        "p = FlexibleArgumentParser()\n"
+        "ServeSubcommand().subparser_init(p.add_subparsers())\n"
+        "base = vars(p.parse_args(['serve', 'm']))\n"
+        "out = {}\n"
+        "for arg in json.loads(sys.argv[1]):\n"
+        "    got = vars(p.parse_args(['serve', 'm', arg]))\n"
+        "    out[arg] = sorted(k for k in got if got[k] != base[k])\n"
+        "print(json.dumps(out))\n"
+    )
+    import json
+
+    run = subprocess.run(
+        [vllm_python, "-c", script, json.dumps(spellings)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env={**os.environ, "VLLM_NO_USAGE_STATS": "1"},
+    )
+    changed = json.loads(run.stdout.strip().splitlines()[-1])
+    for arg, dests in changed.items():
+        reaches_managed = bool(set(dests) & {*api.MANAGED_FLAGS, "config"})
+        refused = vllm_flags.managed_option(arg, api.MANAGED_FLAGS) is not None
+        assert refused == reaches_managed, (arg, dests)
