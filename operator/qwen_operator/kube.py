@@ -243,5 +243,9 @@ def refusal(exc: BaseException) -> str | None:
     return str(message or exc.reason or f"HTTP {exc.status}")
 
 
+def is_forbidden(exc: BaseException) -> bool:
+    return isinstance(exc, ApiException) and exc.status == 403
+
+
 def is_conflict(exc: BaseException) -> bool:
     return isinstance(exc, ApiException) and exc.status == 409

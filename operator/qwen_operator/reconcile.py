@@ -15,7 +15,15 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from qwen_operator import api, labels, render, status, validation
-from qwen_operator.kube import DEPLOYMENTS, NETWORKPOLICIES, QWENSERVICES, SERVICES, Resource, refusal
+from qwen_operator.kube import (
+    DEPLOYMENTS,
+    NETWORKPOLICIES,
+    QWENSERVICES,
+    SERVICES,
+    Resource,
+    is_forbidden,
+    refusal,
+)
 
 
 class ClusterAPI(Protocol):
@@ -174,6 +182,30 @@ async def _remove_owned(
     outcome.events.append(Event("Normal", "Deleted", f"Deleted {kind} {svc.name} (no longer in the spec)"))
 
 
+async def _network_policy(
+    cluster: ClusterAPI, svc: api.QwenService, outcome: Outcome, problems: list[status.Problem]
+) -> None:
+    """Create or update the NetworkPolicy the spec asks for, or remove the one this service made. An
+    operator whose RBAC predates NetworkPolicies says so in the status instead of failing the rest."""
+    policy = render.render_network_policy(svc)
+    try:
+        if policy is not None:
+            await _apply(cluster, NETWORKPOLICIES, policy, svc, outcome, problems)
+        else:
+            await _remove_owned(cluster, NETWORKPOLICIES, "NetworkPolicy", svc, outcome)
+    except Exception as exc:
+        if not is_forbidden(exc):
+            raise
+        if policy is not None:  # with none asked for, not being able to look is no problem
+            problems.append(
+                status.Problem(
+                    "NetworkPolicyForbidden",
+                    "the operator may not manage NetworkPolicies, so none protects this service: grant it "
+                    "networkpolicies get/create/patch/delete (the Helm chart's RBAC does)",
+                )
+            )
+
+
 async def _invalid(
     cluster: ClusterAPI, body: Mapping[str, Any], messages: list[str], now: str, outcome: Outcome
 ) -> Outcome:
@@ -209,11 +241,7 @@ async def reconcile(
         step = "Service"
         await _apply(cluster, SERVICES, render.render_service(svc), svc, outcome, problems)
         step = "NetworkPolicy"
-        policy_obj = render.render_network_policy(svc)
-        if policy_obj is not None:
-            await _apply(cluster, NETWORKPOLICIES, policy_obj, svc, outcome, problems)
-        else:
-            await _remove_owned(cluster, NETWORKPOLICIES, "NetworkPolicy", svc, outcome)
+        await _network_policy(cluster, svc, outcome, problems)
     except Exception as exc:
         message = refusal(exc)
         if message is None:

@@ -179,12 +179,10 @@ async def test_autoscaling_leaves_the_deployment_replicas_to_the_scaler(emulator
     assert dep["spec"]["replicas"] == 4
 
 
-async def test_invalid_spec_is_reported_and_nothing_running_is_deleted(emulator, operator):
-    await emulator.put(QSVC, qsvc())
-    good = await eventually(lambda: emulator.get(DEPLOY, NS, "qwen"), what="the Deployment")
-
-    # A spec the CRD's CEL rules reject; here no admission runs, so the operator must catch it.
-    await emulator.patch(QSVC, NS, "qwen", {"spec": {"engine": {"extraArgs": ["--port=9000"]}}})
+async def made_invalid(emulator: Emulator, patch: dict[str, Any]) -> str:
+    """Patch the service "qwen"; wait for phase Invalid, the InvalidSpec condition and its Event; give
+    the condition's message."""
+    await emulator.patch(QSVC, NS, "qwen", patch)
     got = await eventually(
         lambda: (s := emulator.get(QSVC, NS, "qwen")) and s.get("status", {}).get("phase") == "Invalid" and s,
         what="phase Invalid",
@@ -192,9 +190,18 @@ async def test_invalid_spec_is_reported_and_nothing_running_is_deleted(emulator,
     invalid = condition(got, "InvalidSpec")
     assert invalid is not None
     assert invalid["status"] == "True"
-    assert "--port=9000" in invalid["message"]
-    assert "operator manages" in invalid["message"]
     await eventually(lambda: events(emulator, "qwen", "InvalidSpec"), what="an InvalidSpec event")
+    return str(invalid["message"])
+
+
+async def test_invalid_spec_is_reported_and_nothing_running_is_deleted(emulator, operator):
+    await emulator.put(QSVC, qsvc())
+    good = await eventually(lambda: emulator.get(DEPLOY, NS, "qwen"), what="the Deployment")
+
+    # A spec the CRD's CEL rules reject; here no admission runs, so the operator must catch it.
+    message = await made_invalid(emulator, {"spec": {"engine": {"extraArgs": ["--port=9000"]}}})
+    assert "--port=9000" in message
+    assert "operator manages" in message
 
     dep = emulator.get(DEPLOY, NS, "qwen")
     assert dep is not None
@@ -339,17 +346,9 @@ async def test_what_the_api_server_refuses_becomes_invalid_spec_and_what_runs_ke
     good = await eventually(lambda: emulator.get(DEPLOY, NS, "qwen"), what="the Deployment")
 
     bad = {"spec": {"scheduling": {"affinity": {"nodeAffinity": {"requiredDuringScheduling": "yes"}}}}}
-    await emulator.patch(QSVC, NS, "qwen", bad)
-    got = await eventually(
-        lambda: (s := emulator.get(QSVC, NS, "qwen")) and s.get("status", {}).get("phase") == "Invalid" and s,
-        what="phase Invalid",
-    )
-    invalid = condition(got, "InvalidSpec")
-    assert invalid is not None
-    assert invalid["status"] == "True"
-    assert "the API server refused the Deployment qwen" in invalid["message"]
-    assert "what already runs is unchanged" in invalid["message"]
-    await eventually(lambda: events(emulator, "qwen", "InvalidSpec"), what="an InvalidSpec event")
+    message = await made_invalid(emulator, bad)
+    assert "the API server refused the Deployment qwen" in message
+    assert "what already runs is unchanged" in message
     dep = emulator.get(DEPLOY, NS, "qwen")
     assert dep is not None
     assert dep["spec"]["template"] == good["spec"]["template"], "the running Deployment is left as it was"

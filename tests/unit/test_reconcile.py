@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
+
+import pytest
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from qwen_operator import reconcile, render
 from qwen_operator.kube import DEPLOYMENTS, QWENSERVICES, SERVICES, Resource
-from qwen_operator.validation import parse
+from qwen_operator.validation import Policy, parse
 
 NOW = "2026-11-21T12:00:00Z"
 
@@ -132,3 +136,68 @@ async def test_status_write_sends_only_changed_fields_so_the_scalers_survive(min
     assert "conditions" in patch["status"]
     assert "autoscaling" not in patch["status"]
     assert "lastScaleTime" not in patch["status"]
+
+
+class Refusing(FakeCluster):
+    """An API server that answers one resource with an error (an adapter fake): 403 on any call, any
+    other status on a create, with ``body`` as the Status it sends."""
+
+    def __init__(self, plural: str, status: int, body: str = "") -> None:
+        super().__init__()
+        self.plural, self.status, self.body = plural, status, body
+
+    def _refuse(self, res: Resource) -> None:
+        if res.plural == self.plural:
+            exc = ApiException(status=self.status, reason="Refused")
+            exc.body = self.body
+            raise exc
+
+    async def get(self, res: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.status == 403:
+            self._refuse(res)
+        return await super().get(res, namespace, name)
+
+    async def create(self, res: Resource, obj: Any) -> dict[str, Any]:
+        self._refuse(res)
+        return await super().create(res, obj)
+
+
+async def test_a_refused_create_becomes_invalid_spec_with_the_api_server_s_message(minimal):
+    message = 'Deployment.apps "qwen" is invalid: spec.template.spec.affinity: Invalid value'
+    cluster = Refusing("deployments", 422, json.dumps({"kind": "Status", "message": message}))
+    out = await reconcile.reconcile(cluster, minimal, NOW)  # no exception for kopf to retry
+    assert out.status is not None
+    assert out.status["phase"] == "Invalid"
+    (cond,) = [c for c in out.status["conditions"] if c["type"] == "InvalidSpec"]
+    assert cond["status"] == "True"
+    assert message in cond["message"]
+    assert [e.reason for e in out.events] == ["InvalidSpec"]
+
+
+async def test_other_api_errors_still_raise_for_a_retry(minimal):
+    with pytest.raises(ApiException):
+        await reconcile.reconcile(Refusing("deployments", 500), minimal, NOW)
+
+
+async def test_a_network_policy_the_rbac_forbids_is_a_problem_not_a_failure(minimal):
+    asked = copy.deepcopy(minimal)
+    asked["spec"]["networkPolicy"] = {"enabled": True}
+    cluster = Refusing("networkpolicies", 403)
+    out = await reconcile.reconcile(cluster, asked, NOW)
+    assert out.status is not None
+    assert ("create", "deployments") in cluster.writes, "the rest is still reconciled"
+    assert out.status["phase"] == "Degraded"
+    assert "NetworkPolicyForbidden" in [e.reason for e in out.events]
+    quiet = await reconcile.reconcile(Refusing("networkpolicies", 403), minimal, NOW)
+    assert "NetworkPolicyForbidden" not in [e.reason for e in quiet.events]
+
+
+async def test_hostpath_is_refused_without_the_admin_s_policy(minimal):
+    body = copy.deepcopy(minimal)
+    body["spec"]["model"] = {"name": "q", "source": {"hostPath": {"path": "/models"}}}
+    cluster = FakeCluster()
+    out = await reconcile.reconcile(cluster, body, NOW)
+    assert cluster.writes == [("status", "qwenservices")]
+    assert "QWEN_OPERATOR_ALLOW_HOST_PATH" in out.events[0].message
+    allowed = await reconcile.reconcile(FakeCluster(), body, NOW, Policy(allow_host_path=True))
+    assert [e.reason for e in allowed.events] == ["Created", "Created"]
