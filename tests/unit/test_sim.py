@@ -160,36 +160,76 @@ def test_hpa_scale_down_happens_after_the_stabilization_window() -> None:
     assert hpa.desired(view(315, 4, [4, 4, 4, 4])) == 1
 
 
-def test_keda_polls_every_30_seconds_and_uses_the_total() -> None:
+def test_keda_queries_every_sync_and_uses_the_total() -> None:
     keda = policies.KEDA(1, 10, target=16)
     assert keda.desired(view(0, 2, [32, 32])) == 4, "ceil(64 / 16)"
-    assert keda.desired(view(15, 4, [80, 80])) == 4, "the value is 15 s old: no new poll yet"
-    assert keda.desired(view(30, 4, [40, 40, 40, 40])) == 8, "ceil(160 / 16) = 10, HPA's step limit 8"
+    assert keda.desired(view(15, 4, [80, 80, 80, 80])) == 8, "a fresh query: ceil(320/16) = 20, limit 8"
 
 
-def test_kpa_panics_at_twice_the_capacity_and_does_not_scale_down_while_panicking() -> None:
+def test_kpa_reads_per_second_concurrency_at_70_percent_of_its_target() -> None:
+    kpa = policies.KPA(1, 20, target=10)
+    for t in range(1, 11):
+        kpa.observe_second(float(t), 70.0)
+    # TargetValue 10 x 0.7 = 7: 70 in flight asks for 10 pods; 10 >= 2 x 1 ready is a panic.
+    assert kpa.desired(view(10, 1, [70])) == 10
+    for t in range(11, 100):
+        kpa.observe_second(float(t), 7.0)
+    assert kpa.desired(view(30, 10, [1] * 10)) == 10, "no scale-down while panicking"
+    assert kpa.desired(view(100, 10, [1] * 10)) == 5, "after the panic: at most half the ready pods"
+
+
+def test_kpa_starts_in_panic_holding_its_ready_pods() -> None:
     kpa = policies.KPA(1, 10, target=10)
-    assert kpa.desired(view(0, 1, [10])) == 1
-    assert kpa.desired(view(2, 1, [50])) == 3, "panic: the 6 s window averages 30 -> 3 pods >= 2 x 1 ready"
-    assert kpa.desired(view(4, 3, [1, 1, 1])) == 3, "no scale-down while panicking"
-    assert kpa.desired(view(70, 6, [1] * 6)) == 3, "after the panic: at most half the ready pods per tick"
+    kpa.observe_second(1.0, 0.0)
+    assert kpa.desired(view(2, 4, [0, 0, 0, 0])) == 4, "a new autoscaler keeps the ready pods at first"
 
 
-def test_aibrix_limits_each_step_and_waits_before_scaling_down() -> None:
+def test_aibrix_averages_its_window_and_shrinks_after_cooldown_rules() -> None:
     apa = policies.APA(1, 10, target=10)
     assert apa.desired(view(0, 1, [50])) == 2, "at most 2x per step"
-    assert apa.desired(view(15, 2, [1, 1])) == 2, "no scale-down within 300 s of the last scaling"
-    assert apa.desired(view(330, 2, [1, 1])) == 1
+    assert apa.desired(view(10, 2, [5, 5])) == 4, "the 180 s window still averages (50 + 5) / 2 = 27.5"
+    for t in range(20, 400, 10):
+        apa.desired(view(t, 4, [1, 1, 1, 1]))
+    assert apa.desired(view(400, 4, [1, 1, 1, 1])) == 2, "the old load left the window: halve"
 
 
-def test_the_cloud_step_rule() -> None:
+def test_the_cloud_step_rule_needs_consecutive_datapoints() -> None:
     rule = policies.StepRule(1, 5, "gpu")
-    assert rule.desired(view(60, 2, [10, 10], busy=0.8)) == 3, "> 70% for a minute: +1"
-    assert rule.desired(view(120, 3, [1, 1, 1], busy=0.1)) == 3
-    assert rule.desired(view(180, 3, [1, 1, 1], busy=0.1)) == 3
-    assert rule.desired(view(240, 3, [1, 1, 1], busy=0.1)) == 2, "< 30% for three minutes: -1"
-    kv = policies.StepRule(1, 5, "kv")
+    assert rule.desired(view(60, 2, [10, 10], busy=0.8)) == 2
+    assert rule.desired(view(120, 2, [10, 10], busy=0.8)) == 2
+    assert rule.desired(view(180, 2, [10, 10], busy=0.8)) == 3, "3 one-minute points > 70%: +1"
+    for minute in range(4, 18):
+        assert rule.desired(view(60 * minute, 3, [1, 1, 1], busy=0.1)) == 3
+    assert rule.desired(view(60 * 18, 3, [1, 1, 1], busy=0.1)) == 2, "15 points < 30%: -1"
+    kv = policies.StepRule(1, 5, "kv", out_points=1)
     assert kv.desired(view(60, 1, [200], busy=0.0)) == 2, "running / max_num_seqs = 0.78"
+
+
+def test_every_policy_may_set_pod_deletion_cost() -> None:
+    """Any of them could run with this operator's scale-down ordering; none is handicapped by it."""
+    for name in policies.POLICIES:
+        assert policies.make(name, 1, 5).deletion_cost, name
+
+
+def test_no_policy_drops_below_its_starting_pods_in_the_first_300_s_of_steady_load() -> None:
+    """Each peer's own start-up rule (HPA/KEDA: the initial recommendation; KPA: starting in panic;
+    ours: a cold window; APA: its window of warm samples) keeps a warm fleet serving a steady load it
+    needs. The fleet starts as a running service does: its engines served the trace's first minutes."""
+    rate, n = 7.5, 4500  # 10 minutes of 500 + 200-token requests: ~60 in flight, 3 replicas' worth
+    t = trace.Trace("steady", tuple(i / rate for i in range(n)), (500,) * n, (200,) * n, True)
+    for name in policies.POLICIES:
+        result = simulate(t, policies.make(name, 1, 5), replace(small(), start_replicas=3))
+        early = [to for at, _, to in result.actions if at <= 300]
+        assert all(to >= 3 for to in early), (name, result.actions)
+
+
+def test_policies_meet_the_same_cold_starts_in_the_same_launch_order() -> None:
+    t = trace.load(SLICE)
+    fast, slow = policies.Static(4, interval=10.0), policies.Static(5, interval=10.0)
+    a = simulate(t, fast, small(7))
+    b = simulate(t, slow, small(7))
+    cold = [p.ready_at - p.created for p in a.pods if p.created > 0]
+    assert cold == [p.ready_at - p.created for p in b.pods if p.created > 0][: len(cold)]
 
 
 def test_ours_is_the_real_decide() -> None:

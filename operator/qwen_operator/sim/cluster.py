@@ -99,6 +99,9 @@ class Settings:
     timeout: float = 120.0
     seed: int = 0
     tail: float = 180.0  # keep simulating (and billing) this long after the last arrival
+    # The start pods have served the trace's first minutes before t = 0 (neither scored nor billed), so
+    # a run starts as a running service does: engines busy, only the controller new.
+    warmup: float = 120.0
 
 
 class Cluster:
@@ -106,7 +109,13 @@ class Cluster:
 
     def __init__(self, trace: Trace, policy: Policy, settings: Settings) -> None:
         self.trace, self.policy, self.s = trace, policy, settings
-        self.rng = random.Random(settings.seed)
+        # Common random numbers: one stream per source of chance, so that every policy run on the same
+        # seed meets the same cold start at the same launch index, the same scrape offsets in the order
+        # pods are made, and its own routing draws apart from both.
+        self.cold_rng = random.Random(f"{settings.seed}:cold-start")
+        self.scrape_rng = random.Random(f"{settings.seed}:scrape-offset")
+        self.route_rng = random.Random(f"{settings.seed}:routing")
+        self._observe = getattr(policy, "observe_second", None)
         self.pods: list[Pod] = []
         self.live: list[Pod] = []
         self.replicas = settings.start_replicas
@@ -121,21 +130,41 @@ class Cluster:
         self.second = 0
         for _ in range(settings.start_replicas):
             self._create(0.0, warm=True)
+        self._warm_up()
 
     # ------------------------------------------------------------------------------ pods
 
     def _create(self, now: float, warm: bool = False) -> None:
         self._n += 1
-        ready_at = now if warm else now + self.s.cold_start.sample(self.rng)
+        ready_at = now if warm else now + self.s.cold_start.sample(self.cold_rng)
         pod = Pod(
             f"pod-{self._n}",
             now,
             ready_at,
             Engine(self.s.gpu, now),
-            self.rng.randrange(self.s.scrape_interval),
+            self.scrape_rng.randrange(self.s.scrape_interval),
         )
         self.pods.append(pod)
         self.live.append(pod)
+
+    def _warm_up(self) -> None:
+        """Replay the first ``warmup`` seconds of the trace on the start pods, shifted before t = 0."""
+        warmup = min(self.s.warmup, self.trace.duration if len(self.trace) else 0.0)
+        if warmup <= 0 or not self.live:
+            return
+        rng = random.Random(f"{self.s.seed}:warm-up")
+        for pod in self.live:
+            pod.engine = Engine(self.s.gpu, -warmup)
+        for i, (at, prompt, output) in enumerate(self._rows):
+            if at >= warmup:
+                break
+            t = at - warmup
+            pod = rng.choice(self.live)
+            pod.engine.advance(t)
+            pod.engine.add(Request(-1 - i, t, prompt, output, t + self.s.timeout))
+        for pod in self.live:
+            pod.engine.advance(0.0)
+            pod.busy_mark = pod.engine.busy_seconds  # the first scrape measures from t = 0
 
     def _victims(self, now: float, count: int) -> list[Pod]:
         """Which pods a ReplicaSet removes: unready ones first; then, with pod-deletion-cost, the idlest
@@ -184,7 +213,7 @@ class Cluster:
                 p.engine.advance(req.arrival)
             pod = min(ready, key=lambda p: (p.engine.num_running + p.engine.num_waiting, p.name))
         else:
-            pod = self.rng.choice(ready)
+            pod = self.route_rng.choice(ready)
             pod.engine.advance(req.arrival)
         pod.engine.add(req)
 
@@ -234,6 +263,11 @@ class Cluster:
         self._lifecycle(t1)
         self._flush_gateway(t1)
         self._scrape(self.second)
+        if self._observe is not None:  # what the activator and queue-proxies report each second
+            ready = self._ready_pods(t1)
+            self._observe(
+                t1, sum(p.engine.num_running + p.engine.num_waiting for p in ready) + len(self.gateway)
+            )
         if self.second % max(1, round(self.policy.interval)) == 0:
             self._evaluate(t1)
         if self.second % self.timeline_every == 0:

@@ -7,7 +7,6 @@ replica count; it returns the replicas it asks for. ``ours`` is the operator's r
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from qwen_operator import api, scaling
+from qwen_operator.sim import peers
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -70,7 +70,11 @@ class Static:
 
 @dataclass
 class StepRule:
-    """The rule cloud platforms offer: utilisation > 70% for 1 min -> +1, < 30% for 3 min -> -1.
+    """A cloud provider's alarm-driven rule, as AWS Application Auto Scaling's target tracking sets up its
+    CloudWatch alarms (docs.aws.amazon.com/autoscaling/application/userguide/
+    application-auto-scaling-target-tracking.html): scale out when the metric is above the high mark
+    for 3 consecutive one-minute datapoints, scale in when it is below the low mark for 15; here one
+    replica per step (a step scaling adjustment of +1 / -1).
 
     Utilisation proxies: ``gpu`` (GPU busy fraction, as DCGM reports it) or ``kv``
     (max(KV usage, running / max_num_seqs)), averaged over the ready pods.
@@ -81,10 +85,12 @@ class StepRule:
     proxy: str = "gpu"
     high: float = 0.7
     low: float = 0.3
+    out_points: int = 3
+    in_points: int = 15
     interval: float = 60.0
-    deletion_cost: bool = False
+    deletion_cost: bool = True
     name: str = ""
-    _history: deque[float] = field(default_factory=lambda: deque(maxlen=3))
+    _history: deque[float] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
         self.name = self.name or ("step" if self.proxy == "gpu" else "step-kv")
@@ -95,12 +101,16 @@ class StepRule:
     def desired(self, view: View) -> int:
         samples = view.fresh()
         if not samples:
+            self._history.clear()  # a missing datapoint breaks the run of consecutive ones
             return view.replicas
         self._history.append(sum(self.utilisation(s, view.max_num_seqs) for s in samples) / len(samples))
-        if self._history[-1] > self.high:
-            self._history.clear()  # the alarm fired; it re-arms on fresh data
+        while len(self._history) > max(self.out_points, self.in_points):
+            self._history.popleft()
+        recent = list(self._history)
+        if len(recent) >= self.out_points and min(recent[-self.out_points :]) > self.high:
+            self._history.clear()  # the alarm fired; it re-arms on fresh datapoints
             return _clamp(view.replicas + 1, self.min_replicas, self.max_replicas)
-        if len(self._history) == 3 and max(self._history) < self.low:
+        if len(recent) >= self.in_points and max(recent[-self.in_points :]) < self.low:
             self._history.clear()
             return _clamp(view.replicas - 1, self.min_replicas, self.max_replicas)
         return view.replicas
@@ -112,12 +122,10 @@ def _concurrency(s: Sample, metric: str) -> float:
 
 @dataclass
 class HPA:
-    """Kubernetes HPA v2 on a Pods metric (AverageValue): the replica calculator with its defaults.
-
-    15 s sync, 10% tolerance, unready pods count as 0 on scale-up and missing metrics as the target on
-    scale-down, scale-up at most max(100%, 4 pods) per 15 s, scale-down to the highest recommendation of
-    the last 300 s.
-    """
+    """Kubernetes HPA v2 on a Pods metric (AverageValue), with its defaults: 15 s sync, 10% tolerance,
+    the replica calculator for Pods metrics (peers.hpa_pods_metric_replicas: starting pods report no
+    metric yet and count as missing), the initial recommendation and the default behavior
+    (peers.HPABehavior)."""
 
     min_replicas: int
     max_replicas: int
@@ -126,147 +134,117 @@ class HPA:
     interval: float = 15.0
     tolerance: float = 0.1
     stabilization: float = 300.0
-    deletion_cost: bool = False
+    deletion_cost: bool = True
     name: str = ""
-    _recommendations: deque[tuple[float, int]] = field(default_factory=deque)
+    _behavior: peers.HPABehavior | None = None
 
     def __post_init__(self) -> None:
         self.name = self.name or ("hpa" if self.metric == "concurrency" else "hpa-waiting")
 
     def recommend(self, view: View) -> int:
-        current = view.replicas
-        values = {p: _concurrency(view.samples[p], self.metric) for p in view.ready if p in view.samples}
-        if not values:
-            return current
-        ratio = sum(values.values()) / len(values) / self.target
-        missing = [p for p in view.ready if p not in values]
-        unready = max(0, current - len(view.ready))
-        if not missing and not unready:
-            return current if abs(ratio - 1) <= self.tolerance else math.ceil(ratio * len(values))
-        if ratio > 1:  # scale-up: the pods without data count as idle
-            total, count = sum(values.values()), len(values) + len(missing) + unready
-        else:  # scale-down: missing metrics count as exactly at target
-            total, count = sum(values.values()) + self.target * len(missing), len(values) + len(missing)
-        new_ratio = total / count / self.target
-        if abs(new_ratio - 1) <= self.tolerance or (new_ratio > 1) != (ratio > 1):
-            return current
-        return math.ceil(new_ratio * count)
+        metrics = {p: _concurrency(view.samples[p], self.metric) for p in view.ready if p in view.samples}
+        missing = max(0, view.replicas - len(metrics))  # starting, or not scraped yet
+        return peers.hpa_pods_metric_replicas(view.replicas, metrics, missing, 0, self.target, self.tolerance)
 
     def desired(self, view: View) -> int:
-        return self.stabilize(view.now, view.replicas, self.recommend(view))
-
-    def stabilize(self, now: float, current: int, recommended: int) -> int:
-        self._recommendations.append((now, recommended))
-        while self._recommendations and self._recommendations[0][0] < now - self.stabilization:
-            self._recommendations.popleft()
-        desired = recommended
-        if desired < current:
-            desired = min(current, max(r for _, r in self._recommendations))
-        up_limit = max(2 * current, current + 4)
-        return _clamp(min(desired, up_limit), self.min_replicas, self.max_replicas)
+        if self._behavior is None:
+            self._behavior = peers.HPABehavior(self.min_replicas, self.max_replicas, self.stabilization)
+        return self._behavior.normalize(view.now, view.replicas, self.recommend(view))
 
 
 @dataclass
 class KEDA(HPA):
-    """KEDA's Prometheus scaler: the query (sum of running + waiting) is polled every 30 s and handed to
-    the HPA as an External metric with an AverageValue target (desired = ceil(total / target))."""
-
-    polling: float = 30.0
-    _cached: float | None = None
-    _polled_at: float = -math.inf
+    """KEDA's Prometheus scaler with minReplicaCount > 0: the HPA (same behavior) polls KEDA's metrics
+    adapter every sync, which runs the query (the sum of running + waiting over the pods) each time
+    (useCachedMetrics is off by default), as an External metric with an AverageValue target."""
 
     def __post_init__(self) -> None:
         self.name = self.name or "keda"
 
     def recommend(self, view: View) -> int:
-        if view.now - self._polled_at >= self.polling:
-            samples = view.fresh()
-            self._cached = sum(_concurrency(s, self.metric) for s in samples) if samples else None
-            self._polled_at = view.now
-        if self._cached is None:
-            return view.replicas
-        ratio = self._cached / (self.target * view.replicas)
-        if abs(ratio - 1) <= self.tolerance:
-            return view.replicas
-        return math.ceil(self._cached / self.target)
+        samples = view.fresh()
+        if not samples:
+            return view.replicas  # an empty query result: the HPA keeps the scale
+        total = sum(_concurrency(s, self.metric) for s in samples)
+        return peers.hpa_external_per_pod_replicas(view.replicas, total, self.target, self.tolerance)
 
 
 @dataclass
 class KPA:
-    """Knative's KPA: concurrency per pod over a 60 s stable and a 6 s panic window, 2 s ticks; panic when
-    the panic window asks for 200% of the ready pods; no scale-down while panicking (60 s); scale-down at
-    most to half the ready pods per tick."""
+    """Knative's KPA (peers.KPADecider), fed as the autoscaler is: the activator and queue-proxies report
+    requests in flight every second (``observe_second``), averaged over a 60 s stable and a 6 s panic
+    window, a decision every 2 s. The per-pod target is ``target`` x the target utilization (0.7 by
+    default); the decider starts in panic when more than one pod is ready."""
 
     min_replicas: int
     max_replicas: int
     target: float
+    utilization: float = 0.7
     interval: float = 2.0
     stable_window: float = 60.0
-    panic_window: float = 6.0
+    panic_window_percent: float = 10.0
     panic_threshold: float = 2.0
-    max_scale_down_rate: float = 2.0
-    deletion_cost: bool = False
+    scale_down_delay: float = 0.0
+    deletion_cost: bool = True
     name: str = "kpa"
-    _observed: deque[tuple[float, float]] = field(default_factory=deque)
-    _panic_until: float = -math.inf
-    _panic_desired: int = 0
+    _seconds: deque[tuple[float, float]] = field(default_factory=deque)
+    _decider: peers.KPADecider | None = None
+
+    def observe_second(self, now: float, concurrency: float) -> None:
+        self._seconds.append((now, concurrency))
+        while self._seconds[0][0] <= now - self.stable_window:
+            self._seconds.popleft()
 
     def desired(self, view: View) -> int:
-        samples = view.fresh()
-        if not samples:
-            return view.replicas
-        self._observed.append((view.now, sum(s.running + s.waiting for s in samples)))
-        while self._observed[0][0] <= view.now - self.stable_window:
-            self._observed.popleft()
-        stable = [c for _, c in self._observed]
-        panic = [c for t, c in self._observed if t > view.now - self.panic_window]
-        want_stable = math.ceil(sum(stable) / len(stable) / self.target)
-        want_panic = math.ceil(sum(panic) / len(panic) / self.target)
-        ready = max(1, len(view.ready))
-        if want_panic / ready >= self.panic_threshold:
-            self._panic_until = view.now + self.stable_window
-        if view.now < self._panic_until:
-            self._panic_desired = max(self._panic_desired, want_panic, view.replicas)
-            desired = self._panic_desired
-        else:
-            self._panic_desired = 0
-            desired = max(want_stable, math.floor(ready / self.max_scale_down_rate))
-        return _clamp(desired, self.min_replicas, self.max_replicas)
+        if self._decider is None:
+            self._decider = peers.KPADecider.starting(
+                len(view.ready),
+                view.now,
+                target=self.target * self.utilization,
+                panic_threshold=self.panic_threshold,
+                stable_window=self.stable_window,
+                scale_down_delay=self.scale_down_delay,
+            )
+        if not self._seconds:
+            return view.replicas  # no data yet: no decision
+        panic_window = self.stable_window * self.panic_window_percent / 100
+        stable = [c for _, c in self._seconds]
+        panic = [c for t, c in self._seconds if t > view.now - panic_window] or stable[-1:]
+        want = self._decider.scale(
+            view.now, len(view.ready), sum(stable) / len(stable), sum(panic) / len(panic)
+        )
+        return _clamp(want, self.min_replicas, self.max_replicas)
 
 
 @dataclass
 class APA:
-    """AIBrix's APA: mean concurrency per ready pod against the target, 10% tolerance, at most 2x up or
-    1/2 down per step, no scale-down within 300 s of the last scaling."""
+    """AIBrix's APA: the mean concurrency per pod over the 180 s stable window (sampled each 10 s
+    evaluation) against the target (peers.apa_replicas: 10% tolerances, at most 2x up or 1/2 down per
+    step), then the controller's cooldown windows (peers.APAStabilizer: none up, 300 s down)."""
 
     min_replicas: int
     max_replicas: int
     target: float
-    interval: float = 15.0
-    tolerance: float = 0.1
-    max_rate: float = 2.0
-    cooldown: float = 300.0
-    deletion_cost: bool = False
+    interval: float = 10.0
+    window: float = 180.0
+    deletion_cost: bool = True
     name: str = "aibrix"
-    _last_scale: float = -math.inf
+    _values: deque[tuple[float, float]] = field(default_factory=deque)
+    _stabilizer: peers.APAStabilizer = field(default_factory=peers.APAStabilizer)
 
     def desired(self, view: View) -> int:
         samples = view.fresh()
-        if not samples:
+        if samples:
+            self._values.append((view.now, sum(s.running + s.waiting for s in samples) / len(samples)))
+        while self._values and self._values[0][0] <= view.now - self.window:
+            self._values.popleft()
+        if not self._values:
             return view.replicas
-        ratio = sum(s.running + s.waiting for s in samples) / len(samples) / self.target
-        current = view.replicas
-        if abs(ratio - 1) <= self.tolerance:
-            return current
-        want = math.ceil(len(samples) * ratio)
-        want = min(want, math.ceil(current * self.max_rate))
-        want = max(want, math.floor(current / self.max_rate))
-        if want < current and view.now - self._last_scale < self.cooldown:
-            return current
-        want = _clamp(want, self.min_replicas, self.max_replicas)
-        if want != current:
-            self._last_scale = view.now
-        return want
+        use = sum(v for _, v in self._values) / len(self._values)
+        want = _clamp(
+            peers.apa_replicas(view.replicas, use, self.target), self.min_replicas, self.max_replicas
+        )
+        return self._stabilizer.stabilize(view.now, view.replicas, want)
 
 
 @dataclass
