@@ -70,6 +70,50 @@ def test_host_path_and_root_need_the_admin_s_consent() -> None:
     assert validation.parse(body, validation.Policy(allow_host_path=True, allow_root=True))
 
 
+def test_label_keys_the_crd_cannot_check_are_reported_by_the_operator() -> None:
+    """A map key's length cannot be bounded in a structural schema (a CEL rule over keys would blow the
+    CRD's cost budget), so bad nodeSelector keys are the operator's to report."""
+    for key in ("bad key!", "a/b/c", "x" * 64, "-x", ("a" * 63 + ".") * 4 + "/x"):
+        with pytest.raises(validation.InvalidSpec, match="is not a label key"):
+            validation.parse(_body(scheduling={"nodeSelector": {key: "v"}}))
+    assert validation.parse(_body(scheduling={"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"}}))
+
+
+def test_every_cel_rule_is_on_bounded_input() -> None:
+    """The API server refuses a CRD whose CEL rules may cost too much, costing each rule by the largest
+    input it may see: a rule on a string needs its maxLength, a rule inside a list (run once per item)
+    the list's maxItems, and no rule may read a map (its keys cannot be bounded)."""
+    from qwen_operator import crd
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        rules = node.get("x-kubernetes-validations", [])
+        if rules:
+            assert not isinstance(node.get("additionalProperties"), dict), f"{path}: a rule on a map"
+            if node.get("type") == "string":
+                assert "maxLength" in node, f"{path}: a rule on a string without maxLength"
+            if node.get("type") == "array":
+                assert "maxItems" in node, f"{path}: a rule on a list without maxItems"
+                assert "maxLength" in node["items"], f"{path}: a rule on a list of unbounded strings"
+        for name, prop in node.get("properties", {}).items():
+            walk(prop, f"{path}.{name}")
+        if "items" in node:
+            if _has_rules(node["items"]):
+                assert "maxItems" in node, f"{path}: rules inside a list without maxItems"
+            walk(node["items"], path + "[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            assert not _has_rules(node["additionalProperties"]), f"{path}: rules inside a map"
+
+    spec = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    walk(spec, "spec")
+
+
+def _has_rules(node: dict[str, Any]) -> bool:
+    return bool(node.get("x-kubernetes-validations")) or any(
+        _has_rules(child)
+        for child in [*node.get("properties", {}).values(), *([node["items"]] if "items" in node else [])]
+    )
+
+
 # ------------------------------------------------------------------------------- managed vLLM flags
 
 
