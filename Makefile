@@ -50,6 +50,9 @@ bench: $(STAMP) ## The autoscaling benchmark (15 scenarios x 12 policies x 5 see
 	$(PY) -m qwen_operator.sim.bench --traces bench/traces --out bench/results --docs docs/benchmark.md
 	$(PY) bench/operator_scale.py --services 10,1000 --interval 5
 
+bench-tune: $(STAMP) ## Tune every policy's knobs on the training split, equal budget (~30 min) -> bench/results/tuned.*
+	$(PY) -m qwen_operator.sim.tune --traces bench/traces --out bench/results
+
 bench-operator: $(STAMP) ## The operator at 10/100/1000 QwenServices (kmock + real Prometheus) -> bench/results/operator.*
 	$(PY) bench/operator_scale.py
 
@@ -106,4 +109,4 @@ lock: ## Re-resolve constraints.txt from pyproject.toml (after changing a pin)
 clean: ## Remove the virtual environments, caches and e2e artifacts
 	rm -rf $(VENV) $(VLLM_VENV) build/e2e .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-.PHONY: help install test lint format crds manifests image demo bench bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean
+.PHONY: help install test lint format crds manifests image demo bench bench-tune bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean

@@ -3,6 +3,7 @@ sequences, determinism, traces, and the CLI."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import replace
@@ -401,3 +402,77 @@ def test_simulate_rejects_a_bad_trace_and_policy(tmp_path: Path, capsys: pytest.
     assert "missing column" in capsys.readouterr().err
     assert cli.main(["simulate", "--trace", str(SLICE), "--policy", "magic", "--png", ""]) == 2
     assert "unknown policy" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ synthetic workloads
+
+
+def test_a_ramp_moves_its_rate_between_its_ends() -> None:
+    base = trace.load(SLICE)
+    r = trace.ramp(base, 0.5, 2.0, 3600, seed=1)
+    first = sum(1 for t in r.arrivals if t < 600) / 600
+    last = sum(1 for t in r.arrivals if t >= 3000) / 600
+    mean = trace.mean_rate(base)
+    assert first == pytest.approx(mean * 0.625, rel=0.15), "the first 10 minutes average 0.5..0.75 x"
+    assert last == pytest.approx(mean * 1.875, rel=0.15)
+    assert r.synthetic
+
+
+def test_a_flash_crowd_is_a_low_base_with_short_spikes_every_5_to_15_minutes() -> None:
+    base = trace.load(SLICE)
+    f = trace.flash_crowd(base, 3 * 3600, seed=3)
+    mean = trace.mean_rate(base)
+    per_minute = [0] * (3 * 60)
+    for t in f.arrivals:
+        per_minute[int(t // 60)] += 1
+    busy = [m for m, n in enumerate(per_minute) if n > 2 * mean * 60]
+    quiet = [n for n in per_minute if n < mean * 60]
+    assert len(quiet) > 0.7 * len(per_minute), "mostly the low base rate"
+    spikes = [m for i, m in enumerate(busy) if i == 0 or m - busy[i - 1] > 2]
+    gaps = [b - a for a, b in itertools.pairwise(spikes)]
+    assert 8 <= len(spikes) <= 40
+    assert all(4 <= g <= 18 for g in gaps), gaps
+    assert max(per_minute) > 3 * mean * 60, "a spike is several times a normal minute"
+
+
+def test_long_prompts_are_4k_to_30k_tokens_at_the_base_prompt_token_rate() -> None:
+    base = trace.load(SLICE)
+    long = trace.long_prompts(base, 3600, seed=2)
+    assert min(long.prompts) >= 4000
+    assert max(long.prompts) <= 30000
+    assert sorted(long.prompts)[len(long) // 2] > 8000
+    tokens_per_s = sum(long.prompts) / 3600
+    base_tokens_per_s = sum(base.prompts) / base.duration
+    assert tokens_per_s == pytest.approx(base_tokens_per_s, rel=0.15)
+
+
+# ------------------------------------------------------------------------------ tuning
+
+
+def test_every_policy_gets_the_same_tuning_budget_and_each_configuration_builds() -> None:
+    from qwen_operator.sim import tune
+
+    assert set(tune.SPACES) == set(policies.POLICIES)
+    assert {len(space) for space in tune.SPACES.values()} == {12}
+    for name, space in tune.SPACES.items():
+        for config in space:
+            assert tune.configured(name, 1, 5, config).name == name
+
+
+def test_tuning_picks_the_cheapest_configuration_that_meets_the_slo_on_every_training_trace() -> None:
+    from qwen_operator.sim import tune
+
+    def run(index: int, slo: tuple[float, float], gpu_h: tuple[float, float]) -> dict[str, object]:
+        scores = {n: {"slo_attainment": s, "gpu_hours": g} for n, s, g in zip("ab", slo, gpu_h, strict=True)}
+        return {"gpu": "a10g", "policy": "hpa", "index": index, "seed": 0, "scores": scores}
+
+    runs = [
+        run(0, (0.999, 0.995), (3.0, 3.0)),  # meets both, 6 GPU-h
+        run(1, (0.999, 0.98), (2.0, 2.0)),  # cheaper, but misses on one trace
+        run(2, (0.992, 0.991), (2.5, 2.6)),  # meets both, 5.1 GPU-h: chosen
+    ]
+    chosen = tune.select(runs)["a10g"]["hpa"]
+    assert chosen["chosen"] == tune.SPACES["hpa"][2]
+    assert chosen["met_slo_in_training"]
+    nothing = tune.select([run(0, (0.9, 0.95), (1, 1)), run(1, (0.97, 0.96), (2, 2))])["a10g"]["hpa"]
+    assert (nothing["chosen"], nothing["met_slo_in_training"]) == (tune.SPACES["hpa"][1], False)

@@ -6,7 +6,7 @@ import csv
 import hashlib
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -99,22 +99,106 @@ def sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def diurnal(base: Trace, peak_to_trough: float, duration: float, seed: int) -> Trace:
-    """Synthetic: a day-shaped arrival rate (one cosine period over ``duration``) whose mean is the base
-    trace's and whose peak is ``peak_to_trough`` times its trough; request sizes resampled from ``base``."""
+def _poisson(
+    name: str,
+    rate: Callable[[float], float],
+    peak: float,
+    duration: float,
+    size: Callable[[random.Random], tuple[int, int]],
+    seed: int,
+) -> Trace:
+    """A synthetic trace: a Poisson process of ``rate(t)`` requests/s (at most ``peak``), by thinning,
+    with request sizes drawn by ``size``."""
     rng = random.Random(seed)
-    mean = len(base) / base.duration
-    amplitude = (peak_to_trough - 1) / (peak_to_trough + 1)
-    peak = mean * (1 + amplitude)
-    sizes = list(zip(base.prompts, base.outputs, strict=True))
     rows: list[tuple[float, int, int]] = []
     t = 0.0
-    while True:  # thinning of a Poisson process at the peak rate
+    while True:
         t += rng.expovariate(peak)
         if t >= duration:
             break
-        rate = mean * (1 - amplitude * math.cos(2 * math.pi * t / duration))
-        if rng.random() < rate / peak:
-            prompt, output = rng.choice(sizes)
+        if rng.random() < rate(t) / peak:
+            prompt, output = size(rng)
             rows.append((t, prompt, output))
-    return _from_rows(f"{base.name}-diurnal{peak_to_trough:g}x", rows, True)
+    return _from_rows(name, rows, True)
+
+
+def _resampled(base: Trace) -> Callable[[random.Random], tuple[int, int]]:
+    sizes = list(zip(base.prompts, base.outputs, strict=True))
+    return lambda rng: rng.choice(sizes)
+
+
+def mean_rate(base: Trace) -> float:
+    return len(base) / base.duration
+
+
+def diurnal(base: Trace, peak_to_trough: float, duration: float, seed: int) -> Trace:
+    """Synthetic: a day-shaped arrival rate (one cosine period over ``duration``) whose mean is the base
+    trace's and whose peak is ``peak_to_trough`` times its trough; request sizes resampled from ``base``."""
+    mean = mean_rate(base)
+    amplitude = (peak_to_trough - 1) / (peak_to_trough + 1)
+
+    def rate(t: float) -> float:
+        return mean * (1 - amplitude * math.cos(2 * math.pi * t / duration))
+
+    name = f"{base.name}-diurnal{peak_to_trough:g}x"
+    return _poisson(name, rate, mean * (1 + amplitude), duration, _resampled(base), seed)
+
+
+def ramp(base: Trace, start: float, end: float, duration: float, seed: int) -> Trace:
+    """Synthetic: the arrival rate moves linearly from ``start`` to ``end`` times the base trace's mean
+    over ``duration``; sizes resampled from ``base``."""
+    mean = mean_rate(base)
+
+    def rate(t: float) -> float:
+        return mean * (start + (end - start) * t / duration)
+
+    return _poisson(
+        f"{base.name}-ramp{start:g}-{end:g}x", rate, mean * max(start, end), duration, _resampled(base), seed
+    )
+
+
+def flash_crowd(
+    base: Trace,
+    duration: float,
+    seed: int,
+    base_level: float = 0.3,
+    spike: float = 4.0,
+    spike_seconds: tuple[float, float] = (45.0, 120.0),
+    gap_seconds: tuple[float, float] = (300.0, 900.0),
+) -> Trace:
+    """Synthetic: a low rate (``base_level`` x the base trace's mean) with short spikes of ``spike`` x
+    the mean, each lasting a draw from ``spike_seconds`` (shorter than a cold start), one every draw
+    from ``gap_seconds`` (5-15 minutes); sizes resampled from ``base``."""
+    mean = mean_rate(base)
+    rng = random.Random(f"{seed}:spikes")
+    spikes: list[tuple[float, float]] = []
+    t = rng.uniform(*gap_seconds) / 2
+    while t < duration:
+        length = rng.uniform(*spike_seconds)
+        spikes.append((t, t + length))
+        t += length + rng.uniform(*gap_seconds)
+
+    def rate(now: float) -> float:
+        return mean * (spike if any(a <= now < b for a, b in spikes) else base_level)
+
+    return _poisson(
+        f"{base.name}-flash{spike:g}x", rate, mean * max(spike, base_level), duration, _resampled(base), seed
+    )
+
+
+def long_prompts(
+    base: Trace, duration: float, seed: int, prompts: tuple[int, int] = (4000, 30000), load: float = 1.0
+) -> Trace:
+    """Synthetic RAG/agent-like traffic: prompts log-uniform in ``prompts`` tokens, outputs resampled
+    from ``base``; the rate keeps ``load`` x the base trace's prompt tokens per second (so far fewer,
+    far longer requests)."""
+    mean_prompt = sum(base.prompts) / len(base)
+    lo, hi = prompts
+    mean_long = (hi - lo) / math.log(hi / lo)  # the mean of a log-uniform draw
+    rate = load * mean_rate(base) * mean_prompt / mean_long
+    outputs = list(base.outputs)
+
+    def size(rng: random.Random) -> tuple[int, int]:
+        return round(math.exp(rng.uniform(math.log(lo), math.log(hi)))), rng.choice(outputs)
+
+    return _poisson(f"{base.name}-longprompt", lambda _: rate, rate, duration, size, seed)
