@@ -163,7 +163,8 @@ def markdown(tuned: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         "# Tuned settings (`make bench-tune`)",
         "",
         f"Training split: {', '.join(meta['training'])}; {meta['seeds']} seeds; "
-        f"{meta['budget']} configurations per policy; {meta['wall_seconds']:.0f} s on {meta['workers']} workers.",
+        f"{meta['budget']} configurations per policy; "
+        f"{meta['wall_seconds']:.0f} s on {meta['workers']} workers.",
         "",
         "| GPU | policy | chosen | met the SLO in training | training GPU-h (sum) | worst training SLO |",
         "|---|---|---|---|---|---|",
