@@ -35,7 +35,9 @@ def set_condition(
     now: str,
     generation: int | None,
 ) -> list[api.Condition]:
-    """Replace one condition, keeping its lastTransitionTime unless its status flips."""
+    """Replace one condition in place (a new one goes last), keeping its lastTransitionTime unless its
+    status flips, as apimachinery's SetStatusCondition does: the reconcile and the scaler each set their
+    own conditions, and a reordered list would make each rewrite the status when nothing changed."""
     value: Any = "True" if status else "False"
     old = next((c for c in conditions if c.type == type_), None)
     since = old.last_transition_time if old is not None and old.status == value else now
@@ -47,7 +49,9 @@ def set_condition(
         last_transition_time=since,
         observed_generation=generation,
     )
-    return [c for c in conditions if c.type != type_] + [new]
+    if old is None:
+        return [*conditions, new]
+    return [new if c.type == type_ else c for c in conditions]
 
 
 def _deployment_condition(deployment: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:

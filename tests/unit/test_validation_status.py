@@ -145,3 +145,18 @@ def test_invalid_status_keeps_what_runs(minimal):
     assert cond(got, "InvalidSpec").message == "spec.engine.extraArgs: bad"
     assert got.ready_replicas == 2
     assert got.observed_generation == 3
+
+
+def test_conditions_keep_their_order_so_an_unchanged_status_is_not_rewritten(minimal):
+    """The reconcile sets its conditions, the scaler its own after them; neither may reorder the other's
+    (each would then write the status on every pass with nothing changed)."""
+    svc = parse({**minimal, "spec": {**minimal["spec"], "autoscaling": {"enabled": True}}})
+    first = status.compute_status(svc, deployment(2, 2), NOW)
+    scaler = [
+        *first.conditions,
+        *(api.Condition(type=t, status="True", reason="Ok") for t in status.SCALING_CONDITIONS),
+    ]
+    current = first.model_copy(update={"conditions": scaler})
+    again = status.compute_status(svc.model_copy(update={"status": current}), deployment(2, 2), LATER)
+    assert [c.type for c in again.conditions] == [c.type for c in scaler]
+    assert status.status_patch(again) == status.status_patch(current)
