@@ -128,33 +128,31 @@ class Cluster:
         self._next = 0  # the next arrival
         self._arrivals = 0  # arrivals since the last timeline point
         self.second = 0
+        warmup = min(settings.warmup, trace.duration if len(trace) else 0.0)
         for _ in range(settings.start_replicas):
-            self._create(0.0, warm=True)
-        self._warm_up()
+            self._create(0.0, warm=True, engine_since=-warmup)
+        self._warm_up(warmup)
 
     # ------------------------------------------------------------------------------ pods
 
-    def _create(self, now: float, warm: bool = False) -> None:
+    def _create(self, now: float, warm: bool = False, engine_since: float | None = None) -> None:
         self._n += 1
         ready_at = now if warm else now + self.s.cold_start.sample(self.cold_rng)
         pod = Pod(
             f"pod-{self._n}",
             now,
             ready_at,
-            Engine(self.s.gpu, now),
+            Engine(self.s.gpu, now if engine_since is None else engine_since),
             self.scrape_rng.randrange(self.s.scrape_interval),
         )
         self.pods.append(pod)
         self.live.append(pod)
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, warmup: float) -> None:
         """Replay the first ``warmup`` seconds of the trace on the start pods, shifted before t = 0."""
-        warmup = min(self.s.warmup, self.trace.duration if len(self.trace) else 0.0)
         if warmup <= 0 or not self.live:
             return
         rng = random.Random(f"{self.s.seed}:warm-up")
-        for pod in self.live:
-            pod.engine = Engine(self.s.gpu, -warmup)
         for i, (at, prompt, output) in enumerate(self._rows):
             if at >= warmup:
                 break
