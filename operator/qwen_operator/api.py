@@ -64,19 +64,15 @@ MANAGED_ENV = ("VLLM_API_KEY", "HF_TOKEN", "HF_HOME", "HOME", "USER", "VLLM_NO_U
 # nothing admitted fails at create time. Kubernetes 1.30 is the oldest supported version: its CEL has
 # the quantity library (1.29+) but not the format library (1.32+), so names are checked with the same
 # patterns apimachinery's validation uses.
+_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"  # a qualified name's name part, <= 63
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS_SUBDOMAIN_PATTERN = f"^{_SUBDOMAIN}$"
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
-# A qualified name (label key): an optional DNS-subdomain prefix and '/', then a name of <= 63 characters.
-QUALIFIED_NAME_PATTERN = (
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
-)
+# A qualified name (label key): an optional DNS-subdomain prefix and '/', then a name.
+QUALIFIED_NAME_PATTERN = f"^({_SUBDOMAIN}/)?{_NAME}$"
 # An extended resource name: a qualified name with a domain, outside kubernetes.io.
-EXTENDED_RESOURCE_PATTERN = (
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/"
-    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
-)
+EXTENDED_RESOURCE_PATTERN = f"^{_SUBDOMAIN}/{_NAME}$"
 CONFIG_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"  # a key in a Secret or ConfigMap
 NO_BACKSTEPS_RULE = "!self.matches('(^|/)[.][.](/|$)')"
 # apimachinery's resource.Quantity grammar, without a sign (requests, limits and sizes are >= 0).

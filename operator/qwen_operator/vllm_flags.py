@@ -10,7 +10,7 @@ builds the same test as one regular expression for the CRD's CEL rule.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
 
 from qwen_operator.vllm_options import OPTIONS
 
@@ -18,10 +18,15 @@ ALL_OPTIONS = frozenset(s for strings in OPTIONS.values() for s in strings)
 ALWAYS_REFUSED = ("config",)  # --config FILE could set any managed flag
 
 
-def _strings(dests: Iterable[str]) -> set[str]:
-    return {
-        s for dest in (*dests, *ALWAYS_REFUSED) for s in OPTIONS.get(dest, (f"--{dest.replace('_', '-')}",))
-    }
+def _spellings(dest: str) -> tuple[str, ...]:
+    return OPTIONS.get(dest, (f"--{dest.replace('_', '-')}",))
+
+
+@functools.cache
+def _managed(dests: tuple[str, ...]) -> tuple[str, ...]:
+    """Every option string of ``dests`` and --config, sorted (computed once per set of dests: the
+    operator checks extraArgs on every parse)."""
+    return tuple(sorted({s for dest in (*dests, *ALWAYS_REFUSED) for s in _spellings(dest)}))
 
 
 def _name(arg: str) -> str:
@@ -32,11 +37,11 @@ def _name(arg: str) -> str:
     return name
 
 
-def managed_option(arg: str, dests: Iterable[str]) -> str | None:
+def managed_option(arg: str, dests: tuple[str, ...]) -> str | None:
     """The managed option ``arg`` would set, if any (``dests`` are vLLM option dests)."""
     if not arg.startswith("-") or arg == "-" or arg == "--":
         return None
-    managed = _strings(dests)
+    managed = _managed(dests)
     name = _name(arg)
     if name in managed:
         return name
@@ -44,7 +49,7 @@ def managed_option(arg: str, dests: Iterable[str]) -> str | None:
         return None  # an exact match of another option wins over any abbreviation
     if not name.startswith("--") and name[:2] in managed:
         return name[:2]  # a one-letter alias with its value attached (-qawq)
-    return next((m for m in sorted(managed) if m.startswith(name) and m[:2] == name[:2]), None)
+    return next((m for m in managed if m.startswith(name) and m[:2] == name[:2]), None)
 
 
 def _alternatives(words: list[str]) -> str:
@@ -61,10 +66,10 @@ def _alternatives(words: list[str]) -> str:
     return parts[0] if len(parts) == 1 else "|".join(parts)
 
 
-def managed_pattern(dests: Iterable[str]) -> str:
+def managed_pattern(dests: tuple[str, ...]) -> str:
     """One RE2 pattern (no backslashes, so it can sit in a CEL string) that matches every extraArgs item
     :func:`managed_option` refuses."""
-    managed = _strings(dests)
+    managed = set(_managed(dests))
     clash = sorted(o for o in ALL_OPTIONS - managed if any(m.startswith(o) for m in managed))
     if clash:  # the trie would refuse another option's exact name: list them in the generator first
         raise ValueError(f"options that are prefixes of managed ones: {clash}")
@@ -78,6 +83,6 @@ def managed_pattern(dests: Iterable[str]) -> str:
     return "|".join(parts)
 
 
-def canonical(dests: Iterable[str]) -> list[str]:
+def canonical(dests: tuple[str, ...]) -> list[str]:
     """The long spelling of each managed option (for messages)."""
-    return sorted({OPTIONS.get(d, (f"--{d.replace('_', '-')}",))[0] for d in (*dests, *ALWAYS_REFUSED)})
+    return sorted({_spellings(d)[0] for d in (*dests, *ALWAYS_REFUSED)})
