@@ -90,9 +90,12 @@ def qwen_service(model: Path) -> dict[str, Any]:
     }
 
 
-def _leftovers() -> dict[str, set[str]]:
-    """What is in the places vLLM leaves things (ZMQ sockets, caches, shared memory)."""
-    places = {"tmp": Path(tempfile.gettempdir()), "cache": Path.home() / ".cache", "shm": Path("/dev/shm")}
+def _leftovers(own_tmp: Path) -> dict[str, set[str]]:
+    """What is in the places our processes leave things (temporary files, caches, shared memory).
+
+    Temporary files are checked in the test's own TMPDIR, which every process it starts gets (the
+    pods their own /tmp inside their folders), not in the machine's /tmp that others share."""
+    places = {"tmp": own_tmp, "cache": Path.home() / ".cache", "shm": Path("/dev/shm")}
     return {k: {p.name for p in v.iterdir()} if v.is_dir() else set() for k, v in places.items()}
 
 
@@ -198,6 +201,8 @@ class Scenario:
         self.vllm_python, self.model, self.artifacts, self.tmp = vllm_python, model, artifacts, tmp_path
         # The pods' folders: short paths, since vLLM's ZMQ sockets live in their /tmp (107 characters).
         self.node = Path(tempfile.mkdtemp(prefix="qwen-e2e-"))
+        # TMPDIR of every process the test starts but the pods (theirs is in their own folder).
+        self.own_tmp = Path(tempfile.mkdtemp(prefix="qwen-e2e-tmp-"))
         self.endpoints = tmp_path / "endpoints.txt"
         self.endpoints.write_text("")
         (tmp_path / "prometheus").mkdir()
@@ -246,6 +251,7 @@ class Scenario:
         op_metrics = free_port()
         env = {
             **os.environ,
+            "TMPDIR": str(self.own_tmp),
             "KUBECONFIG": str(config),
             "QWEN_OPERATOR_METRICS_SOURCE": "prometheus",
             "QWEN_OPERATOR_PROMETHEUS_URL": self.prom.url,
@@ -289,7 +295,7 @@ class Scenario:
                 "--records", str(self.artifacts / "records.jsonl"),
                 "--summary-json", str(self.artifacts / "summary.json"),
                 "--stop-timeout", "60", "--run-time", "420s",
-                stdout=log, stderr=log,
+                stdout=log, stderr=log, env={**os.environ, "TMPDIR": str(self.own_tmp)},
                 # A load generator runs off the cluster: here it yields the CPU to the servers and
                 # the operator first.
                 preexec_fn=lambda: os.nice(5),
@@ -377,12 +383,14 @@ def concurrency_at(records: list[dict[str, Any]], t: float) -> int:
 async def test_operator_scales_real_vllm_under_load(
     vllm_python: str, tiny_model: Path, artifacts: Path, tmp_path: Path
 ) -> None:
-    before = _leftovers()
     run = Scenario(vllm_python, tiny_model, artifacts, tmp_path)
+    before = _leftovers(run.own_tmp)
     try:
         await run.run()
+        after = _leftovers(run.own_tmp)
     finally:
         run.write_timeline()
+        shutil.rmtree(run.own_tmp, ignore_errors=True)
     assert run.agent is not None
     assert run.sampler is not None
     rows, timeline, records, marks = run.sampler.rows, run.agent.timeline, run.records(), run.marks
@@ -469,7 +477,6 @@ async def test_operator_scales_real_vllm_under_load(
 
     # Nothing left behind: processes, sockets and files outside the test's own folder.
     assert all(p.process.poll() is not None for p in run.agent.pods.values())
-    after = _leftovers()
     for place in before:
         leaked = after[place] - before[place]
         assert not leaked, f"left behind in {place}: {sorted(leaked)[:10]}"

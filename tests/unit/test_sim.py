@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from qwen_operator import api, cli
 from qwen_operator.sim import oracle, policies, run, score, trace
 from qwen_operator.sim.cluster import ColdStart, Settings, simulate
 from qwen_operator.sim.engine import DONE, REJECTED, TIMEOUT, Engine, Request
-from qwen_operator.sim.gpus import GPUS, KV_BYTES_PER_TOKEN
+from qwen_operator.sim.gpus import GPUS, KV_BYTES_PER_TOKEN, pessimistic
 from qwen_operator.sim.policies import Sample, View
 from tests.conftest import DATA, ROOT
 
@@ -36,7 +36,7 @@ def test_calibration_reproduces_the_published_points() -> None:
         ("l4", 15, 0.075),
         ("a10g", 30, 0.039),
         ("a100-80gb", 105, 0.012),
-        ("h100", 155, 0.007),
+        ("h100", 155, 0.0085),
     ):
         gpu = GPUS[name]
         assert gpu.step_seconds(1, 0, 1000) == pytest.approx(1 / single)
@@ -45,6 +45,21 @@ def test_calibration_reproduces_the_published_points() -> None:
     assert GPUS["h100"].max_batched_tokens == 8192
     assert GPUS["h100"].max_num_seqs == 1024
     assert GPUS["a100-80gb"].max_batched_tokens == 2048
+
+
+def test_the_pessimistic_calibration_is_slower_everywhere_and_in_its_bands() -> None:
+    for gpu in GPUS.values():
+        slow = pessimistic(gpu)
+        low, high = gpu.prefill_band
+        assert low <= gpu.prefill_tok_s <= high, gpu.name
+        assert slow.prefill_tok_s == low
+        assert slow.step_seconds(32, 0, 32_000) > gpu.step_seconds(32, 0, 32_000)
+        assert slow.step_seconds(1, 0, 1000) > gpu.step_seconds(1, 0, 1000)
+        assert slow.kv_tokens < gpu.kv_tokens
+        assert slow.peak_decode_tok_s < gpu.peak_decode_tok_s
+    assert 68_000 <= pessimistic(GPUS["a10g"]).kv_tokens <= 72_000, "the low end of 70-93k"
+    assert GPUS["l4"].prefill_tok_s <= GPUS["a10g"].prefill_tok_s / 1.5, "the 72 W L4 prefills slower"
+    assert GPUS["h100"].peak_decode_tok_s < 16_000, "near published batch throughput for a 7B model"
 
 
 # ------------------------------------------------------------------------------ the replica model
@@ -303,7 +318,38 @@ def test_the_oracle_bounds() -> None:
     assert len(outcome.plan) == math.ceil(outcome.results["oracle"].end / oracle.WINDOW)
     assert outcome.summaries["oracle"].gpu_hours <= outcome.summaries["static-max"].gpu_hours
     assert outcome.summaries["oracle"].slo_attainment >= run.GOAL, "the achievable bound meets the SLO"
-    assert set(outcome.summaries) == {"static-best", "static-max", "ours", "hpa", "oracle"}
+    assert set(outcome.summaries) == {"static-best", "static-max", "ours", "hpa", "oracle", "reference"}
+    reference = outcome.summaries["reference"]
+    assert reference.slo_attainment >= run.GOAL
+    assert reference.gpu_hours <= outcome.summaries["oracle"].gpu_hours, "the reference is the tighter one"
+
+
+def test_the_reference_spends_the_miss_allowance_where_it_saves_the_most_replicas() -> None:
+    @dataclass
+    class Fleet:  # what budget_plan reads of a simulated static fleet: its requests
+        requests: list[Request]
+
+    def fleet(misses: list[int], per_window: int = 100) -> Fleet:
+        reqs = []
+        for w, missed in enumerate(misses):
+            for i in range(per_window):
+                arrival = 60.0 * w + i * 0.5
+                r = Request(len(reqs), arrival, 100, 10, arrival + 120, outcome=DONE)
+                r.first_token = arrival + (5.0 if i < missed else 0.5)
+                reqs.append(r)
+        return Fleet(reqs)
+
+    statics = {1: fleet([0, 3, 40, 2]), 2: fleet([0, 0, 1, 0]), 3: fleet([0, 0, 0, 0])}
+    target = score.fixed_target()
+    # Holding every window to 99% needs 2 replicas in windows 1, 2 and 3.
+    assert oracle.plan(statics, target, 4, 0.99) == [1, 2, 2, 2]
+    # 1% of 400 requests = 4 misses may go anywhere: window 1's 3 or window 3's 2 (not both), the
+    # cheapest plan takes one of them; window 2 must get 2 replicas (1 miss) either way.
+    plan = oracle.budget_plan(statics, target, 4, allowed=4)
+    assert plan[0] == 1
+    assert plan[2] == 2
+    assert sum(plan) == 6
+    assert oracle.budget_plan(statics, target, 4, allowed=0) == [1, 2, 3, 2]
 
 
 def test_the_oracle_keeps_a_pod_launched_one_lead_early_until_its_window_ends() -> None:
@@ -463,7 +509,10 @@ def test_tuning_picks_the_cheapest_configuration_that_meets_the_slo_on_every_tra
     from qwen_operator.sim import tune
 
     def run(index: int, slo: tuple[float, float], gpu_h: tuple[float, float]) -> dict[str, object]:
-        scores = {n: {"slo_attainment": s, "gpu_hours": g} for n, s, g in zip("ab", slo, gpu_h, strict=True)}
+        scores = {
+            n: {kind: {"slo_attainment": s, "gpu_hours": g} for kind in ("fixed", "scaled")}
+            for n, s, g in zip("ab", slo, gpu_h, strict=True)
+        }
         return {"gpu": "a10g", "policy": "hpa", "index": index, "seed": 0, "scores": scores}
 
     runs = [
@@ -476,3 +525,26 @@ def test_tuning_picks_the_cheapest_configuration_that_meets_the_slo_on_every_tra
     assert chosen["met_slo_in_training"]
     nothing = tune.select([run(0, (0.9, 0.95), (1, 1)), run(1, (0.97, 0.96), (2, 2))])["a10g"]["hpa"]
     assert (nothing["chosen"], nothing["met_slo_in_training"]) == (tune.SPACES["hpa"][1], False)
+
+
+def test_tuning_scores_a_trace_the_largest_static_fleet_cannot_serve_in_2_s_on_the_length_scaled_target() -> (
+    None
+):
+    from qwen_operator.sim import tune
+
+    def run(policy: str, fixed: float, scaled: float, gpu_h: float = 1.0) -> dict[str, object]:
+        scores = {
+            "a": {
+                "fixed": {"slo_attainment": fixed, "gpu_hours": gpu_h},
+                "scaled": {"slo_attainment": scaled, "gpu_hours": gpu_h},
+            }
+        }
+        return {"gpu": "l4", "policy": policy, "index": 0, "seed": 0, "scores": scores}
+
+    slow_card = [run(tune.STATIC_MAX, 0.97, 0.995, 8.0), run("hpa", 0.96, 0.992)]
+    chosen = tune.select(slow_card)["l4"]["hpa"]
+    assert chosen["met_slo_in_training"], "scored on the length-scaled target"
+    assert chosen["ttft_target"] == {"a": "length-scaled"}
+    assert "static-max" not in tune.select(slow_card)["l4"]
+    fast_card = [run(tune.STATIC_MAX, 0.995, 0.999, 8.0), run("hpa", 0.96, 0.992)]
+    assert not tune.select(fast_card)["l4"]["hpa"]["met_slo_in_training"], "the flat 2 s where it can be met"

@@ -8,13 +8,13 @@ time at batch 32, both at a 1,000-token context.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 GIB = 1024**3
 KV_BYTES_PER_TOKEN = 2 * 28 * 4 * 128 * 2  # K and V x 28 layers x 4 KV heads x 128 dims x bf16 = 57,344
 WEIGHTS_BYTES = 14.25 * GIB
-ACTIVATION_BYTES = 1.0 * GIB  # activations, CUDA graphs and the sampler's buffers that vLLM profiles
+ACTIVATION_GIB = 1.0  # activations, CUDA graphs and the sampler's buffers that vLLM profiles
 KV_BLOCK_TOKENS = 16
 CALIBRATION_CONTEXT = 1000  # tokens of context per sequence at which the step times were taken
 
@@ -31,11 +31,15 @@ class GPU:
     max_num_seqs: int = 256
     max_batched_tokens: int = 2048
     memory_utilization: float = 0.9
+    activation_gib: float = ACTIVATION_GIB
+    # The plausible band of the prefill rate (tok/s), low to high: see docs/benchmark.md, "Calibration".
+    prefill_band: tuple[float, float] = (0.0, 0.0)
+    calibration: str = "nominal"
 
     @cached_property
     def kv_tokens(self) -> int:
         """Tokens of KV cache vLLM allocates after weights and activations (in whole 16-token blocks)."""
-        budget = self.memory_gib * GIB * self.memory_utilization - WEIGHTS_BYTES - ACTIVATION_BYTES
+        budget = self.memory_gib * GIB * self.memory_utilization - WEIGHTS_BYTES - self.activation_gib * GIB
         return int(budget // KV_BYTES_PER_TOKEN) // KV_BLOCK_TOKENS * KV_BLOCK_TOKENS
 
     @property
@@ -78,20 +82,47 @@ class GPU:
 GPUS: dict[str, GPU] = {
     gpu.name: gpu
     for gpu in (
-        GPU("l4", 22.5, 300e9, 15, 0.075, 6000, "NVIDIA-L4"),
-        GPU("a10g", 22.5, 600e9, 30, 0.039, 6000, "NVIDIA-A10G"),
-        GPU("v100", 32, 900e9, 45, 0.027, 9000, "Tesla-V100-SXM2-32GB"),
-        GPU("a100-80gb", 80, 2039e9, 105, 0.012, 15000, "NVIDIA-A100-SXM4-80GB"),
+        # The L4 is a 72 W card: its prefill (compute-bound) runs well below the A10G's 150 W.
+        GPU("l4", 22.5, 300e9, 15, 0.075, 4000, "NVIDIA-L4", prefill_band=(3000, 4500)),
+        GPU("a10g", 22.5, 600e9, 30, 0.039, 6000, "NVIDIA-A10G", prefill_band=(4500, 7000)),
+        GPU("v100", 32, 900e9, 45, 0.027, 9000, "Tesla-V100-SXM2-32GB", prefill_band=(6000, 10000)),
+        GPU("a100-80gb", 80, 2039e9, 105, 0.012, 15000, "NVIDIA-A100-SXM4-80GB", prefill_band=(12000, 18000)),
         GPU(
             "h100",
             80,
             3350e9,
             155,
-            0.007,
+            0.0085,
             45000,
             "NVIDIA-H100-80GB-HBM3",
             max_num_seqs=1024,
             max_batched_tokens=8192,
+            prefill_band=(30000, 50000),
         ),
     )
 }
+
+# The pessimistic end of the decode bands, relative to the nominal figures (docs/benchmark.md).
+PESSIMISTIC_DECODE = 0.85  # single-stream decode rate x this
+PESSIMISTIC_STEP = 1.2  # step time at batch 32 x this
+PESSIMISTIC_ACTIVATION_GIB = 2.25  # leaves ~70k KV tokens on a 24 GB card, the low end of 70-93k
+
+
+def pessimistic(gpu: GPU) -> GPU:
+    """The same card at the slow end of every calibration band: the lowest plausible prefill rate,
+    slower decode steps and the smallest plausible KV cache."""
+    return replace(
+        gpu,
+        single_stream_tok_s=gpu.single_stream_tok_s * PESSIMISTIC_DECODE,
+        step_b32_s=gpu.step_b32_s * PESSIMISTIC_STEP,
+        prefill_tok_s=gpu.prefill_band[0],
+        activation_gib=PESSIMISTIC_ACTIVATION_GIB,
+        calibration="pessimistic",
+    )
+
+
+def model(name: str, calibration: str = "nominal") -> GPU:
+    """The card ``name`` at the ``nominal`` or the ``pessimistic`` calibration."""
+    if calibration not in ("nominal", "pessimistic"):
+        raise ValueError(f"unknown calibration {calibration!r}")
+    return GPUS[name] if calibration == "nominal" else pessimistic(GPUS[name])

@@ -31,7 +31,7 @@ from qwen_operator.sim import policies, trace
 from qwen_operator.sim.cluster import Cluster
 from qwen_operator.sim.gpus import GPUS
 from qwen_operator.sim.run import GOAL, Scenario, start_replicas
-from qwen_operator.sim.score import fixed_target, summarize
+from qwen_operator.sim.score import fixed_target, length_scaled_target, summarize
 
 GPU_NAMES = ("a10g", "l4", "a100-80gb")
 MAX_REPLICAS = 8
@@ -101,19 +101,40 @@ class Job:
     conv: Path
 
 
+STATIC_MAX = "static-max"  # the largest static fleet: it decides which TTFT target a trace is scored on
+
+
 def run_job(job: Job) -> dict[str, Any]:
+    """One configuration (or the largest static fleet) on every training trace, scored on both TTFT
+    targets: the flat 2 s and the length-scaled one (``run.target_for`` says which applies)."""
     conv = trace.load(job.conv, "conv")
     scenario = Scenario(f"train-{job.gpu}", job.gpu, max_replicas=MAX_REPLICAS)
-    config = SPACES[job.policy][job.index]
-    scores = {}
+    targets = {"fixed": fixed_target(), "scaled": length_scaled_target(scenario.model)}
+    scores: dict[str, dict[str, dict[str, float]]] = {}
     for name, requests in training_traces(conv, job.seed).items():
-        policy = configured(job.policy, 1, MAX_REPLICAS, config)
-        result = Cluster(
-            requests, policy, scenario.settings(job.seed, start_replicas(requests, scenario))
-        ).run()
-        summary = summarize(result, fixed_target())
-        scores[name] = {"slo_attainment": summary.slo_attainment, "gpu_hours": summary.gpu_hours}
+        if job.policy == STATIC_MAX:
+            policy: policies.Policy = policies.Static(MAX_REPLICAS)
+            start = MAX_REPLICAS
+        else:
+            policy = configured(job.policy, 1, MAX_REPLICAS, SPACES[job.policy][job.index])
+            start = start_replicas(requests, scenario)
+        result = Cluster(requests, policy, scenario.settings(job.seed, start)).run()
+        scores[name] = {}
+        for kind, target in targets.items():
+            summary = summarize(result, target)
+            scores[name][kind] = {"slo_attainment": summary.slo_attainment, "gpu_hours": summary.gpu_hours}
     return {"gpu": job.gpu, "policy": job.policy, "index": job.index, "seed": job.seed, "scores": scores}
+
+
+def scoring(runs: Sequence[Mapping[str, Any]], gpu: str) -> dict[str, str]:
+    """Per training trace on ``gpu``: the flat 2 s target, unless the largest static fleet misses it
+    (on average over the seeds), then the length-scaled one, as ``make bench`` decides per scenario."""
+    statics = [r for r in runs if r["gpu"] == gpu and r["policy"] == STATIC_MAX]
+    out = {}
+    for name in statics[0]["scores"] if statics else ():
+        flat = sum(r["scores"][name]["fixed"]["slo_attainment"] for r in statics) / len(statics)
+        out[name] = "fixed" if flat >= GOAL else "scaled"
+    return out
 
 
 def select(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -121,7 +142,10 @@ def select(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for gpu in dict.fromkeys(r["gpu"] for r in runs):
         out[gpu] = {}
-        for policy in dict.fromkeys(r["policy"] for r in runs if r["gpu"] == gpu):
+        kinds = scoring(runs, gpu)
+        for policy in dict.fromkeys(
+            r["policy"] for r in runs if r["gpu"] == gpu and r["policy"] != STATIC_MAX
+        ):
             curve = []
             for index, config in enumerate(SPACES[policy]):
                 mine = [r for r in runs if (r["gpu"], r["policy"], r["index"]) == (gpu, policy, index)]
@@ -130,7 +154,7 @@ def select(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 names = list(mine[0]["scores"])
                 mean = {
                     n: {
-                        m: sum(r["scores"][n][m] for r in mine) / len(mine)
+                        m: sum(r["scores"][n][kinds.get(n, "fixed")][m] for r in mine) / len(mine)
                         for m in ("slo_attainment", "gpu_hours")
                     }
                     for n in names
@@ -153,6 +177,9 @@ def select(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             out[gpu][policy] = {
                 "chosen": chosen["config"],
                 "met_slo_in_training": bool(meeting),
+                "ttft_target": {
+                    n: "length-scaled" if k == "scaled" else "flat 2 s" for n, k in kinds.items()
+                },
                 "curve": curve,
             }
     return out
@@ -164,7 +191,14 @@ def markdown(tuned: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         "",
         f"Training split: {', '.join(meta['training'])}; {meta['seeds']} seeds; "
         f"{meta['budget']} configurations per policy; "
-        f"{meta['wall_seconds']:.0f} s on {meta['workers']} workers.",
+        f"{meta['wall_seconds']:.0f} s on {meta['workers']} workers."
+        + (
+            " Kept from an earlier run with the same split and budget (not redone): "
+            + ", ".join(sorted(meta["kept_from_previous_run"]))
+            + "."
+            if meta.get("kept_from_previous_run")
+            else ""
+        ),
         "",
         "| GPU | policy | chosen | met the SLO in training | training GPU-h (sum) | worst training SLO |",
         "|---|---|---|---|---|---|",
@@ -177,6 +211,16 @@ def markdown(tuned: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
                 f"| {gpu} | {policy} | {config} | {'yes' if t['met_slo_in_training'] else 'no'} | "
                 f"{chosen['gpu_hours']:.2f} | {100 * chosen['slo_attainment']:.2f}% |"
             )
+    lines += [
+        "",
+        "TTFT target per training trace (the flat 2 s, unless the largest static fleet misses it; then "
+        "2 s plus twice the prompt's unloaded prefill time, as `make bench` decides per scenario):",
+        "",
+    ]
+    for gpu, per_policy in tuned.items():
+        first = next(iter(per_policy.values()))
+        kinds = ", ".join(f"{n} {k}" for n, k in first.get("ttft_target", {}).items())
+        lines.append(f"- {gpu}: {kinds or 'flat 2 s'}")
     return "\n".join(lines) + "\n"
 
 
@@ -188,6 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--gpus", default=",".join(GPU_NAMES))
     parser.add_argument("--policies", default=",".join(SPACES))
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the GPUs and policies of the existing tuned.json that this run does not redo",
+    )
     args = parser.parse_args(argv)
     conv = args.traces / "AzureLLMInferenceTrace_conv.csv"
     jobs = [
@@ -197,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for index in range(len(SPACES[policy]))
         for seed in range(args.seeds)
     ]
+    jobs += [
+        Job(gpu, STATIC_MAX, 0, seed, conv) for gpu in args.gpus.split(",") for seed in range(args.seeds)
+    ]
     started = time.monotonic()
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         runs = []
@@ -205,6 +257,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             if i % 50 == 0 or i == len(jobs):
                 print(f"[{i}/{len(jobs)}] {time.monotonic() - started:.0f} s", file=sys.stderr)
     tuned = select(runs)
+    kept: list[str] = []
+    previous = args.out / "tuned.json"
+    if args.merge and previous.exists():
+        # Keep what this run did not redo (other GPUs, other policies), e.g. after one card's calibration
+        # changed.
+        old = json.loads(previous.read_text())["tuned"]
+        for gpu, per_policy in old.items():
+            for policy, t in per_policy.items():
+                if policy not in tuned.get(gpu, {}):
+                    tuned.setdefault(gpu, {})[policy] = t
+                    kept.append(f"{gpu}/{policy}")
     meta = {
         "training": list(training_traces(trace.load(conv, "conv"), 0)),
         "seeds": args.seeds,
@@ -212,7 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "workers": args.workers,
         "wall_seconds": time.monotonic() - started,
         "goal": GOAL,
-        "gpus": {g: GPUS[g].product for g in args.gpus.split(",")},
+        "gpus": {g: GPUS[g].product for g in tuned},
+        "kept_from_previous_run": kept,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tuned.json").write_text(json.dumps({"meta": meta, "tuned": tuned}, indent=1) + "\n")
