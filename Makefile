@@ -11,10 +11,10 @@ STAMP := $(VENV)/.installed
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml tools/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[sim,test,lint,loadtest]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,lint]' -e 'tools[loadtest]'
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the operator with its test and lint tools (pinned)
@@ -23,14 +23,14 @@ test: $(STAMP) ## Run the unit and integration tests
 	$(PY) -m pytest
 
 lint: $(STAMP) ## ruff, mypy --strict, and the import contracts that keep the core pure
-	$(BIN)/ruff check operator tests bench
-	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/ruff check operator tools tests bench
+	$(BIN)/ruff format --check operator tools tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 format: $(STAMP) ## Format the code with ruff
-	$(BIN)/ruff check --fix operator tests bench
-	$(BIN)/ruff format operator tests bench
+	$(BIN)/ruff check --fix operator tools tests bench
+	$(BIN)/ruff format operator tools tests bench
 
 crds: $(STAMP) ## Regenerate crds/ and the chart's crds/ from the API model (and the README's tables)
 	$(BIN)/qwen-operator crds --output crds --output charts/qwen-operator/crds --readme README.md
@@ -44,14 +44,14 @@ image: ## Build the operator image (needs a Docker engine): IMAGE=registry/name:
 	docker build -f images/operator/Dockerfile -t $(IMAGE) .
 
 demo: $(STAMP) ## The real operator scaling simulated vLLM pods on an embedded Kubernetes API (~2.5 min)
-	$(PY) -m qwen_operator.demo
+	$(PY) -m qwen_tools.demo
 
 bench: $(STAMP) ## The held-out benchmark from bench/results/tuned.json (12 scenarios x 8 tuned policies along their curves x 4 seeds), then the operator at 10 and 1,000 services -> bench/results/
-	$(PY) -m qwen_operator.sim.bench --traces bench/traces --out bench/results --docs docs/benchmark.md
+	$(PY) -m qwen_tools.sim.bench --traces bench/traces --out bench/results --docs docs/benchmark.md
 	$(PY) bench/operator_scale.py --services 10,1000 --interval 5
 
 bench-tune: $(STAMP) ## Tune every policy's knobs on the training split, equal budget (~30 min) -> bench/results/tuned.*
-	$(PY) -m qwen_operator.sim.tune --traces bench/traces --out bench/results
+	$(PY) -m qwen_tools.sim.tune --traces bench/traces --out bench/results
 
 bench-operator: $(STAMP) ## The operator at 10/100/1000 QwenServices (kmock + real Prometheus) -> bench/results/operator.*
 	$(PY) bench/operator_scale.py
@@ -95,14 +95,14 @@ DURATION ?= 5m
 MODEL ?=
 PLAN ?=
 loadtest: $(STAMP) ## Locust against a QwenService: HOST=... USERS=... DURATION=... [MODEL=... PLAN=2m:4,5m:32 UI=1]
-	$(BIN)/locust -f operator/qwen_operator/loadtest/locustfile.py --host $(HOST) \
+	$(BIN)/locust -f tools/qwen_tools/loadtest/locustfile.py --host $(HOST) \
 		$(if $(UI),,--headless) -u $(USERS) -r $(USERS) --run-time $(DURATION) \
 		$(if $(MODEL),--model $(MODEL)) $(if $(PLAN),--plan $(PLAN)) \
 		--csv $(or $(CSV),loadtest) --summary-json $(or $(CSV),loadtest)-summary.json $(ARGS)
 
 lock: ## Re-resolve constraints.txt from pyproject.toml (after changing a pin)
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install -q -e '.[sim,test,lint,loadtest]'
+	.venv-lock/bin/pip install -q -e '.[test,lint]' -e 'tools[loadtest]'
 	.venv-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
 	rm -rf .venv-lock
 

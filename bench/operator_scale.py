@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 from tests.prom import Prometheus  # noqa: E402
 
 from qwen_operator import labels  # noqa: E402
-from qwen_operator.demo import MetricsServer, free_port, gauges_text  # noqa: E402
-from qwen_operator.sim.emulator import DEPLOY, PODS, QSVC, Emulator, install  # noqa: E402
+from qwen_tools.demo import MetricsServer, free_port, gauges_text  # noqa: E402
+from qwen_tools.emulator import DEPLOY, PODS, QSVC, Emulator, install  # noqa: E402
 
 NS = "scale"
 INTERVAL = 15  # evaluationIntervalSeconds of every service (the default; --interval), and the scrape interval

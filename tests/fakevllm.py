@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from qwen_operator.demo import free_port
+from qwen_tools.demo import free_port
 from tests.conftest import DATA
 
 __all__ = ["free_port"]  # the tests import it from here

@@ -26,7 +26,7 @@ class NoAliasLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
-def _documents(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+def documents(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
     for path in paths:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
         try:
@@ -43,7 +43,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     objects: list[dict[str, Any]] = []
     failed = False
     found = False
-    for path, doc in _documents(args.files):
+    for path, doc in documents(args.files):
         found = True
         doc.setdefault("metadata", {}).setdefault("namespace", args.namespace)
         try:
@@ -78,89 +78,6 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_manifests(args: argparse.Namespace) -> int:
-    """Write deploy/install.yaml, rendered from the Helm chart with its defaults."""
-    from qwen_operator import install
-
-    text = install.install_yaml(Path(args.chart))
-    if args.output == "-":
-        sys.stdout.write(text)
-    else:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text)
-    return 0
-
-
-def _autoscaling_spec(path: str) -> api.AutoscalingSpec:
-    docs = list(_documents([path]))
-    if not docs:
-        raise SystemExit(f"{path}: no QwenService found")
-    _, doc = docs[0]
-    doc.setdefault("metadata", {}).setdefault("namespace", "default")
-    try:
-        return validation.parse(doc).spec.scaling()
-    except validation.InvalidSpec as exc:
-        raise SystemExit(f"{path}: invalid QwenService:\n  - " + "\n  - ".join(exc.messages)) from None
-
-
-def cmd_simulate(args: argparse.Namespace) -> int:
-    """Replay a trace against a simulated vLLM fleet under one scaling policy."""
-    import json
-
-    from qwen_operator.sim import policies, report, run, score, trace
-    from qwen_operator.sim.gpus import GPUS
-
-    try:
-        requests = trace.load(args.trace)
-    except (OSError, ValueError) as exc:
-        print(f"simulate: {exc}", file=sys.stderr)
-        return 2
-    spec = _autoscaling_spec(args.spec) if args.spec else None
-    lo = spec.min_replicas if spec else args.min
-    hi = spec.max_replicas if spec else args.max
-    scenario = run.Scenario(
-        Path(args.trace).stem,
-        args.gpu,
-        min_replicas=lo,
-        max_replicas=hi,
-        cold_start=args.cold_start,
-        scrape_interval=args.scrape_interval,
-        router=args.router,
-    )
-    try:
-        if args.policy != "oracle":
-            policies.make(args.policy, lo, hi, spec, GPUS[args.gpu].product)  # fail fast on a bad name
-    except ValueError as exc:
-        print(f"simulate: {exc}", file=sys.stderr)
-        return 2
-    from tqdm import tqdm
-
-    with tqdm(total=100, desc=args.policy, unit="%", file=sys.stderr, leave=False) as bar:
-
-        def progress(done: float) -> None:
-            bar.update(round(done * 100) - bar.n)
-
-        extra: dict[str, float] = {}
-        if args.policy == "oracle":
-            outcome = run.run_all(requests, scenario, args.seed, names=(), spec=spec)
-            result, summary = outcome.results["oracle"], outcome.summaries["oracle"]
-            extra["gpu_hours_lower_bound"] = outcome.lower_bound_gpu_hours
-        else:
-            result = run.run_policy(requests, scenario, args.policy, args.seed, spec, progress)
-            summary = score.summarize(result)
-    if args.png:
-        report.timeline_png([result], args.png, f"{requests.name} on {args.gpu}, seed {args.seed}")
-    if args.json:
-        print(json.dumps({**summary.as_dict(), **extra}, sort_keys=True))
-    else:
-        print(report.table([summary]))
-        for key, value in extra.items():
-            print(f"{key}: {value:.2f}")
-        if args.png:
-            print(f"timeline: {args.png}")
-    return 0
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     import kopf
 
@@ -178,6 +95,42 @@ def cmd_run(args: argparse.Namespace) -> int:
         peering_name=config.peering,
     )
     return 0
+
+
+# Verbs the tooling distribution (qwen-operator-tools, tools/ in the repository) adds through the entry
+# point group below; the operator image has only the runtime, so there they explain where to get them.
+TOOLING_GROUP = "qwen_operator.commands"
+TOOLING_VERBS = {
+    "manifests": "render the Helm chart with defaults into one kubectl-applyable file",
+    "simulate": "replay a request trace against a simulated vLLM fleet under a scaling policy",
+}
+
+
+def _tooling(sub: Any) -> None:
+    """Add the tooling's verbs where it is installed, and a verb that says so where it is not."""
+    from importlib.metadata import entry_points
+
+    found = set()
+    for point in entry_points(group=TOOLING_GROUP):
+        try:
+            register = point.load()
+        except ImportError:  # declared, but its dependencies are not installed
+            continue
+        register(sub)
+        found.add(point.name)
+    for verb, text in TOOLING_VERBS.items():
+        if verb not in found:
+            stub = sub.add_parser(verb, help=f"{text} (tooling; not installed here)")
+            stub.set_defaults(func=lambda _args, verb=verb: _not_installed(verb), any_arguments=True)
+
+
+def _not_installed(verb: str) -> int:
+    print(
+        f"qwen-operator {verb}: this is tooling, which the operator image does not include. From a "
+        "checkout of the repository: make install (or pip install -e . -e tools).",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def parser() -> argparse.ArgumentParser:
@@ -203,38 +156,15 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--readme", help="README whose spec reference table to regenerate")
     c.set_defaults(func=cmd_crds)
 
-    m = sub.add_parser(
-        "manifests", help="render the Helm chart with defaults into one kubectl-applyable file"
-    )
-    m.add_argument("--chart", default="charts/qwen-operator", help="the chart folder")
-    m.add_argument("--output", default="deploy/install.yaml", help="file to write; - for stdout")
-    m.set_defaults(func=cmd_manifests)
-
-    sm = sub.add_parser(
-        "simulate", help="replay a request trace against a simulated vLLM fleet under a scaling policy"
-    )
-    sm.add_argument("--trace", required=True, help="CSV with TIMESTAMP,ContextTokens,GeneratedTokens")
-    sm.add_argument("--gpu", default="a10g", choices=["l4", "a10g", "v100", "a100-80gb", "h100"])
-    sm.add_argument(
-        "--policy",
-        default="ours",
-        help="ours, hpa, hpa-waiting, keda, kpa, aibrix, step, step-kv, static:N or oracle",
-    )
-    sm.add_argument("--spec", help="a QwenService YAML whose spec.autoscaling to try (with policy ours)")
-    sm.add_argument("--seed", type=int, default=0)
-    sm.add_argument("--min", type=int, default=1, help="minReplicas (without --spec)")
-    sm.add_argument("--max", type=int, default=5, help="maxReplicas (without --spec)")
-    sm.add_argument("--router", choices=["random", "least"], default="random")
-    sm.add_argument("--scrape-interval", type=int, default=15, help="Prometheus scrape interval, seconds")
-    sm.add_argument("--cold-start", choices=["fast", "default", "slow"], default="default")
-    sm.add_argument("--png", default="simulation.png", help="timeline plot to write ('' for none)")
-    sm.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    sm.set_defaults(func=cmd_simulate)
+    _tooling(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, unknown = p.parse_known_args(argv)
+    if unknown and not getattr(args, "any_arguments", False):
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
     code: int = args.func(args)
     return code
 

@@ -40,8 +40,8 @@ import aiohttp
 
 from qwen_operator import labels
 from qwen_operator.autoscaler import rfc3339
-from qwen_operator.demo import free_port
-from qwen_operator.sim.emulator import DEPLOY, PODS, Emulator
+from qwen_tools.demo import free_port
+from qwen_tools.emulator import DEPLOY, PODS, Emulator
 
 ENTRYPOINT = ["-m", "vllm.entrypoints.openai.api_server"]
 FINALIZER = "e2e.qwenops.io/node-agent"

@@ -32,8 +32,8 @@ from tests.e2e.agent import NodeAgent
 from tests.prom import Prometheus
 
 from qwen_operator import api, kube
-from qwen_operator.demo import free_port
-from qwen_operator.sim.emulator import DEPLOY, EVENTS, QSVC, Emulator, install
+from qwen_tools.demo import free_port
+from qwen_tools.emulator import DEPLOY, EVENTS, QSVC, Emulator, install
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -47,7 +47,7 @@ COOLDOWN = 20  # scaleDown.cooldownAfterScaleUpSeconds
 # (seconds, users) of the load plan. The peak's 24 users ask for 3 replicas (limited to 2); the tail's
 # 7 need one (7 < 10) and keep requests in flight on both pods when one is removed (~3.5 each).
 BASELINE, PEAK, TAIL = (20, 4), (150, 24), (100, 7)
-LOCUSTFILE = ROOT / "operator" / "qwen_operator" / "loadtest" / "locustfile.py"
+LOCUSTFILE = ROOT / "tools" / "qwen_tools" / "loadtest" / "locustfile.py"
 
 
 def qwen_service(model: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import kopf
 import pytest
 
 from qwen_operator import kube
-from qwen_operator.sim.emulator import DEPLOY, EVENTS, PODS, QSVC, SERVICE, Emulator, install, start_operator
+from qwen_tools.emulator import DEPLOY, EVENTS, PODS, QSVC, SERVICE, Emulator, install, start_operator
 from tests.prom import Prometheus
 
 __all__ = ["DEPLOY", "EVENTS", "PODS", "QSVC", "SERVICE"]

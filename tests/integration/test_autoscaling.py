@@ -17,7 +17,7 @@ import prometheus_client
 import pytest
 
 from qwen_operator import labels
-from qwen_operator.sim.emulator import Emulator
+from qwen_tools.emulator import Emulator
 from tests.fakevllm import FakeVLLM, free_port
 from tests.integration.conftest import DEPLOY, PODS, QSVC, eventually
 from tests.integration.test_operator import NS, condition, events, qsvc

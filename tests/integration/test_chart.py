@@ -15,8 +15,9 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
-from qwen_operator import crd, install, kube, validation
+from qwen_operator import crd, kube, validation
 from qwen_operator.settings import OperatorSettings
+from qwen_tools import install
 from tests.conftest import ROOT
 from tests.k8s import validate_k8s
 

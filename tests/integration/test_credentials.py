@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from qwen_operator.sim.emulator import SECRETS, Emulator
+from qwen_tools.emulator import SECRETS, Emulator
 from tests.fakevllm import FakePrometheusAPI
 from tests.integration.conftest import QSVC, eventually
 from tests.integration.test_operator import NS, condition, qsvc

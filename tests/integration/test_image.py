@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from qwen_operator.sim.emulator import Emulator
+from qwen_tools.emulator import Emulator
 from tests.conftest import ROOT
 from tests.fakevllm import free_port
 from tests.integration.conftest import DEPLOY, QSVC, eventually

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from qwen_operator.sim import trace as traces
+from qwen_tools.sim import trace as traces
 from tests.conftest import DATA, ROOT
 
 pytestmark = pytest.mark.integration
 
-LOCUSTFILE = ROOT / "operator" / "qwen_operator" / "loadtest" / "locustfile.py"
+LOCUSTFILE = ROOT / "tools" / "qwen_tools" / "loadtest" / "locustfile.py"
 LOCUST = str(Path(sys.executable).with_name("locust"))
 
 

@@ -22,7 +22,8 @@ import prometheus_client
 import pytest
 import yaml
 
-from qwen_operator import api, install, scaling, telemetry
+from qwen_operator import api, scaling, telemetry
+from qwen_tools import install
 from tests.conftest import ROOT
 from tests.fakevllm import FakeVLLM, free_port
 from tests.prom import Prometheus

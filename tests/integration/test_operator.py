@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from qwen_operator import labels
-from qwen_operator.sim.emulator import NETWORKPOLICIES as NETPOL
-from qwen_operator.sim.emulator import Emulator
+from qwen_tools.emulator import NETWORKPOLICIES as NETPOL
+from qwen_tools.emulator import Emulator
 from tests.integration.conftest import DEPLOY, EVENTS, QSVC, SERVICE, eventually
 from tests.k8s import validate_k8s
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_operator.sim import bench, tune
+from qwen_tools.sim import bench, tune
 from tests.conftest import ROOT
 
 

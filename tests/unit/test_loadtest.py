@@ -1,4 +1,4 @@
-"""The load kit's workload, plan, stream reading and summary (qwen_operator.loadtest.workload)."""
+"""The load kit's workload, plan, stream reading and summary (qwen_tools.loadtest.workload)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_operator.loadtest import workload
+from qwen_tools.loadtest import workload
 from tests.conftest import DATA
 
 TRACE = DATA / "traces" / "conv-5min.csv"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwen_operator.sim import peers
+from qwen_tools.sim import peers
 
 # ------------------------------------------------------------------------------------------- HPA
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from qwen_operator import api, cli
-from qwen_operator.sim import oracle, policies, run, score, trace
-from qwen_operator.sim.cluster import ColdStart, Settings, simulate
-from qwen_operator.sim.engine import DONE, REJECTED, TIMEOUT, Engine, Request
-from qwen_operator.sim.gpus import GPUS, KV_BYTES_PER_TOKEN, pessimistic
-from qwen_operator.sim.policies import Sample, View
+from qwen_tools.sim import oracle, policies, run, score, trace
+from qwen_tools.sim.cluster import ColdStart, Settings, simulate
+from qwen_tools.sim.engine import DONE, REJECTED, TIMEOUT, Engine, Request
+from qwen_tools.sim.gpus import GPUS, KV_BYTES_PER_TOKEN, pessimistic
+from qwen_tools.sim.policies import Sample, View
 from tests.conftest import DATA, ROOT
 
 A10G = GPUS["a10g"]
@@ -381,7 +381,7 @@ def test_traces_load_with_the_azure_columns_and_say_what_is_wrong(tmp_path: Path
 
 
 def test_the_shipped_traces_are_the_pinned_ones() -> None:
-    from qwen_operator.sim import bench
+    from qwen_tools.sim import bench
 
     for file, digest in bench.TRACES.values():
         assert trace.sha256(ROOT / "bench" / "traces" / file) == digest
@@ -496,7 +496,7 @@ def test_long_prompts_are_4k_to_30k_tokens_at_the_base_prompt_token_rate() -> No
 
 
 def test_every_policy_gets_the_same_tuning_budget_and_each_configuration_builds() -> None:
-    from qwen_operator.sim import tune
+    from qwen_tools.sim import tune
 
     assert set(tune.SPACES) == set(policies.POLICIES)
     assert {len(space) for space in tune.SPACES.values()} == {12}
@@ -506,7 +506,7 @@ def test_every_policy_gets_the_same_tuning_budget_and_each_configuration_builds(
 
 
 def test_tuning_picks_the_cheapest_configuration_that_meets_the_slo_on_every_training_trace() -> None:
-    from qwen_operator.sim import tune
+    from qwen_tools.sim import tune
 
     def run(index: int, slo: tuple[float, float], gpu_h: tuple[float, float]) -> dict[str, object]:
         scores = {
@@ -530,7 +530,7 @@ def test_tuning_picks_the_cheapest_configuration_that_meets_the_slo_on_every_tra
 def test_tuning_scores_a_trace_the_largest_static_fleet_cannot_serve_in_2_s_on_the_length_scaled_target() -> (
     None
 ):
-    from qwen_operator.sim import tune
+    from qwen_tools.sim import tune
 
     def run(policy: str, fixed: float, scaled: float, gpu_h: float = 1.0) -> dict[str, object]:
         scores = {

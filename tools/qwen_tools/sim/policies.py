@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from qwen_operator import api, scaling
-from qwen_operator.sim import peers
+from qwen_tools.sim import peers
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 

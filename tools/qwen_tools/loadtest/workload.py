@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwen_operator.sim import trace as traces
+from qwen_tools.sim import trace as traces
 
 # Words for padding prompts up to a token length (about one token per word for BPE tokenizers).
 _FILLER_TEXT = (

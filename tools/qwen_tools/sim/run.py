@@ -6,10 +6,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from qwen_operator import api
-from qwen_operator.sim import oracle, policies
-from qwen_operator.sim.cluster import COLD_STARTS, Cluster, Result, Settings
-from qwen_operator.sim.gpus import GPU, model
-from qwen_operator.sim.score import (
+from qwen_tools.sim import oracle, policies
+from qwen_tools.sim.cluster import COLD_STARTS, Cluster, Result, Settings
+from qwen_tools.sim.gpus import GPU, model
+from qwen_tools.sim.score import (
     Summary,
     TtftTarget,
     fixed_target,
@@ -18,7 +18,7 @@ from qwen_operator.sim.score import (
     summarize,
     window_work,
 )
-from qwen_operator.sim.trace import Trace
+from qwen_tools.sim.trace import Trace
 
 GOAL = 0.99
 

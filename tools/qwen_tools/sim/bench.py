@@ -10,7 +10,7 @@ at all six levels of the search space, the other knob as tuned. From each curve 
 at the SLO (``gpu_hours_at_slo``), per seed, so policies are compared at equal SLO attainment (iso-SLO),
 with 95% intervals over the seeds and a paired ratio of ours to the best peer.
 
-Run as ``python -m qwen_operator.sim.bench --traces bench/traces --out bench/results``.
+Run as ``python -m qwen_tools.sim.bench --traces bench/traces --out bench/results``.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from qwen_operator.sim import report, trace, tune
-from qwen_operator.sim.cluster import Cluster
-from qwen_operator.sim.run import GOAL, Scenario, run_all, start_replicas
-from qwen_operator.sim.score import Summary, fixed_target, interval, length_scaled_target, summarize
+from qwen_tools.sim import report, trace, tune
+from qwen_tools.sim.cluster import Cluster
+from qwen_tools.sim.run import GOAL, Scenario, run_all, start_replicas
+from qwen_tools.sim.score import Summary, fixed_target, interval, length_scaled_target, summarize
 
 # The published traces, pinned: a changed file changes every figure, so it must be noticed.
 TRACES = {
@@ -528,7 +528,7 @@ def load_tuned(path: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qwen_operator.sim.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m qwen_tools.sim.bench", description=__doc__)
     parser.add_argument("--traces", default="bench/traces", type=Path)
     parser.add_argument("--out", default="bench/results", type=Path)
     parser.add_argument("--tuned", default=None, type=Path, help="tuned settings (default: OUT/tuned.json)")

@@ -1,6 +1,6 @@
 """Locust load test for a QwenService's OpenAI-compatible chat API (streaming), headless or web UI.
 
-    locust -f operator/qwen_operator/loadtest/locustfile.py --host http://qwen-chat.llm.svc:8000 \\
+    locust -f tools/qwen_tools/loadtest/locustfile.py --host http://qwen-chat.llm.svc:8000 \\
         --model Qwen/Qwen2.5-7B-Instruct --plan 2m:4,5m:32,10m:32,5m:4 --headless
 
 Each user sends one streaming chat completion at a time. Locust's table shows, per request:
@@ -36,7 +36,7 @@ from locust import LoadTestShape, User, events, task
 from locust.env import Environment
 from locust.exception import StopUser
 
-from qwen_operator.loadtest import workload
+from qwen_tools.loadtest import workload
 
 
 @events.init_command_line_parser.add_listener  # type: ignore[untyped-decorator]

@@ -10,7 +10,7 @@ out or killed) on every training trace, on average over the seeds; if none does,
 highest attainment. Writes ``bench/results/tuned.json`` (every configuration's scores too) and
 ``tuned.md``.
 
-Run as ``python -m qwen_operator.sim.tune --traces bench/traces --out bench/results``.
+Run as ``python -m qwen_tools.sim.tune --traces bench/traces --out bench/results``.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from qwen_operator import api
-from qwen_operator.sim import policies, trace
-from qwen_operator.sim.cluster import Cluster
-from qwen_operator.sim.gpus import GPUS
-from qwen_operator.sim.run import GOAL, Scenario, start_replicas
-from qwen_operator.sim.score import fixed_target, length_scaled_target, summarize
+from qwen_tools.sim import policies, trace
+from qwen_tools.sim.cluster import Cluster
+from qwen_tools.sim.gpus import GPUS
+from qwen_tools.sim.run import GOAL, Scenario, start_replicas
+from qwen_tools.sim.score import fixed_target, length_scaled_target, summarize
 
 GPU_NAMES = ("a10g", "l4", "a100-80gb")
 MAX_REPLICAS = 8
@@ -225,7 +225,7 @@ def markdown(tuned: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qwen_operator.sim.tune", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m qwen_tools.sim.tune", description=__doc__)
     parser.add_argument("--traces", default="bench/traces", type=Path)
     parser.add_argument("--out", default="bench/results", type=Path)
     parser.add_argument("--seeds", type=int, default=3)

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from qwen_operator.sim.cluster import Result
-from qwen_operator.sim.engine import DONE
-from qwen_operator.sim.policies import Schedule
-from qwen_operator.sim.score import TtftTarget
+from qwen_tools.sim.cluster import Result
+from qwen_tools.sim.engine import DONE
+from qwen_tools.sim.policies import Schedule
+from qwen_tools.sim.score import TtftTarget
 
 WINDOW = 60.0
 # Per-window goals tried in turn until the simulated schedule meets the SLO overall.

@@ -6,8 +6,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from qwen_operator.sim.cluster import Result
-from qwen_operator.sim.score import Summary
+from qwen_tools.sim.cluster import Result
+from qwen_tools.sim.score import Summary
 
 COLUMNS = (
     ("policy", "policy", "{}"),

@@ -15,10 +15,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from qwen_operator.sim.engine import KILLED, TIMEOUT, Engine, Request
-from qwen_operator.sim.gpus import GPU
-from qwen_operator.sim.policies import Policy, Sample, View
-from qwen_operator.sim.trace import Trace
+from qwen_tools.sim.engine import KILLED, TIMEOUT, Engine, Request
+from qwen_tools.sim.gpus import GPU
+from qwen_tools.sim.policies import Policy, Sample, View
+from qwen_tools.sim.trace import Trace
 
 
 @dataclass(frozen=True)

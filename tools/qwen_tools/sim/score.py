@@ -8,10 +8,10 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from qwen_operator.sim.cluster import Result
-from qwen_operator.sim.engine import DONE, KILLED, REJECTED, TIMEOUT, Request
-from qwen_operator.sim.gpus import GPU
-from qwen_operator.sim.trace import Trace
+from qwen_tools.sim.cluster import Result
+from qwen_tools.sim.engine import DONE, KILLED, REJECTED, TIMEOUT, Request
+from qwen_tools.sim.gpus import GPU
+from qwen_tools.sim.trace import Trace
 
 SLO_TTFT = 2.0
 REVERSAL_SECONDS = 300.0

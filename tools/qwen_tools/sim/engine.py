@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from qwen_operator.sim.gpus import GPU, KV_BLOCK_TOKENS
+from qwen_tools.sim.gpus import GPU, KV_BLOCK_TOKENS
 
 DONE, TIMEOUT, KILLED, REJECTED = "done", "timeout", "killed", "rejected"
 

@@ -2,7 +2,7 @@
 
 No cluster, GPU or Prometheus: kopf runs the operator's real handlers against kmock's Kubernetes
 emulator (in this process, over HTTP). A stand-in for the ReplicaSet and the kubelet backs the
-Deployment with simulated vLLM pods (``qwen_operator.sim``), each serving vLLM's ``/metrics`` on its
+Deployment with simulated vLLM pods (``qwen_tools.sim``), each serving vLLM's ``/metrics`` on its
 own loopback address, which the operator scrapes (the ``pods`` metrics source). A slice of the real
 Azure conversation trace is replayed ``--speed`` times faster than real time, and the QwenService's
 time windows are shortened by the same factor, so the operator sees what it would see in a cluster.
@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from qwen_operator import api, labels
-from qwen_operator.sim import report, score, trace
-from qwen_operator.sim.cluster import Cluster, Pod, Settings
-from qwen_operator.sim.engine import Engine
-from qwen_operator.sim.gpus import GPUS
-from qwen_operator.sim.policies import View
+from qwen_tools.sim import report, score, trace
+from qwen_tools.sim.cluster import Cluster, Pod, Settings
+from qwen_tools.sim.engine import Engine
+from qwen_tools.sim.gpus import GPUS
+from qwen_tools.sim.policies import View
 
 NS, NAME = "demo", "qwen-chat"
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
@@ -168,7 +168,7 @@ class Kubelet:
         return self.ips[pod.name]
 
     async def sync(self) -> None:
-        from qwen_operator.sim.emulator import DEPLOY, PODS
+        from qwen_tools.emulator import DEPLOY, PODS
 
         now = float(self.cluster.second)
         alive = {f"{NAME}-{p.name}": p for p in self.cluster.live if p.removed is None}
@@ -212,7 +212,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     import kmock
     import kopf
 
-    from qwen_operator.sim.emulator import DEPLOY, QSVC, Emulator, install, start_operator
+    from qwen_tools.emulator import DEPLOY, QSVC, Emulator, install, start_operator
 
     requests = trace.load(args.trace, "conv").window(args.start_minute * 60, args.minutes * 60)
     policy = OperatorReplicas()
@@ -306,7 +306,7 @@ async def run_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qwen_operator.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m qwen_tools.demo", description=__doc__)
     parser.add_argument("--trace", type=Path, default=TRACE)
     parser.add_argument("--gpu", default="a10g", choices=sorted(GPUS))
     parser.add_argument("--speed", type=float, default=15.0, help="simulated seconds per real second")
