@@ -108,7 +108,18 @@ def peak_rss_mib(pid: int) -> float:
     return int(match[1]) / 1024 if match else float("nan")
 
 
-async def measure(n: int, idle_cycles: int, workdir: Path, interval: int = INTERVAL) -> dict[str, Any]:
+def reads(emulator: Emulator) -> dict[str, int]:
+    """Calls that read, by verb (a watch is one long request: not counted)."""
+    out = {"list": 0, "get": 0}
+    for (_, _, verb), count in emulator.calls.items():
+        if verb in out:
+            out[verb] += count
+    return out
+
+
+async def measure(
+    n: int, idle_cycles: int, workdir: Path, interval: int = INTERVAL, relist_seconds: float | None = None
+) -> dict[str, Any]:
     # At target, so nothing should change: only the three gauges the scaler reads (the full 55 KB page
     # x 1,000 pods would measure this one server, not the operator); Prometheus sets the path per pod.
     at_target = gauges_text(running=20, waiting=0, kv=0.3, model="Qwen/Qwen2.5-0.5B-Instruct").encode()
@@ -164,6 +175,8 @@ async def measure(n: int, idle_cycles: int, workdir: Path, interval: int = INTER
             "QWEN_OPERATOR_SCALER_TICK_SECONDS": str(interval),
             "QWEN_OPERATOR_METRICS_TIMEOUT_SECONDS": "30",
         }
+        if relist_seconds is not None:
+            env["QWEN_OPERATOR_CACHE_RELIST_SECONDS"] = str(relist_seconds)
         binary = Path(sys.executable).parent / "qwen-operator"
         log = (workdir / f"operator-{n}.log").open("wb")
         proc = await asyncio.create_subprocess_exec(str(binary), "run", env=env, stdout=log, stderr=log)
@@ -199,6 +212,7 @@ async def measure(n: int, idle_cycles: int, workdir: Path, interval: int = INTER
             first = await just_after(sample(await text(), count))
             queries_before = await loop.run_in_executor(None, prom.query_requests)
             writes_before = sum(emulator.writes.values())
+            reads_before = reads(emulator)
             cpu_before = cpu_seconds(proc.pid)
             cycles_before = sample(first, count)
             decisions_before = decisions(first)
@@ -213,6 +227,7 @@ async def measure(n: int, idle_cycles: int, workdir: Path, interval: int = INTER
                 first, 'qwen_operator_metric_query_seconds_sum{source="prometheus"}'
             )
             writes = sum(emulator.writes.values()) - writes_before
+            read = {verb: count - reads_before[verb] for verb, count in reads(emulator).items()}
             per_cycle = (decisions(last) - decisions_before) / cycles
             evaluated = sum(1 for s in emulator.items(QSVC, NS) if (s.get("status") or {}).get("autoscaling"))
             return {
@@ -230,6 +245,8 @@ async def measure(n: int, idle_cycles: int, workdir: Path, interval: int = INTER
                 "metric_query_s_per_cycle": round(query_s / cycles, 3),
                 "emulator_get_ms": get_ms,
                 "api_writes_per_idle_cycle": round(writes / cycles, 2),
+                "api_lists_per_idle_cycle": round(read["list"] / cycles, 2),
+                "api_gets_per_idle_cycle": round(read["get"] / cycles, 2),
                 "operator_peak_rss_mib": round(peak_rss_mib(proc.pid), 1),
             }
         finally:
@@ -252,8 +269,10 @@ one ready pod whose vLLM `/metrics` a real Prometheus scrapes every 15 s, at con
 so after start-up nothing should change. Every service is evaluated every `interval_s` (one batched
 cycle; `make bench` uses 5 s to fit its time budget, `make bench-operator` the default 15 s).
 Per cycle: the operator's CPU seconds, its evaluation time (its own histogram), the Prometheus queries
-it made (Prometheus' own counter) and its API writes. `deployments_created_s` is the time from the
-operator's start until every Deployment exists. Method and discussion: `docs/benchmark.md`.
+it made (Prometheus' own counter), its API writes, and its list and get calls (the emulator's own
+counters; the watches that feed the scaler's caches are long-running requests, not counted).
+`deployments_created_s` is the time from the operator's start until every Deployment exists. Method
+and discussion: `docs/benchmark.md`.
 
 """
 
@@ -264,6 +283,14 @@ def main() -> int:
     parser.add_argument("--idle-cycles", type=int, default=4)
     parser.add_argument("--interval", type=int, default=INTERVAL, help="evaluation interval (s)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument(
+        "--relist-seconds",
+        type=float,
+        default=None,
+        help="the scaler's relist period (QWEN_OPERATOR_CACHE_RELIST_SECONDS); 0.001 lists every tick, "
+        "as the scaler did before its watch caches",
+    )
+    parser.add_argument("--name", default="operator", help="output file stem in --out")
     args = parser.parse_args()
     if not shutil.which("prometheus"):
         print("bench-operator needs the prometheus binary (apt-get install prometheus)", file=sys.stderr)
@@ -273,18 +300,18 @@ def main() -> int:
         for n in (int(x) for x in args.services.split(",")):
             started = time.monotonic()
             try:
-                row = asyncio.run(measure(n, args.idle_cycles, Path(tmp), args.interval))
+                row = asyncio.run(measure(n, args.idle_cycles, Path(tmp), args.interval, args.relist_seconds))
             except RuntimeError as exc:  # report it, and go on with the next N
                 row = {"services": n, "error": str(exc)}
             row["wall_s"] = round(time.monotonic() - started, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "operator.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=1) + "\n")
     keys = list(dict.fromkeys(k for r in rows for k in r))
     table = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     table += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
-    (args.out / "operator.md").write_text(HEADER + "\n".join(table) + "\n")
+    (args.out / f"{args.name}.md").write_text(HEADER + "\n".join(table) + "\n")
     print("\n".join(table))
     return 0
 

@@ -4,7 +4,9 @@ These pydantic models are the single source of truth: ``qwen_operator.crd`` gene
 CustomResourceDefinition (structural schema, defaults, CEL rules, printer columns) from them, the
 renderers consume them, and the README's spec reference is checked against them.
 
-Pure module: no Kubernetes, kopf or Prometheus imports.
+Pure module: no Kubernetes, kopf or Prometheus imports. It is long on purpose: every field, its
+default, its description and its CEL rule sit together, because the CRD, the chart and the README are
+generated from exactly this text; splitting it would scatter one schema over several files.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic.alias_generators import to_camel
 
 from qwen_operator import vllm_flags
+from qwen_operator.gpu_targets import DEFAULT_CONCURRENCY, GPU_PRODUCT_LABEL, default_concurrency
 
 GROUP = "serving.qwenops.io"
 VERSION = "v1alpha1"
@@ -498,24 +501,6 @@ class ServiceSpec(_Model):
 
 
 # -------------------------------------------------------------------------------------- autoscaling
-
-
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # set on nodes by NVIDIA GPU Feature Discovery
-DEFAULT_CONCURRENCY = 24.0
-# concurrencyPerReplica tuned in the fleet benchmark on the Azure conversation trace (Qwen2.5-7B, bf16,
-# TP 1: 99% of requests with TTFT <= 2 s at the fewest GPU-hours; docs/benchmark.md), by the tokens of
-# the GPU product label that identify the card.
-TUNED_CONCURRENCY: tuple[tuple[frozenset[str], float], ...] = (
-    (frozenset({"L4"}), 32.0),
-    (frozenset({"A10G"}), 24.0),
-    (frozenset({"A100", "80GB"}), 48.0),
-)
-
-
-def default_concurrency(gpu_product: str | None) -> float:
-    """The concurrency target for a GPU product (``NVIDIA-A100-SXM4-80GB``); 24 for any other card."""
-    tokens = set((gpu_product or "").upper().split("-"))
-    return next((value for need, value in TUNED_CONCURRENCY if need <= tokens), DEFAULT_CONCURRENCY)
 
 
 class ScalingTargets(_Model):

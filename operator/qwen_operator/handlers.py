@@ -12,8 +12,13 @@ import prometheus_client
 from kubernetes_asyncio.client import ApiClient
 
 from qwen_operator import api, kube, labels, reconcile
-from qwen_operator.autoscaler import Autoscaler, create_events, rfc3339, utcnow
+from qwen_operator.clock import utcnow
+from qwen_operator.fleet import MANAGED_SELECTOR, WatchedFleet
+from qwen_operator.objects import owner_of, rfc3339
+from qwen_operator.outcome import Outcome
+from qwen_operator.scaler import Autoscaler
 from qwen_operator.settings import OperatorSettings
+from qwen_operator.writes import create_events
 
 MANAGED = {"app.kubernetes.io/managed-by": labels.MANAGED_BY}
 log = logging.getLogger(__name__)
@@ -29,8 +34,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.WARNING  # our own events are posted explicitly
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
+    # Managed Deployments and pods only, selected by the API server (not all of the cluster's pods).
+    for plural in ("deployments", "pods"):
+        settings.watching.label_selectors[plural] = MANAGED_SELECTOR
     memo.config = config = OperatorSettings()
     memo.locks = {}
+    # The scaler's view of the fleet, kept by the watch events below (the client comes at login).
+    memo.fleet = WatchedFleet(None, config.namespaces, relist_seconds=config.cache_relist_seconds)
     memo.metrics_server = None
     if config.metrics_port:
         memo.metrics_server, _thread = prometheus_client.start_http_server(config.metrics_port)
@@ -42,7 +52,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 async def _scale(memo: kopf.Memo) -> None:
     """The one periodic evaluation of all QwenServices; it starts once the login gave us a client."""
     await memo.logged_in.wait()
-    await Autoscaler(memo.cluster, memo.config, memo.locks).run(lambda: memo.cluster)
+    await Autoscaler(memo.cluster, memo.config, memo.locks, fleet=memo.fleet).run(lambda: memo.cluster)
 
 
 async def _resync(memo: kopf.Memo) -> None:
@@ -93,6 +103,7 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
             )
         )
     )
+    memo.fleet.use(memo.cluster)
     if old is not None:
         await old.close()
     memo.logged_in.set()
@@ -112,14 +123,14 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
         await cluster.close()
 
 
-def _log_events(outcome: reconcile.Outcome, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+def _log_events(outcome: Outcome, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
     for event in outcome.events:
         log = logger.warning if event.type == "Warning" else logger.info
         log("%s: %s", event.reason, event.message)
 
 
 def _post(
-    body: Mapping[str, Any], outcome: reconcile.Outcome, logger: logging.Logger | logging.LoggerAdapter[Any]
+    body: Mapping[str, Any], outcome: Outcome, logger: logging.Logger | logging.LoggerAdapter[Any]
 ) -> None:
     _log_events(outcome, logger)
     for event in outcome.events:
@@ -133,7 +144,7 @@ def _post(
 
 async def _reconcile(
     memo: kopf.Memo, body: Mapping[str, Any], logger: Any, in_handler: bool = True
-) -> reconcile.Outcome:
+) -> Outcome:
     meta = body["metadata"]
     key = (meta.get("namespace"), meta["name"])
     lock: asyncio.Lock = memo.locks.setdefault(key, asyncio.Lock())
@@ -141,7 +152,7 @@ async def _reconcile(
         # The scaler may have written status since kopf read this body: work from the latest copy.
         fresh = await memo.cluster.get(kube.QWENSERVICES, key[0] or "default", key[1])
         if fresh is None or fresh["metadata"].get("uid") != meta.get("uid"):
-            return reconcile.Outcome()
+            return Outcome()
         outcome = await reconcile.reconcile(memo.cluster, fresh, rfc3339(utcnow()), memo.config.policy())
     if in_handler:
         _post(body, outcome, logger)
@@ -159,10 +170,26 @@ async def reconcile_service(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logge
     await _reconcile(memo, body, logger)
 
 
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+async def service_seen(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the scaler's cache of QwenServices."""
+    memo.fleet.apply("services", type, dict(body))
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED)
+async def pod_seen(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the scaler's cache of managed pods."""
+    memo.fleet.apply("pods", type, dict(body))
+
+
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-async def deployment_event(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """A managed Deployment changed (rollout progress, drift, deletion): re-run its owner's reconcile."""
-    owner = reconcile.owner_of(body)
+async def deployment_event(
+    type: str | None, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """A managed Deployment changed (rollout progress, drift, deletion): keep the scaler's cache, and
+    re-run its owner's reconcile."""
+    memo.fleet.apply("deployments", type, dict(body))
+    owner = owner_of(body)
     if owner is None or memo.get("cluster") is None:
         return
     namespace, name = owner

@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -66,7 +66,9 @@ class ApiCall:
 API_CALLS: tuple[ApiCall, ...] = (
     ApiCall(api.GROUP, api.PLURAL, ("get", "list", "watch", "patch"), "kopf watches them; reconcile reads"),
     ApiCall(api.GROUP, f"{api.PLURAL}/status", ("get", "patch"), "status, conditions, scaler state"),
-    ApiCall("apps", "deployments", ("get", "list", "watch", "create", "patch"), "the vLLM workload"),
+    ApiCall(
+        "apps", "deployments", ("get", "list", "watch", "create", "patch"), "the vLLM workload (watched)"
+    ),
     ApiCall("", "services", ("get", "create", "patch"), "the vLLM Service"),
     ApiCall("", "events", ("create",), "kopf's and the scaler's Events"),
     ApiCall(
@@ -75,7 +77,12 @@ API_CALLS: tuple[ApiCall, ...] = (
         ("get", "create", "patch", "delete"),
         "the vLLM pods' NetworkPolicy (spec.networkPolicy); deleted only when owned and switched off",
     ),
-    ApiCall("", "pods", ("list", "patch"), "ready pods to observe; pod-deletion-cost before a scale-down"),
+    ApiCall(
+        "",
+        "pods",
+        ("list", "watch", "patch"),
+        "the scaler's cache of ready pods to observe; pod-deletion-cost before a scale-down",
+    ),
     ApiCall(
         "",
         "secrets",
@@ -94,6 +101,23 @@ API_CALLS: tuple[ApiCall, ...] = (
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+
+
+class ClusterAPI(Protocol):
+    """What the controllers need of the API server (:class:`Cluster`, or a test's fake)."""
+
+    async def get(self, res: Resource, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def create(self, res: Resource, obj: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def json_patch(
+        self, res: Resource, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> dict[str, Any]: ...
+    async def merge_patch(
+        self, res: Resource, namespace: str, name: str, patch: Mapping[str, Any], sub: str | None = None
+    ) -> dict[str, Any]: ...
+    async def delete(self, res: Resource, namespace: str, name: str, uid: str) -> None: ...
+    async def list(
+        self, res: Resource, namespace: str | None, selector: str | None = None
+    ) -> list[dict[str, Any]]: ...
 
 
 class Cluster:

@@ -72,7 +72,9 @@ class MetricsSource(Protocol):
 
 
 @dataclass
-class _Acc:
+class _PodTotals:
+    """One pod's vLLM gauges, summed over its series (one per engine); both KV-cache names kept."""
+
     running: float = 0.0
     waiting: float = 0.0
     kv: list[float] = field(default_factory=list)
@@ -86,7 +88,7 @@ class _Acc:
         return PodSample(self.running, self.waiting, sum(kv) / len(kv) if kv else None, age)
 
 
-def _add(acc: _Acc, name: str, value: float) -> None:
+def _accumulate(acc: _PodTotals, name: str, value: float) -> None:
     if name == RUNNING:
         acc.running += value
         acc.seen = True
@@ -104,12 +106,12 @@ def parse_vllm_metrics(text: str, model_name: str | None = None) -> PodSample | 
 
     Raises ValueError on text that is not the Prometheus exposition format.
     """
-    acc = _Acc()
+    acc = _PodTotals()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if model_name is not None and sample.labels.get("model_name", model_name) != model_name:
                 continue
-            _add(acc, sample.name, float(sample.value))
+            _accumulate(acc, sample.name, float(sample.value))
     return acc.sample(0.0)
 
 
@@ -247,7 +249,7 @@ class PrometheusSource:
         self, answers: Mapping[str, Iterable[Mapping[str, Any]]]
     ) -> dict[tuple[str, str], dict[str, PodSample]]:
         """Per (namespace, service), per pod: the figures, with the sample age Prometheus reports."""
-        accs: dict[tuple[str, str, str], _Acc] = defaultdict(_Acc)
+        accs: dict[tuple[str, str, str], _PodTotals] = defaultdict(_PodTotals)
         ages: dict[tuple[str, str, str], float] = {}
         names = {"running": RUNNING, "waiting": WAITING, "kv": KV_USAGE}
         for signal, series in answers.items():
@@ -261,7 +263,7 @@ class PrometheusSource:
                 if signal == "timestamp":
                     ages[key] = max(0.0, _number(at) - number)
                 else:
-                    _add(accs[key], names[signal], number)
+                    _accumulate(accs[key], names[signal], number)
         out: dict[tuple[str, str], dict[str, PodSample]] = defaultdict(dict)
         for (namespace, service, pod), acc in accs.items():
             sample = acc.sample(ages.get((namespace, service, pod), math.inf))

@@ -1,109 +1,31 @@
 """The one idempotent reconcile: make a QwenService's Deployment and Service match its spec.
 
 Level-based: it reads what exists, compares it with what the spec renders, writes only what differs,
-and computes the status. It never deletes anything, and never touches an object this QwenService
-does not own. kopf-free (the handlers post the returned events), so it runs in unit tests against a
-fake :class:`~qwen_operator.kube.Cluster`.
+and computes the status. It deletes only what this QwenService made and no longer asks for (its
+NetworkPolicy), and never touches an object it does not own. kopf-free (the handlers post the returned
+events), so it runs in unit tests against a fake :class:`~qwen_operator.kube.ClusterAPI`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import ValidationError
 
-from qwen_operator import api, labels, render, status, validation
+from qwen_operator import api, render, status, validation
 from qwen_operator.kube import (
     DEPLOYMENTS,
     NETWORKPOLICIES,
-    QWENSERVICES,
     SERVICES,
+    ClusterAPI,
     Resource,
     is_forbidden,
     refusal,
 )
-
-
-class ClusterAPI(Protocol):
-    async def get(self, res: Resource, namespace: str, name: str) -> dict[str, Any] | None: ...
-    async def create(self, res: Resource, obj: Mapping[str, Any]) -> dict[str, Any]: ...
-    async def json_patch(
-        self, res: Resource, namespace: str, name: str, ops: list[dict[str, Any]]
-    ) -> dict[str, Any]: ...
-    async def merge_patch(
-        self, res: Resource, namespace: str, name: str, patch: Mapping[str, Any], sub: str | None = None
-    ) -> dict[str, Any]: ...
-    async def delete(self, res: Resource, namespace: str, name: str, uid: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal or Warning
-    reason: str
-    message: str
-
-
-@dataclass
-class Outcome:
-    events: list[Event] = field(default_factory=list)
-    writes: int = 0
-    status: dict[str, Any] | None = None
-
-
-def is_subset(desired: Any, actual: Any) -> bool:
-    """Whether ``actual`` already holds ``desired``; the API server's own defaults may be extra.
-
-    Maps compare key by key; lists must have the same length and match item by item.
-    """
-    if isinstance(desired, Mapping):
-        return isinstance(actual, Mapping) and all(
-            k in actual and is_subset(v, actual[k]) for k, v in desired.items()
-        )
-    if isinstance(desired, list):
-        return (
-            isinstance(actual, list)
-            and len(desired) == len(actual)
-            and all(is_subset(d, a) for d, a in zip(desired, actual, strict=True))
-        )
-    return bool(desired == actual)
-
-
-def _pointer(*parts: str) -> str:
-    return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
-
-
-def patch_ops(
-    desired: Mapping[str, Any], actual: Mapping[str, Any], skip_spec: tuple[str, ...] = ()
-) -> list[dict[str, Any]]:
-    """JSON-patch operations that bring ``actual`` to ``desired``, only where they differ.
-
-    Each owned ``spec`` field is replaced whole, so fields removed from the QwenService disappear;
-    labels and annotations are set key by key, so other controllers' keys survive.
-    """
-    ops: list[dict[str, Any]] = []
-    meta = actual.get("metadata", {})
-    for key in ("labels", "annotations"):
-        want: Mapping[str, str] = desired["metadata"].get(key, {})
-        have = meta.get(key) or {}
-        if not have and want:
-            ops.append({"op": "add", "path": _pointer("metadata", key), "value": dict(want)})
-            continue
-        for k, v in want.items():
-            if have.get(k) != v:
-                ops.append({"op": "add", "path": _pointer("metadata", key, k), "value": v})
-    for key, value in desired["spec"].items():
-        if key in skip_spec:
-            continue
-        if not is_subset(value, actual.get("spec", {}).get(key)):
-            ops.append({"op": "add", "path": _pointer("spec", key), "value": value})
-    return ops
-
-
-def owned_by(obj: Mapping[str, Any], svc: api.QwenService) -> bool:
-    refs = obj.get("metadata", {}).get("ownerReferences") or []
-    return any(ref.get("uid") == svc.metadata.uid and ref.get("kind") == api.KIND for ref in refs)
+from qwen_operator.objects import owned_by, patch_ops
+from qwen_operator.outcome import Event, Outcome
+from qwen_operator.writes import write_status
 
 
 async def _apply(
@@ -142,25 +64,6 @@ async def _apply(
     )
     outcome.events.append(Event("Normal", "Updated", f"Updated {kind} {name}: {', '.join(changed)}"))
     return patched
-
-
-async def write_status(
-    cluster: ClusterAPI, svc_body: Mapping[str, Any], new: api.QwenServiceStatus, outcome: Outcome
-) -> None:
-    body = status.status_patch(new)
-    old = svc_body.get("status") or {}
-    outcome.status = body
-    if body == old:
-        return
-    # Only the top-level fields that differ: the scaler and the reconcile both write status, and neither
-    # may put back an older copy of a field the other one owns. null deletes in a merge patch.
-    patch = {
-        **{key: None for key in old if key not in body},
-        **{k: v for k, v in body.items() if old.get(k) != v},
-    }
-    meta = svc_body["metadata"]
-    await cluster.merge_patch(QWENSERVICES, meta["namespace"], meta["name"], {"status": patch}, sub="status")
-    outcome.writes += 1
 
 
 def _lenient_status(body: Mapping[str, Any]) -> api.QwenServiceStatus:
@@ -258,13 +161,3 @@ async def reconcile(
     new = status.compute_status(svc, deployment, now, problems)
     await write_status(cluster, body, new, outcome)
     return outcome
-
-
-def owner_of(obj: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(namespace, name) of the QwenService controlling a managed object, if any."""
-    meta = obj.get("metadata", {})
-    for ref in meta.get("ownerReferences") or []:
-        if ref.get("kind") == api.KIND and ref.get("apiVersion", "").startswith(api.GROUP + "/"):
-            return meta.get("namespace", "default"), ref["name"]
-    name = (meta.get("labels") or {}).get(labels.SERVICE_LABEL)
-    return (meta.get("namespace", "default"), name) if name else None

@@ -1,4 +1,8 @@
-"""Render a QwenService into the Kubernetes objects that serve it (pure: plain dicts, no I/O)."""
+"""Render a QwenService into the Kubernetes objects that serve it (pure: plain dicts, no I/O).
+
+Over 300 lines because the pod template is one object: the container, its probes, volumes, security
+context and scheduling are built side by side so that what the API server will receive reads in order.
+"""
 
 from __future__ import annotations
 

@@ -15,6 +15,9 @@ replica count and says why (:class:`Reason`):
 6. No usable data (none, NaN, Inf, stale, or the source failed): hold, say ``MetricsUnavailable``.
 
 No I/O and no clock: ``now`` is passed in, the state comes in and goes out. See docs/autoscaling.md.
+
+Over 300 lines because the stages belong together: each is small, and reading them in order is reading
+the decision.
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ class Decision:
     state: State
     recommendation: int | None = None
     observation: api.ScalingObservation | None = None
-    ready_pods: int = 0
+    ready_replicas: int = 0  # ready pods counted (Observation.ready_pods names them)
 
     @property
     def metrics_available(self) -> bool:
@@ -132,7 +135,7 @@ class Decision:
 
 
 @dataclass(frozen=True)
-class _Need:
+class LoadRecommendation:
     """The recommendation before limits, with what it rests on."""
 
     replicas: int
@@ -170,7 +173,7 @@ def _describe(sig: Signal, ready: int) -> str:
     return f"{label} {_fmt(sig.value)} vs target {_fmt(sig.target)} x {ready} ready"
 
 
-def recommend(obs: Observation, spec: api.AutoscalingSpec) -> _Need | None:
+def recommend(obs: Observation, spec: api.AutoscalingSpec) -> LoadRecommendation | None:
     """Stages 1-2: what the load needs, or None without usable data.
 
     Ready pods without data are assumed idle when that would scale up, and exactly at target when that
@@ -212,11 +215,11 @@ def recommend(obs: Observation, spec: api.AutoscalingSpec) -> _Need | None:
         text += f"; {current - ready} starting replica(s) will absorb it"
     else:
         reason = Reason.AT_TARGET
-    return _Need(replicas, reason, text, top, observation)
+    return LoadRecommendation(replicas, reason, text, top, observation)
 
 
 def scale_up(
-    need: _Need, current: int, ready: int, policy: api.ScaleUpPolicy
+    need: LoadRecommendation, current: int, ready: int, policy: api.ScaleUpPolicy
 ) -> tuple[int, Reason, str | None]:
     """Stage 3: immediate, step-limited unless the load is far above the ready pods' capacity."""
     limit = max(math.ceil(current * (1 + policy.max_step_percent / 100)), current + policy.max_step_replicas)
@@ -253,7 +256,7 @@ def record(
 
 
 def scale_down(
-    need: _Need, current: int, spec: api.AutoscalingSpec, state: State, now: datetime
+    need: LoadRecommendation, current: int, spec: api.AutoscalingSpec, state: State, now: datetime
 ) -> tuple[int, Reason, str | None]:
     """Stage 4: only after a full window of data, outside the cooldown, stabilized and step-limited."""
     policy = spec.scale_down
@@ -294,7 +297,7 @@ def bound(replicas: int, spec: api.AutoscalingSpec) -> tuple[int, Reason | None]
 # ------------------------------------------------------------------------------------------ decide
 
 
-def _gap(state: State, spec: api.AutoscalingSpec, now: datetime) -> bool:
+def _data_run_broken(state: State, spec: api.AutoscalingSpec, now: datetime) -> bool:
     """Whether the data run is broken: first evaluation since start, or evaluations stopped a while."""
     if state.last_evaluated is None:
         return True
@@ -321,10 +324,10 @@ def decide(obs: Observation, spec: api.AutoscalingSpec, state: State, now: datet
         message = f"holding {current} replicas: {why}"
         if limit:
             message = f"{_bound_message(limit, spec)}; metrics unavailable: {why}"
-        decision = Decision(replicas, reason, message, new_state, ready_pods=len(obs.ready_pods))
-        return _finish(decision, current, now)
+        decision = Decision(replicas, reason, message, new_state, ready_replicas=len(obs.ready_pods))
+        return _stamp_scale_times(decision, current, now)
 
-    data_since = now if _gap(state, spec, now) or state.data_since is None else state.data_since
+    data_since = now if _data_run_broken(state, spec, now) or state.data_since is None else state.data_since
     state = replace(state, data_since=data_since, last_evaluated=now)
     ready = len(obs.ready_pods)
     replicas, reason, note = need.replicas, need.reason, None
@@ -338,7 +341,7 @@ def decide(obs: Observation, spec: api.AutoscalingSpec, state: State, now: datet
         reason, message = limit, f"{_bound_message(limit, spec)}; {message}"
     state = replace(state, history=record(state.history, now, need.replicas, window))
     decision = Decision(bounded, reason, message, state, need.replicas, need.observation, ready)
-    return _finish(decision, current, now)
+    return _stamp_scale_times(decision, current, now)
 
 
 def _bound_message(limit: Reason, spec: api.AutoscalingSpec) -> str:
@@ -347,7 +350,7 @@ def _bound_message(limit: Reason, spec: api.AutoscalingSpec) -> str:
     return f"at maxReplicas {spec.max_replicas}"
 
 
-def _finish(decision: Decision, current: int, now: datetime) -> Decision:
+def _stamp_scale_times(decision: Decision, current: int, now: datetime) -> Decision:
     """Stamp the scale times when the count moves."""
     if decision.replicas == current:
         return decision

@@ -68,6 +68,12 @@ class OperatorSettings(BaseSettings):
     scaler_tick_seconds: float = Field(
         default=5, gt=0, le=60, description="How often the scaler looks for services due for evaluation."
     )
+    cache_relist_seconds: float = Field(
+        default=300,
+        gt=0,
+        description="How often the scaler lists QwenServices, Deployments and pods again instead of "
+        "trusting its watch-fed caches alone (it drops objects whose deletion a reconnecting watch missed).",
+    )
     metrics_port: int = Field(
         default=9100, ge=0, le=65535, description="Port of the operator's own /metrics; 0 disables it."
     )

@@ -190,7 +190,9 @@ def scaling_status(
         conds,
         METRICS_AVAILABLE,
         available,
-        "MetricsAvailable" if available else ("MetricsUnavailable" if decision.ready_pods else "NoReadyPods"),
+        "MetricsAvailable"
+        if available
+        else ("MetricsUnavailable" if decision.ready_replicas else "NoReadyPods"),
         f"{obs.pods_with_data} of {obs.ready_replicas} ready pods report metrics"
         if obs is not None
         else decision.message,

@@ -91,7 +91,7 @@ def record(
     DECISIONS.labels(namespace, name, direction, decision.reason.value).inc()
     seen.add((direction, decision.reason.value))
     DESIRED_REPLICAS.labels(namespace, name).set(decision.replicas)
-    READY_REPLICAS.labels(namespace, name).set(decision.ready_pods)
+    READY_REPLICAS.labels(namespace, name).set(decision.ready_replicas)
     MIN_REPLICAS.labels(namespace, name).set(min_replicas)
     MAX_REPLICAS.labels(namespace, name).set(max_replicas)
     METRICS_AVAILABLE.labels(namespace, name).set(1 if decision.metrics_available else 0)

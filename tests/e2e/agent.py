@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 
 from qwen_operator import labels
-from qwen_operator.autoscaler import rfc3339
+from qwen_operator.objects import rfc3339
 from qwen_tools.demo import free_port
 from qwen_tools.emulator import DEPLOY, PODS, Emulator
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_operator import demo
+from qwen_tools import demo
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration

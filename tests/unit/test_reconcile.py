@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from qwen_operator import reconcile, render
+from qwen_operator import objects, reconcile, render
 from qwen_operator.kube import DEPLOYMENTS, QWENSERVICES, SERVICES, Resource
 from qwen_operator.validation import Policy, parse
 
@@ -67,7 +67,7 @@ async def test_api_server_defaults_do_not_count_as_drift(minimal):
     dep["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] = "/dev/termination-log"
     dep["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
     dep["metadata"]["labels"]["added-by-someone"] = "x"
-    assert reconcile.patch_ops(render.render_deployment(parse(minimal)), dep) == []
+    assert objects.patch_ops(render.render_deployment(parse(minimal)), dep) == []
 
 
 def test_patch_ops_replace_changed_fields_only_and_keep_foreign_labels(minimal):
@@ -75,20 +75,20 @@ def test_patch_ops_replace_changed_fields_only_and_keep_foreign_labels(minimal):
     actual = copy.deepcopy(desired)
     actual["spec"]["replicas"] = 9
     actual["metadata"]["labels"] = {"other": "x"}
-    ops = reconcile.patch_ops(desired, actual)
+    ops = objects.patch_ops(desired, actual)
     paths = [op["path"] for op in ops]
     assert "/spec/replicas" in paths
     assert "/spec/template" not in paths
     assert "/metadata/labels/app.kubernetes.io~1managed-by" in paths
-    assert reconcile.patch_ops(desired, actual, skip_spec=("replicas",)) == [
+    assert objects.patch_ops(desired, actual, skip_spec=("replicas",)) == [
         o for o in ops if o["path"] != "/spec/replicas"
     ]
 
 
 def test_is_subset_requires_equal_list_lengths():
-    assert reconcile.is_subset({"a": [1, 2]}, {"a": [1, 2], "b": 3})
-    assert not reconcile.is_subset({"a": [1, 2]}, {"a": [1, 2, 3]})
-    assert not reconcile.is_subset({"a": {"b": 1}}, {"a": {"b": 2}})
+    assert objects.is_subset({"a": [1, 2]}, {"a": [1, 2], "b": 3})
+    assert not objects.is_subset({"a": [1, 2]}, {"a": [1, 2, 3]})
+    assert not objects.is_subset({"a": {"b": 1}}, {"a": {"b": 2}})
 
 
 def test_owner_of_follows_owner_references_then_labels():
@@ -101,9 +101,9 @@ def test_owner_of_follows_owner_references_then_labels():
         }
     }
     labelled = {"metadata": {"namespace": "ml", "labels": {"serving.qwenops.io/service": "q2"}}}
-    assert reconcile.owner_of(owned) == ("ml", "q")
-    assert reconcile.owner_of(labelled) == ("ml", "q2")
-    assert reconcile.owner_of({"metadata": {}}) is None
+    assert objects.owner_of(owned) == ("ml", "q")
+    assert objects.owner_of(labelled) == ("ml", "q2")
+    assert objects.owner_of({"metadata": {}}) is None
 
 
 def test_resource_paths():

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qwen_operator import api
+from qwen_operator import api, gpu_targets
 from qwen_operator.scaling import (
     Decision,
     Observation,
@@ -419,7 +419,7 @@ def test_the_default_concurrency_target_follows_the_gpu_the_pods_are_pinned_to(
         "autoscaling": {"enabled": True, "maxReplicas": 10},
     }
     if product is not None:
-        body["scheduling"] = {"nodeSelector": {api.GPU_PRODUCT_LABEL: product}}
+        body["scheduling"] = {"nodeSelector": {gpu_targets.GPU_PRODUCT_LABEL: product}}
     auto = api.QwenServiceSpec.model_validate(body).scaling()
     assert auto.targets.concurrency_per_replica == target
     # 3 ready pods carrying 3 x target + 1 requests: at target, inside the tolerance.
@@ -431,7 +431,7 @@ def test_the_default_concurrency_target_follows_the_gpu_the_pods_are_pinned_to(
 def test_a_target_set_in_the_spec_wins_over_the_gpu_default() -> None:
     body = {
         "model": {"name": "Qwen/Qwen2.5-7B-Instruct"},
-        "scheduling": {"nodeSelector": {api.GPU_PRODUCT_LABEL: "NVIDIA-A100-SXM4-80GB"}},
+        "scheduling": {"nodeSelector": {gpu_targets.GPU_PRODUCT_LABEL: "NVIDIA-A100-SXM4-80GB"}},
         "autoscaling": {"enabled": True, "targets": {"concurrencyPerReplica": 10}},
     }
     assert api.QwenServiceSpec.model_validate(body).scaling().targets.concurrency_per_replica == 10

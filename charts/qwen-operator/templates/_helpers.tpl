@@ -47,7 +47,7 @@ app.kubernetes.io/part-of: qwen-operator
 {{- end -}}
 
 {{/* The RBAC rules of kube.API_CALLS; `cluster` selects the cluster-scoped ones. Keep in sync:
-     tests/unit/test_chart.py compares these rules with operator/qwen_operator/kube.py. */}}
+     tests/integration/test_chart.py compares these rules with operator/qwen_operator/kube.py. */}}
 {{- define "qwen-operator.namespacedRules" -}}
 - apiGroups: ["serving.qwenops.io"]
   resources: ["qwenservices"]
@@ -66,7 +66,7 @@ app.kubernetes.io/part-of: qwen-operator
   verbs: ["create"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "patch"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "create", "patch", "delete"]

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from qwen_operator import api, scaling
+from qwen_operator.gpu_targets import default_concurrency
 from qwen_tools.sim import peers
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -309,7 +310,7 @@ def ours_spec(
     pods pinned to ``gpu_product`` (its nodeSelector); or a user's QwenService autoscaling block."""
     if spec is not None:
         return spec.model_copy(update={"enabled": True})
-    targets = api.ScalingTargets(concurrency_per_replica=api.default_concurrency(gpu_product))
+    targets = api.ScalingTargets(concurrency_per_replica=default_concurrency(gpu_product))
     return api.AutoscalingSpec(
         enabled=True, min_replicas=min_replicas, max_replicas=max_replicas, targets=targets
     )

@@ -1,0 +1,148 @@
+"""One service's evaluation: the pure decision, and what it leads to.
+
+In the steady state (same replicas, same status) nothing is written and nothing is read. Otherwise,
+under the service's lock, the QwenService and its Deployment are read again (the reconcile, a user or
+another writer may have changed them since the watch reported them), the decision is made again on
+those copies, and then written: ``pod-deletion-cost`` on the ready pods before a scale-down, the
+Deployment's ``spec.replicas``, the status, and an Event per change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from qwen_operator import api, labels, scaling, status, telemetry, validation
+from qwen_operator.kube import DEPLOYMENTS, PODS, QWENSERVICES, ClusterAPI
+from qwen_operator.objects import rfc3339
+from qwen_operator.outcome import Event, Outcome
+from qwen_operator.scaler.targets import Candidate
+from qwen_operator.writes import create_events, write_status
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluated:
+    """What one evaluation of one service did (for logs and tests)."""
+
+    namespace: str
+    name: str
+    decision: scaling.Decision
+    previous: int
+    outcome: Outcome = field(default_factory=Outcome)
+
+
+class Actuator:
+    """Decides for one service and writes what changed. ``states`` holds each service's scaling state
+    by uid between evaluations (its durable part is also in the status, for a restart)."""
+
+    def __init__(
+        self,
+        cluster: ClusterAPI,
+        policy: validation.Policy,
+        locks: dict[tuple[str, str], asyncio.Lock],
+        states: dict[str, scaling.State],
+    ) -> None:
+        self.cluster, self.policy, self.locks, self.states = cluster, policy, locks, states
+
+    def decide(
+        self, svc: api.QwenService, obs: scaling.Observation, now: datetime.datetime
+    ) -> tuple[scaling.Decision, api.QwenServiceStatus]:
+        """The pure decision for one service, and the status it leads to (no I/O)."""
+        state = self.states.get(svc.metadata.uid or "") or scaling.state_from_status(svc.status)
+        decision = scaling.decide(obs, svc.spec.scaling(), state, now)
+        return decision, status.scaling_status(svc.status, decision, rfc3339(now), svc.metadata.generation)
+
+    async def act(self, candidate: Candidate, obs: scaling.Observation, now: datetime.datetime) -> Evaluated:
+        svc = candidate.svc
+        decision, new = self.decide(svc, obs, now)
+        if decision.replicas == obs.replicas and status.status_patch(new) == (
+            candidate.body.get("status") or {}
+        ):
+            # Nothing to write (the steady state): the cached copy is enough. No read, no lock.
+            self.states[svc.metadata.uid or ""] = decision.state
+            result = Evaluated(svc.namespace, svc.name, decision, obs.replicas)
+        else:
+            svc, result = await self._write(svc, obs, candidate.pods, now)
+        auto = svc.spec.autoscaling
+        telemetry.record(
+            svc.namespace, svc.name, result.decision, result.previous, auto.min_replicas, auto.max_replicas
+        )
+        return result
+
+    async def _write(
+        self,
+        svc: api.QwenService,
+        obs: scaling.Observation,
+        pods: Sequence[Mapping[str, Any]],
+        now: datetime.datetime,
+    ) -> tuple[api.QwenService, Evaluated]:
+        key = (svc.namespace, svc.name)
+        async with self.locks.setdefault(key, asyncio.Lock()):
+            fresh = await self.cluster.get(QWENSERVICES, *key)
+            if fresh is None or fresh["metadata"].get("uid") != svc.metadata.uid:
+                raise LookupError(f"QwenService {key[0]}/{key[1]} is gone")
+            svc = validation.parse(fresh, self.policy)
+            if not svc.spec.autoscaling.enabled:
+                raise LookupError(f"QwenService {key[0]}/{key[1]} turned autoscaling off")
+            deployment = await self.cluster.get(DEPLOYMENTS, *key)
+            if deployment is None:
+                raise LookupError(f"Deployment {key[0]}/{key[1]} is gone")
+            replicas = int(deployment.get("spec", {}).get("replicas", 1))
+            if replicas != obs.replicas:  # changed since the watch reported it: decide from the fresh count
+                obs = replace(obs, replicas=replicas)
+            decision, new = self.decide(svc, obs, now)
+            self.states[svc.metadata.uid or ""] = decision.state
+            result = Evaluated(svc.namespace, svc.name, decision, obs.replicas)
+            out = result.outcome
+            if decision.replicas < obs.replicas:
+                await self._mark_deletion_costs(svc.namespace, pods, scaling.deletion_costs(obs), out)
+            if decision.replicas != obs.replicas:
+                patch = {"spec": {"replicas": decision.replicas}}
+                await self.cluster.merge_patch(DEPLOYMENTS, svc.namespace, svc.name, patch)
+                out.writes += 1
+                verb = "ScaledUp" if decision.replicas > obs.replicas else "ScaledDown"
+                message = f"{obs.replicas} -> {decision.replicas}: {decision.message}"
+                out.events.append(Event("Normal", verb, message))
+                log.info("%s/%s %s %s", svc.namespace, svc.name, verb, message)
+            out.events += _metrics_events(svc.status, new, decision.message)
+            await write_status(self.cluster, fresh, new, out)
+            await create_events(self.cluster, fresh, out.events, now)
+        return svc, result
+
+    async def _mark_deletion_costs(
+        self, namespace: str, pods: Sequence[Mapping[str, Any]], costs: Mapping[str, int], out: Outcome
+    ) -> None:
+        """Annotate the ready pods so the ReplicaSet removes the least-loaded ones first."""
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            if name not in costs:
+                continue
+            value = str(costs[name])
+            if (pod["metadata"].get("annotations") or {}).get(labels.POD_DELETION_COST_ANNOTATION) == value:
+                continue
+            patch = {"metadata": {"annotations": {labels.POD_DELETION_COST_ANNOTATION: value}}}
+            await self.cluster.merge_patch(PODS, namespace, name, patch)
+            out.writes += 1
+
+
+def _condition(st: api.QwenServiceStatus, type_: str) -> tuple[str, str] | None:
+    return next(((c.status, c.reason) for c in st.conditions if c.type == type_), None)
+
+
+def _metrics_events(old: api.QwenServiceStatus, new: api.QwenServiceStatus, message: str) -> list[Event]:
+    """A Warning when ready pods stop reporting (no ready pods yet, a new service, is not worth one),
+    and a Normal Event when they report again."""
+    before = _condition(old, status.METRICS_AVAILABLE)
+    after = _condition(new, status.METRICS_AVAILABLE)
+    lost, found = ("False", "MetricsUnavailable"), ("True", "MetricsAvailable")
+    if after == lost != before:
+        return [Event("Warning", "MetricsUnavailable", message)]
+    if after == found and before == lost:
+        return [Event("Normal", "MetricsAvailable", message)]
+    return []
