@@ -511,7 +511,8 @@ class ScalingTargets(_Model):
             "Requests in flight (running + waiting) one replica should carry. Unset: tuned per GPU "
             "from scheduling.nodeSelector's nvidia.com/gpu.product in the fleet benchmark (Qwen2.5-7B "
             "on the Azure conversation trace: L4 32, A10G 24, A100-80GB 48; docs/benchmark.md), and "
-            "24 for other or unnamed GPUs. Load-test your own model."
+            "24 for other or unnamed GPUs or tensorParallelSize above 1; never above engine.maxNumSeqs. "
+            "Load-test your own model."
         ),
     )
 
@@ -741,7 +742,8 @@ class QwenServiceSpec(_Model):
         if targets.concurrency_per_replica is not None:
             return self.autoscaling
         product = self.scheduling.node_selector.get(GPU_PRODUCT_LABEL)
-        filled = targets.model_copy(update={"concurrency_per_replica": default_concurrency(product)})
+        target = default_concurrency(product, self.engine.tensor_parallel_size, self.engine.max_num_seqs)
+        filled = targets.model_copy(update={"concurrency_per_replica": target})
         return self.autoscaling.model_copy(update={"targets": filled})
 
     @property

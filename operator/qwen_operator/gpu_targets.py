@@ -17,7 +17,17 @@ TUNED_CONCURRENCY: tuple[tuple[frozenset[str], float], ...] = (
 )
 
 
-def default_concurrency(gpu_product: str | None) -> float:
-    """The concurrency target for a GPU product (``NVIDIA-A100-SXM4-80GB``); 24 for any other card."""
+def default_concurrency(
+    gpu_product: str | None, tensor_parallel_size: int = 1, max_num_seqs: int | None = None
+) -> float:
+    """The concurrency target for a GPU product (``NVIDIA-A100-SXM4-80GB``); 24 for any other card.
+
+    The per-GPU values were measured for one model on one GPU per replica, so a replica spread over
+    several GPUs (tensor parallelism, a larger model) gets the generic 24. Either way the target is at
+    most ``max_num_seqs``: beyond it requests only queue, and the scaler would wait for a queue to grow
+    before adding a replica."""
     tokens = set((gpu_product or "").upper().split("-"))
-    return next((value for need, value in TUNED_CONCURRENCY if need <= tokens), DEFAULT_CONCURRENCY)
+    value = DEFAULT_CONCURRENCY
+    if tensor_parallel_size == 1:
+        value = next((v for need, v in TUNED_CONCURRENCY if need <= tokens), DEFAULT_CONCURRENCY)
+    return float(min(value, max_num_seqs)) if max_num_seqs else value

@@ -273,3 +273,12 @@ def is_forbidden(exc: BaseException) -> bool:
 
 def is_conflict(exc: BaseException) -> bool:
     return isinstance(exc, ApiException) and exc.status == 409
+
+
+def is_not_found(exc: BaseException) -> bool:
+    return isinstance(exc, ApiException) and exc.status == 404
+
+
+def is_transient(exc: BaseException) -> bool:
+    """The API server is busy or briefly unavailable (429, 5xx): the next attempt may succeed."""
+    return isinstance(exc, ApiException) and (exc.status == 429 or (exc.status or 0) >= 500)

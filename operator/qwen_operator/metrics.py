@@ -143,11 +143,19 @@ class PodsSource:
         return sample if sample is not None else "no vLLM metrics"
 
     async def observe(self, targets: Sequence[Target]) -> dict[tuple[str, str], Observation]:
+        """Every ready pod's /metrics, within one deadline (``timeout``) for the whole evaluation: pods
+        still unanswered then count as silent, however many wait for a connection slot."""
         pods = [(t, p) for t in targets for p in t.pods]
         started = time.monotonic()
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            results = await asyncio.gather(*(self._scrape(session, p) for _, p in pods))
+            tasks = [asyncio.ensure_future(self._scrape(session, p)) for _, p in pods]
+            done, pending = await asyncio.wait(tasks, timeout=self.timeout) if tasks else (set(), set())
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            silent = f"no answer within {self.timeout:g} s"
+            results = [task.result() if task in done else silent for task in tasks]
         telemetry.QUERY_SECONDS.labels(self.name).observe(time.monotonic() - started)
         samples: dict[tuple[str, str], dict[str, PodSample]] = defaultdict(dict)
         errors: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -183,13 +191,23 @@ class PrometheusConfig:
 
 
 def queries(service_label: str) -> dict[str, str]:
-    """One PromQL query per signal, for every QwenService at once, grouped by namespace/pod/service."""
+    """One PromQL query per signal, for every QwenService at once, grouped by namespace/pod/service.
+
+    Each engine's series is taken once (``max by`` its identity) before the engines are summed: the
+    same pod scraped by two jobs (the documented one and a cluster's common ``kubernetes-pods`` job,
+    which the pods' ``prometheus.io/scrape`` annotation invites) gives two series that differ only in
+    ``job`` and ``instance``, and must not count twice."""
     by = f"namespace, pod, {service_label}"
+    engine = f"{by}, engine, model_name"
     sel = f'{{{service_label}!=""}}'
+
+    def once(metric: str) -> str:
+        return f"max by ({engine}) ({metric}{sel})"
+
     return {
-        "running": f"sum by ({by}) ({RUNNING}{sel})",
-        "waiting": f"sum by ({by}) ({WAITING}{sel})",
-        "kv": f"avg by ({by}) ({KV_USAGE}{sel} or {KV_USAGE_OLD}{sel})",
+        "running": f"sum by ({by}) ({once(RUNNING)})",
+        "waiting": f"sum by ({by}) ({once(WAITING)})",
+        "kv": f"avg by ({by}) ({once(KV_USAGE)} or {once(KV_USAGE_OLD)})",
         "timestamp": f"max by ({by}) (timestamp({RUNNING}{sel}))",
     }
 

@@ -232,7 +232,10 @@ def scale_up(
 
 
 def window_max(history: tuple[tuple[datetime, int], ...], now: datetime, window: float) -> int | None:
-    """The highest recommendation whose run overlaps the last ``window`` seconds."""
+    """The highest recommendation whose run overlaps the last ``window`` seconds (none for a window
+    of 0: no stabilization)."""
+    if window <= 0:
+        return None
     start = now - timedelta(seconds=window)
     best: int | None = None
     for i, (_, replicas) in enumerate(history):
@@ -240,6 +243,9 @@ def window_max(history: tuple[tuple[datetime, int], ...], now: datetime, window:
         if end > start or i + 1 == len(history):
             best = replicas if best is None else max(best, replicas)
     return best
+
+
+MAX_RUNS = 256  # recommendation runs kept in the window
 
 
 def record(
@@ -252,7 +258,13 @@ def record(
     start = now - timedelta(seconds=window)
     while len(runs) > 1 and runs[1][0] <= start:
         runs.pop(0)
-    return tuple(runs[-256:])
+    # Bounded (it is persisted in the status) without losing a peak: the two neighbouring runs closest
+    # in count become one, from the first's start at the higher count (which can only hold replicas a
+    # little longer); the current run stays as it is.
+    while len(runs) > MAX_RUNS:
+        i = min(range(len(runs) - 2), key=lambda j: (abs(runs[j][1] - runs[j + 1][1]), j))
+        runs[i : i + 2] = [(runs[i][0], max(runs[i][1], runs[i + 1][1]))]
+    return tuple(runs)
 
 
 def scale_down(
@@ -361,15 +373,18 @@ def _stamp_scale_times(decision: Decision, current: int, now: datetime) -> Decis
 
 
 def deletion_costs(obs: Observation) -> dict[str, int]:
-    """``pod-deletion-cost`` per ready pod with data: busier pods cost more, so idle ones go first.
+    """``pod-deletion-cost`` per ready pod: busier pods cost more, so idle ones go first.
 
-    Requests in flight weigh 100 each, KV-cache usage adds up to 100; pods without data are left out.
+    Requests in flight weigh 100 each, KV-cache usage adds up to 100. A ready pod without data may be
+    silent because it is overloaded, so it counts as the busiest: never removed first on a guess.
     """
-    return {
+    costs = {
         pod: round(100 * (s.running + s.waiting) + 100 * (s.kv_cache_usage or 0))
         for pod, s in obs.samples.items()
         if pod in obs.ready_pods and math.isfinite(s.running + s.waiting + (s.kv_cache_usage or 0))
     }
+    busiest = max(costs.values(), default=0)
+    return {pod: costs.get(pod, busiest) for pod in obs.ready_pods}
 
 
 # ---------------------------------------------------------------------------- status conversions

@@ -6,13 +6,15 @@ import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+import yaml
 
 from qwen_operator import api, scaling
 from qwen_operator.metrics import PodRef, PrometheusConfig, PrometheusSource, Target
 from tests.fakevllm import FakePrometheusAPI, FakeVLLM
-from tests.prom import Prometheus
+from tests.prom import SCRAPE_CONFIG, Prometheus
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +149,42 @@ async def test_html_or_slow_answers_are_errors_within_the_deadline(mode: str) ->
         assert (decision.replicas, decision.reason) == (2, scaling.Reason.METRICS_UNAVAILABLE)
     finally:
         await asyncio.to_thread(fake.close)
+
+
+async def test_a_second_scrape_job_of_the_same_pods_counts_nothing_twice(
+    tmp_path: Path, pods: list[FakeVLLM]
+) -> None:
+    """The operator annotates its pods with prometheus.io/scrape, so a cluster's common
+    ``kubernetes-pods`` job may scrape them beside the documented job: the same series twice, differing
+    only in ``job``. The scaler must not see twice the load."""
+    common = yaml.safe_load(SCRAPE_CONFIG.read_text())["scrape_configs"][0]
+    common.pop("kubernetes_sd_configs")
+    common |= {
+        "job_name": "kubernetes-pods",
+        "scrape_interval": "1s",
+        "scrape_timeout": "1s",
+        "file_sd_configs": [{"files": [str(tmp_path / "targets.json")], "refresh_interval": "1s"}],
+    }
+    prom = Prometheus(tmp_path, extra_jobs=[common])
+    prom.start()
+    try:
+        pods[0].set(running=14, waiting=2, kv=0.5)
+        pods[2].set(running=6, waiting=6, kv=0.9, engines=2)
+        prom.set_targets(
+            [(pods[0].address, "ml", "chat-0", "chat"), (pods[2].address, "ml", "chat-1", "chat")]
+        )
+        prom.wait_for_series(2)
+        deadline = time.monotonic() + 20
+        # 3 engine series (1 + 2) per job, from both jobs
+        while len(prom.query('vllm:num_requests_running{serving_qwenops_io_service="chat"}')) < 6:
+            assert time.monotonic() < deadline, "the two jobs never both scraped both pods"
+            await asyncio.sleep(0.2)
+        chat = target("ml", "chat", "chat-0", "chat-1")
+        obs = (await source(prom.url).observe([chat]))[chat.key]
+    finally:
+        prom.stop()
+    c0, c1 = obs.samples["chat-0"], obs.samples["chat-1"]
+    assert (c0.running, c0.waiting, c0.kv_cache_usage) == (14, 2, 0.5)
+    assert (c1.running, c1.waiting, c1.kv_cache_usage) == (6, 6, pytest.approx(0.9)), "two engines, once each"
+    decision = scaling.decide(obs, SPEC, WARM, NOW)
+    assert decision.message.startswith("concurrency 28 vs target 8 x 2 ready"), decision.message

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from qwen_operator.metrics import parse_vllm_metrics, queries
+from qwen_operator.metrics import PodRef, PodsSource, Target, parse_vllm_metrics, queries
+from qwen_operator.scaling import PodSample
 from tests.conftest import DATA
 from tests.fakevllm import render
 
@@ -56,3 +59,28 @@ def test_one_query_per_signal_grouped_by_namespace_pod_and_service() -> None:
         assert "by (namespace, pod, serving_qwenops_io_service)" in promql
     assert "vllm:gpu_cache_usage_perc" in q["kv"]
     assert "vllm:kv_cache_usage_perc" in q["kv"]
+
+
+@pytest.mark.looptime
+async def test_the_pods_source_has_one_deadline_per_evaluation_however_many_pods_are_silent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """100 pods that never answer, 32 connections at a time: the evaluation still ends at its deadline
+    (it used to take a deadline per batch of 32), and the pods that answered count."""
+    source = PodsSource(timeout=0.5, concurrency=32)
+
+    async def scrape(_session: object, pod: PodRef) -> PodSample | str:
+        async with source.limit:
+            if pod.name == "fast":
+                return PodSample(3, 1, 0.2, 0.0)
+            await asyncio.sleep(3600)  # a pod that accepts the connection and never answers
+        return "unreachable"
+
+    monkeypatch.setattr(source, "_scrape", scrape)
+    silent = Target("ml", "chat", 101, (PodRef("fast"), *(PodRef(f"p{i}") for i in range(100))))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    obs = (await source.observe([silent]))[silent.key]
+    assert loop.time() - started == pytest.approx(0.5)
+    assert set(obs.samples) == {"fast"}
+    assert obs.error is None, "one pod answered: the decision uses it and the silent pods are missing"

@@ -20,6 +20,7 @@ from qwen_operator.scaling import (
     Reason,
     State,
     decide,
+    deletion_costs,
     record,
     state_from_status,
     window_max,
@@ -275,6 +276,32 @@ def test_history_keeps_runs_and_drops_what_left_the_window() -> None:
     assert window_max(h, T0 + timedelta(seconds=701), 300) == 1
 
 
+def test_a_window_of_zero_does_not_stabilize() -> None:
+    state = replace(warm(), history=((T0 - timedelta(seconds=15), 6),))
+    zero = spec(
+        scaleDown={"stabilizationWindowSeconds": 0, "cooldownAfterScaleUpSeconds": 0, "maxStepReplicas": 10}
+    )
+    decision = decide(observe(6, pods(3, 3, 3, 3, 3, 3)), zero, state, T0)
+    assert (decision.replicas, decision.reason) == (3, Reason.BELOW_TARGET), decision.message
+
+
+def test_a_long_window_of_alternating_recommendations_keeps_its_peak() -> None:
+    # A 3,600 s window at 5 s evaluations: 720 runs when the recommendation alternates; the peak of 9
+    # came first and must hold the whole window.
+    h: tuple[tuple[datetime, int], ...] = ()
+    for i in range(700):
+        h = record(h, T0 + timedelta(seconds=5 * i), 9 if i == 0 else 2 + i % 2, 3600)
+    assert len(h) <= 256, "bounded: it is persisted in the status"
+    assert window_max(h, T0 + timedelta(seconds=3499), 3600) == 9
+    assert window_max(h, T0 + timedelta(seconds=3605), 3600) == 3
+
+
+def test_a_ready_pod_without_data_is_not_the_first_to_go() -> None:
+    obs = observe(3, pods(2, 10), ready=3)  # p2 is ready and silent (maybe overloaded)
+    costs = deletion_costs(obs)
+    assert costs["p0"] < costs["p1"] == costs["p2"]
+
+
 def test_status_round_trip_keeps_the_state_but_not_the_last_evaluation() -> None:
     decision = decide(observe(1, pods(30)), spec(), warm(), T0)
     status = scaling_status(api.QwenServiceStatus(), decision, "2026-11-21T12:00:00Z", 1)
@@ -436,3 +463,24 @@ def test_a_target_set_in_the_spec_wins_over_the_gpu_default() -> None:
     }
     assert api.QwenServiceSpec.model_validate(body).scaling().targets.concurrency_per_replica == 10
     assert api.ScalingTargets().concurrency() == 24, "decide() on an unfilled spec uses the default"
+
+
+@pytest.mark.parametrize(
+    ("engine", "target"),
+    [
+        ({}, 32),  # the L4's measured value
+        ({"maxNumSeqs": 16}, 16),  # never above what the engine runs at once: the rest only queues
+        ({"tensorParallelSize": 2}, 24),  # measured for one GPU per replica: the generic default
+        ({"tensorParallelSize": 2, "maxNumSeqs": 8}, 8),
+    ],
+)
+def test_the_gpu_default_respects_max_num_seqs_and_tensor_parallelism(
+    engine: dict[str, int], target: float
+) -> None:
+    body = {
+        "model": {"name": "Qwen/Qwen2.5-7B-Instruct"},
+        "engine": engine,
+        "scheduling": {"nodeSelector": {gpu_targets.GPU_PRODUCT_LABEL: "NVIDIA-L4"}},
+        "autoscaling": {"enabled": True},
+    }
+    assert api.QwenServiceSpec.model_validate(body).scaling().targets.concurrency_per_replica == target

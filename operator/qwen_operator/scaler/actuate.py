@@ -17,13 +17,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from qwen_operator import api, labels, scaling, status, telemetry, validation
-from qwen_operator.kube import DEPLOYMENTS, PODS, QWENSERVICES, ClusterAPI
+from qwen_operator.kube import DEPLOYMENTS, PODS, QWENSERVICES, ClusterAPI, is_not_found
 from qwen_operator.objects import rfc3339
 from qwen_operator.outcome import Event, Outcome
 from qwen_operator.scaler.targets import Candidate
 from qwen_operator.writes import create_events, write_status
 
 log = logging.getLogger(__name__)
+
+
+class Changed(Exception):
+    """The service changed since it was read (deleted, replaced, autoscaling off): skip it this time;
+    the reconcile acts on the change."""
 
 
 @dataclass
@@ -86,13 +91,13 @@ class Actuator:
         async with self.locks.setdefault(key, asyncio.Lock()):
             fresh = await self.cluster.get(QWENSERVICES, *key)
             if fresh is None or fresh["metadata"].get("uid") != svc.metadata.uid:
-                raise LookupError(f"QwenService {key[0]}/{key[1]} is gone")
+                raise Changed(f"QwenService {key[0]}/{key[1]} is gone")
             svc = validation.parse(fresh, self.policy)
             if not svc.spec.autoscaling.enabled:
-                raise LookupError(f"QwenService {key[0]}/{key[1]} turned autoscaling off")
+                raise Changed(f"QwenService {key[0]}/{key[1]} turned autoscaling off")
             deployment = await self.cluster.get(DEPLOYMENTS, *key)
             if deployment is None:
-                raise LookupError(f"Deployment {key[0]}/{key[1]} is gone")
+                raise Changed(f"Deployment {key[0]}/{key[1]} is gone")
             replicas = int(deployment.get("spec", {}).get("replicas", 1))
             if replicas != obs.replicas:  # changed since the watch reported it: decide from the fresh count
                 obs = replace(obs, replicas=replicas)
@@ -127,7 +132,12 @@ class Actuator:
             if (pod["metadata"].get("annotations") or {}).get(labels.POD_DELETION_COST_ANNOTATION) == value:
                 continue
             patch = {"metadata": {"annotations": {labels.POD_DELETION_COST_ANNOTATION: value}}}
-            await self.cluster.merge_patch(PODS, namespace, name, patch)
+            try:
+                await self.cluster.merge_patch(PODS, namespace, name, patch)
+            except Exception as exc:
+                if not is_not_found(exc):
+                    raise
+                continue  # the pod went since the watch reported it: nothing to protect or remove
             out.writes += 1
 
 

@@ -19,10 +19,10 @@ from typing import Any
 from qwen_operator import api, scaling, telemetry, validation
 from qwen_operator.clock import utcnow
 from qwen_operator.fleet import Fleet, ListedFleet
-from qwen_operator.kube import ClusterAPI
-from qwen_operator.metrics import MetricsSource, PodsSource, Target
+from qwen_operator.kube import ClusterAPI, is_transient
+from qwen_operator.metrics import MetricsSource, PodsSource
 from qwen_operator.objects import key
-from qwen_operator.scaler.actuate import Actuator, Evaluated
+from qwen_operator.scaler.actuate import Actuator, Changed, Evaluated
 from qwen_operator.scaler.targets import Candidate, candidates
 from qwen_operator.settings import OperatorSettings
 from qwen_operator.sources import SourceRefused, Sources
@@ -68,15 +68,22 @@ class Autoscaler:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("scaler tick failed")
+            except Exception as exc:
+                if is_transient(exc):  # busy or restarting: one line, and the next tick tries again
+                    log.warning(
+                        "scaler tick skipped: the API server answered %s", getattr(exc, "status", exc)
+                    )
+                else:
+                    log.exception("scaler tick failed")
             await asyncio.sleep(self.config.scaler_tick_seconds)
 
     def _due(self, svc: api.QwenService, now: datetime.datetime) -> bool:
         last = self.states.get(svc.metadata.uid or "", scaling.State()).last_evaluated
-        return (
-            last is None or (now - last).total_seconds() >= svc.spec.autoscaling.evaluation_interval_seconds
-        )
+        if last is None:
+            return True
+        elapsed = (now - last).total_seconds()
+        # A wall clock stepped backwards makes the elapsed time negative: evaluate rather than wait.
+        return elapsed < 0 or elapsed >= svc.spec.autoscaling.evaluation_interval_seconds
 
     def _forget_deleted(self, listed: list[Mapping[str, Any]]) -> None:
         alive = {body["metadata"].get("uid") for body in listed}
@@ -110,35 +117,41 @@ class Autoscaler:
                 due.append((svc, body))
         if not due:
             return []
-        todo = {
-            c.target.key: c for c in candidates(due, await self.fleet.deployments(), await self.fleet.pods())
-        }
-        observed = await self._observe(todo)
-        results = []
-        for target_key, obs in observed.items():
+        todo = candidates(due, await self.fleet.deployments(), await self.fleet.pods())
+        groups: dict[MetricsSource, list[Candidate]] = defaultdict(list)
+        refused: list[tuple[Candidate, scaling.Observation]] = []
+        for c in todo:
             try:
-                results.append(await self.actuator.act(todo[target_key], obs, now))
-            except (LookupError, validation.InvalidSpec) as exc:
-                log.info("not scaling %s/%s: %s", *target_key, exc)  # changed since read; the reconcile acts
-            except Exception:
-                log.exception("scaling %s/%s failed", *target_key)
+                groups[await self.sources.for_service(c.svc, self.cluster)].append(c)
+            except SourceRefused as exc:
+                refused.append((c, c.target.observation({}, str(exc))))
+        results: list[Evaluated] = []
+        # Each source's services are acted on as soon as its answer is in: one slow source (within its
+        # own deadline) never delays the services of the others.
+        await asyncio.gather(
+            self._act_all(refused, now, results),
+            *(self._observe_and_act(source, group, now, results) for source, group in groups.items()),
+        )
         telemetry.EVALUATION_SECONDS.observe(time.monotonic() - started)
         return results
 
-    async def _observe(
-        self, todo: Mapping[tuple[str, str], Candidate]
-    ) -> dict[tuple[str, str], scaling.Observation]:
-        """Each service's observation: one batched call per metrics source for all its services."""
-        groups: dict[MetricsSource, list[Target]] = defaultdict(list)
-        refused: dict[tuple[str, str], str] = {}
-        for target_key, c in todo.items():
+    async def _observe_and_act(
+        self, source: MetricsSource, group: list[Candidate], now: datetime.datetime, results: list[Evaluated]
+    ) -> None:
+        """One batched call to ``source`` for all its services, then each service's decision."""
+        observed = await source.observe([c.target for c in group])
+        await self._act_all([(c, observed[c.target.key]) for c in group], now, results)
+
+    async def _act_all(
+        self,
+        pairs: list[tuple[Candidate, scaling.Observation]],
+        now: datetime.datetime,
+        results: list[Evaluated],
+    ) -> None:
+        for candidate, obs in pairs:
             try:
-                groups[await self.sources.for_service(c.svc, self.cluster)].append(c.target)
-            except SourceRefused as exc:
-                refused[target_key] = str(exc)
-        observed: dict[tuple[str, str], scaling.Observation] = {}
-        for answer in await asyncio.gather(*(source.observe(ts) for source, ts in groups.items())):
-            observed.update(answer)
-        for target_key, error in refused.items():
-            observed[target_key] = todo[target_key].target.observation({}, error)
-        return observed
+                results.append(await self.actuator.act(candidate, obs, now))
+            except (Changed, validation.InvalidSpec) as exc:
+                log.info("not scaling %s/%s: %s", *candidate.target.key, exc)  # the reconcile acts
+            except Exception:
+                log.exception("scaling %s/%s failed", *candidate.target.key)

@@ -1,0 +1,209 @@
+"""The scaler's tick, driven with its own clock and fleet: what it writes, and when."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from qwen_operator import labels
+from qwen_operator.kube import DEPLOYMENTS, Resource
+from qwen_operator.metrics import Target
+from qwen_operator.scaler import Autoscaler
+from qwen_operator.scaling import Observation, PodSample, State
+from qwen_operator.settings import OperatorSettings
+
+NOW = datetime.datetime(2026, 11, 30, 12, tzinfo=datetime.UTC)
+
+
+def service(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.qwenops.io/v1alpha1",
+        "kind": "QwenService",
+        "metadata": {"name": name, "namespace": "ml", "uid": f"uid-{name}", "generation": 1},
+        "spec": {
+            "model": {"name": "Qwen/Qwen2.5-7B-Instruct"},
+            "autoscaling": {
+                "enabled": True,
+                "maxReplicas": 8,
+                "targets": {"concurrencyPerReplica": 8},
+                "scaleUp": {"maxStepReplicas": 8, "maxStepPercent": 800},
+            },
+        },
+    }
+
+
+def deployment(name: str) -> dict[str, Any]:
+    owner = {
+        "apiVersion": "serving.qwenops.io/v1alpha1",
+        "kind": "QwenService",
+        "name": name,
+        "uid": f"uid-{name}",
+    }
+    return {
+        "metadata": {"name": name, "namespace": "ml", "ownerReferences": [owner]},
+        "spec": {"replicas": 1},
+    }
+
+
+def pod(service_name: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": f"{service_name}-0",
+            "namespace": "ml",
+            "labels": labels.common_labels(service_name),
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": "10.0.0.1",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+
+
+class Fleet:
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = names
+
+    async def services(self) -> list[dict[str, Any]]:
+        return [service(n) for n in self.names]
+
+    async def deployments(self) -> list[dict[str, Any]]:
+        return [deployment(n) for n in self.names]
+
+    async def pods(self) -> list[dict[str, Any]]:
+        return [pod(n) for n in self.names]
+
+
+class Cluster:
+    """Answers reads from the fleet's objects and records each write with the loop's time."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[float, str, str]] = []
+
+    async def get(self, res: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        return deployment(name) if res == DEPLOYMENTS else service(name)
+
+    async def merge_patch(
+        self, res: Resource, namespace: str, name: str, patch: Mapping[str, Any], sub: str | None = None
+    ) -> dict[str, Any]:
+        if res == DEPLOYMENTS:
+            self.writes.append((asyncio.get_running_loop().time(), name, str(patch["spec"]["replicas"])))
+        return {}
+
+    async def create(self, res: Resource, obj: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(obj)
+
+
+class Source:
+    """A metrics source that answers after ``delay`` seconds with 40 requests in flight per pod."""
+
+    def __init__(self, name: str, delay: float) -> None:
+        self.name, self.delay = name, delay
+
+    async def observe(self, targets: Sequence[Target]) -> dict[tuple[str, str], Observation]:
+        await asyncio.sleep(self.delay)
+        return {t.key: t.observation({p.name: PodSample(40, 0, 0.3, 0.0) for p in t.pods}) for t in targets}
+
+
+@pytest.mark.looptime
+async def test_a_slow_metrics_source_does_not_delay_the_services_of_a_fast_one() -> None:
+    cluster = Cluster()
+    scaler = Autoscaler(cluster, OperatorSettings(), clock=lambda: NOW, fleet=Fleet(["fast", "slow"]))  # type: ignore[arg-type]
+    fast, slow = Source("fast", 0.1), Source("slow", 5.0)
+
+    async def for_service(svc: Any, _cluster: Any) -> Source:
+        return fast if svc.name == "fast" else slow
+
+    scaler.sources.for_service = for_service  # type: ignore[method-assign]
+    started = asyncio.get_running_loop().time()
+    results = await scaler.tick()
+    assert {r.name for r in results} == {"fast", "slow"}
+    when = {name: t - started for t, name, _ in cluster.writes}
+    assert when["fast"] == pytest.approx(0.1), "scaled as soon as its own source answered"
+    assert when["slow"] == pytest.approx(5.0)
+    assert {name: replicas for _, name, replicas in cluster.writes} == {"fast": "5", "slow": "5"}
+
+
+async def test_a_wall_clock_stepped_backwards_does_not_stop_the_evaluations() -> None:
+    now = [NOW]
+    scaler = Autoscaler(Cluster(), OperatorSettings(), clock=lambda: now[0], fleet=Fleet(["chat"]))  # type: ignore[arg-type]
+    fast = Source("fast", 0.0)
+
+    async def for_service(svc: Any, _cluster: Any) -> Source:
+        return fast
+
+    scaler.sources.for_service = for_service  # type: ignore[method-assign]
+    assert len(await scaler.tick()) == 1
+    now[0] = NOW - datetime.timedelta(hours=1)  # NTP corrects a clock that ran an hour ahead
+    assert len(await scaler.tick()) == 1, "evaluated, not held until the clock catches up"
+
+
+async def test_a_pod_gone_before_its_deletion_cost_is_set_does_not_stop_the_scale_down() -> None:
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    def three(name: str) -> dict[str, Any]:
+        return deployment(name) | {"spec": {"replicas": 3}}
+
+    class Vanishing(Cluster):
+        async def get(self, res: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+            return three(name) if res == DEPLOYMENTS else service(name)
+
+        async def merge_patch(
+            self, res: Resource, namespace: str, name: str, patch: Mapping[str, Any], sub: str | None = None
+        ) -> dict[str, Any]:
+            if res.plural == "pods":
+                raise ApiException(status=404, reason="Not Found")
+            return await super().merge_patch(res, namespace, name, patch, sub)
+
+    class ThreeReplicas(Fleet):
+        async def deployments(self) -> list[dict[str, Any]]:
+            return [three(n) for n in self.names]
+
+    class Idle(Source):
+        async def observe(self, targets: Sequence[Target]) -> dict[tuple[str, str], Observation]:
+            return {
+                t.key: t.observation({p.name: PodSample(0, 0, 0.0, 0.0) for p in t.pods}) for t in targets
+            }
+
+    cluster = Vanishing()
+    scaler = Autoscaler(cluster, OperatorSettings(), clock=lambda: NOW, fleet=ThreeReplicas(["chat"]))  # type: ignore[arg-type]
+    # An hour of unbroken data, no recent scale-up: the idle service may shrink now.
+    scaler.states["uid-chat"] = State(
+        data_since=NOW - datetime.timedelta(hours=1), last_evaluated=NOW - datetime.timedelta(seconds=15)
+    )
+    idle = Idle("idle", 0.0)
+
+    async def for_service(svc: Any, _cluster: Any) -> Source:
+        return idle
+
+    scaler.sources.for_service = for_service  # type: ignore[method-assign]
+    (result,) = await scaler.tick()
+    assert result.decision.replicas < 3, result.decision.message
+    assert [(name, replicas) for _, name, replicas in cluster.writes] == [
+        ("chat", str(result.decision.replicas))
+    ]
+
+
+@pytest.mark.looptime
+async def test_a_busy_api_server_gets_one_warning_line_per_tick_not_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    class Busy(Fleet):
+        async def services(self) -> list[dict[str, Any]]:
+            raise ApiException(status=429, reason="Too Many Requests")
+
+    scaler = Autoscaler(Cluster(), OperatorSettings(), clock=lambda: NOW, fleet=Busy(["chat"]))  # type: ignore[arg-type]
+    task = asyncio.create_task(scaler.run())
+    await asyncio.sleep(3 * scaler.config.scaler_tick_seconds - 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    records = [r for r in caplog.records if r.name.startswith("qwen_operator.scaler")]
+    assert len(records) == 3
+    assert all(r.levelname == "WARNING" and r.exc_info is None and "429" in r.getMessage() for r in records)
