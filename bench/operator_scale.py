@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -118,12 +119,24 @@ def reads(emulator: Emulator) -> dict[str, int]:
 
 
 async def measure(
-    n: int, idle_cycles: int, workdir: Path, interval: int = INTERVAL, relist_seconds: float | None = None
+    n: int,
+    idle_cycles: int,
+    workdir: Path,
+    interval: int = INTERVAL,
+    relist_seconds: float | None = None,
+    varying: bool = False,
 ) -> dict[str, Any]:
     # At target, so nothing should change: only the three gauges the scaler reads (the full 55 KB page
     # x 1,000 pods would measure this one server, not the operator); Prometheus sets the path per pod.
     at_target = gauges_text(running=20, waiting=0, kv=0.3, model="Qwen/Qwen2.5-0.5B-Instruct").encode()
-    metrics = MetricsServer("127.0.0.1", 0, lambda: at_target)
+    rng = random.Random(n)
+
+    def wandering() -> bytes:
+        """Real load moves between scrapes (17-23 requests): the figures change, the decision holds."""
+        running = 20 + rng.randint(-3, 3)
+        return gauges_text(running=running, waiting=0, kv=0.3, model="Qwen/Qwen2.5-0.5B-Instruct").encode()
+
+    metrics = MetricsServer("127.0.0.1", 0, wandering if varying else lambda: at_target)
     (workdir / f"prom-{n}").mkdir(parents=True, exist_ok=True)
     prom = Prometheus(workdir / f"prom-{n}", scrape_interval=f"{SCRAPE_INTERVAL}s")
     groups = [
@@ -291,6 +304,11 @@ def main() -> int:
         "as the scaler did before its watch caches",
     )
     parser.add_argument("--name", default="operator", help="output file stem in --out")
+    parser.add_argument(
+        "--varying",
+        action="store_true",
+        help="each scrape reports another load (17-23 in flight; the decision holds), not a constant",
+    )
     args = parser.parse_args()
     if not shutil.which("prometheus"):
         print("bench-operator needs the prometheus binary (apt-get install prometheus)", file=sys.stderr)
@@ -300,7 +318,9 @@ def main() -> int:
         for n in (int(x) for x in args.services.split(",")):
             started = time.monotonic()
             try:
-                row = asyncio.run(measure(n, args.idle_cycles, Path(tmp), args.interval, args.relist_seconds))
+                row = asyncio.run(
+                    measure(n, args.idle_cycles, Path(tmp), args.interval, args.relist_seconds, args.varying)
+                )
             except RuntimeError as exc:  # report it, and go on with the next N
                 row = {"services": n, "error": str(exc)}
             row["wall_s"] = round(time.monotonic() - started, 1)

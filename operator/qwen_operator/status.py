@@ -228,6 +228,27 @@ def invalid_status(
     return old.model_copy(update={"phase": "Invalid", "conditions": conds, "observed_generation": generation})
 
 
+# What the scaler's status says for people and changes with every load sample: the message, the
+# observed load, the unlimited recommendation and its window, and the conditions' messages. Everything
+# else (replicas, reasons, condition states, scale times, how many pods are ready and report) is material.
+DISPLAY_ONLY = ("message", "observation", "recommendation", "recommendations", "dataSince")
+OBSERVED_COUNTS = ("readyReplicas", "podsWithData")
+
+
+def material(st: Mapping[str, Any]) -> dict[str, Any]:
+    """``st`` (as the API stores it) without its display-only figures: two statuses that differ only
+    there describe the same decision."""
+    out = {k: v for k, v in st.items() if k not in ("autoscaling", "conditions")}
+    auto = st.get("autoscaling") or {}
+    out["autoscaling"] = {k: v for k, v in auto.items() if k not in DISPLAY_ONLY}
+    out["autoscaling"]["counts"] = {k: (auto.get("observation") or {}).get(k) for k in OBSERVED_COUNTS}
+    out["conditions"] = [
+        {k: c.get(k) for k in ("type", "status", "reason", "observedGeneration")}
+        for c in st.get("conditions") or []
+    ]
+    return out
+
+
 def status_patch(status: api.QwenServiceStatus) -> dict[str, Any]:
     """The status as the API stores it (camelCase, no unset fields)."""
     dumped: dict[str, Any] = status.model_dump(by_alias=True, exclude_none=True, mode="json")

@@ -207,3 +207,87 @@ async def test_a_busy_api_server_gets_one_warning_line_per_tick_not_a_traceback(
     records = [r for r in caplog.records if r.name.startswith("qwen_operator.scaler")]
     assert len(records) == 3
     assert all(r.levelname == "WARNING" and r.exc_info is None and "429" in r.getMessage() for r in records)
+
+
+class Store:
+    """A fake API server holding one service, its Deployment and pod: the fleet reads it (as the watch
+    would report it) and the scaler writes to it; every status write is counted."""
+
+    def __init__(self, name: str, replicas: int) -> None:
+        self.svc = service(name)
+        self.dep = deployment(name) | {"spec": {"replicas": replicas}}
+        self.pods = [
+            pod(name) | {"metadata": {**pod(name)["metadata"], "name": f"{name}-{i}"}}
+            for i in range(replicas)
+        ]
+        self.status_writes = 0
+
+    async def services(self) -> list[dict[str, Any]]:
+        return [self.svc]
+
+    async def deployments(self) -> list[dict[str, Any]]:
+        return [self.dep]
+
+    async def pods_(self) -> list[dict[str, Any]]:
+        return self.pods
+
+    async def get(self, res: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.dep if res == DEPLOYMENTS else self.svc
+
+    async def merge_patch(
+        self, res: Resource, namespace: str, name: str, patch: Mapping[str, Any], sub: str | None = None
+    ) -> dict[str, Any]:
+        if sub == "status":
+            self.status_writes += 1
+            merged = {**(self.svc.get("status") or {}), **patch["status"]}
+            self.svc = self.svc | {"status": {k: v for k, v in merged.items() if v is not None}}
+        elif res == DEPLOYMENTS:
+            self.dep = self.dep | {"spec": dict(patch["spec"])}
+        return {}
+
+    async def create(self, res: Resource, obj: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(obj)
+
+
+class Load:
+    """Requests in flight per pod, changed by the test between ticks."""
+
+    name = "load"
+
+    def __init__(self) -> None:
+        self.per_pod = 8.0
+
+    async def observe(self, targets: Sequence[Target]) -> dict[tuple[str, str], Observation]:
+        sample = PodSample(self.per_pod, 0, 0.3, 0.0)
+        return {t.key: t.observation({p.name: sample for p in t.pods}) for t in targets}
+
+
+async def test_live_figures_are_written_at_most_once_a_minute_while_the_decision_holds() -> None:
+    store = Store("chat", 2)
+    now = [NOW]
+    fleet = Fleet(["chat"])
+    fleet.services, fleet.deployments, fleet.pods = store.services, store.deployments, store.pods_  # type: ignore[method-assign]
+    scaler = Autoscaler(store, OperatorSettings(), clock=lambda: now[0], fleet=fleet)  # type: ignore[arg-type]
+    load = Load()
+
+    async def for_service(svc: Any, _cluster: Any) -> Load:
+        return load
+
+    scaler.sources.for_service = for_service  # type: ignore[method-assign]
+
+    async def tick(seconds: float, per_pod: float) -> None:
+        now[0] += datetime.timedelta(seconds=seconds)
+        load.per_pod = per_pod
+        await scaler.tick()
+
+    await tick(0, 8)
+    assert store.status_writes == 1, "the first evaluation writes the status"
+    for i in range(1, 4):  # 15, 30, 45 s: the load wanders inside the tolerance, 2 replicas hold
+        await tick(15, 8 + 0.2 * i)
+    assert store.status_writes == 1, "only the figures changed: not written within the minute"
+    await tick(15, 7.8)  # 60 s
+    assert store.status_writes == 2, "the figures are refreshed once the minute is over"
+    assert store.svc["status"]["autoscaling"]["observation"]["concurrency"] == pytest.approx(15.6)
+    await tick(15, 30)  # the decision changes: written at once
+    assert store.dep["spec"]["replicas"] > 2
+    assert store.status_writes == 3

@@ -24,6 +24,8 @@ from qwen_operator.scaler.targets import Candidate
 from qwen_operator.writes import create_events, write_status
 
 log = logging.getLogger(__name__)
+# While the decision and the conditions hold, the status's live figures are refreshed at most this often.
+DISPLAY_REFRESH_SECONDS = 60.0
 
 
 class Changed(Exception):
@@ -54,6 +56,7 @@ class Actuator:
         states: dict[str, scaling.State],
     ) -> None:
         self.cluster, self.policy, self.locks, self.states = cluster, policy, locks, states
+        self.refreshed: dict[str, datetime.datetime] = {}  # by uid: when this process last wrote its status
 
     def decide(
         self, svc: api.QwenService, obs: scaling.Observation, now: datetime.datetime
@@ -65,12 +68,17 @@ class Actuator:
 
     async def act(self, candidate: Candidate, obs: scaling.Observation, now: datetime.datetime) -> Evaluated:
         svc = candidate.svc
+        uid = svc.metadata.uid or ""
         decision, new = self.decide(svc, obs, now)
-        if decision.replicas == obs.replicas and status.status_patch(new) == (
-            candidate.body.get("status") or {}
+        patch, old = status.status_patch(new), candidate.body.get("status") or {}
+        last = self.refreshed.get(uid)
+        recent = last is not None and 0 <= (now - last).total_seconds() < DISPLAY_REFRESH_SECONDS
+        if decision.replicas == obs.replicas and (
+            patch == old or (recent and status.material(patch) == status.material(old))
         ):
-            # Nothing to write (the steady state): the cached copy is enough. No read, no lock.
-            self.states[svc.metadata.uid or ""] = decision.state
+            # Nothing to write (the steady state), or only live figures refreshed less than a minute
+            # ago: the cached copy is enough. No read, no lock, no write.
+            self.states[uid] = decision.state
             result = Evaluated(svc.namespace, svc.name, decision, obs.replicas)
         else:
             svc, result = await self._write(svc, obs, candidate.pods, now)
@@ -117,6 +125,7 @@ class Actuator:
                 log.info("%s/%s %s %s", svc.namespace, svc.name, verb, message)
             out.events += _metrics_events(svc.status, new, decision.message)
             await write_status(self.cluster, fresh, new, out)
+            self.refreshed[svc.metadata.uid or ""] = now
             await create_events(self.cluster, fresh, out.events, now)
         return svc, result
 

@@ -89,6 +89,8 @@ class Autoscaler:
         alive = {body["metadata"].get("uid") for body in listed}
         for uid in [uid for uid in self.states if uid not in alive]:
             del self.states[uid]
+        for uid in [uid for uid in self.actuator.refreshed if uid not in alive]:
+            del self.actuator.refreshed[uid]
         exported = {
             key(body) for body in listed if (body.get("spec", {}).get("autoscaling") or {}).get("enabled")
         }
