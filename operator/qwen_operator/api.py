@@ -785,14 +785,13 @@ class ScalingObservation(_Model):
     kv_cache_usage: float | None = Field(default=None, description="Mean KV-cache usage (0-1).")
 
 
-class AutoscalingStatus(_Model):
-    """The scaler's last decision and the state its windows and cooldowns need (survives restarts)."""
+class ScalerState(_Model):
+    """What the scaler's windows and cooldowns remember, kept so that a restart does not forget them.
+    ``lastScaleUpTime`` is written with every scale-up; the window and ``dataSince`` change with the load
+    and are written at most once a minute while the decision holds (a restart is a gap in the data
+    anyway, so the window starts again then)."""
 
     model_config = ConfigDict(extra="ignore")
-    reason: str | None = None
-    message: str | None = None
-    recommendation: int | None = Field(default=None, description="Replicas the signals ask for, unlimited.")
-    observation: ScalingObservation | None = None
     last_scale_up_time: datetime.datetime | None = None
     data_since: datetime.datetime | None = Field(
         default=None, description="Start of the current unbroken run of metrics (scale-down waits a window)."
@@ -800,6 +799,17 @@ class AutoscalingStatus(_Model):
     recommendations: list[Recommendation] = Field(
         default_factory=list, max_length=256, description="Recommendations within the stabilization window."
     )
+
+
+class AutoscalingStatus(_Model):
+    """The scaler's last decision and what it saw (for people), and its state (for itself)."""
+
+    model_config = ConfigDict(extra="ignore")
+    reason: str | None = None
+    message: str | None = None
+    recommendation: int | None = Field(default=None, description="Replicas the signals ask for, unlimited.")
+    observation: ScalingObservation | None = None
+    state: ScalerState | None = None
 
 
 class QwenServiceStatus(_Model):

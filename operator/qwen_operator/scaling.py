@@ -392,10 +392,10 @@ def deletion_costs(obs: Observation) -> dict[str, int]:
 
 def state_from_status(status: api.QwenServiceStatus) -> State:
     """The persisted part of the state (``last_evaluated`` is not persisted: a restart is a gap)."""
-    auto = status.autoscaling or api.AutoscalingStatus()
+    state = (status.autoscaling or api.AutoscalingStatus()).state or api.ScalerState()
     return State(
         last_scale_time=status.last_scale_time,
-        last_scale_up_time=auto.last_scale_up_time,
-        data_since=auto.data_since,
-        history=tuple((r.since, r.replicas) for r in auto.recommendations),
+        last_scale_up_time=state.last_scale_up_time,
+        data_since=state.data_since,
+        history=tuple((r.since, r.replicas) for r in state.recommendations),
     )

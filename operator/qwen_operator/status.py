@@ -204,9 +204,11 @@ def scaling_status(
         message=decision.message,
         recommendation=decision.recommendation,
         observation=obs,
-        last_scale_up_time=state.last_scale_up_time,
-        data_since=state.data_since,
-        recommendations=[api.Recommendation(since=t, replicas=r) for t, r in state.history],
+        state=api.ScalerState(
+            last_scale_up_time=state.last_scale_up_time,
+            data_since=state.data_since,
+            recommendations=[api.Recommendation(since=t, replicas=r) for t, r in state.history],
+        ),
     )
     return old.model_copy(
         update={
@@ -228,19 +230,24 @@ def invalid_status(
     return old.model_copy(update={"phase": "Invalid", "conditions": conds, "observed_generation": generation})
 
 
-# What the scaler's status says for people and changes with every load sample: the message, the
-# observed load, the unlimited recommendation and its window, and the conditions' messages. Everything
-# else (replicas, reasons, condition states, scale times, how many pods are ready and report) is material.
-DISPLAY_ONLY = ("message", "observation", "recommendation", "recommendations", "dataSince")
+# What changes with every load sample: for people, the message, the observed load and the unlimited
+# recommendation (and the conditions' messages); for the scaler itself, its window and dataSince.
+# Everything else (replicas, reasons, condition states, scale times, how many pods are ready and report)
+# is material.
+DISPLAY_ONLY = ("message", "observation", "recommendation")
+LAG_TOLERANT_STATE = ("dataSince", "recommendations")
 OBSERVED_COUNTS = ("readyReplicas", "podsWithData")
 
 
 def material(st: Mapping[str, Any]) -> dict[str, Any]:
-    """``st`` (as the API stores it) without its display-only figures: two statuses that differ only
-    there describe the same decision."""
+    """``st`` (as the API stores it) without what changes with every load sample: two statuses that
+    differ only there describe the same decision."""
     out = {k: v for k, v in st.items() if k not in ("autoscaling", "conditions")}
     auto = st.get("autoscaling") or {}
-    out["autoscaling"] = {k: v for k, v in auto.items() if k not in DISPLAY_ONLY}
+    out["autoscaling"] = {k: v for k, v in auto.items() if k not in (*DISPLAY_ONLY, "state")}
+    out["autoscaling"]["state"] = {
+        k: v for k, v in (auto.get("state") or {}).items() if k not in LAG_TOLERANT_STATE
+    }
     out["autoscaling"]["counts"] = {k: (auto.get("observation") or {}).get(k) for k in OBSERVED_COUNTS}
     out["conditions"] = [
         {k: c.get(k) for k in ("type", "status", "reason", "observedGeneration")}

@@ -128,7 +128,7 @@ async def test_status_write_sends_only_changed_fields_so_the_scalers_survive(min
 
     body = copy.deepcopy(minimal)
     body["spec"]["autoscaling"] = {"enabled": True}
-    scaler = {"reason": "AboveTarget", "recommendations": [{"since": NOW, "replicas": 3}]}
+    scaler = {"reason": "AboveTarget", "state": {"recommendations": [{"since": NOW, "replicas": 3}]}}
     body["status"] = {"autoscaling": scaler, "lastScaleTime": NOW, "phase": "Pending"}
     await reconcile.reconcile(Recording(), body, NOW)
     (patch,) = sent
