@@ -133,8 +133,18 @@ def _not_installed(verb: str) -> int:
     return 2
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("qwen-operator")
+    except PackageNotFoundError:  # run from a source tree without an install
+        return "unknown"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qwen-operator", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the operator against the current cluster (kubeconfig or in-cluster)")

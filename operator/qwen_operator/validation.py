@@ -7,6 +7,7 @@ need more than CEL. Every message names the field and says what to do.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +98,20 @@ def semantic_errors(spec: api.QwenServiceSpec) -> list[str]:
     return errors
 
 
+# The QwenService's name becomes its Service's and its pods' label value: a DNS-1035 label.
+SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def name_errors(name: str) -> list[str]:
+    if SERVICE_NAME.fullmatch(name):
+        return []
+    return [
+        f"metadata.name {name!r}: the Service the operator creates takes this name, so it must be at most 63 "
+        "lowercase letters, digits and '-', starting with a letter and ending with a letter or digit "
+        "(e.g. qwen-7b)"
+    ]
+
+
 def parse(body: Mapping[str, Any], policy: Policy | None = None) -> api.QwenService:
     """A QwenService from an API object or a file; raises :class:`InvalidSpec` with every problem.
 
@@ -105,7 +120,8 @@ def parse(body: Mapping[str, Any], policy: Policy | None = None) -> api.QwenServ
         svc = api.QwenService.model_validate(dict(body))
     except ValidationError as exc:
         raise InvalidSpec(_pydantic_messages(exc)) from None
-    errors = semantic_errors(svc.spec) + (policy_errors(svc.spec, policy) if policy is not None else [])
+    errors = name_errors(svc.metadata.name) + semantic_errors(svc.spec)
+    errors += policy_errors(svc.spec, policy) if policy is not None else []
     if errors:
         raise InvalidSpec(errors)
     return svc

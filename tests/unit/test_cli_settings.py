@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import yaml
 
 from qwen_operator import cli, crd, settings
@@ -70,3 +73,23 @@ def test_settings_come_from_the_environment(monkeypatch):
     assert s.prometheus_url == "http://prom:9090"
     monkeypatch.delenv("QWEN_OPERATOR_NAMESPACES")
     assert OperatorSettings().namespaces == []
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == "qwen-operator 0.1.0"
+
+
+@pytest.mark.parametrize("name", ["Qwen7B", "qwen.7b", "7b-qwen", "q" * 64])
+def test_render_refuses_a_name_the_api_server_or_the_service_would_refuse(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "svc.yaml"
+    path.write_text(
+        f"apiVersion: serving.qwenops.io/v1alpha1\nkind: QwenService\nmetadata: {{name: '{name}'}}\n"
+        "spec: {model: {name: Qwen/Qwen2.5-7B-Instruct}}\n"
+    )
+    assert cli.main(["render", str(path)]) == 1
+    assert "metadata.name" in capsys.readouterr().err
