@@ -78,7 +78,27 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _no_cluster() -> str | None:
+    """Why the operator cannot reach a cluster before it tries (in-cluster, or a kubeconfig file)."""
+    import os
+
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return None
+    paths = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+    paths = paths or [os.path.expanduser("~/.kube/config")]
+    if any(os.path.exists(p) for p in paths):
+        return None
+    return (
+        f"qwen-operator run: no cluster to run against: not in a pod, and no kubeconfig at "
+        f"{', '.join(paths)}. Point KUBECONFIG at your cluster's kubeconfig (or run it in the cluster: "
+        "helm install, docs/install.md); to try it without a cluster: make demo"
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if (missing := _no_cluster()) is not None:
+        print(missing, file=sys.stderr)
+        return 2
     import kopf
 
     from qwen_operator import handlers  # noqa: F401  (registers the handlers)

@@ -93,3 +93,15 @@ def test_render_refuses_a_name_the_api_server_or_the_service_would_refuse(
     )
     assert cli.main(["render", str(path)]) == 1
     assert "metadata.name" in capsys.readouterr().err
+
+
+def test_run_without_a_cluster_says_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    assert cli.main(["run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "KUBECONFIG" in err
+    assert "make demo" in err
