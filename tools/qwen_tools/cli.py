@@ -104,22 +104,43 @@ def add_manifests(sub: Any) -> None:
 
 def add_simulate(sub: Any) -> None:
     sm = sub.add_parser(
-        "simulate", help="replay a request trace against a simulated vLLM fleet under a scaling policy"
+        "simulate",
+        help="replay a request trace against a simulated vLLM fleet under a scaling policy",
+        description=(
+            "Replay a request trace (the Azure LLM-inference CSV format) against a simulated fleet of vLLM "
+            "replicas (Qwen2.5-7B) under one scaling policy, and print its SLO attainment (TTFT <= 2 s), "
+            "GPU-hours and scaling actions. The fleet starts warm, as a running service would: with twice "
+            "the replicas the first five minutes need (within --min/--max), whose engines have already "
+            "served the trace's first two minutes; only the controller is new. Static fleets start at "
+            "their size. The model and its sources: docs/benchmark.md."
+        ),
+        epilog=(
+            "example: qwen-operator simulate --trace bench/traces/AzureLLMInferenceTrace_conv.csv "
+            "--gpu a10g --policy hpa --seed 1 --png build/hpa.png"
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     sm.add_argument("--trace", required=True, help="CSV with TIMESTAMP,ContextTokens,GeneratedTokens")
-    sm.add_argument("--gpu", default="a10g", choices=["l4", "a10g", "v100", "a100-80gb", "h100"])
+    sm.add_argument(
+        "--gpu", default="a10g", choices=["l4", "a10g", "v100", "a100-80gb", "h100"], help="the replicas' GPU"
+    )
     sm.add_argument(
         "--policy",
         default="ours",
         help="ours, hpa, hpa-waiting, keda, kpa, aibrix, step, step-kv, static:N or oracle",
     )
     sm.add_argument("--spec", help="a QwenService YAML whose spec.autoscaling to try (with policy ours)")
-    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--seed", type=int, default=0, help="random seed (cold starts, routing, scrapes)")
     sm.add_argument("--min", type=int, default=1, help="minReplicas (without --spec)")
     sm.add_argument("--max", type=int, default=5, help="maxReplicas (without --spec)")
-    sm.add_argument("--router", choices=["random", "least"], default="random")
+    sm.add_argument("--router", choices=["random", "least"], default="random", help="how requests pick a pod")
     sm.add_argument("--scrape-interval", type=int, default=15, help="Prometheus scrape interval, seconds")
-    sm.add_argument("--cold-start", choices=["fast", "default", "slow"], default="default")
-    sm.add_argument("--png", default="simulation.png", help="timeline plot to write ('' for none)")
+    sm.add_argument(
+        "--cold-start",
+        choices=["fast", "default", "slow"],
+        default="default",
+        help="pod created to Ready: median 45, 150 or 360 s",
+    )
+    sm.add_argument("--png", default="build/simulation.png", help="timeline plot to write ('' for none)")
     sm.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     sm.set_defaults(func=cmd_simulate)
