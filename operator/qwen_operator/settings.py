@@ -68,6 +68,12 @@ class OperatorSettings(BaseSettings):
     scaler_tick_seconds: float = Field(
         default=5, gt=0, le=60, description="How often the scaler looks for services due for evaluation."
     )
+    status_refresh_seconds: float = Field(
+        default=60,
+        ge=0,
+        description="While a service's scaling decision holds, how often the scaler refreshes the live "
+        "figures in its status (message, observed load); a changed decision is written at once.",
+    )
     cache_relist_seconds: float = Field(
         default=300,
         gt=0,

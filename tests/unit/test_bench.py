@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from qwen_tools.sim import bench, tune
+from qwen_tools.sim import bench, run, tune
+from qwen_tools.sim.score import summarize
 from tests.conftest import ROOT
 
 
@@ -105,3 +106,13 @@ def test_held_out_scenarios_use_none_of_the_training_requests() -> None:
 @pytest.mark.parametrize("variant", ["diurnal4", "flash", "long"])
 def test_synthetic_held_out_traces_are_labelled(variant: str) -> None:
     assert bench.build_trace(f"conv2-{variant}", ROOT / "bench" / "traces", 1).synthetic
+
+
+@pytest.mark.parametrize("scenario", bench.SCENARIOS, ids=lambda s: s.name)
+def test_each_scenario_allows_enough_replicas_for_its_slo(scenario: run.Scenario) -> None:
+    """The largest static fleet the scenario allows meets the SLO on seed 0 (flat 2 s, else the
+    length-scaled target): the comparison is about scaling, not about a cap too low to serve the load."""
+    requests = bench.build_trace(scenario.trace, ROOT / "bench" / "traces", 0)
+    top = run.run_policy(requests, scenario, f"static:{scenario.max_replicas}", 0)
+    target, _ = run.target_for(top, scenario)
+    assert summarize(top, target).slo_attainment >= run.GOAL

@@ -116,6 +116,33 @@ class OperatorReplicas:
         return self.replicas
 
 
+MAX_REPLICAS = 5
+# The scaler's reasons, as a person reads them at a glance.
+REASONS = {
+    "AtTarget": "at target",
+    "AboveTarget": "scaling up",
+    "ColdStart": "scaled up, pods starting",
+    "Panic": "scaling up fast (load far above capacity)",
+    "ScaleUpLimited": "scaling up, step limited",
+    "BelowTarget": "scaling down",
+    "AwaitingFullWindow": "holding: not a full window of data yet",
+    "ScaleDownCooldown": "holding: just scaled up",
+    "ScaleDownStabilized": "holding: load was higher within the window",
+    "ScaleDownLimited": "scaling down, step limited",
+    "TooFewReplicas": "at min",
+    "MetricsUnavailable": "holding: no metrics",
+}
+
+
+def describe(auto: dict[str, Any], max_replicas: int) -> str:
+    """The status's reason in words: ``TooManyReplicas`` reads "at max 5 (load wants 7)"."""
+    reason = auto.get("reason")
+    if reason == "TooManyReplicas":
+        wants = auto.get("recommendation")
+        return f"at max {max_replicas}" + (f" (load wants {wants})" if wants is not None else "")
+    return REASONS.get(reason or "", reason or "-")
+
+
 def qwen_service(speed: float) -> dict[str, Any]:
     """The demo's QwenService: defaults, with every time window divided by ``speed``."""
     defaults = api.AutoscalingSpec()
@@ -132,7 +159,7 @@ def qwen_service(speed: float) -> dict[str, Any]:
             "autoscaling": {
                 "enabled": True,
                 "minReplicas": 1,
-                "maxReplicas": 5,
+                "maxReplicas": MAX_REPLICAS,
                 "evaluationIntervalSeconds": shrink(defaults.evaluation_interval_seconds),
                 "scaleDown": {
                     "stabilizationWindowSeconds": shrink(defaults.scale_down.stabilization_window_seconds),
@@ -231,15 +258,32 @@ async def run_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="qwen-demo-") as tmp:
         async with Emulator() as emulator, kmock.Server(emulator) as server:
             path = await install(emulator, str(server.url), Path(tmp) / "kubeconfig")
-            saved = {k: os.environ.get(k) for k in (*OPERATOR_ENV, "KUBECONFIG")}
-            os.environ.update({**OPERATOR_ENV, "QWEN_OPERATOR_POD_METRICS_PORT": str(port)})
+            saved = {
+                k: os.environ.get(k)
+                for k in (*OPERATOR_ENV, "KUBECONFIG", "QWEN_OPERATOR_STATUS_REFRESH_SECONDS")
+            }
+            os.environ.update(
+                {
+                    **OPERATOR_ENV,
+                    "QWEN_OPERATOR_POD_METRICS_PORT": str(port),
+                    # a minute of simulated time, like every other window of the demo
+                    "QWEN_OPERATOR_STATUS_REFRESH_SECONDS": str(60 / args.speed),
+                }
+            )
             os.environ["KUBECONFIG"] = str(path)
             kopf_settings = kopf.OperatorSettings()
             kopf_settings.posting.enabled = False
             operator, stop = await start_operator(kopf_settings, 30)
             await emulator.put(QSVC, qwen_service(args.speed))
             kubelet = Kubelet(emulator, cluster, port)
-            columns = ("time", 6), ("req/s", 5), ("desired", 7), ("ready", 5), ("running", 7), ("waiting", 7)
+            columns = (
+                ("sim time", 8),
+                ("req/s", 5),
+                ("desired", 7),
+                ("ready", 5),
+                ("running", 7),
+                ("waiting", 7),
+            )
             header = "  ".join(f"{name:>{width}}" for name, width in columns) + f"  {'KV':>5}  reason"
             print(header)
             print("-" * (len(header) + 20))
@@ -265,10 +309,10 @@ async def run_demo(args: argparse.Namespace) -> int:
                         kv = sum(p.engine.kv_usage for p in live) / len(live) if live else 0.0
                         minutes, seconds = divmod(cluster.second, 60)
                         print(
-                            f"{minutes:3d}:{seconds:02d}  {arrived / span:5.1f}  {policy.replicas:7d}  "
+                            f"{minutes:5d}:{seconds:02d}  {arrived / span:5.1f}  {policy.replicas:7d}  "
                             f"{len(live):5d}  {sum(p.engine.num_running for p in live):7d}  "
                             f"{sum(p.engine.num_waiting for p in live):7d}  {kv:5.2f}  "
-                            f"{auto.get('reason', '-')}",
+                            f"{describe(auto, MAX_REPLICAS)}",
                             flush=True,
                         )
                     await asyncio.sleep(0.05)

@@ -24,8 +24,6 @@ from qwen_operator.scaler.targets import Candidate
 from qwen_operator.writes import create_events, write_status
 
 log = logging.getLogger(__name__)
-# While the decision and the conditions hold, the status's live figures are refreshed at most this often.
-DISPLAY_REFRESH_SECONDS = 60.0
 
 
 class Changed(Exception):
@@ -54,8 +52,12 @@ class Actuator:
         policy: validation.Policy,
         locks: dict[tuple[str, str], asyncio.Lock],
         states: dict[str, scaling.State],
+        refresh_seconds: float = 60.0,
     ) -> None:
         self.cluster, self.policy, self.locks, self.states = cluster, policy, locks, states
+        # While the decision and the conditions hold, the status's live figures are refreshed at most
+        # this often (QWEN_OPERATOR_STATUS_REFRESH_SECONDS).
+        self.refresh_seconds = refresh_seconds
         self.refreshed: dict[str, datetime.datetime] = {}  # by uid: when this process last wrote its status
 
     def decide(
@@ -72,7 +74,7 @@ class Actuator:
         decision, new = self.decide(svc, obs, now)
         patch, old = status.status_patch(new), candidate.body.get("status") or {}
         last = self.refreshed.get(uid)
-        recent = last is not None and 0 <= (now - last).total_seconds() < DISPLAY_REFRESH_SECONDS
+        recent = last is not None and 0 <= (now - last).total_seconds() < self.refresh_seconds
         if decision.replicas == obs.replicas and (
             patch == old or (recent and status.material(patch) == status.material(old))
         ):

@@ -46,7 +46,13 @@ class Autoscaler:
         self.fleet = fleet or ListedFleet(cluster, config.namespaces)
         self.states: dict[str, scaling.State] = {}  # by uid; last_evaluated lives only here
         self.exported: set[tuple[str, str]] = set()  # services with per-service gauges
-        self.actuator = Actuator(cluster, config.policy(), locks if locks is not None else {}, self.states)
+        self.actuator = Actuator(
+            cluster,
+            config.policy(),
+            locks if locks is not None else {},
+            self.states,
+            refresh_seconds=config.status_refresh_seconds,
+        )
         self.sources = Sources(
             config,
             pods_source or PodsSource(port=config.pod_metrics_port, timeout=config.metrics_timeout_seconds),

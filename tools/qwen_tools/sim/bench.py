@@ -44,24 +44,25 @@ TRACES = {
     ),
 }
 SYNTHETIC_SECONDS = {"diurnal4": 7200.0, "flash": 3600.0, "long": 3600.0}
-MAX_REPLICAS = tune.MAX_REPLICAS
 COST = {"diurnal4": 4.0, "flash": 2.0}  # CPU per run relative to the conversation trace's half
 
 # Held-out scenarios only. ``conv2`` is the second half of the conversation trace (the first half is
 # training data); every synthetic trace takes its rate and request sizes from that second half.
+# maxReplicas is what a platform team would allow: the smallest of 8, 12, 16, 24 whose static fleet
+# meets the SLO on seed 0 (test_bench checks it), so that the SLO is within reach and the comparison is
+# about scaling. The code trace on L4s is left out: 32 static L4s still miss (98.2%).
 SCENARIOS = (
-    Scenario("conv2-a10g", "a10g", "conv2", max_replicas=MAX_REPLICAS),
-    Scenario("conv2-l4", "l4", "conv2", max_replicas=MAX_REPLICAS),
-    Scenario("conv2-a100-80gb", "a100-80gb", "conv2", max_replicas=MAX_REPLICAS),
-    Scenario("code-a10g", "a10g", "code", max_replicas=MAX_REPLICAS),
-    Scenario("code-l4", "l4", "code", max_replicas=MAX_REPLICAS),
-    Scenario("code-a100-80gb", "a100-80gb", "code", max_replicas=MAX_REPLICAS),
-    Scenario("diurnal4x-a10g (synthetic)", "a10g", "conv2-diurnal4", max_replicas=MAX_REPLICAS),
-    Scenario("flash-crowd-a10g (synthetic)", "a10g", "conv2-flash", max_replicas=MAX_REPLICAS),
-    Scenario("long-prompts-a10g (synthetic)", "a10g", "conv2-long", max_replicas=MAX_REPLICAS),
-    Scenario("conv2-a10g-coldstart360", "a10g", "conv2", max_replicas=MAX_REPLICAS, cold_start="slow"),
-    Scenario("conv2-a10g-pessimistic", "a10g", "conv2", max_replicas=MAX_REPLICAS, calibration="pessimistic"),
-    Scenario("conv2-l4-pessimistic", "l4", "conv2", max_replicas=MAX_REPLICAS, calibration="pessimistic"),
+    Scenario("conv2-a10g", "a10g", "conv2", max_replicas=8),
+    Scenario("conv2-l4", "l4", "conv2", max_replicas=8),
+    Scenario("conv2-a100-80gb", "a100-80gb", "conv2", max_replicas=8),
+    Scenario("code-a10g", "a10g", "code", max_replicas=24),
+    Scenario("code-a100-80gb", "a100-80gb", "code", max_replicas=8),
+    Scenario("diurnal4x-a10g (synthetic)", "a10g", "conv2-diurnal4", max_replicas=8),
+    Scenario("flash-crowd-a10g (synthetic)", "a10g", "conv2-flash", max_replicas=12),
+    Scenario("long-prompts-a10g (synthetic)", "a10g", "conv2-long", max_replicas=24),
+    Scenario("conv2-a10g-coldstart360", "a10g", "conv2", max_replicas=8, cold_start="slow"),
+    Scenario("conv2-a10g-pessimistic", "a10g", "conv2", max_replicas=8, calibration="pessimistic"),
+    Scenario("conv2-l4-pessimistic", "l4", "conv2", max_replicas=12, calibration="pessimistic"),
 )
 # Scenario pairs whose rankings the calibration section compares (nominal, pessimistic).
 CALIBRATION_PAIRS = (("conv2-a10g", "conv2-a10g-pessimistic"), ("conv2-l4", "conv2-l4-pessimistic"))
@@ -350,9 +351,16 @@ def verdicts(results: Mapping[str, Any]) -> list[str]:
                 f"{tuned_ok} the SLO ({100 * ours['at_tuned']['slo_attainment']['mean']:.2f}%)"
             )
         else:
+            best = {
+                p: max(point["slo_attainment"] for point in st["curve"]) for p, st in sc["policies"].items()
+            }
+            peer = max((p for p in best if p != "ours"), key=lambda p: best[p], default=None)
+            reach = f"the best of ours' curve {100 * best['ours']:.2f}%" + (
+                f", of the peers' {100 * best[peer]:.2f}% ({peer})" if peer else ""
+            )
             lines.append(
                 f"{name}: **{v['verdict'].upper()}**: {v.get('why', 'no peer reaches the SLO on every seed')}"
-                f"; ours at its tuned setting {tuned_ok} the SLO "
+                f" ({reach}); ours at its tuned setting {tuned_ok} the SLO "
                 f"({100 * ours['at_tuned']['slo_attainment']['mean']:.2f}%)"
             )
     return lines
