@@ -25,7 +25,8 @@ def test_a_short_demo_scales_up_and_prints_the_story(
     assert code == 0
     assert "desired" in out
     assert "sim time" in out, "the time column says it is simulated time"
-    assert "TooManyReplicas" not in out and "AboveTarget" not in out, "reasons in words"
+    assert "TooManyReplicas" not in out, "reasons in words"
+    assert "AboveTarget" not in out, "reasons in words"
     assert "scaling up" in out or "at max" in out
     assert "ScaledUp: 1 -> " in out, out[-3000:]
     assert "from minute 5" in out
