@@ -27,16 +27,31 @@ LOCUST = str(Path(sys.executable).with_name("locust"))
 
 
 class ChatServer:
-    """Streams ``max_tokens`` chunks, ``delay`` seconds apart; ``fail`` answers 503 to every completion."""
+    """Streams ``max_tokens`` chunks, ``delay`` seconds apart; ``fail`` answers 503 to every completion;
+    with an ``api_key``, a request without ``Authorization: Bearer <key>`` gets 401, as vLLM's --api-key."""
 
-    def __init__(self, model: str = "tiny", delay: float = 0.002, fail: bool = False) -> None:
+    def __init__(
+        self, model: str = "tiny", delay: float = 0.002, fail: bool = False, api_key: str | None = None
+    ) -> None:
         self.bodies: list[dict[str, Any]] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def _refused(self) -> bool:
+                if api_key is None or self.headers.get("Authorization") == f"Bearer {api_key}":
+                    return False
+                data = b'{"error": "Unauthorized"}'
+                self.send_response(401)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return True
+
             def do_GET(self) -> None:
+                if self._refused():
+                    return
                 data = json.dumps({"object": "list", "data": [{"id": model, "object": "model"}]}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -46,6 +61,8 @@ class ChatServer:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self._refused():
+                    return
                 outer.bodies.append(body)
                 if fail or body.get("model") != model:
                     data = b'{"error": {"message": "busy"}}'
@@ -182,3 +199,25 @@ def test_failures_are_counted_and_fail_the_run(tmp_path: Path) -> None:
     assert not any(r["ok"] for r in records)
     assert summary["failed"] == len(records)
     assert all(r["error"].startswith("HTTP 503") for r in records)
+
+
+def test_the_api_key_is_sent_and_a_failing_server_is_not_hammered(tmp_path: Path) -> None:
+    server = ChatServer(api_key="s3cret")
+    try:
+        code, records, _ = locust(
+            tmp_path, "--host", f"http://{server.address}", "-u", "1", "-r", "1", "--run-time", "2s",
+            "--api-key", "s3cret", "--max-requests", "3",
+        )  # fmt: skip
+        assert code == 0
+        assert len(records) == 3
+        assert all(r["ok"] for r in records), records
+        # Without the key every request fails (401); the two users back off (0.5 s, 1 s, 2 s...)
+        # instead of retrying at once, so 3 s bring a handful of requests, not hundreds.
+        code, records, _ = locust(
+            tmp_path, "--host", f"http://{server.address}", "-u", "2", "-r", "2", "--run-time", "3s",
+        )  # fmt: skip
+    finally:
+        server.close()
+    assert code != 0
+    assert 2 <= len(records) <= 12, len(records)
+    assert all("401" in r["error"] for r in records)

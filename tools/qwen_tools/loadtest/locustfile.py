@@ -56,6 +56,12 @@ def _options(parser: Any) -> None:
     group.add_argument("--records", default="", env_var="LOCUST_QWEN_RECORDS", help="JSON lines per request")
     group.add_argument("--summary-json", default="", env_var="LOCUST_QWEN_SUMMARY_JSON")
     group.add_argument("--seed", type=int, default=0, env_var="LOCUST_QWEN_SEED")
+    group.add_argument(
+        "--api-key",
+        default="",
+        env_var="LOCUST_QWEN_API_KEY",
+        help="sent as 'Authorization: Bearer KEY' (the QwenService's apiKeySecretRef)",
+    )
 
 
 class _Run:
@@ -151,6 +157,10 @@ class ChatUser(User):
 
     def on_start(self) -> None:
         self.session = requests.Session()
+        key = self.environment.parsed_options.api_key
+        if key:
+            self.session.headers["Authorization"] = f"Bearer {key}"
+        self.backoff = 0.0  # seconds to wait after a failed request; doubles while they keep failing
 
     def on_stop(self) -> None:
         self.session.close()
@@ -199,6 +209,11 @@ class ChatUser(User):
             result.end = time.time()
             result.error = f"{type(exc).__name__}: {exc}"[:300]
         run.done(result)
+        # A failing server (401 without the key, 503 while starting) is not hammered: back off from 0.5 s
+        # up to 10 s while requests keep failing, and start again at once after a success.
+        self.backoff = 0.0 if result.ok else min(10.0, max(0.5, 2 * self.backoff))
+        if self.backoff:
+            time.sleep(self.backoff)
         if result.ok:
             if result.ttft is not None:
                 self._fire("TTFT", result.ttft)
