@@ -81,7 +81,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             result = run.run_policy(requests, scenario, args.policy, args.seed, spec, progress)
             summary = score.summarize(result)
     if args.png:
-        report.timeline_png([result], args.png, f"{requests.name} on {args.gpu}, seed {args.seed}")
+        report.timeline_png(
+            [result], args.png, f"{requests.name} on {args.gpu}, seed {args.seed}", max_replicas=hi
+        )
     if args.json:
         print(json.dumps({**summary.as_dict(), **extra}, sort_keys=True))
     else:

@@ -344,6 +344,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             [result],
             args.png,
             f"make demo: the operator on simulated {args.gpu.upper()} pods ({args.speed:g}x)",
+            max_replicas=MAX_REPLICAS,
         )
         print(f"\ntimeline: {path}")
     return 0

@@ -149,6 +149,7 @@ def run_job(job: Job) -> dict[str, Any]:
             job.plots / f"timeline-{slug}.png",
             f"{job.scenario.name}, seed {job.seed}, tuned settings"
             + (" (synthetic trace)" if requests.synthetic else ""),
+            max_replicas=job.scenario.max_replicas,
         )
     else:
         assert job.tuned is not None

@@ -43,8 +43,15 @@ def table(summaries: Sequence[Summary]) -> str:
     return "\n".join(lines)
 
 
-def timeline_png(results: Sequence[Result], path: str | Path, title: str, ttft_target: float = 2.0) -> Path:
-    """Arrivals, replicas (desired and ready), queue and per-request TTFT over time, one column per run."""
+def timeline_png(
+    results: Sequence[Result],
+    path: str | Path,
+    title: str,
+    ttft_target: float = 2.0,
+    max_replicas: int | None = None,
+) -> Path:
+    """Arrivals, replicas (desired and ready, with each scaling action marked and the maxReplicas line),
+    queue and KV-cache usage, and per-request TTFT over time, one column per run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,6 +69,16 @@ def timeline_png(results: Sequence[Result], path: str | Path, title: str, ttft_t
         ax = axes[1][c]
         ax.step(t, [p.desired for p in result.timeline], where="post", label="desired", color="tab:blue")
         ax.step(t, [p.ready for p in result.timeline], where="post", label="ready", color="tab:green")
+        for at, before, after in result.actions:
+            ax.scatter(
+                [at / 60], [after], marker="^" if after > before else "v", s=22, zorder=3, color="tab:blue"
+            )
+        if max_replicas is not None:
+            ax.axhline(max_replicas, color="black", lw=0.6, ls=":", label="maxReplicas")
+        top = max(
+            [max_replicas or 0, *(p.desired for p in result.timeline), *(p.pods for p in result.timeline)]
+        )
+        ax.set_ylim(0, top + 1)
         ax.set_ylabel("replicas")
         ax.legend(loc="upper left", fontsize=8)
         ax = axes[2][c]
@@ -69,6 +86,11 @@ def timeline_png(results: Sequence[Result], path: str | Path, title: str, ttft_t
         ax.plot(t, [p.running for p in result.timeline], lw=0.8, color="tab:purple", label="running")
         ax.set_ylabel("requests")
         ax.legend(loc="upper left", fontsize=8)
+        kv = ax.twinx()
+        kv.plot(t, [p.kv for p in result.timeline], lw=0.6, color="tab:olive", label="KV usage")
+        kv.set_ylim(0, 1.05)
+        kv.set_ylabel("KV-cache usage", fontsize=8)
+        kv.legend(loc="upper right", fontsize=8)
         ax = axes[3][c]
         done = [r for r in result.requests if r.ttft is not None]
         ax.scatter([r.arrival / 60 for r in done], [r.ttft for r in done], s=1, alpha=0.3, color="tab:orange")
