@@ -234,13 +234,13 @@ async def measure(
             last = await just_after(cycles_before + idle_cycles - 1)
             queries = await loop.run_in_executor(None, prom.query_requests) - queries_before
             cpu_after = cpu_seconds(proc.pid)
-            get_ms = await api_latency_ms(str(server.url), n)
+            read = {verb: count - reads_before[verb] for verb, count in reads(emulator).items()}
+            get_ms = await api_latency_ms(str(server.url), n)  # its own GETs: after the count
             cycles = sample(last, count) - cycles_before
             query_s = sample(last, 'qwen_operator_metric_query_seconds_sum{source="prometheus"}') - sample(
                 first, 'qwen_operator_metric_query_seconds_sum{source="prometheus"}'
             )
             writes = sum(emulator.writes.values()) - writes_before
-            read = {verb: count - reads_before[verb] for verb, count in reads(emulator).items()}
             per_cycle = (decisions(last) - decisions_before) / cycles
             evaluated = sum(1 for s in emulator.items(QSVC, NS) if (s.get("status") or {}).get("autoscaling"))
             return {

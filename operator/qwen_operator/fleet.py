@@ -100,20 +100,18 @@ class WatchedFleet:
         """A watch event for ``kind`` (``services``, ``deployments`` or ``pods``)."""
         self.caches[kind].apply(event_type, body)
 
-    async def _fresh(self, kind: str) -> list[Mapping[str, Any]]:
+    async def services(self) -> Sequence[Mapping[str, Any]]:
+        """The services; a tick starts here, so this is where the relist happens when it is due (all
+        three kinds at once, so a service and its objects come from about the same moment)."""
         now = self._monotonic()
         if self._listed_at is None or now - self._listed_at >= self.relist_seconds:
-            # All three at once, so a service and its objects come from about the same moment.
             for name in KINDS:
                 self.caches[name].replace(await self.listed._list(name))
             self._listed_at = now
-        return self.caches[kind].values()
-
-    async def services(self) -> Sequence[Mapping[str, Any]]:
-        return await self._fresh("services")
+        return self.caches["services"].values()
 
     async def deployments(self) -> Sequence[Mapping[str, Any]]:
-        return await self._fresh("deployments")
+        return self.caches["deployments"].values()
 
     async def pods(self) -> Sequence[Mapping[str, Any]]:
-        return await self._fresh("pods")
+        return self.caches["pods"].values()

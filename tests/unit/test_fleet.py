@@ -33,6 +33,7 @@ async def test_the_watch_keeps_the_caches_and_lists_happen_only_at_start_and_eac
     now = [0.0]
     fleet = WatchedFleet(api, [], relist_seconds=300, monotonic=lambda: now[0])  # type: ignore[arg-type]
 
+    await fleet.services()  # a tick starts
     assert {p["metadata"]["name"] for p in await fleet.pods()} == {"a", "gone-while-disconnected"}
     assert api.lists == {"qwenservices": 1, "deployments": 1, "pods": 1}, "one list of each to start"
 
@@ -41,11 +42,13 @@ async def test_the_watch_keeps_the_caches_and_lists_happen_only_at_start_and_eac
     fleet.apply("pods", "DELETED", obj("b"))
     fleet.apply("pods", None, obj("c"))  # kopf's initial listing
     now[0] = 299.0
+    await fleet.services()
     pods = {p["metadata"]["name"]: p["metadata"]["resourceVersion"] for p in await fleet.pods()}
     assert pods == {"a": "2", "gone-while-disconnected": "1", "c": "1"}
     assert sum(api.lists.values()) == 3, "no list between relists: the watch events are enough"
 
     api.objects["pods"] = [obj("a", rv="3"), obj("c")]  # a deletion the watch missed
     now[0] = 300.0
+    await fleet.services()
     assert {p["metadata"]["name"] for p in await fleet.pods()} == {"a", "c"}
     assert api.lists == {"qwenservices": 2, "deployments": 2, "pods": 2}

@@ -147,11 +147,12 @@ def run_all(
         (oracle.budget_plan(statics, target, windows, share * allowed) for share in oracle.BUDGET_SHARES),
         simulate,
     )
-    # The reference is the cheaper of the two schedules that meet the SLO.
-    if not reference[0].slo_attainment >= GOAL or (
-        summaries["oracle"].slo_attainment >= GOAL and summaries["oracle"].gpu_hours < reference[0].gpu_hours
-    ):
-        reference = oracle_run
+    # The reference is the cheapest of the two schedules and the best static fleet that meets the SLO.
+    yardsticks = [reference, oracle_run, (scored[best], statics[best], [best] * windows)]
+    met = [c for c in yardsticks if c[0].slo_attainment >= GOAL]
+    reference = (
+        min(met, key=lambda c: c[0].gpu_hours) if met else max(yardsticks, key=lambda c: c[0].slo_attainment)
+    )
     summaries["reference"] = replace(reference[0], policy="reference")
     results["reference"] = reference[1]
     bound = gpu_hours_lower_bound(trace, scenario.model, top.end)
