@@ -43,6 +43,9 @@ IMAGE ?= ghcr.io/qwenops/qwen-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/
 image: ## Build the operator image (needs a Docker engine): IMAGE=registry/name:tag
 	docker build -f images/operator/Dockerfile -t $(IMAGE) .
 
+image-loadtest: ## Build the load kit's image for in-cluster runs (examples/loadtest/job.yaml): LOADTEST_IMAGE=registry/name:tag
+	docker build -f images/loadtest/Dockerfile -t $(LOADTEST_IMAGE) .
+
 demo: $(STAMP) ## The real operator scaling simulated vLLM pods on an embedded Kubernetes API (~2.5 min)
 	$(PY) -m qwen_tools.demo
 
@@ -109,4 +112,4 @@ lock: ## Re-resolve constraints.txt from pyproject.toml (after changing a pin)
 clean: ## Remove the virtual environments, caches and e2e artifacts
 	rm -rf $(VENV) $(VLLM_VENV) build/e2e .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-.PHONY: help install test lint format crds manifests image demo bench bench-tune bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean
+.PHONY: help install test lint format crds manifests image image-loadtest demo bench bench-tune bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean

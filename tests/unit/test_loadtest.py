@@ -135,3 +135,40 @@ def test_summary_counts_failures_and_percentiles() -> None:
     assert "failed 1" in text
     assert "1 x HTTP 503: busy" in text
     assert workload.percentile([], 50) is None
+
+
+def test_the_in_cluster_job_is_valid_and_its_image_carries_what_the_kit_imports() -> None:
+    import ast
+
+    import yaml
+
+    from tests.conftest import ROOT
+    from tests.k8s import validate_k8s
+
+    job = yaml.safe_load((ROOT / "examples" / "loadtest" / "job.yaml").read_text())
+    validate_k8s(job)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    # The image copies the kit's modules; every qwen_tools module they import is among them.
+    dockerfile = (ROOT / "images" / "loadtest" / "Dockerfile").read_text()
+    copied = {
+        part for line in dockerfile.splitlines() if line.startswith("COPY tools/") for part in line.split()
+    }
+    kit = ROOT / "tools" / "qwen_tools" / "loadtest"
+    for module in kit.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("qwen_tools."):
+                path = "tools/" + node.module.replace(".", "/")  # type: ignore[union-attr]
+                for name in node.names:
+                    # the module itself, or the whole package folder it comes from
+                    assert any(c == path or c.startswith(f"{path}/{name.name}.py") for c in copied), (
+                        module.name,
+                        node.module,
+                        name.name,
+                    )
+        assert not any(
+            isinstance(n, ast.ImportFrom) and (n.module or "").startswith("qwen_operator")
+            for n in ast.walk(ast.parse(module.read_text()))
+        ), "the load image holds no operator"
+    assert "locust==2.47.0" in dockerfile
