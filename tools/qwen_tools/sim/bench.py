@@ -22,14 +22,13 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from qwen_tools.sim import report, trace, tune
 from qwen_tools.sim.cluster import Cluster
-from qwen_tools.sim.run import GOAL, Scenario, run_all, start_replicas
+from qwen_tools.sim.run import GOAL, Scenario, cheapest_meeting, run_all, start_replicas
 from qwen_tools.sim.score import Summary, fixed_target, interval, length_scaled_target, summarize
 
 # The published traces, pinned: a changed file changes every figure, so it must be noticed.
@@ -95,6 +94,12 @@ def build_trace(name: str, folder: Path, seed: int) -> trace.Trace:
     return base
 
 
+def stored(value: Any) -> Any:
+    """A configuration (or one of its values) as tuned.json stores it, tuples as lists: comparable with
+    one read back."""
+    return json.loads(json.dumps(value))
+
+
 def curve(policy: str, tuned: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The policy's tuning curve: its main knob at every level of the search space, the rest as tuned."""
     chosen = tuned["chosen"]
@@ -102,7 +107,7 @@ def curve(policy: str, tuned: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [
         config
         for config in tune.SPACES[policy]
-        if all(json.loads(json.dumps(config[k])) == chosen[k] for k in config if k != first)
+        if all(stored(config[k]) == chosen[k] for k in config if k != first)
     ]
 
 
@@ -228,10 +233,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]], tuned: Mapping[str, Any]) -> di
                 continue
             chosen = tuned[gpu][policy]["chosen"]
             at_tuned = [
-                next(p for p in mine[s]["points"] if json.loads(json.dumps(p["config"])) == chosen)[
-                    scoring[s]
-                ]
-                for s in seeds
+                next(p for p in mine[s]["points"] if stored(p["config"]) == chosen)[scoring[s]] for s in seeds
             ]
             readings = {
                 s: gpu_hours_at_slo(
@@ -305,10 +307,7 @@ def reference(summaries: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
     """The tightest clairvoyant yardstick of one seed: the cheapest of the miss-budget schedule, the
     oracle and the best static fleet among those that meet the SLO (else the one closest to it)."""
     candidates = [summaries[k] for k in ("reference", "oracle", "static-best")]
-    meeting = [c for c in candidates if c["slo_attainment"] >= GOAL]
-    if meeting:
-        return min(meeting, key=lambda c: c["gpu_hours"])
-    return max(candidates, key=lambda c: c["slo_attainment"])
+    return cheapest_meeting(candidates, lambda c: c["slo_attainment"], lambda c: c["gpu_hours"])
 
 
 def versus(iso: Mapping[str, Mapping[int, float]], seeds: Sequence[int]) -> dict[str, Any]:
@@ -598,13 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs += [Job(s, 0, args.traces, "timeline", tuned[s.gpu], args.out, plotted) for s in scenarios]
     # The dearest scenarios first, so that the workers finish together.
     jobs.sort(key=lambda j: -COST.get(j.scenario.trace.partition("-")[2], 1.0))
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        runs = []
-        for i, done in enumerate(pool.map(run_job, jobs), start=1):
-            runs.append(done)
-            if i % 25 == 0 or i == len(jobs):
-                print(f"[{i}/{len(jobs)}] {time.monotonic() - started:.0f} s", file=sys.stderr)
-    runs = [r for r in runs if r["kind"] != "timeline"]
+    runs = [r for r in tune.in_pool(run_job, jobs, args.workers, every=25) if r["kind"] != "timeline"]
     meta = {
         "seeds": args.seeds,
         "workers": args.workers,

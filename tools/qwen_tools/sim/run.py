@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from qwen_operator import api
 from qwen_tools.sim import oracle, policies
@@ -21,6 +22,14 @@ from qwen_tools.sim.score import (
 from qwen_tools.sim.trace import Trace
 
 GOAL = 0.99
+T = TypeVar("T")
+
+
+def cheapest_meeting(items: Sequence[T], attainment: Callable[[T], float], cost: Callable[[T], float]) -> T:
+    """The cheapest item whose SLO attainment meets ``GOAL``; when none does, the one that comes closest
+    (the first of equals): how a static size, a tuned setting and a reference are chosen."""
+    met = [i for i in items if attainment(i) >= GOAL]
+    return min(met, key=cost) if met else max(items, key=attainment)
 
 
 @dataclass(frozen=True)
@@ -116,8 +125,7 @@ def run_all(
     results: dict[str, Result] = {}
     summaries: dict[str, Summary] = {}
     scored = {n: summarize(r, target) for n, r in statics.items()}
-    meeting = [n for n, s in scored.items() if s.slo_attainment >= GOAL]
-    best = min(meeting) if meeting else max(scored, key=lambda n: (scored[n].slo_attainment, -n))
+    best = cheapest_meeting(sorted(scored), lambda n: scored[n].slo_attainment, float)
     results["static-best"] = statics[best]
     summaries["static-best"] = replace(scored[best], policy=f"static-best ({best})")
     results["static-max"] = top
@@ -149,10 +157,7 @@ def run_all(
     )
     # The reference is the cheapest of the two schedules and the best static fleet that meets the SLO.
     yardsticks = [reference, oracle_run, (scored[best], statics[best], [best] * windows)]
-    met = [c for c in yardsticks if c[0].slo_attainment >= GOAL]
-    reference = (
-        min(met, key=lambda c: c[0].gpu_hours) if met else max(yardsticks, key=lambda c: c[0].slo_attainment)
-    )
+    reference = cheapest_meeting(yardsticks, lambda c: c[0].slo_attainment, lambda c: c[0].gpu_hours)
     summaries["reference"] = replace(reference[0], policy="reference")
     results["reference"] = reference[1]
     bound = gpu_hours_lower_bound(trace, scenario.model, top.end)

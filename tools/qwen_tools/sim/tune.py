@@ -20,19 +20,20 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from qwen_operator import api
 from qwen_tools.sim import policies, trace
 from qwen_tools.sim.cluster import Cluster
 from qwen_tools.sim.gpus import GPUS
-from qwen_tools.sim.run import GOAL, Scenario, start_replicas
+from qwen_tools.sim.run import GOAL, Scenario, cheapest_meeting, start_replicas
 from qwen_tools.sim.score import fixed_target, length_scaled_target, summarize
 
+J = TypeVar("J")
 GPU_NAMES = ("a10g", "l4", "a100-80gb")
 MAX_REPLICAS = 8
 TARGETS = (8.0, 12.0, 18.0, 27.0, 40.0, 60.0)  # requests in flight per replica, x1.5 apart
@@ -137,6 +138,20 @@ def scoring(runs: Sequence[Mapping[str, Any]], gpu: str) -> dict[str, str]:
     return out
 
 
+def in_pool(
+    fn: Callable[[J], dict[str, Any]], jobs: Sequence[J], workers: int, every: int
+) -> list[dict[str, Any]]:
+    """``fn`` on every job in ``workers`` processes, in order, with progress every ``every`` jobs."""
+    started = time.monotonic()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        runs = []
+        for i, done in enumerate(pool.map(fn, jobs), start=1):
+            runs.append(done)
+            if i % every == 0 or i == len(jobs):
+                print(f"[{i}/{len(jobs)}] {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return runs
+
+
 def select(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Per GPU and policy: every configuration's mean scores, and the one chosen."""
     out: dict[str, Any] = {}
@@ -168,15 +183,11 @@ def select(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                         "slo_attainment": min(v["slo_attainment"] for v in mean.values()),
                     }
                 )
-            meeting = [c for c in curve if c["meets_slo"]]
-            chosen = (
-                min(meeting, key=lambda c: c["gpu_hours"])
-                if meeting
-                else max(curve, key=lambda c: c["slo_attainment"])
-            )
+            # slo_attainment is the worst training trace's: at the goal, every trace meets it
+            chosen = cheapest_meeting(curve, lambda c: c["slo_attainment"], lambda c: c["gpu_hours"])
             out[gpu][policy] = {
                 "chosen": chosen["config"],
-                "met_slo_in_training": bool(meeting),
+                "met_slo_in_training": chosen["meets_slo"],
                 "ttft_target": {
                     n: "length-scaled" if k == "scaled" else "flat 2 s" for n, k in kinds.items()
                 },
@@ -250,12 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Job(gpu, STATIC_MAX, 0, seed, conv) for gpu in args.gpus.split(",") for seed in range(args.seeds)
     ]
     started = time.monotonic()
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        runs = []
-        for i, done in enumerate(pool.map(run_job, jobs), start=1):
-            runs.append(done)
-            if i % 50 == 0 or i == len(jobs):
-                print(f"[{i}/{len(jobs)}] {time.monotonic() - started:.0f} s", file=sys.stderr)
+    runs = in_pool(run_job, jobs, args.workers, every=50)
     tuned = select(runs)
     kept: list[str] = []
     previous = args.out / "tuned.json"
