@@ -15,7 +15,7 @@ import datetime
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 from pydantic.alias_generators import to_camel
 
 from qwen_operator import vllm_flags
@@ -767,10 +767,18 @@ class Condition(_Model):
     observed_generation: int | None = None
 
 
+def _whole_seconds(t: datetime.datetime) -> str:
+    return t.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# A time in the status: the scaler decides on exact times, the status keeps whole seconds (as metav1.Time).
+Timestamp = Annotated[datetime.datetime, PlainSerializer(_whole_seconds, return_type=str, when_used="json")]
+
+
 class Recommendation(_Model):
     """A run of equal recommendations, from ``since`` until the next entry (or now)."""
 
-    since: datetime.datetime
+    since: Timestamp
     replicas: int
 
 
@@ -792,8 +800,8 @@ class ScalerState(_Model):
     anyway, so the window starts again then)."""
 
     model_config = ConfigDict(extra="ignore")
-    last_scale_up_time: datetime.datetime | None = None
-    data_since: datetime.datetime | None = Field(
+    last_scale_up_time: Timestamp | None = None
+    data_since: Timestamp | None = Field(
         default=None, description="Start of the current unbroken run of metrics (scale-down waits a window)."
     )
     recommendations: list[Recommendation] = Field(
@@ -819,7 +827,7 @@ class QwenServiceStatus(_Model):
     replicas: int | None = Field(default=None, description="Replicas the Deployment has.")
     ready_replicas: int | None = Field(default=None, description="Replicas serving.")
     desired_replicas: int | None = Field(default=None, description="Replicas the operator asks for.")
-    last_scale_time: datetime.datetime | None = Field(default=None, description="When replicas last changed.")
+    last_scale_time: Timestamp | None = Field(default=None, description="When replicas last changed.")
     autoscaling: AutoscalingStatus | None = None
     observed_generation: int | None = None
     endpoint: str | None = Field(default=None, description="In-cluster OpenAI-compatible base URL.")

@@ -99,22 +99,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     if (missing := _no_cluster()) is not None:
         print(missing, file=sys.stderr)
         return 2
+    import asyncio
+    import contextlib
+    import os
+
     import kopf
 
-    from qwen_operator import handlers  # noqa: F401  (registers the handlers)
+    from qwen_operator import runner
     from qwen_operator.settings import OperatorSettings
 
     config = OperatorSettings()
+    if os.environ.get("QWEN_OPERATOR_PEERING"):
+        print(
+            "qwen-operator run: QWEN_OPERATOR_PEERING is no longer used; for several replicas set "
+            "QWEN_OPERATOR_LEADER_ELECTION_NAMESPACE (the Helm chart does): docs/install.md",
+            file=sys.stderr,
+        )
+        return 2
     namespaces = args.namespace or config.namespaces
     kopf.configure(verbose=args.verbose)
-    kopf.run(
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=config.liveness_endpoint or None,
-        standalone=config.peering is None,
-        peering_name=config.peering,
-    )
-    return 0
+    code = 0
+    with contextlib.suppress(asyncio.CancelledError):  # kopf ends cancelled after a stop signal
+        code = asyncio.run(runner.run(config, namespaces))
+    return code
 
 
 # Verbs the tooling distribution (qwen-operator-tools, tools/ in the repository) adds through the entry

@@ -6,4 +6,5 @@ import datetime
 
 
 def utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    """Exact: a window of N seconds is N seconds (the status rounds its times to whole seconds)."""
+    return datetime.datetime.now(datetime.UTC)

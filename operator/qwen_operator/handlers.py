@@ -78,14 +78,9 @@ async def _resync(memo: kopf.Memo) -> None:
                 )
 
 
-@kopf.on.login()
-async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
-    """Log in at run time (in-cluster service account, else $KUBECONFIG) and share it with our client."""
-    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-    if info is None:
-        return None
-    old: kube.Cluster | None = memo.get("cluster")
-    memo.cluster = kube.Cluster(
+def cluster_for(info: kopf.ConnectionInfo) -> kube.Cluster:
+    """Our client, with the credentials kopf logged in with."""
+    return kube.Cluster(
         ApiClient(
             kube.configuration(
                 info.server,
@@ -103,6 +98,24 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
             )
         )
     )
+
+
+async def stop_acting(memo: kopf.Memo) -> None:
+    """Stop the scaler and the resync loops now (leadership lost, or the operator stopping)."""
+    tasks = [t for t in (memo.get("scaler"), memo.get("resync")) if t is not None]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@kopf.on.login()
+async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Log in at run time (in-cluster service account, else $KUBECONFIG) and share it with our client."""
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    if info is None:
+        return None
+    old: kube.Cluster | None = memo.get("cluster")
+    memo.cluster = cluster_for(info)
     memo.fleet.use(memo.cluster)
     if old is not None:
         await old.close()
@@ -112,10 +125,7 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
-    tasks = [t for t in (memo.get("scaler"), memo.get("resync")) if t is not None]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await stop_acting(memo)
     if memo.get("metrics_server") is not None:
         memo.metrics_server.shutdown()
     cluster: kube.Cluster | None = memo.get("cluster")

@@ -47,6 +47,7 @@ PODS = Resource("", "v1", "pods")
 EVENTS = Resource("", "v1", "events")
 SECRETS = Resource("", "v1", "secrets")
 NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
+LEASES = Resource("coordination.k8s.io", "v1", "leases")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class ApiCall:
     why: str
     cluster_scoped: bool = False  # granted cluster-wide even when the operator watches listed namespaces
     feature: str | None = None  # the chart value that grants it; without it, that feature is unavailable
+    own_namespace: bool = False  # granted only in the operator's own namespace (a Role there)
 
 
 # Every call the operator (and kopf under it) makes. The Helm chart's Roles/ClusterRoles are compared
@@ -96,6 +98,13 @@ API_CALLS: tuple[ApiCall, ...] = (
         ("list", "watch"),
         "kopf notices the CRD being installed or removed",
         cluster_scoped=True,
+    ),
+    ApiCall(
+        "coordination.k8s.io",
+        "leases",
+        ("get", "create", "patch"),
+        "leader election between operator replicas (one Lease in the operator's namespace)",
+        own_namespace=True,
     ),
 )
 
@@ -277,6 +286,13 @@ def is_conflict(exc: BaseException) -> bool:
 
 def is_not_found(exc: BaseException) -> bool:
     return isinstance(exc, ApiException) and exc.status == 404
+
+
+def summary(exc: BaseException) -> str:
+    """One line on a failed API call, for a status message or a log line."""
+    if isinstance(exc, ApiException):
+        return f"the API server answered {exc.status} ({exc.reason or 'error'})"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def is_transient(exc: BaseException) -> bool:

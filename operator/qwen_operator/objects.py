@@ -64,6 +64,11 @@ def is_subset(desired: Any, actual: Any) -> bool:
     return bool(desired == actual)
 
 
+# Spec fields compared whole rather than as "the desired keys are there" (the API server adds no
+# defaults inside them, and an extra key changes what they mean).
+EXACT_SPEC_FIELDS = ("selector",)
+
+
 def _pointer(*parts: str) -> str:
     return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
 
@@ -90,7 +95,10 @@ def patch_ops(
     for field, value in desired["spec"].items():
         if field in skip_spec:
             continue
-        if not is_subset(value, actual.get("spec", {}).get(field)):
+        have_value = actual.get("spec", {}).get(field)
+        # A label selector is all-or-nothing: one extra label selects other pods (or none at all).
+        differs = value != have_value if field in EXACT_SPEC_FIELDS else not is_subset(value, have_value)
+        if differs:
             ops.append({"op": "add", "path": _pointer("spec", field), "value": value})
     return ops
 

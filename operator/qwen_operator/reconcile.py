@@ -22,6 +22,7 @@ from qwen_operator.kube import (
     Resource,
     is_forbidden,
     refusal,
+    summary,
 )
 from qwen_operator.objects import owned_by, patch_ops
 from qwen_operator.outcome import Event, Outcome
@@ -119,6 +120,29 @@ async def _invalid(
     return outcome
 
 
+async def _report_api_error(
+    cluster: ClusterAPI,
+    body: Mapping[str, Any],
+    svc: api.QwenService,
+    what: str,
+    exc: BaseException,
+    now: str,
+    outcome: Outcome,
+) -> None:
+    """Degraded with reason ApiError while a write keeps failing; the next good reconcile clears it.
+    Best effort: when the API server cannot take the status either, the retry reports it."""
+    problem = status.Problem(
+        "ApiError", f"{what} failed: {summary(exc)}; retrying (what already runs is unchanged)"
+    )
+    try:
+        deployment = await cluster.get(DEPLOYMENTS, svc.namespace, svc.name)
+        if deployment is not None and not owned_by(deployment, svc):
+            deployment = None
+        await write_status(cluster, body, status.compute_status(svc, deployment, now, [problem]), outcome)
+    except Exception:
+        return
+
+
 async def reconcile(
     cluster: ClusterAPI, body: Mapping[str, Any], now: str, policy: validation.Policy | None = None
 ) -> Outcome:
@@ -147,7 +171,8 @@ async def reconcile(
         await _network_policy(cluster, svc, outcome, problems)
     except Exception as exc:
         message = refusal(exc)
-        if message is None:
+        if message is None:  # busy, failing or away: say so, and let the caller retry
+            await _report_api_error(cluster, body, svc, f"writing the {step} {svc.name}", exc, now, outcome)
             raise
         return await _invalid(
             cluster,

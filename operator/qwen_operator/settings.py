@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from qwen_operator import validation
@@ -83,10 +83,45 @@ class OperatorSettings(BaseSettings):
     metrics_port: int = Field(
         default=9100, ge=0, le=65535, description="Port of the operator's own /metrics; 0 disables it."
     )
-    peering: str | None = Field(
+    leader_election_namespace: str | None = Field(
         default=None,
-        description="kopf peering name for HA (two operators never act at once); empty: standalone.",
+        description="Namespace of the Lease the operator replicas elect a leader on (the chart sets its "
+        "own namespace): several replicas run, one acts, another takes over within the lease duration. "
+        "Empty: no election, run exactly one replica.",
     )
+    leader_election_lease_name: str = Field(
+        default="qwen-operator", description="Name of that Lease (one per operator installation)."
+    )
+    leader_election_identity: str | None = Field(
+        default=None,
+        description="This replica's name in the Lease (the chart sets the pod name); empty: the host "
+        "name and a random suffix.",
+    )
+    leader_election_lease_seconds: float = Field(
+        default=15,
+        gt=0,
+        description="How long a leader's claim lasts without renewal: the longest a crashed leader "
+        "leaves the operator without one.",
+    )
+    leader_election_renew_deadline_seconds: float = Field(
+        default=10,
+        gt=0,
+        description="A leader that could not renew for this long stops acting (and exits, to rejoin "
+        "as a candidate); shorter than the lease, so two never act at once.",
+    )
+    leader_election_retry_seconds: float = Field(
+        default=2, gt=0, description="How often a candidate tries for the Lease and a leader renews it."
+    )
+
+    @model_validator(mode="after")
+    def _election_timings(self) -> OperatorSettings:
+        retry, renew = self.leader_election_retry_seconds, self.leader_election_renew_deadline_seconds
+        if not retry < renew < self.leader_election_lease_seconds:
+            raise ValueError(
+                "leader election needs retry < renew deadline < lease seconds, got "
+                f"{retry} / {renew} / {self.leader_election_lease_seconds}"
+            )
+        return self
 
     def policy(self) -> validation.Policy:
         """What QwenServices may ask for beyond the safe defaults."""

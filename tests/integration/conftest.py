@@ -1,10 +1,10 @@
-"""The real kopf operator, in the test's event loop, against the kmock emulator over HTTP."""
+"""The real kopf operator, in its own thread and event loop, against the kmock emulator over HTTP."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +13,11 @@ import kmock
 import kopf
 import pytest
 
-from qwen_operator import kube
-from qwen_tools.emulator import DEPLOY, EVENTS, PODS, QSVC, SERVICE, Emulator, install, start_operator
+from qwen_operator import (
+    handlers,  # noqa: F401  (registers the real handlers)
+    kube,
+)
+from qwen_tools.emulator import DEPLOY, EVENTS, PODS, QSVC, SERVICE, Emulator, install
 from tests.prom import Prometheus
 
 __all__ = ["DEPLOY", "EVENTS", "PODS", "QSVC", "SERVICE"]
@@ -26,6 +29,7 @@ async def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
         path = await install(handler, str(server.url), tmp_path / "kubeconfig")
         monkeypatch.setenv("KUBECONFIG", str(path))
         yield handler
+        await handler.drop_watches()  # else the server waits for its open watch streams on exit
 
 
 # Operator settings for the tests unless a test set its own: no /metrics port of its own (the tests
@@ -37,21 +41,67 @@ OPERATOR_ENV = {
 }
 
 
+class OperatorThread:
+    """The real operator in its own thread and event loop, as in its own process. (In the test's loop,
+    kopf would wait 5 s at every stop for the tasks started after it, the test's own teardown among
+    them: it treats every task it did not find at start-up as one of its own.)"""
+
+    def __init__(self, main: Callable[[threading.Event, threading.Event], Awaitable[Any]], name: str) -> None:
+        self.stop_flag, self.ready = threading.Event(), threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._main = main
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.result = asyncio.run(self._main(self.stop_flag, self.ready))
+        except asyncio.CancelledError:  # kopf ends cancelled on its stop flag
+            pass
+        except BaseException as exc:
+            self.error = exc
+
+    async def start(self, within: float) -> None:
+        self.thread.start()
+        if not await asyncio.to_thread(self.ready.wait, within):
+            raise AssertionError(f"the operator was not ready within {within} s: {self.error!r}")
+
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
+    async def join(self, within: float) -> None:
+        await asyncio.to_thread(self.thread.join, within)
+        assert not self.thread.is_alive(), f"{self.thread.name} did not stop within {within} s"
+
+    async def stop(self, within: float = 15) -> None:
+        self.stop_flag.set()
+        await self.join(within)
+
+
 @pytest.fixture
-async def operator(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[asyncio.Task[None]]:
+async def operator(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[OperatorThread]:
     for key, value in OPERATOR_ENV.items():
         if key not in os.environ:
             monkeypatch.setenv(key, value)
 
-    settings = kopf.OperatorSettings()
-    settings.queueing.idle_timeout = 0.5  # per-object workers exit sooner, so the operator stops sooner
-    task, stop = await start_operator(settings, 10)
-    yield task
-    assert not task.done(), "the operator stopped before the test ended"
-    stop.set()  # kopf ends its task cancelled on a stop flag; anything else is a crash
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.wait_for(task, 15)
-    assert task.cancelled() or task.exception() is None, f"the operator crashed: {task.exception()!r}"
+    async def main(stop: threading.Event, ready: threading.Event) -> None:
+        settings = kopf.OperatorSettings()
+        settings.queueing.idle_timeout = 0.5  # per-object workers exit sooner, so the operator stops sooner
+        await kopf.operator(
+            clusterwide=True,
+            standalone=True,
+            stop_flag=stop,
+            ready_flag=ready,
+            registry=kopf.get_default_registry(),
+            settings=settings,
+        )
+
+    running = OperatorThread(main, "operator")
+    await running.start(10)
+    yield running
+    assert not running.done(), f"the operator stopped before the test ended: {running.error!r}"
+    await running.stop()
+    assert running.error is None, f"the operator crashed: {running.error!r}"
     # Every call the operator made is one its RBAC grants (the chart's rules come from kube.API_CALLS).
     granted = {(c.group, c.resource, verb) for c in kube.API_CALLS for verb in c.verbs}
     assert emulator.audit, "the audit saw no API calls"

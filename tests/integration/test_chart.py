@@ -56,6 +56,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "verbose": True,
         "extraEnv": [{"name": "QWEN_OPERATOR_RESYNC_SECONDS", "value": "120"}],
     },
+    "ha": {"replicaCount": 2},
     "basic-auth-namespaced-monitoring": {
         "watchNamespaces": ["inference"],
         "prometheus": {"basicAuthSecret": {"name": "prom-basic"}, "ca": {"secret": "prom-ca"}},
@@ -70,6 +71,11 @@ def render(values: dict[str, Any]) -> list[dict[str, Any]]:
 
 def only(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objects if o["kind"] == kind]
+
+
+def watch_rbac(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """Roles or RoleBindings other than leader election's (which every install has)."""
+    return [o for o in only(objects, kind) if not o["metadata"]["name"].endswith("-leader-election")]
 
 
 def operator_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -165,7 +171,8 @@ def test_chart_lints_strict(name: str) -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"replicaCount": 2}, "/replicaCount"),
+        ({"replicaCount": 9}, "/replicaCount"),
+        ({"leaderElection": {"leaseSeconds": 1}}, "/leaderElection/leaseSeconds"),
         ({"metricsSource": "datadog"}, "value must be one of 'prometheus', 'pods'"),
         ({"imagee": {"tag": "1"}}, "additional properties 'imagee' not allowed"),
         ({"prometheus": {"url": "prometheus:9090"}}, "/prometheus/url"),
@@ -260,8 +267,37 @@ def test_every_rendered_object_passes_upstream_schemas(name: str) -> None:
     (deployment,) = only(objects, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     assert restricted_violations(pod) == []
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}, "two operators must never overlap"
+    assert deployment["spec"]["replicas"] == VALUE_SETS[name].get("replicaCount", 1)
+    # The replicas elect a leader, so an update may surge: the new pod stands by until the old one goes.
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_replicas_elect_a_leader_on_a_lease_in_the_release_namespace() -> None:
+    objects = render({"replicaCount": 2})
+    env = {e["name"]: e for e in operator_container(objects)["env"]}
+    assert env["QWEN_OPERATOR_LEADER_ELECTION_NAMESPACE"]["value"] == "qwen-operator"
+    assert (
+        env["QWEN_OPERATOR_LEADER_ELECTION_IDENTITY"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    )
+    settings = {k: e["value"] for k, e in env.items() if "value" in e}
+    config = OperatorSettings.model_validate(
+        {k.removeprefix("QWEN_OPERATOR_").lower(): v for k, v in settings.items()}
+    )
+    assert config.leader_election_lease_seconds == 15
+    assert config.leader_election_namespace == "qwen-operator"
+    (role,) = [r for r in only(objects, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    assert role["metadata"]["namespace"] == "qwen-operator"
+    assert granted(role["rules"]) == needed(own_namespace=True, features=set())
+    (pdb,) = only(objects, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    pod_labels = only(objects, "Deployment")[0]["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert not only(render({}), "PodDisruptionBudget"), "one replica: a PDB would block every drain"
+
+
+def test_leader_election_timings_that_cannot_work_fail_the_render() -> None:
+    with pytest.raises(Exception, match="retrySeconds < renewDeadlineSeconds < leaseSeconds"):
+        render({"leaderElection": {"leaseSeconds": 10, "renewDeadlineSeconds": 10, "retrySeconds": 2}})
 
 
 def test_the_restricted_check_catches_a_weakened_pod() -> None:
@@ -307,6 +343,7 @@ def test_operator_settings_come_from_values() -> None:
         **{
             k.removeprefix("QWEN_OPERATOR_").lower(): v
             for k, v in env(operator_container(render({}))).items()
+            if isinstance(v, str)  # not the pod name from the downward API
         }
     )
     assert defaults.prometheus_allowed_urls == [], "no service URL is allowed by default"
@@ -354,11 +391,14 @@ def granted(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
     }
 
 
-def needed(*, cluster_scoped: bool | None, features: set[str]) -> set[tuple[str, str, str]]:
+def needed(
+    *, cluster_scoped: bool | None = None, features: set[str], own_namespace: bool = False
+) -> set[tuple[str, str, str]]:
     return {
         (c.group, c.resource, verb)
         for c in kube.API_CALLS
-        if (cluster_scoped is None or c.cluster_scoped == cluster_scoped)
+        if c.own_namespace == own_namespace
+        and (cluster_scoped is None or c.cluster_scoped == cluster_scoped)
         and (c.feature is None or c.feature in features)
         for verb in c.verbs
     }
@@ -367,7 +407,7 @@ def needed(*, cluster_scoped: bool | None, features: set[str]) -> set[tuple[str,
 def test_cluster_wide_rbac_is_exactly_the_calls_the_operator_makes() -> None:
     objects = render({})
     (role,) = only(objects, "ClusterRole")
-    assert not only(objects, "Role")
+    assert not watch_rbac(objects, "Role")
     assert granted(role["rules"]) == needed(cluster_scoped=None, features=set())
     (binding,) = only(objects, "ClusterRoleBinding")
     (account,) = only(objects, "ServiceAccount")
@@ -378,11 +418,14 @@ def test_cluster_wide_rbac_is_exactly_the_calls_the_operator_makes() -> None:
 
 def test_namespaced_rbac_uses_roles_in_each_listed_namespace() -> None:
     objects = render(VALUE_SETS["namespaced"])
-    roles = only(objects, "Role")
+    roles = watch_rbac(objects, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         assert granted(role["rules"]) == needed(cluster_scoped=False, features=set())
-    assert sorted(b["metadata"]["namespace"] for b in only(objects, "RoleBinding")) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in watch_rbac(objects, "RoleBinding")) == [
+        "team-a",
+        "team-b",
+    ]
     (cluster_role,) = only(objects, "ClusterRole")
     assert granted(cluster_role["rules"]) == needed(cluster_scoped=True, features=set())
 
@@ -401,9 +444,9 @@ def test_secrets_are_readable_only_when_asked_for_and_never_cluster_wide() -> No
     assert secret_readers(objects) == {"inference": "Role", "research": "Role"}
     (role,) = only(objects, "ClusterRole")
     assert granted(role["rules"]) == needed(cluster_scoped=None, features=set())
-    for secret_role in only(objects, "Role"):
+    for secret_role in watch_rbac(objects, "Role"):
         assert granted(secret_role["rules"]) == {("", "secrets", "get")}
-    bound = {(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in only(objects, "RoleBinding")}
+    bound = {(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in watch_rbac(objects, "RoleBinding")}
     assert bound == {(ns, secret_role["metadata"]["name"]) for ns in ("inference", "research")}
     # Watching listed namespaces: the Secret Role goes to each of them unless others are named.
     watched = render({"watchNamespaces": ["team-a"], "rbac": {"prometheusSecrets": True}})

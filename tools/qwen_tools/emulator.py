@@ -21,6 +21,7 @@ import collections
 import copy
 import datetime
 import itertools
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -80,12 +81,41 @@ def _selector_matches(selector: str | None, labels: Mapping[str, str]) -> bool:
     return True
 
 
+@attrs.define
+class Fault:
+    """An API server misbehaving for some calls: an HTTP error, a delay, or both (fault-injection
+    tests). ``resource`` is a plural ("deployments"; with a subresource, "deployments/scale"), ``verbs``
+    as RBAC names them; ``times`` limits how many calls it hits (None: until removed)."""
+
+    resource: str
+    verbs: frozenset[str]
+    status: int | None = None
+    delay: float = 0.0
+    times: int | None = None
+    hits: int = 0
+
+    def matches(self, plural: str, verb: str) -> bool:
+        return (
+            plural == self.resource and verb in self.verbs and (self.times is None or self.hits < self.times)
+        )
+
+
+REASONS = {
+    409: "Conflict",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+}
+
+
 @attrs.define(kw_only=True)
 class Emulator(kmock.KubernetesEmulator):
     _rv: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _last_rv: int = attrs.field(default=0, init=False)
     # Every change ever made, as (resourceVersion, resource, watch event): watches resume from it.
     _log: list[tuple[int, Any, dict[str, Any]]] = attrs.field(factory=list, init=False)
+    _log_times: list[float] = attrs.field(factory=list, init=False)  # time.monotonic() of each change
     _changed: asyncio.Condition = attrs.field(factory=asyncio.Condition, init=False)
     _results: dict[int, dict[str, Any]] = attrs.field(factory=dict, init=False)
     # What clients asked over HTTP, as RBAC sees it: (group, resource[/subresource], verb).
@@ -96,6 +126,46 @@ class Emulator(kmock.KubernetesEmulator):
     writes: collections.Counter[tuple[str, str]] = attrs.field(factory=collections.Counter, init=False)
     # An API server's validation, if a test plugs one in: (kind, object) -> what it refuses (a 422).
     admission: Callable[[str, dict[str, Any]], list[str]] | None = attrs.field(default=None, init=False)
+    # Injected faults (see Fault), tried in order; and a counter that ends every open watch stream.
+    faults: list[Fault] = attrs.field(factory=list, init=False)
+    _watch_epoch: int = attrs.field(default=0, init=False)
+
+    def inject(
+        self,
+        resource: str,
+        verbs: str | set[str],
+        *,
+        status: int | None = None,
+        delay: float = 0.0,
+        times: int | None = None,
+    ) -> Fault:
+        """Make calls to ``resource`` with ``verbs`` fail with ``status`` and/or wait ``delay`` s."""
+        fault = Fault(resource, frozenset({verbs} if isinstance(verbs, str) else verbs), status, delay, times)
+        self.faults.append(fault)
+        return fault
+
+    async def drop_watches(self) -> None:
+        """End every open watch stream now, as an API server restart or a load balancer does."""
+        self._watch_epoch += 1
+        await self._notify()
+
+    async def _fault(self, request: rendering.Request) -> None:
+        if not self.faults or request.resource is None or request.action is None:
+            return
+        verb = VERBS[request.action]
+        if request.action is enums.action.UPDATE and request.method == enums.method.PUT:
+            verb = "update"
+        plural = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        for fault in self.faults:
+            if fault.matches(plural, verb):
+                fault.hits += 1
+                if fault.delay:
+                    await asyncio.sleep(fault.delay)
+                if fault.status is not None:
+                    raise kmock.KubernetesError(
+                        fault.status, REASONS.get(fault.status, "InternalError"), f"injected {fault.status}"
+                    )
+                return
 
     def _admit(self, obj: dict[str, Any]) -> None:
         problems = self.admission(str(obj.get("kind", "")), obj) if self.admission else []
@@ -114,6 +184,7 @@ class Emulator(kmock.KubernetesEmulator):
 
     def _record(self, resource: Any, kind: str, raw: dict[str, Any]) -> None:
         self._log.append((self._last_rv, resource, {"type": kind, "object": copy.deepcopy(raw)}))
+        self._log_times.append(time.monotonic())
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -147,6 +218,7 @@ class Emulator(kmock.KubernetesEmulator):
         # at once, hundreds in flight). We use no request assertions: before each dispatch, the list
         # holds this request only, and each reaction keeps none. Results are keyed by request object.
         self._audit(request)
+        await self._fault(request)
         if request.resource is not None and request.action in MUTATING:
             self._results[id(request)] = await self._mutate(request)
         self._requests[:] = [request]  # synchronous up to the reaction's first await
@@ -319,6 +391,7 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
         yield b""  # send the headers now: the stream has started even if nothing happens
+        epoch = self._watch_epoch
         since = request.params.get("resourceVersion")
         timeout = float(request.params.get("timeoutSeconds") or 0) or None
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
@@ -334,6 +407,8 @@ class Emulator(kmock.KubernetesEmulator):
         for event in backlog:
             yield event
         while True:
+            if self._watch_epoch != epoch:
+                return  # dropped (drop_watches)
             while position < len(self._log):
                 _, resource, event = self._log[position]
                 position += 1
@@ -345,7 +420,10 @@ class Emulator(kmock.KubernetesEmulator):
             async with self._changed:
                 try:
                     await asyncio.wait_for(
-                        self._changed.wait_for(lambda p=position: len(self._log) > p), timeout=remaining
+                        self._changed.wait_for(
+                            lambda p=position: len(self._log) > p or self._watch_epoch != epoch
+                        ),
+                        timeout=remaining,
                     )
                 except TimeoutError:
                     return
@@ -392,6 +470,14 @@ class Emulator(kmock.KubernetesEmulator):
             if r == res and not obj.deleted and (namespace is None or ns == namespace)
         ]
 
+    def first_change(self, resource: str, match: Callable[[dict[str, Any]], bool]) -> float | None:
+        """When (``time.monotonic()``) ``resource`` first changed into an object ``match`` accepts."""
+        res = kmock.resource(resource)
+        for (_, changed, event), at in zip(self._log, self._log_times, strict=True):
+            if changed == res and match(event["object"]):
+                return at
+        return None
+
     def history(self, resource: str, namespace: str | None, name: str) -> list[dict[str, Any] | None]:
         key = (kmock.resource(resource), namespace, name)
         if key not in self._objects:
@@ -406,6 +492,7 @@ EVENTS = "v1/events"
 PODS = "v1/pods"
 SECRETS = "v1/secrets"
 NETWORKPOLICIES = "networking.k8s.io/v1/networkpolicies"
+LEASES = "coordination.k8s.io/v1/leases"
 
 
 def declare(emulator: Emulator) -> None:
@@ -427,6 +514,7 @@ def declare(emulator: Emulator) -> None:
     res[EVENTS] = kmock.ResourceInfo(kind="Event", namespaced=True, verbs=verbs)
     res[SECRETS] = kmock.ResourceInfo(kind="Secret", namespaced=True, verbs=verbs)
     res[NETWORKPOLICIES] = kmock.ResourceInfo(kind="NetworkPolicy", namespaced=True, verbs=verbs)
+    res[LEASES] = kmock.ResourceInfo(kind="Lease", namespaced=True, verbs=verbs)
     res["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock.ResourceInfo(
         kind="CustomResourceDefinition", namespaced=False, verbs={"get", "list", "watch"}
     )

@@ -84,6 +84,12 @@ app.kubernetes.io/part-of: qwen-operator
 {{- end -}}
 {{- end -}}
 
+{{- define "qwen-operator.ownNamespaceRules" -}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "create", "patch"]
+{{- end -}}
+
 {{- define "qwen-operator.clusterRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]

@@ -19,7 +19,7 @@ from typing import Any
 from qwen_operator import api, scaling, telemetry, validation
 from qwen_operator.clock import utcnow
 from qwen_operator.fleet import Fleet, ListedFleet
-from qwen_operator.kube import ClusterAPI, is_transient
+from qwen_operator.kube import ClusterAPI, is_conflict, is_transient, summary
 from qwen_operator.metrics import MetricsSource, PodsSource
 from qwen_operator.objects import key
 from qwen_operator.scaler.actuate import Actuator, Changed, Evaluated
@@ -161,5 +161,8 @@ class Autoscaler:
                 results.append(await self.actuator.act(candidate, obs, now))
             except (Changed, validation.InvalidSpec) as exc:
                 log.info("not scaling %s/%s: %s", *candidate.target.key, exc)  # the reconcile acts
-            except Exception:
-                log.exception("scaling %s/%s failed", *candidate.target.key)
+            except Exception as exc:
+                if is_transient(exc) or is_conflict(exc):  # the next evaluation tries again
+                    log.warning("scaling %s/%s skipped: %s", *candidate.target.key, summary(exc))
+                else:
+                    log.exception("scaling %s/%s failed", *candidate.target.key)
