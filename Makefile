@@ -56,6 +56,9 @@ bench: $(STAMP) ## The held-out benchmark from bench/results/tuned.json (11 scen
 bench-tune: $(STAMP) ## Tune every policy's knobs on the training split, equal budget (~30 min) -> bench/results/tuned.*
 	$(PY) -m qwen_tools.sim.tune --traces bench/traces --out bench/results
 
+bench-slo-train: $(STAMP) ## SLO mode vs the concurrency target on the training split only, 3 seeds (~1 min)
+	$(PY) -m qwen_tools.sim.slotrain --traces bench/traces
+
 bench-operator: $(STAMP) ## The operator at 10/100/1000 QwenServices (kmock + real Prometheus) -> bench/results/operator.*
 	$(PY) bench/operator_scale.py
 
@@ -112,4 +115,4 @@ lock: ## Re-resolve constraints.txt from pyproject.toml (after changing a pin)
 clean: ## Remove the virtual environments, caches and e2e artifacts
 	rm -rf $(VENV) $(VLLM_VENV) build/e2e .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-.PHONY: help install test lint format crds manifests image image-loadtest demo bench bench-tune bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean
+.PHONY: help install test lint format crds manifests image image-loadtest demo bench bench-tune bench-slo-train bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean

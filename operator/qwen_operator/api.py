@@ -15,11 +15,25 @@ import datetime
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from qwen_operator import vllm_flags
-from qwen_operator.gpu_targets import DEFAULT_CONCURRENCY, GPU_PRODUCT_LABEL, default_concurrency
+from qwen_operator.gpu_targets import (
+    DEFAULT_CAPACITY,
+    DEFAULT_CONCURRENCY,
+    GPU_PRODUCT_LABEL,
+    default_concurrency,
+    seed_capacity,
+)
 
 GROUP = "serving.qwenops.io"
 VERSION = "v1alpha1"
@@ -627,6 +641,49 @@ class MetricsSpec(_Model):
     )
 
 
+class ReplicaCapacity(_Model):
+    """What one replica serves while the SLO holds, alone in each kind of token: a mix counts linearly
+    (half of each is a full replica). ``qwen-operator tune`` fits it from a load test."""
+
+    prompt_tokens_per_second: float = Field(gt=0, le=1e7, description="Prompt (prefill) tokens per second.")
+    generation_tokens_per_second: float = Field(gt=0, le=1e7, description="Generated tokens per second.")
+
+
+class LatencySLO(_Model):
+    """The latency the scaler aims at, at the fewest replicas: ``percentile`` % of requests get their
+    first token within ``timeToFirstTokenSeconds``."""
+
+    # The GPU's seed capacity (prompt, generated tok/s), filled in by QwenServiceSpec.scaling().
+    _seed: tuple[float, float] = PrivateAttr(default=DEFAULT_CAPACITY)
+
+    def seed(self) -> tuple[float, float]:
+        return self._seed
+
+    time_to_first_token_seconds: float = Field(
+        gt=0, le=600, description="Time to first token (queueing and prefill included) a request may take."
+    )
+    percentile: float = Field(
+        default=99, ge=50, le=99.9, description="Share of requests, in percent, that must meet the bound."
+    )
+    replica_capacity: ReplicaCapacity | None = Field(
+        default=None,
+        description=(
+            "One replica's capacity at the SLO (from qwen-operator tune). Without it, the GPU's "
+            "calibration seeds it; either way the scaler corrects it from what the pods report and keeps "
+            "the result in status.autoscaling.state.capacityScale."
+        ),
+    )
+    cold_start_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=3600,
+        description=(
+            "How long a new replica takes to serve (pod created to Ready). Without it, the scaler "
+            "measures the service's own pods (180 s until it has seen one)."
+        ),
+    )
+
+
 class AutoscalingSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra=_rules(
@@ -654,6 +711,15 @@ class AutoscalingSpec(_Model):
     scale_up: ScaleUpPolicy = _section(ScaleUpPolicy, "How fast replicas are added.")
     scale_down: ScaleDownPolicy = _section(ScaleDownPolicy, "How carefully replicas are removed.")
     metrics: MetricsSpec = _section(MetricsSpec, "Where the load and KV-cache metrics come from.")
+    slo: LatencySLO | None = Field(
+        default=None,
+        description=(
+            "Aim at a latency objective instead of the concurrency target: replicas follow the token "
+            "load, one replica's learned capacity at the SLO, and the load expected one cold start "
+            "ahead. The targets stay as the fallback while the pods report no traffic, and KV-cache "
+            "usage as a safety cap."
+        ),
+    )
 
 
 # ------------------------------------------------------------------------------------------ network
@@ -737,14 +803,20 @@ class QwenServiceSpec(_Model):
     )
 
     def scaling(self) -> AutoscalingSpec:
-        """The autoscaling block with its GPU-dependent default filled in: what the scaler decides on."""
-        targets = self.autoscaling.targets
-        if targets.concurrency_per_replica is not None:
-            return self.autoscaling
+        """The autoscaling block with its GPU-dependent defaults filled in: what the scaler decides on."""
+        auto = self.autoscaling
         product = self.scheduling.node_selector.get(GPU_PRODUCT_LABEL)
-        target = default_concurrency(product, self.engine.tensor_parallel_size, self.engine.max_num_seqs)
+        tp = self.engine.tensor_parallel_size
+        if auto.slo is not None:
+            slo = auto.slo.model_copy()
+            slo._seed = seed_capacity(product, tp)
+            auto = auto.model_copy(update={"slo": slo})
+        targets = auto.targets
+        if targets.concurrency_per_replica is not None:
+            return auto
+        target = default_concurrency(product, tp, self.engine.max_num_seqs)
         filled = targets.model_copy(update={"concurrency_per_replica": target})
-        return self.autoscaling.model_copy(update={"targets": filled})
+        return auto.model_copy(update={"targets": filled})
 
     @property
     def gpus_per_replica(self) -> int:
@@ -782,6 +854,11 @@ class Recommendation(_Model):
     replicas: int
 
 
+class DemandPeak(_Model):
+    at: Timestamp
+    work: float
+
+
 class ScalingObservation(_Model):
     """What the last evaluation saw, over the ready pods that reported fresh metrics."""
 
@@ -791,6 +868,11 @@ class ScalingObservation(_Model):
     waiting: float = Field(description="Requests waiting, summed over the pods.")
     load_per_replica: float | None = Field(default=None, description="concurrency / podsWithData.")
     kv_cache_usage: float | None = Field(default=None, description="Mean KV-cache usage (0-1).")
+    prompt_tokens_per_second: float | None = Field(default=None, description="Over the last minute.")
+    generation_tokens_per_second: float | None = Field(default=None, description="Over the last minute.")
+    ttft_within_slo_percent: float | None = Field(
+        default=None, description="SLO mode: the share of the last minute's first tokens within the bound."
+    )
 
 
 class ScalerState(_Model):
@@ -806,6 +888,27 @@ class ScalerState(_Model):
     )
     recommendations: list[Recommendation] = Field(
         default_factory=list, max_length=256, description="Recommendations within the stabilization window."
+    )
+    capacity_scale: float | None = Field(
+        default=None,
+        description="SLO mode, learned: one replica's capacity at the SLO, as a share of the seed's.",
+    )
+    demand_level: float | None = Field(
+        default=None, description="SLO mode: the smoothed load, in seed replicas."
+    )
+    demand_trend: float | None = Field(default=None, description="SLO mode: its trend, per second.")
+    demand_updated: Timestamp | None = None
+    demand_peaks: list[DemandPeak] | None = Field(
+        default=None, max_length=30, description="SLO mode: the load's per-minute peaks (30 min)."
+    )
+    cold_start_seconds: float | None = Field(
+        default=None, description="SLO mode: the measured time from pod creation to Ready."
+    )
+    capacity_carried: float | None = Field(
+        default=None, description="SLO mode: the most load a replica carried within the SLO (fading)."
+    )
+    capacity_failed: float | None = Field(
+        default=None, description="SLO mode: the least load a replica failed the SLO under (fading)."
     )
 
 

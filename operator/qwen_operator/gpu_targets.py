@@ -31,3 +31,25 @@ def default_concurrency(
     if tensor_parallel_size == 1:
         value = next((v for need, v in TUNED_CONCURRENCY if need <= tokens), DEFAULT_CONCURRENCY)
     return float(min(value, max_num_seqs)) if max_num_seqs else value
+
+
+# SLO mode's seed for one replica's capacity, before the scaler has learned it from the pods: the peak
+# throughput of a 7B-class model (bf16, one GPU) alone in each kind of token, (prompt tok/s, generated
+# tok/s at a batch of 32), from the same calibration as the fleet simulator (docs/benchmark.md,
+# "Calibration"). The scaler starts at a part of it (planner.SEED_SCALE) and corrects it.
+DEFAULT_CAPACITY = (6000.0, 820.0)
+SEED_CAPACITY: tuple[tuple[frozenset[str], tuple[float, float]], ...] = (
+    (frozenset({"L4"}), (4000.0, 430.0)),
+    (frozenset({"A10G"}), (6000.0, 820.0)),
+    (frozenset({"A100", "80GB"}), (15000.0, 2670.0)),
+    (frozenset({"H100"}), (45000.0, 3760.0)),
+)
+
+
+def seed_capacity(gpu_product: str | None, tensor_parallel_size: int = 1) -> tuple[float, float]:
+    """(prompt, generated) tokens per second one replica on ``gpu_product`` serves at peak; a replica
+    over several GPUs (a larger model) gets the generic seed, which learning corrects."""
+    tokens = set((gpu_product or "").upper().split("-"))
+    if tensor_parallel_size != 1:
+        return DEFAULT_CAPACITY
+    return next((v for need, v in SEED_CAPACITY if need <= tokens), DEFAULT_CAPACITY)

@@ -17,7 +17,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import aiohttp
@@ -28,11 +28,18 @@ from urllib3.util.retry import Retry
 
 from qwen_operator import telemetry
 from qwen_operator.scaling import Observation, PodSample
+from qwen_operator.traffic import TRAFFIC_WINDOW, TRAFFIC_WINDOW_SECONDS, Histogram, Totals, Traffic
 
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 KV_USAGE = "vllm:kv_cache_usage_perc"
 KV_USAGE_OLD = "vllm:gpu_cache_usage_perc"  # vLLM < 0.12
+# Counters and histograms: what was served, and how fast (summed over engines).
+PROMPT_TOKENS = "vllm:prompt_tokens_total"
+GENERATION_TOKENS = "vllm:generation_tokens_total"
+REQUESTS = "vllm:request_success_total"  # one series per finished_reason
+TTFT = "vllm:time_to_first_token_seconds"
+QUEUE_TIME = "vllm:request_queue_time_seconds"
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class Target:
     name: str
     replicas: int
     pods: tuple[PodRef, ...]
+    cold_starts: tuple[float, ...] = ()  # seconds from creation to Ready of its ready pods
 
     @property
     def key(self) -> tuple[str, str]:
@@ -57,7 +65,9 @@ class Target:
     def observation(self, samples: Mapping[str, PodSample], error: str | None = None) -> Observation:
         names = tuple(p.name for p in self.pods)
         kept = {pod: s for pod, s in samples.items() if pod in names}
-        return Observation(replicas=self.replicas, ready_pods=names, samples=kept, error=error)
+        return Observation(
+            replicas=self.replicas, ready_pods=names, samples=kept, error=error, cold_starts=self.cold_starts
+        )
 
 
 class MetricsSource(Protocol):
@@ -73,22 +83,41 @@ class MetricsSource(Protocol):
 
 @dataclass
 class _PodTotals:
-    """One pod's vLLM gauges, summed over its series (one per engine); both KV-cache names kept."""
+    """One pod's vLLM gauges, summed over its series (one per engine); both KV-cache names kept; and
+    its counters and histogram buckets, summed over engines (and finish reasons)."""
 
     running: float = 0.0
     waiting: float = 0.0
     kv: list[float] = field(default_factory=list)
     kv_old: list[float] = field(default_factory=list)
     seen: bool = False
+    counters: dict[str, float] = field(default_factory=dict)
+    buckets: dict[str, dict[float, float]] = field(default_factory=dict)
 
-    def sample(self, age: float) -> PodSample | None:
+    def sample(self, age: float, window: float | None = None) -> PodSample | None:
+        """The pod's sample; with ``window``, its counters are increases over that many seconds."""
         if not self.seen:
             return None
         kv = self.kv or self.kv_old
-        return PodSample(self.running, self.waiting, sum(kv) / len(kv) if kv else None, age)
+        traffic = None
+        if window is not None and self.counters:
+            traffic = Traffic(window, *self._counts(), *self._histograms())
+        return PodSample(self.running, self.waiting, sum(kv) / len(kv) if kv else None, age, traffic)
+
+    def totals(self) -> Totals | None:
+        return Totals(*self._counts(), *self._histograms()) if self.counters else None
+
+    def _counts(self) -> tuple[float, float, float]:
+        """Prompt tokens, generated tokens, finished requests."""
+        get = self.counters.get
+        return get(PROMPT_TOKENS, 0.0), get(GENERATION_TOKENS, 0.0), get(REQUESTS, 0.0)
+
+    def _histograms(self) -> tuple[Histogram, Histogram]:
+        """Time to first token, queue time."""
+        return Histogram.of(self.buckets.get(TTFT, {})), Histogram.of(self.buckets.get(QUEUE_TIME, {}))
 
 
-def _accumulate(acc: _PodTotals, name: str, value: float) -> None:
+def _accumulate(acc: _PodTotals, name: str, value: float, le: str | None = None) -> None:
     if name == RUNNING:
         acc.running += value
         acc.seen = True
@@ -99,20 +128,38 @@ def _accumulate(acc: _PodTotals, name: str, value: float) -> None:
         acc.kv.append(value)
     elif name == KV_USAGE_OLD:
         acc.kv_old.append(value)
+    elif name in (PROMPT_TOKENS, GENERATION_TOKENS, REQUESTS):
+        acc.counters[name] = acc.counters.get(name, 0.0) + value
+    elif le is not None and name in (f"{TTFT}_bucket", f"{QUEUE_TIME}_bucket"):
+        bounds = acc.buckets.setdefault(name.removesuffix("_bucket"), {})
+        bound = _number(le)
+        if not math.isnan(bound):
+            bounds[bound] = bounds.get(bound, 0.0) + value
 
 
 def parse_vllm_metrics(text: str, model_name: str | None = None) -> PodSample | None:
-    """A pod's sample from its /metrics text (None when it exports no vLLM request gauges).
+    """A pod's sample from its /metrics text (None when it exports no vLLM request gauges); its
+    cumulative counters come with :func:`parse_vllm_totals`.
 
     Raises ValueError on text that is not the Prometheus exposition format.
     """
+    return _parse(text, model_name).sample(0.0)
+
+
+def parse_vllm_totals(text: str, model_name: str | None = None) -> tuple[PodSample | None, Totals | None]:
+    """A pod's sample and its cumulative counters and histograms, from one /metrics text."""
+    acc = _parse(text, model_name)
+    return acc.sample(0.0), acc.totals()
+
+
+def _parse(text: str, model_name: str | None) -> _PodTotals:
     acc = _PodTotals()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if model_name is not None and sample.labels.get("model_name", model_name) != model_name:
                 continue
-            _accumulate(acc, sample.name, float(sample.value))
-    return acc.sample(0.0)
+            _accumulate(acc, sample.name, float(sample.value), sample.labels.get("le"))
+    return acc
 
 
 # --------------------------------------------------------------------------------------- pods
@@ -123,10 +170,20 @@ class PodsSource:
 
     name = "pods"
 
-    def __init__(self, port: int = 8000, timeout: float = 2.0, concurrency: int = 32) -> None:
+    def __init__(
+        self,
+        port: int = 8000,
+        timeout: float = 2.0,
+        concurrency: int = 32,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.port = port
         self.timeout = timeout
         self.limit = asyncio.Semaphore(concurrency)
+        self.monotonic = monotonic
+        # Each pod's last counters (by name and IP: a new pod of the same name starts afresh), and when
+        # they were read: the next scrape's increase over them is its traffic.
+        self.previous: dict[tuple[str, str], tuple[float, Totals]] = {}
 
     async def _scrape(self, session: aiohttp.ClientSession, pod: PodRef) -> PodSample | str:
         if not pod.ip:
@@ -137,10 +194,26 @@ class PodsSource:
                 if response.status != 200:
                     return f"HTTP {response.status}"
                 text = await response.text()
-            sample = parse_vllm_metrics(text)
+            sample, totals = parse_vllm_totals(text)
         except (aiohttp.ClientError, TimeoutError, ValueError, UnicodeDecodeError) as exc:
             return f"{type(exc).__name__}: {exc}"[:200]
-        return sample if sample is not None else "no vLLM metrics"
+        if sample is None:
+            return "no vLLM metrics"
+        return self._with_traffic(pod, sample, totals)
+
+    def _with_traffic(self, pod: PodRef, sample: PodSample, totals: Totals | None) -> PodSample:
+        """The sample with what the pod served since its previous scrape (none on the first, or after
+        its counters reset)."""
+        key, now = (pod.name, pod.ip or ""), self.monotonic()
+        before = self.previous.get(key)
+        if totals is None:
+            self.previous.pop(key, None)
+            return sample
+        self.previous[key] = (now, totals)
+        if before is None:
+            return sample
+        traffic = totals.since(before[1], now - before[0])
+        return replace(sample, traffic=traffic) if traffic is not None else sample
 
     async def observe(self, targets: Sequence[Target]) -> dict[tuple[str, str], Observation]:
         """Every ready pod's /metrics, within one deadline (``timeout``) for the whole evaluation: pods
@@ -165,6 +238,9 @@ class PodsSource:
             else:
                 errors[target.key].append(f"{pod.name}: {result}")
                 telemetry.QUERY_ERRORS.labels(self.name).inc()
+        asked = {(p.name, p.ip or "") for _, p in pods}
+        for gone in [k for k in self.previous if k not in asked]:  # pods no longer ready, or deleted
+            del self.previous[gone]
         out = {}
         for t in targets:
             got = samples.get(t.key, {})
@@ -204,11 +280,21 @@ def queries(service_label: str) -> dict[str, str]:
     def once(metric: str) -> str:
         return f"max by ({engine}) ({metric}{sel})"
 
+    def increase(metric: str, *labels: str) -> str:
+        keep = ", ".join((engine, *labels))
+        summed = ", ".join((by, *labels)) if labels[-1:] == ("le",) else by
+        return f"sum by ({summed}) (max by ({keep}) (increase({metric}{sel}[{TRAFFIC_WINDOW}])))"
+
     return {
         "running": f"sum by ({by}) ({once(RUNNING)})",
         "waiting": f"sum by ({by}) ({once(WAITING)})",
         "kv": f"avg by ({by}) ({once(KV_USAGE)} or {once(KV_USAGE_OLD)})",
         "timestamp": f"max by ({by}) (timestamp({RUNNING}{sel}))",
+        "prompt_tokens": increase(PROMPT_TOKENS),
+        "generation_tokens": increase(GENERATION_TOKENS),
+        "requests": increase(REQUESTS, "finished_reason"),
+        "ttft": increase(f"{TTFT}_bucket", "le"),
+        "queue_time": increase(f"{QUEUE_TIME}_bucket", "le"),
     }
 
 
@@ -269,7 +355,16 @@ class PrometheusSource:
         """Per (namespace, service), per pod: the figures, with the sample age Prometheus reports."""
         accs: dict[tuple[str, str, str], _PodTotals] = defaultdict(_PodTotals)
         ages: dict[tuple[str, str, str], float] = {}
-        names = {"running": RUNNING, "waiting": WAITING, "kv": KV_USAGE}
+        names = {
+            "running": RUNNING,
+            "waiting": WAITING,
+            "kv": KV_USAGE,
+            "prompt_tokens": PROMPT_TOKENS,
+            "generation_tokens": GENERATION_TOKENS,
+            "requests": REQUESTS,
+            "ttft": f"{TTFT}_bucket",
+            "queue_time": f"{QUEUE_TIME}_bucket",
+        }
         for signal, series in answers.items():
             for item in series:
                 labels = item.get("metric", {})
@@ -281,10 +376,10 @@ class PrometheusSource:
                 if signal == "timestamp":
                     ages[key] = max(0.0, _number(at) - number)
                 else:
-                    _accumulate(accs[key], names[signal], number)
+                    _accumulate(accs[key], names[signal], number, labels.get("le"))
         out: dict[tuple[str, str], dict[str, PodSample]] = defaultdict(dict)
         for (namespace, service, pod), acc in accs.items():
-            sample = acc.sample(ages.get((namespace, service, pod), math.inf))
+            sample = acc.sample(ages.get((namespace, service, pod), math.inf), TRAFFIC_WINDOW_SECONDS)
             if sample is not None:
                 out[namespace, service][pod] = sample
         return out

@@ -15,6 +15,17 @@ def rfc3339(t: datetime.datetime) -> str:
     return t.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_time(text: Any) -> datetime.datetime | None:
+    """An RFC 3339 time as the API server writes it (``2026-11-30T12:00:00Z``), or None."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=datetime.UTC)
+
+
 def key(obj: Mapping[str, Any]) -> tuple[str, str]:
     """(namespace, name) of a namespaced object."""
     meta = obj["metadata"]

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from qwen_operator import api
+from qwen_operator.planner import Capacity, Plan, PlanState, plan
+from qwen_operator.traffic import Traffic, combine
 
 
 class Reason(enum.StrEnum):
@@ -64,6 +66,7 @@ class PodSample:
     waiting: float
     kv_cache_usage: float | None  # 0-1; None when the pod exports neither KV metric
     age_seconds: float  # how old the newest sample is
+    traffic: Traffic | None = None  # what it served over the source's recent window, when known
 
     def usable(self, stale_after: float) -> bool:
         numbers = (self.running, self.waiting, self.age_seconds)
@@ -83,6 +86,7 @@ class Observation:
     replicas: int  # the Deployment's spec.replicas: what was asked for, ready or not
     ready_pods: tuple[str, ...]
     samples: Mapping[str, PodSample] = field(default_factory=dict)
+    cold_starts: tuple[float, ...] = ()  # seconds from creation to Ready of the service's recent pods
     error: str | None = None  # the metrics source failed (unreachable, timeout, bad answer)
 
 
@@ -95,6 +99,9 @@ class State:
     data_since: datetime | None = None
     history: tuple[tuple[datetime, int], ...] = ()  # runs of equal recommendations: (since, replicas)
     last_evaluated: datetime | None = None  # in memory only, so a restart reads as a gap in the data
+    plan: PlanState = field(
+        default_factory=PlanState
+    )  # SLO mode: learned capacity, smoothed load, peaks, cold start
 
 
 # ---------------------------------------------------------------------------------------- outputs
@@ -168,12 +175,18 @@ def _replicas_for(need: float, current: int, tolerance: float) -> int:
     return max(math.ceil(need - 1e-9), 0)
 
 
+def _rounded(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
 def _describe(sig: Signal, ready: int) -> str:
     label = {"concurrency": "concurrency", "kvCacheUsage": "KV-cache usage", "waiting": "waiting"}[sig.name]
     return f"{label} {_fmt(sig.value)} vs target {_fmt(sig.target)} x {ready} ready"
 
 
-def recommend(obs: Observation, spec: api.AutoscalingSpec) -> LoadRecommendation | None:
+def recommend(
+    obs: Observation, spec: api.AutoscalingSpec, slo: Plan | None = None
+) -> LoadRecommendation | None:
     """Stages 1-2: what the load needs, or None without usable data.
 
     Ready pods without data are assumed idle when that would scale up, and exactly at target when that
@@ -187,13 +200,16 @@ def recommend(obs: Observation, spec: api.AutoscalingSpec) -> LoadRecommendation
     missing = len(silent)
     current = obs.replicas
     sigs = signals(usable, spec.targets)
+    conc = sigs[0].value
+    if slo is not None:  # the SLO plan replaces the concurrency target; KV usage stays as a cap
+        sigs[0] = Signal("slo", slo.need, 1.0)
     top = max(sigs, key=lambda s: s.need)
     up = max(_replicas_for(s.need, current, spec.tolerance) for s in sigs)
     down = max(_replicas_for(s.need + missing, current, spec.tolerance) for s in sigs)
     replicas = up if up > current else min(down, current)
 
-    conc = sigs[0].value
     kv_values = [s.kv_cache_usage for s in usable.values() if s.kv_cache_usage is not None]
+    traffic = combine(s.traffic for s in usable.values() if s.traffic is not None)
     observation = api.ScalingObservation(
         ready_replicas=len(obs.ready_pods),
         pods_with_data=len(usable),
@@ -201,9 +217,16 @@ def recommend(obs: Observation, spec: api.AutoscalingSpec) -> LoadRecommendation
         waiting=round(sum(s.waiting for s in usable.values()), 2),
         load_per_replica=round(conc / len(usable), 2),
         kv_cache_usage=round(sum(kv_values) / len(kv_values), 3) if kv_values else None,
+        prompt_tokens_per_second=None if traffic is None else round(traffic.prompt_tokens_per_second, 1),
+        generation_tokens_per_second=None
+        if traffic is None
+        else round(traffic.generation_tokens_per_second, 1),
+        ttft_within_slo_percent=None
+        if slo is None or slo.attainment is None
+        else round(100 * slo.attainment, 2),
     )
     ready = len(obs.ready_pods)
-    text = _describe(top, ready)
+    text = slo.message if slo is not None and top.name == "slo" else _describe(top, ready)
     if missing:
         text += f"; {missing} ready pod(s) without data: {', '.join(silent[:5])}"
     if replicas > current:
@@ -321,7 +344,10 @@ def decide(obs: Observation, spec: api.AutoscalingSpec, state: State, now: datet
     """The replicas a QwenService should have now, why, and the state to remember."""
     current = obs.replicas
     window = spec.scale_down.stabilization_window_seconds
-    need = recommend(obs, spec)
+    slo = _slo_plan(obs, spec, state, now)
+    if slo is not None:
+        state = replace(state, plan=slo.state)
+    need = recommend(obs, spec, slo)
 
     if need is None:
         why = obs.error or (
@@ -354,6 +380,18 @@ def decide(obs: Observation, spec: api.AutoscalingSpec, state: State, now: datet
     state = replace(state, history=record(state.history, now, need.replicas, window))
     decision = Decision(bounded, reason, message, state, need.replicas, need.observation, ready)
     return _stamp_scale_times(decision, current, now)
+
+
+def _slo_plan(obs: Observation, spec: api.AutoscalingSpec, state: State, now: datetime) -> Plan | None:
+    """SLO mode's plan from the ready pods' traffic, or None (no SLO, or no traffic yet)."""
+    if spec.slo is None:
+        return None
+    stale = spec.metrics.stale_after_seconds
+    usable = [s for pod, s in obs.samples.items() if pod in obs.ready_pods and s.usable(stale)]
+    traffic = combine(s.traffic for s in usable if s.traffic is not None)
+    waiting = sum(s.waiting for s in usable)
+    seed = Capacity(*spec.slo.seed())
+    return plan(traffic, len(obs.ready_pods), spec.slo, seed, state.plan, now, obs.cold_starts, waiting)
 
 
 def _bound_message(limit: Reason, spec: api.AutoscalingSpec) -> str:
@@ -398,4 +436,14 @@ def state_from_status(status: api.QwenServiceStatus) -> State:
         last_scale_up_time=state.last_scale_up_time,
         data_since=state.data_since,
         history=tuple((r.since, r.replicas) for r in state.recommendations),
+        plan=PlanState(
+            capacity_scale=state.capacity_scale,
+            level=state.demand_level,
+            trend=state.demand_trend or 0.0,
+            updated=state.demand_updated,
+            peaks=tuple((p.at, p.work) for p in state.demand_peaks or ()),
+            cold_start_seconds=state.cold_start_seconds,
+            carried=state.capacity_carried,
+            failed=state.capacity_failed,
+        ),
     )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwen_operator import api, labels, render, scaling
+from qwen_operator.planner import PlanState
 
 READY = "Ready"
 PROGRESSING = "Progressing"
@@ -161,6 +162,22 @@ def compute_status(
     )
 
 
+def _plan_status(plan: PlanState) -> dict[str, Any]:
+    """SLO mode's learned and smoothed figures, rounded (they are for a restart, not for precision)."""
+    if plan.updated is None:
+        return {}
+    return {
+        "capacity_scale": None if plan.capacity_scale is None else round(plan.capacity_scale, 4),
+        "demand_level": None if plan.level is None else round(plan.level, 4),
+        "demand_trend": round(plan.trend, 6),
+        "demand_updated": plan.updated,
+        "demand_peaks": [api.DemandPeak(at=t, work=round(w, 4)) for t, w in plan.peaks],
+        "cold_start_seconds": None if plan.cold_start_seconds is None else round(plan.cold_start_seconds, 1),
+        "capacity_carried": None if plan.carried is None else round(plan.carried, 4),
+        "capacity_failed": None if plan.failed is None else round(plan.failed, 4),
+    }
+
+
 def scaling_status(
     old: api.QwenServiceStatus, decision: scaling.Decision, now: str, generation: int | None
 ) -> api.QwenServiceStatus:
@@ -208,6 +225,7 @@ def scaling_status(
             last_scale_up_time=state.last_scale_up_time,
             data_since=state.data_since,
             recommendations=[api.Recommendation(since=t, replicas=r) for t, r in state.history],
+            **_plan_status(state.plan),
         ),
     )
     return old.model_copy(
@@ -235,7 +253,18 @@ def invalid_status(
 # Everything else (replicas, reasons, condition states, scale times, how many pods are ready and report)
 # is material.
 DISPLAY_ONLY = ("message", "observation", "recommendation")
-LAG_TOLERANT_STATE = ("dataSince", "recommendations")
+LAG_TOLERANT_STATE = (
+    "dataSince",
+    "recommendations",
+    "capacityScale",
+    "demandLevel",
+    "demandTrend",
+    "demandUpdated",
+    "demandPeaks",
+    "coldStartSeconds",
+    "capacityCarried",
+    "capacityFailed",
+)
 OBSERVED_COUNTS = ("readyReplicas", "podsWithData")
 
 

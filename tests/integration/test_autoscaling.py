@@ -44,6 +44,7 @@ class PodPlayer:
         self.total = 0.0  # requests in flight, spread evenly over ready pods
         self.pinned: dict[str, float] = {}  # or per pod
         self.mode = "ok"
+        self.busy = False  # serve the under-load capture, counters growing with every scrape
         self.serial = 0
         self.deleted: list[str] = []
 
@@ -106,7 +107,7 @@ class PodPlayer:
                 )
             for name, server in self.servers.items():
                 each = self.pinned.get(name, self.total / len(ready) if ready and name in ready else 0)
-                server.set(running=each, kv=min(1.0, each / 40), mode=self.mode)
+                server.set(running=each, kv=min(1.0, each / 40), mode=self.mode, busy=self.busy)
             await asyncio.sleep(0.05)
 
     def close(self) -> None:
@@ -247,6 +248,30 @@ async def test_missing_metrics_hold_replicas_and_recovery_waits_a_window(
     await eventually(lambda: replicas(emulator) == 2, within=15, what="a scale-down after recovery")
     assert loop.time() - back >= 3.5, "scale-down must wait a full window of fresh data"
     await eventually(lambda: events(emulator, "qwen", "MetricsAvailable"), what="a MetricsAvailable event")
+
+
+async def test_slo_mode_scales_on_the_token_load_and_latency_the_pods_report(
+    emulator: Emulator, player: PodPlayer
+) -> None:
+    """spec.autoscaling.slo: the pods' counters and histograms, read between two scrapes, drive the
+    replicas; the decision says what it rests on, and the learned state lands in the status."""
+    player.total, player.busy = 2, True  # few requests in flight, but a heavy token load, slow first tokens
+    await emulator.put(QSVC, autoscaled(slo={"timeToFirstTokenSeconds": 2}))
+    await eventually(lambda: replicas(emulator) == 4, within=15, what="a scale-up to maxReplicas on tokens")
+    ups = await eventually(lambda: events(emulator, "qwen", "ScaledUp"), what="a ScaledUp event")
+    assert any(" prompt + " in e["message"] and "TTFT <= 2 s for" in e["message"] for e in ups), ups
+
+    def learned() -> dict[str, Any] | None:
+        status = scaling_status(emulator)
+        return status if (status.get("state") or {}).get("capacityScale") else None
+
+    status = await eventually(learned, what="the learned capacity in the status")
+    assert status["observation"]["promptTokensPerSecond"] > 0
+    assert status["observation"]["ttftWithinSloPercent"] < 99, "the capture's first tokens are slow"
+
+    player.busy, player.total = False, 0  # idle: counters stop moving
+    await eventually(lambda: replicas(emulator) == 1, within=30, what="the scale-down once idle")
+    assert "tokens 0 prompt + 0 generated /s" in scaling_status(emulator)["message"]
 
 
 async def test_autoscaling_off_hands_replicas_back_to_the_spec(emulator: Emulator, player: PodPlayer) -> None:

@@ -94,7 +94,42 @@ async def test_query_count_does_not_grow_with_services(prometheus: Prometheus, p
         [target("ml", f"s{i}", f"s{i}-0") for i in range(5)]
         + [target("ns", f"x{i}", f"x{i}-0") for i in range(45)]
     )
-    assert one == many == len(src.queries) == 4
+    assert one == many == len(src.queries) == 9
+
+
+async def test_traffic_per_pod_from_counters_and_histograms(
+    prometheus: Prometheus, pods: list[FakeVLLM]
+) -> None:
+    """Tokens, requests and latency histograms, as increases over the last minute, split per pod and
+    service; an idle pod's counters do not move."""
+    pods[0].set(running=3, busy=True)  # the under-load capture, its counters growing every scrape
+    pods[1].set(running=0)  # idle: the idle capture, counters constant
+    prometheus.set_targets(
+        [(pods[0].address, "ml", "chat-0", "chat"), (pods[1].address, "ml", "chat-1", "chat")]
+    )
+    prometheus.wait_for_series(2)
+    chat = target("ml", "chat", "chat-0", "chat-1")
+    deadline = time.monotonic() + 20
+    while True:  # increase() needs two samples of each series
+        obs = (await source(prometheus.url).observe([chat]))[chat.key]
+        busy = obs.samples.get("chat-0")
+        if busy is not None and busy.traffic is not None and busy.traffic.ttft.count > 0:
+            break
+        assert time.monotonic() < deadline, f"no traffic seen: {obs}"
+        await asyncio.sleep(0.5)
+    t = busy.traffic
+    assert t.seconds == 60
+    # Every scrape adds the capture's own counts, so the shares are the capture's (72 first tokens,
+    # 16 of them within 1 s, 36 within 2.5 s; tests/data/vllm-0.32-metrics-under-load.txt).
+    assert t.ttft.share_within(1.0) == pytest.approx(16 / 72)
+    assert t.ttft.share_within(2.5) == pytest.approx(36 / 72)
+    assert t.queue_time.count / t.ttft.count == pytest.approx(65 / 72)
+    assert t.prompt_tokens > 0
+    assert t.generation_tokens > 0
+    assert t.requests > 0
+    idle = obs.samples["chat-1"].traffic
+    assert idle is not None
+    assert (idle.prompt_tokens, idle.requests, idle.ttft.count) == (0, 0, 0)
 
 
 async def test_empty_and_nan_hold_replicas(prometheus: Prometheus, pods: list[FakeVLLM]) -> None:
@@ -168,7 +203,7 @@ async def test_a_second_scrape_job_of_the_same_pods_counts_nothing_twice(
     prom = Prometheus(tmp_path, extra_jobs=[common])
     prom.start()
     try:
-        pods[0].set(running=14, waiting=2, kv=0.5)
+        pods[0].set(running=14, waiting=2, kv=0.5, busy=True)
         pods[2].set(running=6, waiting=6, kv=0.9, engines=2)
         prom.set_targets(
             [(pods[0].address, "ml", "chat-0", "chat"), (pods[2].address, "ml", "chat-1", "chat")]
@@ -180,9 +215,17 @@ async def test_a_second_scrape_job_of_the_same_pods_counts_nothing_twice(
             assert time.monotonic() < deadline, "the two jobs never both scraped both pods"
             await asyncio.sleep(0.2)
         chat = target("ml", "chat", "chat-0", "chat-1")
+        per_job = 'increase(vllm:prompt_tokens_total{serving_qwenops_io_service="chat",pod="chat-0"}[1m])'
+        while len([r for r in prom.query(per_job) if float(r["value"][1]) > 0]) < 2:
+            assert time.monotonic() < deadline, "no increase from both jobs"
+            await asyncio.sleep(0.2)
         obs = (await source(prom.url).observe([chat]))[chat.key]
+        each_job = [float(r["value"][1]) for r in prom.query(per_job)]
     finally:
         prom.stop()
+    traffic = obs.samples["chat-0"].traffic
+    assert traffic is not None
+    assert traffic.prompt_tokens <= max(each_job) * 1.2, f"counted per job and added: {traffic} vs {each_job}"
     c0, c1 = obs.samples["chat-0"], obs.samples["chat-1"]
     assert (c0.running, c0.waiting, c0.kv_cache_usage) == (14, 2, 0.5)
     assert (c1.running, c1.waiting, c1.kv_cache_usage) == (6, 6, pytest.approx(0.9)), "two engines, once each"

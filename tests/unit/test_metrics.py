@@ -54,9 +54,22 @@ def test_not_the_exposition_format_is_an_error() -> None:
 
 def test_one_query_per_signal_grouped_by_namespace_pod_and_service() -> None:
     q = queries("serving_qwenops_io_service")
-    assert set(q) == {"running", "waiting", "kv", "timestamp"}
+    assert set(q) == {
+        "running",
+        "waiting",
+        "kv",
+        "timestamp",
+        "prompt_tokens",
+        "generation_tokens",
+        "requests",
+        "ttft",
+        "queue_time",
+    }
     for promql in q.values():
-        assert "by (namespace, pod, serving_qwenops_io_service)" in promql
+        assert "by (namespace, pod, serving_qwenops_io_service" in promql
+    assert "sum by (namespace, pod, serving_qwenops_io_service, le)" in q["ttft"]
+    assert "increase(vllm:time_to_first_token_seconds_bucket{" in q["ttft"]
+    assert "finished_reason" in q["requests"], "one series per finish reason, each taken once"
     assert "vllm:gpu_cache_usage_perc" in q["kv"]
     assert "vllm:kv_cache_usage_perc" in q["kv"]
 

@@ -548,3 +548,39 @@ def test_tuning_scores_a_trace_the_largest_static_fleet_cannot_serve_in_2_s_on_t
     assert "static-max" not in tune.select(slow_card)["l4"]
     fast_card = [run(tune.STATIC_MAX, 0.995, 0.999, 8.0), run("hpa", 0.96, 0.992)]
     assert not tune.select(fast_card)["l4"]["hpa"]["met_slo_in_training"], "the flat 2 s where it can be met"
+
+
+def test_the_engine_counts_what_vllm_metrics_count() -> None:
+    """Prompt tokens once a request's prefill is done, every generated token, finished requests, and
+    the time-to-first-token and queue-time histograms with vLLM 0.32's bounds."""
+    engine = Engine(A10G)
+    for i in range(3):
+        engine.add(Request(i, 0.0, 1000, 10, 1e9))
+    engine.advance(60.0)
+    totals = engine.vllm_totals()
+    assert (totals.prompt_tokens, totals.generation_tokens, totals.requests) == (3000, 30, 3)
+    assert totals.ttft.count == 3
+    assert totals.queue_time.count == 3
+    assert totals.ttft.share_within(2.0) == 1.0, "three 1k-token prompts are prefilled well within 2 s"
+    assert dict(totals.ttft.buckets)[2560.0] == 3
+
+
+def test_ours_sees_each_pods_traffic_over_the_last_minute() -> None:
+    spec = api.AutoscalingSpec.model_validate(
+        {"enabled": True, "maxReplicas": 4, "slo": {"timeToFirstTokenSeconds": 2}}
+    )
+    ours = policies.Ours(spec)
+    engine = Engine(A10G)
+    samples = []
+    for second in (0, 15, 30, 45, 60, 75):
+        engine.add(Request(second, float(second), 600, 5, 1e9))
+        engine.advance(float(second))
+        samples.append(Sample(1, 0, 0.1, 0.5, float(second), engine.vllm_totals()))
+    observed = None
+    for s in samples:
+        observed = ours.observation(View(s.at, 1, ("p0",), {"p0": s}, 256))
+    assert observed is not None
+    traffic = observed.samples["p0"].traffic
+    assert traffic is not None
+    assert traffic.seconds == 60, "increase over the last minute, as the Prometheus source asks"
+    assert traffic.requests_per_second == pytest.approx(4 / 60)

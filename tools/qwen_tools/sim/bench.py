@@ -67,7 +67,7 @@ SCENARIOS = (
 CALIBRATION_PAIRS = (("conv2-a10g", "conv2-a10g-pessimistic"), ("conv2-l4", "conv2-l4-pessimistic"))
 QUICK = (Scenario("conv2-a10g-15min", "a10g", "conv2-15min", max_replicas=5),)
 PLOTTED = ("ours", "hpa", "keda", "kpa")  # timelines, seed 0, tuned settings
-PEERS = tuple(p for p in tune.SPACES if p != "ours")
+PEERS = tuple(p for p in tune.SPACES if not p.startswith("ours"))
 
 
 def build_trace(name: str, folder: Path, seed: int) -> trace.Trace:
@@ -169,7 +169,9 @@ def run_job(job: Job) -> dict[str, Any]:
 
 
 def _run(requests: trace.Trace, scenario: Scenario, seed: int, policy: str, config: Mapping[str, Any]) -> Any:
-    built = tune.configured(policy, scenario.min_replicas, scenario.max_replicas, config)
+    built = tune.configured(
+        policy, scenario.min_replicas, scenario.max_replicas, config, scenario.model.product
+    )
     return Cluster(requests, built, scenario.settings(seed, start_replicas(requests, scenario))).run()
 
 
@@ -299,6 +301,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]], tuned: Mapping[str, Any]) -> di
             "references": references,
             "policies": per_policy,
             "ours_vs_best_peer": versus(iso, seeds),
+            **({"ours_slo_vs_best_peer": versus(iso, seeds, "ours-slo")} if "ours-slo" in iso else {}),
         }
     return out
 
@@ -310,11 +313,16 @@ def reference(summaries: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
     return cheapest_meeting(candidates, lambda c: c["slo_attainment"], lambda c: c["gpu_hours"])
 
 
-def versus(iso: Mapping[str, Mapping[int, float]], seeds: Sequence[int]) -> dict[str, Any]:
-    """Ours against the peer with the fewest mean GPU-hours at the SLO among those reaching it on every
-    seed: the ratio per seed (paired: same seed, same cold starts), with a 95% interval."""
-    complete = {p: v for p, v in iso.items() if p != "ours" and all(not math.isnan(v[s]) for s in seeds)}
-    ours = iso.get("ours", {})
+def versus(
+    iso: Mapping[str, Mapping[int, float]], seeds: Sequence[int], mine: str = "ours"
+) -> dict[str, Any]:
+    """Ours (``mine``: the concurrency target, or SLO mode) against the peer with the fewest mean
+    GPU-hours at the SLO among those reaching it on every seed: the ratio per seed (paired: same seed,
+    same cold starts), with a 95% interval."""
+    complete = {
+        p: v for p, v in iso.items() if not p.startswith("ours") and all(not math.isnan(v[s]) for s in seeds)
+    }
+    ours = iso.get(mine, {})
     ours_reached = bool(ours) and all(not math.isnan(ours[s]) for s in seeds)
     if not complete:
         return {"best_peer": None, "verdict": "win" if ours_reached else "none reach the SLO"}
@@ -349,32 +357,30 @@ def _iso(stats: Mapping[str, Any], seeds: int) -> str:
 def verdicts(results: Mapping[str, Any]) -> list[str]:
     lines = []
     for name, sc in results.items():
-        v = sc["ours_vs_best_peer"]
-        ours = sc["policies"].get("ours")
-        if ours is None:
-            continue
-        tuned_ok = "meets" if ours["meets_slo_at_tuned"] else "misses"
-        if "ratio" in v:
-            r = v["ratio"]
-            lines.append(
-                f"{name}: **{v['verdict'].upper()}**: ours/{v['best_peer']} GPU-hours at the SLO "
-                f"{r['mean']:.2f} (95% CI {r['low']:.2f}-{r['high']:.2f}); ours at its tuned setting "
-                f"{tuned_ok} the SLO ({100 * ours['at_tuned']['slo_attainment']['mean']:.2f}%)"
-            )
-        else:
-            best = {
-                p: max(point["slo_attainment"] for point in st["curve"]) for p, st in sc["policies"].items()
-            }
-            peer = max((p for p in best if p != "ours"), key=lambda p: best[p], default=None)
-            reach = f"the best of ours' curve {100 * best['ours']:.2f}%" + (
-                f", of the peers' {100 * best[peer]:.2f}% ({peer})" if peer else ""
-            )
-            lines.append(
-                f"{name}: **{v['verdict'].upper()}**: {v.get('why', 'no peer reaches the SLO on every seed')}"
-                f" ({reach}); ours at its tuned setting {tuned_ok} the SLO "
-                f"({100 * ours['at_tuned']['slo_attainment']['mean']:.2f}%)"
-            )
+        for mine, key in (("ours", "ours_vs_best_peer"), ("ours-slo", "ours_slo_vs_best_peer")):
+            if key in sc and mine in sc["policies"]:
+                lines.append(f"{name}: " + _verdict(sc, mine, sc[key]))
     return lines
+
+
+def _verdict(sc: Mapping[str, Any], mine: str, v: Mapping[str, Any]) -> str:
+    ours = sc["policies"][mine]
+    tuned_ok = "meets" if ours["meets_slo_at_tuned"] else "misses"
+    attained = 100 * ours["at_tuned"]["slo_attainment"]["mean"]
+    at_tuned = f"{mine} at its tuned setting {tuned_ok} the SLO ({attained:.2f}%)"
+    if "ratio" in v:
+        r = v["ratio"]
+        return (
+            f"**{v['verdict'].upper()}**: {mine}/{v['best_peer']} GPU-hours at the SLO "
+            f"{r['mean']:.2f} (95% CI {r['low']:.2f}-{r['high']:.2f}); {at_tuned}"
+        )
+    best = {p: max(point["slo_attainment"] for point in st["curve"]) for p, st in sc["policies"].items()}
+    peer = max((p for p in best if not p.startswith("ours")), key=lambda p: best[p], default=None)
+    reach = f"the best of {mine}'s curve {100 * best[mine]:.2f}%" + (
+        f", of the peers' {100 * best[peer]:.2f}% ({peer})" if peer else ""
+    )
+    why = v.get("why", "no peer reaches the SLO on every seed").replace("ours does", f"{mine} does")
+    return f"**{v['verdict'].upper()}**: {why} ({reach}); {at_tuned}"
 
 
 def ranking(sc: Mapping[str, Any]) -> list[str]:
@@ -561,6 +567,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--policies", default=",".join(tune.SPACES), help="comma-separated policies (default: all)"
     )
     parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the runs of OUT/results.json for the policies not run now (same scenarios and seeds)",
+    )
+    parser.add_argument(
         "--from-json",
         type=Path,
         default=None,
@@ -587,17 +598,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown policies: {', '.join(unknown)}")
     kinds = ("references", *args.policies.split(","))
+    previous = args.out / "results.json"
+    kept = json.loads(previous.read_text())["runs"] if args.merge and previous.exists() else []
+    have = {(r["scenario"], r["seed"]) for r in kept if r["kind"] == "references"}
     jobs = [
         Job(s, seed, args.traces, kind, tuned[s.gpu])
         for s in scenarios
         for seed in range(args.seeds)
         for kind in kinds
+        if not (kind == "references" and (s.name, seed) in have)  # deterministic: kept, not rerun
     ]
     if plotted := tuple(p for p in PLOTTED if p in kinds):
         jobs += [Job(s, 0, args.traces, "timeline", tuned[s.gpu], args.out, plotted) for s in scenarios]
     # The dearest scenarios first, so that the workers finish together.
     jobs.sort(key=lambda j: -COST.get(j.scenario.trace.partition("-")[2], 1.0))
     runs = [r for r in tune.in_pool(run_job, jobs, args.workers, every=25) if r["kind"] != "timeline"]
+    if kept:
+        redone = {(r["scenario"], r["seed"], r["kind"]) for r in runs}
+        runs = [r for r in kept if (r["scenario"], r["seed"], r["kind"]) not in redone] + runs
     meta = {
         "seeds": args.seeds,
         "workers": args.workers,

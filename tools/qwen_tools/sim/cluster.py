@@ -306,7 +306,9 @@ class Cluster:
                 e = pod.engine
                 busy = min(1.0, (e.busy_seconds - pod.busy_mark) / interval)
                 pod.busy_mark = e.busy_seconds
-                pod.sample = Sample(e.num_running, e.num_waiting, e.kv_usage, busy, float(second))
+                pod.sample = Sample(
+                    e.num_running, e.num_waiting, e.kv_usage, busy, float(second), e.vllm_totals()
+                )
 
     def _evaluate(self, now: float) -> None:
         ready = [p for p in self.live if p.ready(now)]
@@ -316,6 +318,7 @@ class Cluster:
             tuple(p.name for p in ready),
             {p.name: p.sample for p in ready if p.sample is not None},
             self.s.gpu.max_num_seqs,
+            tuple(p.ready_at - p.created for p in ready),
         )
         desired = self.policy.desired(view)
         if desired != self.replicas:

@@ -15,14 +15,34 @@ Python operations).
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from qwen_operator.traffic import INF, Histogram, Totals
 from qwen_tools.sim.gpus import GPU, KV_BLOCK_TOKENS
 
 DONE, TIMEOUT, KILLED, REJECTED = "done", "timeout", "killed", "rejected"
+
+# vLLM 0.32's histogram bounds (tests/data/vllm-0.32-metrics-under-load.txt), seconds.
+TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+QUEUE_BUCKETS = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+    480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+
+
+def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> Histogram:
+    running, out = 0, []
+    for le, n in zip((*bounds, INF), counts, strict=True):
+        running += n
+        out.append((le, float(running)))
+    return Histogram(tuple(out))
 
 
 def blocks_for(tokens: int) -> int:
@@ -40,6 +60,7 @@ class Request:
     generated: int = 0
     blocks: int = 0
     first_token: float | None = None
+    scheduled: float | None = None  # when it first left the waiting queue
     finish: float | None = None
     preemptions: int = 0
     outcome: str = ""
@@ -74,6 +95,13 @@ class Engine:
         self.busy_seconds = 0.0  # time spent in steps (a GPU-utilisation proxy)
         self.steps = 0
         self.preemptions = 0
+        # What vLLM's /metrics counts: tokens, finished requests, and the TTFT and queue-time histograms
+        # (per-bucket counts, not cumulative; vllm_totals() makes them what a scrape reads).
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.requests_done = 0
+        self.ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
+        self.queue_counts = [0] * (len(QUEUE_BUCKETS) + 1)
 
     # ------------------------------------------------------------------------------ views
 
@@ -105,10 +133,21 @@ class Engine:
             return
         self.waiting.append(req)
 
+    def vllm_totals(self) -> Totals:
+        """The cumulative counters and histograms a scrape of this replica's /metrics reads."""
+        return Totals(
+            float(self.prompt_tokens),
+            float(self.generation_tokens),
+            float(self.requests_done),
+            _cumulative(TTFT_BUCKETS, self.ttft_counts),
+            _cumulative(QUEUE_BUCKETS, self.queue_counts),
+        )
+
     def _end(self, req: Request, outcome: str, when: float) -> None:
         req.outcome = outcome
         if outcome == DONE:
             req.finish = when
+            self.requests_done += 1
         self.free += req.blocks
         req.blocks = 0
         self.finished.append(req)
@@ -208,6 +247,9 @@ class Engine:
                 self.free -= need
                 req.blocks += need
                 self.running.append(req)
+                if req.scheduled is None:
+                    req.scheduled = self.now
+                    self.queue_counts[bisect.bisect_left(QUEUE_BUCKETS, self.now - req.arrival)] += 1
                 scheduled.append((req, n))
                 budget -= n
                 prefill_tokens += n
@@ -223,8 +265,11 @@ class Engine:
             req.computed += n
             if req.computed >= req.prefill_len:  # a token is sampled at the end of this step
                 req.generated += 1
+                self.generation_tokens += 1
                 if req.first_token is None:
                     req.first_token = now
+                    self.prompt_tokens += req.prompt
+                    self.ttft_counts[bisect.bisect_left(TTFT_BUCKETS, now - req.arrival)] += 1
                 if req.generated >= req.output:
                     self.running.remove(req)
                     self._end(req, DONE, now)
@@ -264,6 +309,7 @@ class Engine:
         self.steps += k
         now = self.now
         done = []
+        self.generation_tokens += k * n
         for r in running:
             r.computed += k
             r.generated += k

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from qwen_operator import api, scaling
 from qwen_operator.gpu_targets import default_concurrency
+from qwen_operator.traffic import TRAFFIC_WINDOW_SECONDS, Totals, Traffic
 from qwen_tools.sim import peers
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -29,6 +30,7 @@ class Sample:
     kv: float
     busy: float  # share of the last scrape interval the GPU spent in steps
     at: float
+    totals: Totals | None = None  # vLLM's cumulative counters and histograms at this scrape
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class View:
     ready: tuple[str, ...]  # ready pods that take traffic
     samples: Mapping[str, Sample]  # latest scrape per ready pod (absent until the first scrape)
     max_num_seqs: int
+    starts: tuple[float, ...] = ()  # seconds from creation to ready of the ready pods
 
     def fresh(self) -> list[Sample]:
         return [self.samples[p] for p in self.ready if p in self.samples]
@@ -251,7 +254,7 @@ class APA:
 @dataclass
 class Ours:
     """The operator's :func:`qwen_operator.scaling.decide`, fed the Observation its Prometheus source
-    builds."""
+    builds: the latest gauges, and each pod's counters' increase over the last minute."""
 
     spec: api.AutoscalingSpec
     name: str = "ours"
@@ -259,19 +262,35 @@ class Ours:
     state: scaling.State = field(default_factory=scaling.State)
     reasons: list[tuple[float, str]] = field(default_factory=list)
     interval: float = 0.0
+    scrapes: dict[str, deque[tuple[float, Totals]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.interval = float(self.spec.evaluation_interval_seconds)
 
+    def _traffic(self, pod: str, sample: Sample) -> Traffic | None:
+        """``increase(...[1m])``: the pod's counters since its oldest scrape within the window."""
+        if sample.totals is None:
+            return None
+        kept = self.scrapes.setdefault(pod, deque())
+        if not kept or kept[-1][0] != sample.at:
+            kept.append((sample.at, sample.totals))
+        while kept and kept[0][0] < sample.at - TRAFFIC_WINDOW_SECONDS:
+            kept.popleft()
+        first_at, first = kept[0]
+        return sample.totals.since(first, sample.at - first_at) if sample.at > first_at else None
+
     def observation(self, view: View) -> scaling.Observation:
+        for gone in [p for p in self.scrapes if p not in view.samples]:
+            del self.scrapes[gone]
         return scaling.Observation(
             replicas=view.replicas,
             ready_pods=view.ready,
             samples={
-                pod: scaling.PodSample(s.running, s.waiting, s.kv, view.now - s.at)
+                pod: scaling.PodSample(s.running, s.waiting, s.kv, view.now - s.at, self._traffic(pod, s))
                 for pod, s in view.samples.items()
                 if pod in view.ready
             },
+            cold_starts=view.starts,
         )
 
     def desired(self, view: View) -> int:

@@ -1,0 +1,271 @@
+"""SLO mode: replicas for the token load expected one cold start ahead, at one replica's learned
+capacity (``spec.autoscaling.slo``).
+
+Units: *work* is load in seed replicas, ``prompt tok/s / seed prompt capacity + generated tok/s / seed
+generation capacity`` (a mix counts linearly); the *capacity* (``capacity_scale``) is how much of that
+one replica carries while the SLO holds, learned. Each evaluation:
+
+1. **Demand**: the tokens served over the window, plus the requests waiting now (what was served hides
+   what could not be), at the window's average cost per request.
+2. **Pressure**: the SLO is under pressure when more than its share of first tokens came after the
+   next histogram bound above the TTFT bound, or waited in the queue over 3/4 of it. vLLM's TTFT buckets
+   are coarse around common bounds (1 s, then 2.5 s), so the interpolated share is shown, not acted on.
+3. **Learning**: two bounds that fade over an hour: the most load a replica carried without pressure
+   (capacity is at least that) and the least it failed under while loaded (capacity is below that).
+   The capacity aims between them, a little above the first. Misses at light load (a 30k-token prompt's
+   own prefill) teach nothing and scale nothing: more replicas would not help them.
+4. **Forecast**: the load's level and trend (Holt), one cold start ahead, when the rise is material
+   (upward only: a falling load is the scale-down window's business). The cold start is measured from
+   the service's own pods (creation to Ready) unless the SLO names it.
+5. **Bursts**: when bursts recur (two or more in half an hour), chasing them is too late: the load is
+   gone before new replicas are ready and back before the window lets them go, so the plan keeps the
+   capacity of the recent bursts.
+
+Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from qwen_operator import api
+from qwen_operator.traffic import Traffic
+
+DEFAULT_COLD_START = 180.0  # seconds, until the service's own pods were seen starting
+SEED_SCALE = 0.6  # a GPU calibration is peak throughput: the SLO holds at some part of it
+USER_SCALE = 1.0  # a capacity from qwen-operator tune is already at the SLO
+SCALE_BOUNDS = (0.05, 1.5)  # a replica never carries much beyond its calibrated peak
+MIN_FIRST_TOKENS = 20  # fewer first tokens in the window say nothing about a percentile
+LOADED = 0.5  # utilisation (of the believed capacity) above which a miss is evidence...
+PHYSICAL_FLOOR = 0.3  # ...if the replicas also run above this share of their calibrated peak
+BACKLOG_SECONDS = 60.0  # waiting requests count as load to be served within this
+RISE_FLOOR = 0.2  # a forecast rise smaller than this share of the level is noise
+MEMORY_SECONDS = 3600.0  # how long capacity evidence lasts (it fades exponentially)
+EXPLORE = 0.1  # with no failure seen, aim this much above the most carried
+BETWEEN = 0.3  # between carried and failed, aim this far from carried
+QUEUE_SHARE = 0.75  # of the TTFT bound: a request that waited longer has little left for its prefill
+LEVEL_SECONDS = 60.0  # time constants of the level and trend
+TREND_SECONDS = 300.0
+PEAK_MEMORY = 1800.0  # seconds of per-minute peaks kept to recognise recurring bursts
+MAX_PEAKS = 30
+BURST_RATIO = 2.5  # a burst: the highest minute at least this many times the median one
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """One replica's throughput in each kind of token, alone (the seed, or the user's)."""
+
+    prompt_tokens_per_second: float
+    generation_tokens_per_second: float
+
+    def work(self, traffic: Traffic) -> float:
+        return (
+            traffic.prompt_tokens_per_second / self.prompt_tokens_per_second
+            + traffic.generation_tokens_per_second / self.generation_tokens_per_second
+        )
+
+
+@dataclass(frozen=True)
+class PlanState:
+    capacity_scale: float | None = None  # None: not learned yet (the seed's)
+    level: float | None = None
+    trend: float = 0.0  # work per second
+    updated: datetime | None = None
+    peaks: tuple[tuple[datetime, float], ...] = ()  # per-minute maxima of the work
+    cold_start_seconds: float | None = None  # measured
+    carried: float | None = None  # the most load one replica carried within the SLO (decaying)
+    failed: float | None = None  # the least load one replica failed under (decaying)
+
+
+@dataclass(frozen=True)
+class Plan:
+    need: float  # replicas
+    work: float
+    forecast: float
+    hold: float
+    attainment: float | None
+    pressure: bool  # the SLO is under pressure, under load (evidence of too little capacity)
+    scale: float
+    cold_start: float
+    state: PlanState
+    message: str
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2f}".rstrip("0").rstrip(".")
+
+
+def _pct(x: float) -> str:
+    return "none" if not math.isfinite(x) else f"{round(100 * x):+d}%"
+
+
+def cold_start(slo: api.LatencySLO, state: PlanState, seen: Sequence[float]) -> tuple[float, float | None]:
+    """The cold start to plan for, and the measurement to keep (the mean of the latest ones seen)."""
+    measured = state.cold_start_seconds
+    fresh = [s for s in seen if math.isfinite(s) and 0 < s < 3 * 3600]
+    if fresh:
+        latest = sum(fresh) / len(fresh)
+        measured = latest if measured is None else 0.5 * measured + 0.5 * latest
+    if slo.cold_start_seconds is not None:
+        return float(slo.cold_start_seconds), measured
+    return (measured if measured is not None else DEFAULT_COLD_START), measured
+
+
+def _learn(
+    state: PlanState,
+    initial: float,
+    served: float,
+    ready: int,
+    attainment: float | None,
+    pressure: bool,
+    goal: float,
+    now: datetime,
+) -> tuple[float, float | None, float | None]:
+    """One replica's capacity at the SLO, from two bounds that fade over MEMORY_SECONDS: the most load
+    a replica carried within the SLO (the capacity is at least that), and the least it failed under
+    (the capacity is below that). Between them, the plan aims a little above the first; with no
+    failure seen, somewhat above what was carried, to find out (capped at the calibrated peak x 1.5)."""
+    carried, failed = state.carried, state.failed
+    if state.updated is not None:
+        fade = math.exp(-max((now - state.updated).total_seconds(), 0.0) / MEMORY_SECONDS)
+        carried = None if carried is None else carried * fade
+        failed = None if failed is None else failed / fade
+    believed = state.capacity_scale if state.capacity_scale is not None else initial
+    if attainment is not None and ready > 0 and served > 0:
+        per_replica = served / ready  # seed replicas' worth on each ready replica: its physical load
+        if pressure and _loaded(per_replica, believed):
+            failed = per_replica if failed is None else min(failed, per_replica)
+        elif not pressure:
+            carried = per_replica if carried is None else max(carried, per_replica)
+    if carried is None:
+        scale = believed
+    elif failed is None or failed > SCALE_BOUNDS[1]:
+        scale = max(initial, carried * (1 + EXPLORE))
+    elif failed > carried:
+        scale = carried + BETWEEN * (failed - carried)
+    else:
+        scale = failed * 0.9  # contradicting evidence: the failure is the later word
+    return min(max(scale, SCALE_BOUNDS[0]), SCALE_BOUNDS[1]), carried, failed
+
+
+def _loaded(per_replica: float, scale: float) -> bool:
+    """Whether a miss at this load is the load's doing. Judged on the physical load too, not only on
+    the believed capacity: else each lowering of the belief would make the next miss look loaded."""
+    return per_replica > PHYSICAL_FLOOR and per_replica > LOADED * scale
+
+
+def _smooth(state: PlanState, work: float, now: datetime) -> tuple[float, float]:
+    if state.level is None or state.updated is None:
+        return work, 0.0
+    dt = (now - state.updated).total_seconds()
+    if dt <= 0:
+        return state.level, state.trend
+    a = 1 - math.exp(-dt / LEVEL_SECONDS)
+    b = 1 - math.exp(-dt / TREND_SECONDS)
+    level = state.level + state.trend * dt
+    level += a * (work - level)
+    slope = (level - state.level) / dt
+    trend = state.trend + b * (slope - state.trend)
+    return max(level, 0.0), trend
+
+
+def _peaks(state: PlanState, work: float, now: datetime) -> tuple[tuple[datetime, float], ...]:
+    """Per-minute maxima of the work over the last PEAK_MEMORY seconds."""
+    minute = now.replace(second=0, microsecond=0)
+    kept = [(t, w) for t, w in state.peaks if (now - t).total_seconds() <= PEAK_MEMORY]
+    if kept and kept[-1][0] == minute:
+        kept[-1] = (minute, max(kept[-1][1], work))
+    else:
+        kept.append((minute, work))
+    return tuple(kept[-MAX_PEAKS:])
+
+
+def burst_hold(peaks: Sequence[tuple[datetime, float]]) -> float:
+    """The work of the recent bursts when bursts recur: two or more within the memory, each above 70%
+    of the highest, separated by quiet below half of it, the highest at least BURST_RATIO times the
+    median minute. Chasing such bursts is too late (the load is gone before new replicas are ready, and
+    back before the window lets them go), so the plan keeps their capacity. 0 otherwise."""
+    if len(peaks) < 3:
+        return 0.0
+    works = sorted(w for _, w in peaks)
+    top, median = works[-1], works[len(works) // 2]
+    if top <= 0 or top < BURST_RATIO * median:
+        return 0.0
+    bursts, inside = 0, False
+    for _, w in peaks:
+        if w >= 0.7 * top:
+            bursts += 0 if inside else 1
+            inside = True
+        elif w < 0.5 * top:
+            inside = False
+    return top if bursts >= 2 else 0.0
+
+
+def plan(
+    traffic: Traffic | None,
+    ready: int,
+    slo: api.LatencySLO,
+    seed: Capacity,
+    state: PlanState,
+    now: datetime,
+    cold_starts: Sequence[float] = (),
+    waiting: float = 0.0,
+) -> Plan | None:
+    """The replicas the SLO needs, or None without traffic data (the targets then decide)."""
+    if traffic is None or not traffic.usable() or ready <= 0:
+        return None
+    user = slo.replica_capacity
+    capacity = (
+        Capacity(user.prompt_tokens_per_second, user.generation_tokens_per_second)
+        if user is not None
+        else seed
+    )
+    initial = USER_SCALE if user is not None else SEED_SCALE
+    goal = slo.percentile / 100
+    bound = slo.time_to_first_token_seconds
+    attainment = None
+    pressure = False
+    if traffic.ttft.count >= MIN_FIRST_TOKENS:
+        # vLLM's TTFT buckets are coarse around common bounds (1 s, then 2.5 s): the interpolated share
+        # is shown; pressure needs evidence: more than the SLO's share of first tokens beyond the next
+        # bucket bound, or of requests that waited over 3/4 of the bound in the queue (finer buckets).
+        attainment = traffic.ttft.share_within(bound)
+        beyond = traffic.ttft.share_by_bucket(bound)
+        waited = traffic.queue_time.share_within(QUEUE_SHARE * bound) if traffic.queue_time.count else None
+        pressure = (beyond is not None and beyond < goal) or (waited is not None and waited < goal)
+    served = capacity.work(traffic)
+    # What was served hides what could not be: the requests waiting now are demand too, to be served
+    # within BACKLOG_SECONDS (each costs what the window's requests cost on average).
+    per_request = served / traffic.requests_per_second if traffic.requests_per_second > 0 else 0.0
+    work = served + max(waiting, 0.0) * per_request / BACKLOG_SECONDS
+    scale, carried, failed = _learn(state, initial, served, ready, attainment, pressure, goal, now)
+    cold, measured = cold_start(slo, state, cold_starts)
+    level, trend = _smooth(state, work, now)
+    rise = max(trend, 0.0) * cold
+    # A rise smaller than RISE_FLOOR of the level is noise; a larger one is planned for (at most 2x).
+    forecast = max(work, min(level + rise, 2 * work + 1)) if rise > RISE_FLOOR * level else work
+    peaks = _peaks(state, work, now)
+    hold = burst_hold(peaks)
+    need = max(forecast, hold) / scale
+    missed = attainment is not None and attainment < goal
+    loaded = _loaded(served / ready, scale)
+    new_state = PlanState(scale, level, trend, now, peaks, measured, carried, failed)
+    within = "n/a" if attainment is None else f"{_fmt(100 * attainment)}%"
+    headroom = ready * scale / work - 1 if work > 0 else math.inf
+    message = (
+        f"tokens {_fmt(traffic.prompt_tokens_per_second)} prompt + "
+        f"{_fmt(traffic.generation_tokens_per_second)} generated /s = {_fmt(work / scale)} replicas' worth "
+        f"at {_fmt(scale)} seed-replica each (headroom {_pct(headroom)}); "
+        f"TTFT <= {_fmt(bound)} s for {within} (SLO {_fmt(slo.percentile)}%"
+        f"{', under pressure' if pressure and loaded else ''})"
+    )
+    if missed and not (pressure and loaded):
+        message += "; misses at light load are the prompts' own prefill time: more replicas would not help"
+    if forecast > work * 1.05:
+        message += f"; forecast {_fmt(forecast / scale)} in {_fmt(cold)} s"
+    if hold > forecast:
+        message += f"; recurring bursts: holding {_fmt(hold / scale)}"
+    return Plan(need, work, forecast, hold, attainment, pressure and loaded, scale, cold, new_state, message)

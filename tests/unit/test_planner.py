@@ -1,0 +1,233 @@
+"""SLO mode's planner and the decision it drives, on synthetic traffic and a fake clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qwen_operator import api, scaling, status
+from qwen_operator.planner import Capacity, Plan, PlanState, burst_hold, plan
+from qwen_operator.traffic import INF, Histogram, Traffic
+
+T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
+SEED = Capacity(6000, 820)  # the A10G's seed
+SLO = api.LatencySLO(time_to_first_token_seconds=2)
+BOUNDS = (0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def hist(shares: dict[float, float], n: float) -> Histogram:
+    """A histogram of ``n`` observations, ``shares[le]`` of them at or below each bound."""
+    return Histogram.of({**{le: shares.get(le, 1.0) * n for le in BOUNDS}, INF: n})
+
+
+def traffic(work: float, *, fast: float = 1.0, waited: float = 1.0, requests: float = 120) -> Traffic:
+    """One minute carrying ``work`` seed replicas (split evenly between prompt and generated tokens):
+    ``fast`` of the first tokens within 1 s (the rest above 5 s), ``waited`` of the requests queued
+    under 1 s (the rest over 2.5 s)."""
+    prompt = 0.5 * work * SEED.prompt_tokens_per_second * 60
+    generated = 0.5 * work * SEED.generation_tokens_per_second * 60
+    ttft = hist({0.25: fast, 0.5: fast, 1.0: fast, 2.5: fast, 5.0: fast}, requests)
+    queue = hist({0.25: waited, 0.5: waited, 1.0: waited, 2.5: waited}, requests)
+    return Traffic(60, prompt, generated, requests, ttft, queue)
+
+
+FRESH = PlanState()
+
+
+def run(loads: list[Traffic], ready: int, state: PlanState = FRESH, every: float = 15) -> list[Plan]:
+    plans = []
+    for i, t in enumerate(loads):
+        p = plan(t, ready, SLO, SEED, state, T0 + timedelta(seconds=every * i))
+        assert p is not None
+        plans.append(p)
+        state = p.state
+    return plans
+
+
+def test_replicas_follow_the_token_load_at_the_seeded_capacity() -> None:
+    (p,) = run([traffic(1.2)], ready=4)  # 0.3 seed replicas on each: no evidence above the seed's 60%
+    assert p.work == pytest.approx(1.2)
+    assert p.need == pytest.approx(1.2 / 0.6), "a fresh service assumes 60% of the GPU's peak"
+    assert p.message.startswith("tokens 3600 prompt + 492 generated /s = 2 replicas' worth")
+    assert "at 0.6 seed-replica each (headroom +100%); TTFT <= 2 s for 100% (SLO 99%)" in p.message
+
+
+def test_a_replica_that_carried_more_without_pressure_is_believed() -> None:
+    plans = run([traffic(2.4)] * 8, ready=3)  # 0.8 seed per replica, no pressure
+    assert plans[-1].scale == pytest.approx(0.8 * 1.1), "a little above what it carried"
+    assert plans[-1].state.carried == pytest.approx(0.8, rel=0.01)
+
+
+def test_pressure_under_load_lowers_the_capacity_and_a_light_load_teaches_nothing() -> None:
+    carried = run([traffic(1.5)] * 4, ready=3)[-1].state  # 0.5 each, fine
+    failing = run([traffic(1.8, waited=0.9)] * 2, ready=3, state=carried)[-1]  # 0.6 each, requests queue
+    assert failing.pressure
+    assert failing.state.failed == pytest.approx(0.6, rel=0.01)
+    assert 0.5 <= failing.scale < 0.6, "between what was carried and what failed"
+    light = run([traffic(0.3, fast=0.5)] * 4, ready=3)[-1]  # 0.1 each: long prompts' own prefill
+    assert not light.pressure
+    assert light.state.failed is None
+    assert light.need < 1
+    assert "misses at light load are the prompts' own prefill time" in light.message
+
+
+def test_waiting_requests_count_as_demand() -> None:
+    (idle_queue,) = run([traffic(1.2)], ready=2)
+    p = plan(traffic(1.2), 2, SLO, SEED, PlanState(), T0, waiting=60)
+    assert p is not None
+    # 60 waiting at the window's cost per request (1.2 / 2 per second), served within a minute.
+    assert p.work == pytest.approx(1.2 + 60 * (1.2 / 2) / 60)
+    assert p.need > idle_queue.need
+
+
+def test_a_rising_load_is_planned_one_cold_start_ahead() -> None:
+    ramp = [traffic(1.0 + 0.1 * i) for i in range(40)]  # +0.4 seed replicas a minute
+    last = run(ramp, ready=4)[-1]
+    assert last.forecast > last.work * 1.2
+    assert "forecast" in last.message
+    steady = run([traffic(2.0)] * 40, ready=4)[-1]
+    assert steady.forecast == steady.work, "a flat load is no trend"
+
+
+def test_recurring_bursts_are_held_not_chased() -> None:
+    quiet, burst = traffic(0.5), traffic(5.0)
+    minutes = ([quiet] * 6 + [burst]) * 3
+    plans = run(minutes, ready=2, every=60)
+    assert plans[6].hold == 0, "one burst is not yet a pattern"
+    assert plans[-2].hold == pytest.approx(5.0), "after the second, its size is kept"
+    assert plans[-2].need >= 5.0 / plans[-2].scale
+    assert "recurring bursts: holding" in plans[-2].message
+    noisy = [(T0 + timedelta(minutes=i), 1.0 + 0.3 * (i % 3)) for i in range(20)]
+    assert burst_hold(noisy) == 0, "ordinary fluctuation is not a burst"
+
+
+def test_the_cold_start_is_measured_from_the_pods_unless_named() -> None:
+    p = plan(traffic(1), 2, SLO, SEED, PlanState(), T0, cold_starts=(120.0, 140.0))
+    assert p is not None
+    assert p.cold_start == 130
+    assert p.state.cold_start_seconds == 130
+    named = api.LatencySLO(time_to_first_token_seconds=2, cold_start_seconds=300)
+    q = plan(traffic(1), 2, named, SEED, PlanState(), T0, cold_starts=(120.0,))
+    assert q is not None
+    assert q.cold_start == 300
+
+
+def test_no_traffic_or_too_few_requests_give_no_plan_or_no_verdict() -> None:
+    assert plan(None, 2, SLO, SEED, PlanState(), T0) is None
+    assert plan(traffic(1), 0, SLO, SEED, PlanState(), T0) is None
+    few = plan(traffic(1, fast=0.0, waited=0.0, requests=5), 2, SLO, SEED, PlanState(), T0)
+    assert few is not None
+    assert few.attainment is None
+    assert not few.pressure, "five requests say nothing about a 99th percentile"
+
+
+def test_a_user_capacity_from_tune_is_taken_at_face_value() -> None:
+    tuned = api.LatencySLO(
+        time_to_first_token_seconds=2,
+        replica_capacity=api.ReplicaCapacity(prompt_tokens_per_second=3000, generation_tokens_per_second=410),
+    )
+    p = plan(traffic(0.5), 4, tuned, SEED, PlanState(), T0)
+    assert p is not None
+    assert p.work == pytest.approx(1.0), "half the seed's throughput: twice the work"
+    assert p.scale == 1.0, "no evidence above it yet"
+    assert p.need == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------- decide
+
+
+def slo_spec(**auto: object) -> api.AutoscalingSpec:
+    return api.AutoscalingSpec.model_validate(
+        {"enabled": True, "minReplicas": 1, "maxReplicas": 10, "slo": {"timeToFirstTokenSeconds": 2}, **auto}
+    )
+
+
+def obs(pods: int, t: Traffic | None, running: float = 2, waiting: float = 0, replicas: int | None = None):
+    names = tuple(f"p{i}" for i in range(pods))
+    samples = {n: scaling.PodSample(running, waiting, 0.2, 1.0, t) for n in names}
+    return scaling.Observation(replicas if replicas is not None else pods, names, samples)
+
+
+WARM = scaling.State(data_since=T0 - timedelta(hours=1), last_evaluated=T0 - timedelta(seconds=15))
+
+
+def test_decide_scales_on_the_slo_plan_and_says_why() -> None:
+    spec = slo_spec()
+    per_pod = traffic(0.3)  # 3 pods x 0.3 seed (6 requests/s): no evidence beyond the seed's 60%
+    decision = scaling.decide(obs(3, per_pod, waiting=60), spec, WARM, T0)
+    # 0.9 served, plus 180 waiting at 0.15 each to serve within 60 s: 1.35 seed replicas, 2.25 at 0.6.
+    assert decision.replicas == 3
+    assert decision.reason is scaling.Reason.AT_TARGET
+    assert decision.message.startswith("tokens 2700 prompt + 369 generated /s = 2.25 replicas' worth")
+    more = scaling.decide(obs(3, per_pod, waiting=200), spec, WARM, T0)
+    assert more.replicas == 4, "600 waiting: 2.4 seed replicas, 4 at 0.6"
+    assert more.reason is scaling.Reason.ABOVE_TARGET
+    fewer = scaling.decide(obs(3, per_pod), spec, WARM, T0)
+    assert fewer.replicas == 2, "nothing waiting: 1.5 replicas, and a full window of data is there"
+    assert decision.observation is not None
+    assert decision.observation.prompt_tokens_per_second == 2700
+    assert decision.observation.ttft_within_slo_percent == 100
+    assert decision.state.plan.capacity_scale == pytest.approx(0.6)
+
+
+def test_without_traffic_the_concurrency_target_decides() -> None:
+    decision = scaling.decide(obs(2, None, running=40), slo_spec(), WARM, T0)
+    assert decision.message.startswith("concurrency 80 vs target 24 x 2 ready")
+    assert decision.replicas == 4
+
+
+def test_kv_cache_usage_stays_a_safety_cap_in_slo_mode() -> None:
+    names = ("p0", "p1")
+    samples = {n: scaling.PodSample(1, 0, 0.99, 1.0, traffic(0.1)) for n in names}
+    decision = scaling.decide(scaling.Observation(2, names, samples), slo_spec(), WARM, T0)
+    assert decision.replicas == 3, decision.message
+    assert decision.message.startswith("KV-cache usage")
+
+
+def test_the_learned_state_survives_a_restart_through_the_status() -> None:
+    spec = slo_spec()
+    decision = scaling.decide(obs(3, traffic(0.9)), spec, WARM, T0)
+    st = status.scaling_status(api.QwenServiceStatus(), decision, "2026-11-30T12:00:00Z", 1)
+    dumped = status.status_patch(st)
+    restored = scaling.state_from_status(api.QwenServiceStatus.model_validate(dumped))
+    assert restored.plan.capacity_scale == pytest.approx(decision.state.plan.capacity_scale)
+    assert restored.plan.carried == pytest.approx(decision.state.plan.carried, rel=1e-3)
+    assert restored.plan.level == pytest.approx(decision.state.plan.level, rel=1e-3)
+    assert dumped["autoscaling"]["state"]["capacityScale"] == round(decision.state.plan.capacity_scale, 4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    pods=st.integers(0, 6),
+    replicas=st.integers(1, 12),
+    work=st.one_of(st.floats(0, 50, allow_nan=False), st.just(float("nan"))),
+    fast=st.floats(0, 1),
+    waited=st.floats(0, 1),
+    waiting=st.floats(0, 500),
+    has_traffic=st.booleans(),
+    steps=st.integers(1, 4),
+)
+def test_slo_decisions_stay_in_bounds_and_never_drop_without_data(
+    pods: int,
+    replicas: int,
+    work: float,
+    fast: float,
+    waited: float,
+    waiting: float,
+    has_traffic: bool,
+    steps: int,
+) -> None:
+    spec = slo_spec(maxReplicas=8, minReplicas=2)
+    state = WARM
+    t = traffic(work, fast=fast, waited=waited) if has_traffic else None
+    for i in range(steps):
+        now = T0 + timedelta(seconds=15 * i)
+        o = obs(pods, t, waiting=waiting, replicas=replicas)
+        decision = scaling.decide(o, spec, state, now)
+        state = decision.state
+        assert 2 <= decision.replicas <= 8
+        if pods == 0:  # no data at all: hold (within the bounds)
+            assert decision.replicas == min(max(replicas, 2), 8)

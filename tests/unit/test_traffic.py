@@ -1,0 +1,123 @@
+"""Traffic from vLLM's counters and histograms: parsing real captures, increases, resets, shares."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from qwen_operator.metrics import PodRef, PodsSource, parse_vllm_totals
+from qwen_operator.scaling import PodSample
+from qwen_operator.traffic import INF, Histogram, Totals, Traffic, combine
+from tests.conftest import ROOT
+
+DATA = ROOT / "tests" / "data"
+
+
+def capture(name: str) -> str:
+    return (DATA / f"vllm-0.32-metrics-{name}.txt").read_text()
+
+
+def test_the_real_capture_gives_its_counters_and_histograms() -> None:
+    sample, totals = parse_vllm_totals(capture("under-load"))
+    assert sample is not None
+    assert totals is not None
+    # Figures read off tests/data/vllm-0.32-metrics-under-load.txt.
+    assert totals.ttft.count == 72
+    assert dict(totals.ttft.buckets)[1.0] == 16
+    assert dict(totals.ttft.buckets)[2.5] == 36
+    assert totals.queue_time.count == 65
+    assert totals.prompt_tokens > 0
+    assert totals.generation_tokens > 0
+    assert totals.requests == pytest.approx(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in capture("under-load").splitlines()
+            if line.startswith("vllm:request_success_total{")
+        )
+    )
+
+
+def test_the_share_within_a_bound_interpolates_inside_its_bucket_like_histogram_quantile() -> None:
+    h = Histogram.of({1.0: 16, 2.5: 36, 5.0: 72, INF: 72})
+    assert h.share_within(1.0) == pytest.approx(16 / 72)
+    assert h.share_within(2.0) == pytest.approx((16 + (1.0 / 1.5) * 20) / 72)
+    assert h.share_within(5.0) == 1.0
+    assert h.quantile(0.5) == pytest.approx(2.5), "the 36th of 72 is the last in the 1-2.5 s bucket"
+    assert Histogram.of({1.0: 0, INF: 0}).share_within(1.0) is None, "no requests: no verdict"
+    beyond = Histogram.of({1.0: 5, INF: 10})
+    assert beyond.share_within(100) == 0.5, "past the last finite bound counts as over"
+
+
+def test_increases_between_scrapes_and_a_reset_gives_no_traffic() -> None:
+    before = Totals(100, 50, 4, Histogram.of({1.0: 3, INF: 4}))
+    after = Totals(400, 250, 10, Histogram.of({1.0: 7, INF: 10}))
+    traffic = after.since(before, 10)
+    assert traffic is not None
+    assert traffic.prompt_tokens_per_second == 30
+    assert traffic.generation_tokens_per_second == 20
+    assert traffic.requests_per_second == pytest.approx(0.6)
+    assert traffic.ttft.buckets == ((1.0, 4), (INF, 6))
+    restarted = Totals(5, 2, 1, Histogram.of({1.0: 1, INF: 1}))
+    assert restarted.since(after, 10) is None, "a pod restart resets its counters"
+    assert after.since(before, 0) is None
+
+
+def test_a_service_sums_its_pods_and_skips_broken_parts() -> None:
+    a = Traffic(60, 600, 300, 6, Histogram.of({2.0: 5, INF: 6}))
+    b = Traffic(30, 300, 150, 3, Histogram.of({2.0: 3, INF: 3}))
+    broken = Traffic(60, math.nan, 1, 1)
+    total = combine([a, b, broken])
+    assert total is not None
+    assert total.seconds == 60
+    assert total.prompt_tokens_per_second == pytest.approx(10 + 10), "b counts at its own rate"
+    assert total.ttft.share_within(2.0) == pytest.approx(8 / 9)
+    assert combine([broken]) is None
+    other_buckets = Traffic(60, 60, 60, 1, Histogram.of({1.0: 1, INF: 1}))
+    mixed = combine([a, other_buckets])
+    assert mixed is not None
+    assert mixed.ttft.buckets == (), "mixed bucket bounds: latency unknown, rates still summed"
+    assert mixed.prompt_tokens == 660
+
+
+@given(
+    st.lists(st.floats(0, 1e6, allow_nan=False), min_size=1, max_size=12),
+    st.floats(0, 100, allow_nan=False),
+)
+def test_the_share_is_a_fraction_and_grows_with_the_bound(increments: list[float], bound: float) -> None:
+    bounds = [0.1 * (i + 1) * (i + 1) for i in range(len(increments))]
+    counts, running = {}, 0.0
+    for le, n in zip(bounds, increments, strict=True):
+        running += n
+        counts[le] = running
+    h = Histogram.of({**counts, INF: running})
+    share = h.share_within(bound)
+    if running == 0:
+        assert share is None
+    else:
+        assert share is not None
+        assert 0 <= share <= 1
+        wider = h.share_within(bound + 1)
+        assert wider is not None
+        assert wider >= share - 1e-12
+
+
+async def test_the_pods_source_reports_what_a_pod_served_since_its_last_scrape() -> None:
+    clock = [1000.0]
+    source = PodsSource(monotonic=lambda: clock[0])
+    pod = PodRef("qwen-0", "10.0.0.1")
+    sample = PodSample(1, 0, 0.1, 0.0)
+    first = source._with_traffic(pod, sample, Totals(100, 10, 1))
+    assert first.traffic is None, "one scrape is no rate"
+    clock[0] += 15
+    second = source._with_traffic(pod, sample, Totals(400, 160, 4))
+    assert second.traffic is not None
+    assert second.traffic.prompt_tokens_per_second == 20
+    assert second.traffic.generation_tokens_per_second == 10
+    clock[0] += 15
+    reset = source._with_traffic(pod, sample, Totals(3, 1, 0))
+    assert reset.traffic is None, "the pod restarted: no rate this time"
+    same_name_new_pod = source._with_traffic(PodRef("qwen-0", "10.0.0.9"), sample, Totals(500, 0, 0))
+    assert same_name_new_pod.traffic is None, "a replacement pod with the same name starts afresh"
