@@ -4,7 +4,10 @@
 replica count and says why (:class:`Reason`):
 
 1. ``recommend``: per signal (concurrency, KV-cache usage, optionally waiting requests) the replicas the
-   load needs; the largest wins; a tolerance band around the current count moves nothing.
+   load needs; the largest wins; a tolerance band around the current count moves nothing. In SLO mode
+   (``spec.autoscaling.slo``) the planner's need (:mod:`qwen_operator.planner`: token load, learned
+   capacity, cold-start forecast, burst hold) takes the concurrency signal's place while the pods
+   report traffic.
 2. cold start: the count compared with is the Deployment's (ready pods plus pods starting), so pods on
    the way count as capacity; only load beyond them scales up again.
 3. ``scale_up``: immediate, at most +``maxStepPercent`` % or +``maxStepReplicas`` per step; load far
@@ -173,10 +176,6 @@ def _replicas_for(need: float, current: int, tolerance: float) -> int:
     if current > 0 and abs(need / current - 1) <= tolerance:
         return current
     return max(math.ceil(need - 1e-9), 0)
-
-
-def _rounded(x: float | None) -> float | None:
-    return None if x is None else round(x, 1)
 
 
 def _describe(sig: Signal, ready: int) -> str:

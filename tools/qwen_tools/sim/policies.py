@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from qwen_operator import api, scaling
-from qwen_operator.gpu_targets import default_concurrency
+from qwen_operator.gpu_targets import default_concurrency, seed_capacity
 from qwen_operator.traffic import TRAFFIC_WINDOW_SECONDS, Totals, Traffic
 from qwen_tools.sim import peers
 
@@ -335,6 +335,20 @@ def ours_spec(
     )
 
 
+def slo_spec(
+    auto: api.AutoscalingSpec, gpu_product: str | None, ttft: float | None = None
+) -> api.AutoscalingSpec:
+    """SLO mode as a user sets it: ``auto`` with its ``slo`` (else TTFT <= 2 s for 99%, or ``ttft``),
+    its capacity seeded from ``gpu_product`` as the operator seeds it from the nodeSelector."""
+    slo = auto.slo or api.LatencySLO(time_to_first_token_seconds=2.0)
+    if ttft is not None:
+        slo = slo.model_copy(update={"time_to_first_token_seconds": ttft})
+    else:
+        slo = slo.model_copy()
+    slo._seed = seed_capacity(gpu_product)
+    return auto.model_copy(update={"slo": slo, "enabled": True})
+
+
 def make(
     name: str,
     min_replicas: int,
@@ -350,6 +364,7 @@ def make(
         return Static(int(name.split(":", 1)[1]))
     factories: dict[str, Callable[[], Policy]] = {
         "ours": lambda: Ours(auto),
+        "ours-slo": lambda: Ours(slo_spec(auto, gpu_product), name="ours-slo"),
         "hpa": lambda: HPA(lo, hi, target),
         "hpa-waiting": lambda: HPA(lo, hi, max(1.0, target / 4), metric="waiting"),
         "keda": lambda: KEDA(lo, hi, target),
@@ -365,4 +380,4 @@ def make(
     return factories[name]()
 
 
-POLICIES = ("ours", "hpa", "hpa-waiting", "keda", "kpa", "aibrix", "step", "step-kv")
+POLICIES = ("ours", "ours-slo", "hpa", "hpa-waiting", "keda", "kpa", "aibrix", "step", "step-kv")

@@ -17,15 +17,12 @@ from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
 
-from qwen_operator import api
-from qwen_operator.gpu_targets import seed_capacity
 from qwen_tools.sim import bench, policies, trace
 from qwen_tools.sim.cluster import Cluster
 from qwen_tools.sim.run import Scenario, start_replicas
 from qwen_tools.sim.score import fixed_target, length_scaled_target, summarize
 
 SEEDS = (101, 102, 103)
-SLO_TTFT = 2.0
 
 
 def _traces(first: trace.Trace, seed: int) -> dict[str, Callable[[], trace.Trace]]:
@@ -50,22 +47,6 @@ SCENARIOS = (
 )
 
 
-def slo_spec(scenario: Scenario) -> api.AutoscalingSpec:
-    """What a user writes: the bounds and the SLO; the seed comes from the GPU, as the operator's
-    ``QwenServiceSpec.scaling()`` fills it in from the nodeSelector."""
-    spec = api.AutoscalingSpec.model_validate(
-        {
-            "enabled": True,
-            "minReplicas": scenario.min_replicas,
-            "maxReplicas": scenario.max_replicas,
-            "slo": {"timeToFirstTokenSeconds": SLO_TTFT},
-        }
-    )
-    assert spec.slo is not None
-    spec.slo._seed = seed_capacity(scenario.model.product)
-    return spec
-
-
 @dataclass(frozen=True)
 class Job:
     scenario: Scenario
@@ -79,10 +60,7 @@ def run_job(job: Job) -> tuple[str, str, float, float, float]:
     conv = trace.load(job.traces / source, "conv")
     requests = _traces(conv.window(0, conv.duration / 2), job.seed)[job.scenario.trace]()
     sc = job.scenario
-    if job.policy == "ours-slo":
-        policy: policies.Policy = policies.Ours(slo_spec(sc), name="ours-slo")
-    else:
-        policy = policies.make("ours", sc.min_replicas, sc.max_replicas, None, sc.model.product)
+    policy = policies.make(job.policy, sc.min_replicas, sc.max_replicas, None, sc.model.product)
     result = Cluster(requests, policy, sc.settings(job.seed, start_replicas(requests, sc))).run()
     flat, scaled = summarize(result, fixed_target()), summarize(result, length_scaled_target(sc.model))
     return sc.name, job.policy, flat.gpu_hours, flat.slo_attainment, scaled.slo_attainment

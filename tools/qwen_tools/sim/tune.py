@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from qwen_operator import api
-from qwen_operator.gpu_targets import seed_capacity
 from qwen_tools.sim import policies, trace
 from qwen_tools.sim.cluster import Cluster
 from qwen_tools.sim.gpus import GPUS
@@ -69,18 +68,15 @@ def configured(
     """A policy with one configuration of its search space (SLO mode seeds its capacity from the GPU,
     as the operator does from the nodeSelector)."""
     if name == "ours-slo":
-        spec = api.AutoscalingSpec.model_validate(
+        auto = api.AutoscalingSpec.model_validate(
             {
                 "enabled": True,
                 "minReplicas": lo,
                 "maxReplicas": hi,
-                "slo": {"timeToFirstTokenSeconds": config["ttft"]},
                 "scaleDown": {"stabilizationWindowSeconds": int(config["stabilization"])},
             }
         )
-        assert spec.slo is not None
-        spec.slo._seed = seed_capacity(gpu_product)
-        return policies.Ours(spec, name="ours-slo")
+        return policies.Ours(policies.slo_spec(auto, gpu_product, config["ttft"]), name="ours-slo")
     if name == "ours":
         spec = api.AutoscalingSpec.model_validate(
             {
