@@ -130,6 +130,7 @@ TOOLING_GROUP = "qwen_operator.commands"
 TOOLING_VERBS = {
     "manifests": "render the Helm chart with defaults into one kubectl-applyable file",
     "simulate": "replay a request trace against a simulated vLLM fleet under a scaling policy",
+    "tune": "fit one replica's capacity at a latency SLO from a load test and print the autoscaling block",
 }
 
 

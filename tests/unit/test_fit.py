@@ -1,0 +1,99 @@
+"""qwen-operator tune: one replica's capacity at the SLO from a load test's records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qwen_operator import api, cli
+from qwen_tools import fit
+
+A10G = (6000.0, 820.0)
+
+
+def step(t0: float, n: int, missed: int = 0) -> list[dict[str, object]]:
+    """``n`` requests in a minute from ``t0`` (1,000 prompt and 200 output tokens each), ``missed`` of
+    them with a first token after 3 s."""
+    out = []
+    for i in range(n):
+        start = t0 + 60 * i / n
+        ttft = 3.0 if i < missed else 0.4
+        out.append(
+            {
+                "start": start,
+                "first_token": start + ttft,
+                "end": start + ttft + 1.0,
+                "prompt_tokens": 1000,
+                "output_tokens": 200,
+                "ttft": ttft,
+                "ok": True,
+                "error": None,
+            }
+        )
+    return out
+
+
+def work(n: int) -> float:
+    return (n * 1000 / 60) / A10G[0] + (n * 200 / 60) / A10G[1]
+
+
+RECORDS = (
+    step(0, 30)
+    + step(60, 60)
+    + step(120, 90)  # the heaviest that holds
+    + step(180, 120, missed=6)  # 5% late: the overload starts
+    + step(240, 150, missed=75)
+    + step(300, 180)  # a lucky window after it: it must not count
+)
+
+
+def test_the_capacity_is_the_heaviest_load_below_the_first_miss() -> None:
+    found = fit.windows(RECORDS, 2.0, 60, A10G)
+    assert [w.requests for w in found] == [30, 60, 90, 120, 150, 180]
+    result = fit.fit(found, 99, A10G)
+    assert result.capped_by is found[3], "the first window that failed by more than twice the allowance"
+    assert result.capacity == pytest.approx(work(90), rel=0.05)
+    # At the test's own mix the block's capacity is exactly one replica's worth.
+    per_second_prompt, per_second_generated = 90 * 1000 / 60, 90 * 200 / 60
+    assert result.prompt_tokens_per_second is not None
+    assert result.generation_tokens_per_second is not None
+    used = (
+        per_second_prompt / result.prompt_tokens_per_second
+        + per_second_generated / result.generation_tokens_per_second
+    )
+    assert used == pytest.approx(1.0, rel=0.05)
+
+
+def test_the_block_is_a_valid_slo_and_the_cli_prints_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = tmp_path / "records.jsonl"
+    records.write_text("\n".join(json.dumps(r) for r in RECORDS))
+    code = cli.main(["tune", "--records", str(records), "--gpu-product", "NVIDIA-A10G"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "<- overload: from here on left out" in out.err
+    spec = yaml.safe_load(out.out)["spec"]["autoscaling"]
+    slo = api.LatencySLO.model_validate(spec["slo"])
+    assert slo.time_to_first_token_seconds == 2
+    assert slo.replica_capacity is not None
+    assert slo.replica_capacity.prompt_tokens_per_second == pytest.approx(A10G[0] * work(90), rel=0.05)
+
+
+def test_the_percentile_is_over_all_requests_not_each_window() -> None:
+    """A window with 2 of 120 late (98.3%) among on-time ones does not cap the fit on its own."""
+    records = step(0, 60) + step(60, 120, missed=2) + step(120, 150) + step(180, 180, missed=40)
+    result = fit.fit(fit.windows(records, 2.0, 60, A10G), 99, A10G)
+    assert result.capacity == pytest.approx(work(150), rel=0.05)
+
+
+def test_a_test_that_never_met_the_slo_says_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = tmp_path / "records.jsonl"
+    records.write_text("\n".join(json.dumps(r) for r in step(0, 60, missed=30)))
+    assert cli.main(["tune", "--records", str(records)]) == 1
+    assert "the lightest windows already missed the SLO" in capsys.readouterr().err

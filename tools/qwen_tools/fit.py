@@ -1,0 +1,182 @@
+"""``qwen-operator tune``: one replica's capacity at a latency SLO, fitted from a load test's records.
+
+Workflow (docs/autoscaling.md, "SLO mode"): load-test one replica with a stepped plan (the load kit's
+``--plan`` and ``--records``), run ``qwen-operator tune --records FILE``, paste the block it prints into
+the QwenService. The records are the kit's JSON lines (start, first token, end, prompt and output
+tokens, error). Each window of ``--window`` seconds gets its token load (prompt tokens of the requests
+whose first token came in it, output tokens of those that ended in it) and its SLO attainment (the
+share of the requests started in it whose first token came within the bound; failed requests miss).
+The capacity is the highest load at which the windows at or below it, together, met the SLO (a
+percentile is a share of all requests, not of each window's); the first window that failed grossly (by
+twice the SLO's miss allowance) ends the test's useful part: what follows is overload and its backlog.
+The load is in *seed replicas* (prompt tok/s over the GPU's prompt throughput plus generated tok/s over
+its generation throughput), and the block states it in each kind of token: the seed's throughputs
+scaled by it, which at the test's own mix add up to exactly one replica.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qwen_operator.gpu_targets import seed_capacity
+
+MIN_REQUESTS = 20  # a window with fewer requests says nothing about a percentile
+
+
+@dataclass(frozen=True)
+class Window:
+    start: float
+    requests: int
+    prompt_tokens_per_second: float
+    generation_tokens_per_second: float
+    attainment: float
+    work: float  # seed replicas, per replica under test
+
+
+@dataclass(frozen=True)
+class Fit:
+    windows: tuple[Window, ...]
+    capacity: float | None  # seed replicas one replica carries at the SLO
+    prompt_tokens_per_second: float | None
+    generation_tokens_per_second: float | None
+    capped_by: Window | None  # the first window that failed grossly (the overload)
+
+
+def windows(
+    records: Iterable[Mapping[str, Any]],
+    bound: float,
+    seconds: float,
+    seed: tuple[float, float],
+    replicas: int = 1,
+) -> list[Window]:
+    """The load test cut into windows (see the module's docstring)."""
+    rows = [r for r in records if r.get("start") is not None]
+    if not rows:
+        return []
+    t0 = min(float(r["start"]) for r in rows)
+
+    def slot(t: Any) -> int:
+        return int((float(t) - t0) // seconds)
+
+    started: dict[int, list[bool]] = {}
+    prompt: dict[int, float] = {}
+    generated: dict[int, float] = {}
+    for r in rows:
+        ttft = r.get("ttft")
+        on_time = bool(r.get("ok", r.get("error") is None)) and ttft is not None and float(ttft) <= bound
+        started.setdefault(slot(r["start"]), []).append(on_time)
+        if r.get("first_token") is not None:
+            k = slot(r["first_token"])
+            prompt[k] = prompt.get(k, 0.0) + float(r.get("prompt_tokens") or 0)
+        if r.get("end") is not None:
+            k = slot(r["end"])
+            generated[k] = generated.get(k, 0.0) + float(r.get("output_tokens") or 0)
+    out = []
+    for k in sorted(started):
+        p, g = prompt.get(k, 0.0) / seconds, generated.get(k, 0.0) / seconds
+        work = (p / seed[0] + g / seed[1]) / replicas
+        verdicts = started[k]
+        out.append(Window(t0 + k * seconds, len(verdicts), p, g, sum(verdicts) / len(verdicts), work))
+    return out
+
+
+def fit(found: Sequence[Window], percentile: float, seed: tuple[float, float]) -> Fit:
+    """The highest load at which the requests of all windows at or below it, together, met the SLO;
+    windows from the first gross failure on (the overload, and the backlog it leaves) are left out."""
+    goal = percentile / 100
+    usable = [w for w in found if w.requests >= MIN_REQUESTS]
+    gross = next((w for w in usable if w.attainment < goal - 2 * (1 - goal)), None)
+    before = [w for w in usable if gross is None or w.start < gross.start]
+    best: Window | None = None
+    met = total = 0.0
+    for w in sorted(before, key=lambda w: w.work):
+        met += w.attainment * w.requests
+        total += w.requests
+        if met / total >= goal and w.work > 0:
+            best = w
+    if best is None:
+        return Fit(tuple(found), None, None, None, gross)
+    # Stated in each kind of token as the seed's throughput scaled by the load carried: at the test's
+    # own mix, prompt/Pcap + generated/Gcap is then exactly one replica's worth.
+    return Fit(tuple(found), best.work, seed[0] * best.work, seed[1] * best.work, gross)
+
+
+def block(result: Fit, bound: float, percentile: float) -> str:
+    """The autoscaling block to paste into a QwenService."""
+    lines = [
+        "spec:",
+        "  autoscaling:",
+        "    slo:",
+        f"      timeToFirstTokenSeconds: {bound:g}",
+        f"      percentile: {percentile:g}",
+    ]
+    if result.capacity is not None:
+        lines += [
+            "      replicaCapacity:",
+            f"        promptTokensPerSecond: {result.prompt_tokens_per_second:.0f}",
+            f"        generationTokensPerSecond: {result.generation_tokens_per_second:.0f}",
+        ]
+    return "\n".join(lines)
+
+
+def report(result: Fit) -> str:
+    rows = ["window  requests  prompt tok/s  generated tok/s  load (seed replicas)  within SLO"]
+    for w in result.windows:
+        mark = "  <- overload: from here on left out" if w is result.capped_by else ""
+        rows.append(
+            f"{w.start - result.windows[0].start:6.0f}  {w.requests:8d}  {w.prompt_tokens_per_second:12.0f}  "
+            f"{w.generation_tokens_per_second:15.0f}  {w.work:20.2f}  {100 * w.attainment:9.2f}%{mark}"
+        )
+    return "\n".join(rows)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    path = Path(args.records)
+    try:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        print(f"tune: {path}: {exc}", file=sys.stderr)
+        return 2
+    seed = seed_capacity(args.gpu_product)
+    found = windows(records, args.ttft, args.window, seed, args.replicas)
+    result = fit(found, args.percentile, seed)
+    print(report(result), file=sys.stderr)
+    if result.capacity is None or not math.isfinite(result.capacity):
+        why = (
+            "the lightest windows already missed the SLO"
+            if result.capped_by
+            else "no window had enough requests"
+        )
+        print(
+            f"tune: no capacity at the SLO: {why} (at least {MIN_REQUESTS} requests per window). Load-test "
+            "with lighter steps first, or a longer --window.",
+            file=sys.stderr,
+        )
+        return 1
+    print(block(result, args.ttft, args.percentile))
+    return 0
+
+
+def add_tune(sub: Any) -> None:
+    t = sub.add_parser(
+        "tune",
+        help="fit one replica's capacity at a latency SLO from a load test and print the autoscaling block",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    t.add_argument("--records", required=True, help="the load kit's JSON lines (--records)")
+    t.add_argument("--ttft", type=float, default=2.0, help="the time-to-first-token bound, seconds")
+    t.add_argument("--percentile", type=float, default=99.0, help="the share of requests that must meet it")
+    t.add_argument("--window", type=float, default=60.0, help="seconds per window")
+    t.add_argument("--replicas", type=int, default=1, help="replicas the load test ran against")
+    t.add_argument(
+        "--gpu-product", default=None, help="nvidia.com/gpu.product of the replica (the seed's mix of tokens)"
+    )
+    t.set_defaults(func=cmd_tune)
