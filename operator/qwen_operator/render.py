@@ -108,11 +108,10 @@ def _volumes(spec: api.QwenServiceSpec) -> tuple[list[dict[str, Any]], list[dict
         {"name": "cache", "mountPath": CACHE_DIR},
     ]
     source = spec.model.source
-    if source.hub is not None and source.hub.cache.claim_name:
-        volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": source.hub.cache.claim_name}})
-    else:
-        size = source.hub.cache.size_limit if source.hub is not None else SMALL_CACHE_SIZE
+    if (size := _disk_cache(spec)) is not None:
         volumes.append({"name": "cache", "emptyDir": {"sizeLimit": size}})
+    elif source.hub is not None:
+        volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": source.hub.cache.claim_name}})
     if source.pvc is not None:
         volumes.append(
             {"name": "model", "persistentVolumeClaim": {"claimName": source.pvc.claim_name, "readOnly": True}}
@@ -129,12 +128,24 @@ def _volumes(spec: api.QwenServiceSpec) -> tuple[list[dict[str, Any]], list[dict
     return volumes, mounts
 
 
+def _disk_cache(spec: api.QwenServiceSpec) -> str | None:
+    """The sizeLimit of the node-disk cache (an emptyDir), or None when the cache is a PVC."""
+    source = spec.model.source
+    if source.hub is not None and source.hub.cache.claim_name:
+        return None
+    return source.hub.cache.size_limit if source.hub is not None else SMALL_CACHE_SIZE
+
+
 def _resources(spec: api.QwenServiceSpec) -> dict[str, Any]:
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
     r = spec.resources
     if r.cpu:
         requests["cpu"] = r.cpu
+    if (cache := _disk_cache(spec)) is not None:
+        # The scheduler places the pod on a node with room for its cache (the emptyDir's sizeLimit only
+        # evicts it once it is full).
+        requests["ephemeral-storage"] = cache
     if r.memory:
         requests["memory"] = r.memory
         limits["memory"] = r.memory
@@ -197,7 +208,16 @@ def _pod_security(spec: api.QwenServiceSpec) -> dict[str, Any]:
     ctx: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
     if uid == 0:
         return ctx
-    return {**ctx, "runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid}
+    # OnRootMismatch: the kubelet chowns a volume only when its root is not the group's already; a
+    # recursive chown of a large model cache on every start takes minutes.
+    return {
+        **ctx,
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "fsGroupChangePolicy": "OnRootMismatch",
+    }
 
 
 def pod_template(svc: api.QwenService) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
-from qwen_operator import crd, kube, validation
+from qwen_operator import api, crd, kube, validation
 from qwen_operator.settings import OperatorSettings
 from qwen_tools import install
 from tests.conftest import ROOT
@@ -71,6 +71,11 @@ def render(values: dict[str, Any]) -> list[dict[str, Any]]:
 
 def only(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objects if o["kind"] == kind]
+
+
+def operator_roles(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The operator's own ClusterRoles (not those aggregated into the built-in user roles)."""
+    return [o for o in only(objects, "ClusterRole") if not o["metadata"]["name"].endswith(("-edit", "-view"))]
 
 
 def watch_rbac(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -295,6 +300,29 @@ def test_replicas_elect_a_leader_on_a_lease_in_the_release_namespace() -> None:
     assert not only(render({}), "PodDisruptionBudget"), "one replica: a PDB would block every drain"
 
 
+def test_namespace_users_get_qwenservices_through_the_built_in_roles() -> None:
+    roles = {r["metadata"]["name"]: r for r in only(render({}), "ClusterRole")}
+    edit, view = roles["qwen-operator-edit"], roles["qwen-operator-view"]
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    group = api.GROUP
+    assert {(group, api.PLURAL, v) for v in ("create", "patch", "delete")} <= granted(edit["rules"])
+    assert (group, f"{api.PLURAL}/scale", "update") in granted(edit["rules"]), "kubectl scale qsvc"
+    assert granted(view["rules"]) == {
+        (group, r, v)
+        for r in (api.PLURAL, f"{api.PLURAL}/status", f"{api.PLURAL}/scale")
+        for v in ("get", "list", "watch")
+    }
+    assert not any(
+        r["metadata"]["name"].endswith("-edit")
+        for r in only(render({"rbac": {"aggregateToDefaultRoles": False}}), "ClusterRole")
+    )
+    # No aggregated role reaches what the operator itself may do (Secrets, pods, Leases).
+    for role in (edit, view):
+        assert {g for g, _, _ in granted(role["rules"])} == {group}
+
+
 def test_leader_election_timings_that_cannot_work_fail_the_render() -> None:
     with pytest.raises(Exception, match="retrySeconds < renewDeadlineSeconds < leaseSeconds"):
         render({"leaderElection": {"leaseSeconds": 10, "renewDeadlineSeconds": 10, "retrySeconds": 2}})
@@ -406,7 +434,7 @@ def needed(
 
 def test_cluster_wide_rbac_is_exactly_the_calls_the_operator_makes() -> None:
     objects = render({})
-    (role,) = only(objects, "ClusterRole")
+    (role,) = operator_roles(objects)
     assert not watch_rbac(objects, "Role")
     assert granted(role["rules"]) == needed(cluster_scoped=None, features=set())
     (binding,) = only(objects, "ClusterRoleBinding")
@@ -426,7 +454,7 @@ def test_namespaced_rbac_uses_roles_in_each_listed_namespace() -> None:
         "team-a",
         "team-b",
     ]
-    (cluster_role,) = only(objects, "ClusterRole")
+    (cluster_role,) = operator_roles(objects)
     assert granted(cluster_role["rules"]) == needed(cluster_scoped=True, features=set())
 
 
@@ -442,7 +470,7 @@ def test_secrets_are_readable_only_when_asked_for_and_never_cluster_wide() -> No
     assert secret_readers(render(VALUE_SETS["namespaced"])) == {}
     objects = render(VALUE_SETS["prometheus-auth"])
     assert secret_readers(objects) == {"inference": "Role", "research": "Role"}
-    (role,) = only(objects, "ClusterRole")
+    (role,) = operator_roles(objects)
     assert granted(role["rules"]) == needed(cluster_scoped=None, features=set())
     for secret_role in watch_rbac(objects, "Role"):
         assert granted(secret_role["rules"]) == {("", "secrets", "get")}

@@ -173,11 +173,25 @@ def test_gpus_and_resources(minimal):
     res = _pod(make(minimal, engine={"tensorParallelSize": 2}, resources={"cpu": "8", "memory": "64Gi"}))
     r = res["containers"][0]["resources"]
     assert r["limits"] == {"nvidia.com/gpu": "2", "memory": "64Gi"}
-    assert r["requests"] == {"cpu": "8", "memory": "64Gi"}
+    # The Hub cache is an emptyDir of 100Gi by default: the node must have room for it.
+    assert r["requests"] == {"cpu": "8", "memory": "64Gi", "ephemeral-storage": "100Gi"}
     amd = _pod(make(minimal, resources={"gpus": 1, "gpuResourceName": "amd.com/gpu"}))
     assert amd["containers"][0]["resources"]["limits"] == {"amd.com/gpu": "1"}
     cpu = _pod(make(minimal, resources={"gpus": 0}))
-    assert "resources" not in cpu["containers"][0]
+    assert cpu["containers"][0]["resources"] == {"requests": {"ephemeral-storage": "100Gi"}}
+
+
+def test_the_disk_cache_is_requested_and_volumes_are_chowned_only_when_needed(minimal):
+    small = _pod(make(minimal, model={"name": "x", "source": {"hub": {"cache": {"sizeLimit": "40Gi"}}}}))
+    (cache,) = [v for v in small["volumes"] if v["name"] == "cache"]
+    assert cache["emptyDir"]["sizeLimit"] == "40Gi"
+    assert small["containers"][0]["resources"]["requests"]["ephemeral-storage"] == "40Gi"
+    on_pvc = _pod(
+        make(minimal, model={"name": "x", "source": {"hub": {"cache": {"claimName": "hub-cache"}}}})
+    )
+    assert "ephemeral-storage" not in on_pvc["containers"][0]["resources"].get("requests", {})
+    # A recursive chown of a large cache on every start takes minutes: only when the root differs.
+    assert small["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
 
 
 def test_probes_fit_a_slow_model_load_and_drain_is_graceful(minimal):
