@@ -165,6 +165,9 @@ def _parse(text: str, model_name: str | None) -> _PodTotals:
 # --------------------------------------------------------------------------------------- pods
 
 
+PREVIOUS_SCRAPE_TTL = 600.0  # seconds a pod's last counters are kept for the next scrape's increase
+
+
 class PodsSource:
     """Scrape each ready pod's /metrics directly: no Prometheus, seconds of lag, not a scrape interval."""
 
@@ -238,8 +241,10 @@ class PodsSource:
             else:
                 errors[target.key].append(f"{pod.name}: {result}")
                 telemetry.QUERY_ERRORS.labels(self.name).inc()
-        asked = {(p.name, p.ip or "") for _, p in pods}
-        for gone in [k for k in self.previous if k not in asked]:  # pods no longer ready, or deleted
+        # Forget pods not scraped for a while (deleted, or no longer ready). Not "not asked this time":
+        # each evaluation asks only for the services that are due, not for every pod there is.
+        horizon = self.monotonic() - PREVIOUS_SCRAPE_TTL
+        for gone in [k for k, (at, _) in self.previous.items() if at < horizon]:
             del self.previous[gone]
         out = {}
         for t in targets:

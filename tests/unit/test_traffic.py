@@ -121,3 +121,35 @@ async def test_the_pods_source_reports_what_a_pod_served_since_its_last_scrape()
     assert reset.traffic is None, "the pod restarted: no rate this time"
     same_name_new_pod = source._with_traffic(PodRef("qwen-0", "10.0.0.9"), sample, Totals(500, 0, 0))
     assert same_name_new_pod.traffic is None, "a replacement pod with the same name starts afresh"
+
+
+async def test_the_pods_source_keeps_counters_of_services_not_due_this_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An evaluation asks only for the services that are due: the others' last counters must survive
+    it, or they would never get a rate; pods gone for ten minutes are forgotten."""
+    from qwen_operator.metrics import Target
+
+    clock = [1000.0]
+    source = PodsSource(monotonic=lambda: clock[0])
+    a, b = PodRef("a-0", "10.0.0.1"), PodRef("b-0", "10.0.0.2")
+    counters = {a.name: 100.0, b.name: 100.0}
+
+    async def scrape(_session: object, pod: PodRef) -> PodSample | str:
+        return source._with_traffic(pod, PodSample(1, 0, 0.1, 0.0), Totals(counters[pod.name], 0, 1))
+
+    monkeypatch.setattr(source, "_scrape", scrape)
+    ta, tb = Target("ml", "a", 1, (a,)), Target("ml", "b", 1, (b,))
+    await source.observe([ta, tb])
+    clock[0] += 15
+    counters[a.name] += 300
+    await source.observe([ta])  # b is not due
+    clock[0] += 15
+    counters[b.name] += 600
+    got = await source.observe([tb])
+    traffic = got[tb.key].samples["b-0"].traffic
+    assert traffic is not None
+    assert traffic.prompt_tokens_per_second == pytest.approx(600 / 30)
+    clock[0] += 700
+    await source.observe([ta])
+    assert (b.name, b.ip) not in source.previous, "a pod unseen for ten minutes is forgotten"
