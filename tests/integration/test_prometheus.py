@@ -121,9 +121,10 @@ async def test_traffic_per_pod_from_counters_and_histograms(
     assert t.seconds == 60
     # Every scrape adds the capture's own counts, so the shares are the capture's (72 first tokens,
     # 16 of them within 1 s, 36 within 2.5 s; tests/data/vllm-0.32-metrics-under-load.txt).
-    assert t.ttft.share_within(1.0) == pytest.approx(16 / 72)
-    assert t.ttft.share_within(2.5) == pytest.approx(36 / 72)
-    assert t.queue_time.count / t.ttft.count == pytest.approx(65 / 72)
+    # (increase() extrapolates each series to the window's edges on its own: ratios hold to a percent or so.)
+    assert t.ttft.share_within(1.0) == pytest.approx(16 / 72, rel=0.02)
+    assert t.ttft.share_within(2.5) == pytest.approx(36 / 72, rel=0.02)
+    assert t.queue_time.count / t.ttft.count == pytest.approx(65 / 72, rel=0.02)
     assert t.prompt_tokens > 0
     assert t.generation_tokens > 0
     assert t.requests > 0
