@@ -7,6 +7,8 @@ dashboard join them with the vLLM series on ``namespace`` and ``serving_qwenops_
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -38,6 +40,22 @@ DECISIONS = Counter(
     "qwen_operator_scaling_decisions_total",
     "Scaling decisions per QwenService by direction (up, down, none) and reason.",
     [*_SERVICE, "direction", "reason"],
+)
+# Every QwenService, autoscaled or not (the dashboard's variables and the on-call's first look).
+PHASES = ("Pending", "Progressing", "Ready", "Degraded", "Invalid")
+SERVICE_PHASE = Gauge(
+    "qwen_operator_service_phase",
+    "1 for the QwenService's current status.phase, 0 for the others.",
+    [*_SERVICE, "phase"],
+)
+SERVICE_REPLICAS = Gauge(
+    "qwen_operator_service_replicas", "status.replicas: the Deployment's pods.", _SERVICE
+)
+SERVICE_READY = Gauge("qwen_operator_service_ready_replicas", "status.readyReplicas: pods serving.", _SERVICE)
+SERVICE_DESIRED = Gauge(
+    "qwen_operator_service_desired_replicas",
+    "status.desiredReplicas: replicas the operator asks for.",
+    _SERVICE,
 )
 QUERIES = Counter("qwen_operator_metric_queries_total", "Metric queries sent.", ["source"])
 QUERY_ERRORS = Counter(
@@ -100,6 +118,31 @@ def record(
         _remove(RECOMMENDED_REPLICAS, namespace, name)
     else:
         RECOMMENDED_REPLICAS.labels(namespace, name).set(decision.recommendation)
+
+
+def record_service(namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    """Export what a QwenService's status says, whether it autoscales or not."""
+    phase = status.get("phase")
+    for known in PHASES:
+        SERVICE_PHASE.labels(namespace, name, known).set(1 if phase == known else 0)
+    for gauge, field in (
+        (SERVICE_REPLICAS, "replicas"),
+        (SERVICE_READY, "readyReplicas"),
+        (SERVICE_DESIRED, "desiredReplicas"),
+    ):
+        value = status.get(field)
+        if isinstance(value, int | float):
+            gauge.labels(namespace, name).set(value)
+        else:
+            _remove(gauge, namespace, name)
+
+
+def forget_service(namespace: str, name: str) -> None:
+    """Drop a deleted QwenService's series."""
+    for known in PHASES:
+        _remove(SERVICE_PHASE, namespace, name, known)
+    for gauge in (SERVICE_REPLICAS, SERVICE_READY, SERVICE_DESIRED):
+        _remove(gauge, namespace, name)
 
 
 def forget(namespace: str, name: str) -> None:

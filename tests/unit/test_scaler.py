@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from qwen_operator import labels
+from qwen_operator import labels, scaling
 from qwen_operator.kube import DEPLOYMENTS, Resource
 from qwen_operator.metrics import Target
 from qwen_operator.scaler import Autoscaler
@@ -291,3 +291,39 @@ async def test_live_figures_are_written_at_most_once_a_minute_while_the_decision
     await tick(15, 30)  # the decision changes: written at once
     assert store.dep["spec"]["replicas"] > 2
     assert store.status_writes == 3
+
+
+async def test_every_service_exports_its_status_whether_it_autoscales_or_not() -> None:
+    """The dashboard's variables and the on-call's first look: phase, replicas, ready and desired for
+    every QwenService, gone with the service."""
+    from prometheus_client import REGISTRY
+
+    fixed = service("fixed")
+    fixed["spec"]["autoscaling"] = {"enabled": False}
+    fixed["status"] = {"phase": "Degraded", "replicas": 2, "readyReplicas": 1, "desiredReplicas": 2}
+    auto = service("auto")
+    auto["status"] = {"phase": "Ready", "replicas": 3, "readyReplicas": 3, "desiredReplicas": 3}
+
+    class Listed(Fleet):
+        def __init__(self) -> None:
+            super().__init__([])
+            self.bodies = [fixed, auto]
+
+        async def services(self) -> list[dict[str, Any]]:
+            return self.bodies
+
+    fleet = Listed()
+    scaler = Autoscaler(Cluster(), OperatorSettings(), clock=lambda: NOW, fleet=fleet)  # type: ignore[arg-type]
+    scaler.states["uid-auto"] = scaling.State(last_evaluated=NOW)  # not due: only the export runs
+    await scaler.tick()
+    value = REGISTRY.get_sample_value
+    fixed_labels = {"namespace": "ml", "name": "fixed"}
+    assert value("qwen_operator_service_phase", {**fixed_labels, "phase": "Degraded"}) == 1
+    assert value("qwen_operator_service_phase", {**fixed_labels, "phase": "Ready"}) == 0
+    assert value("qwen_operator_service_ready_replicas", fixed_labels) == 1
+    assert value("qwen_operator_service_desired_replicas", {"namespace": "ml", "name": "auto"}) == 3
+
+    fleet.bodies = [auto]  # "fixed" deleted
+    await scaler.tick()
+    assert value("qwen_operator_service_phase", {**fixed_labels, "phase": "Degraded"}) is None
+    assert value("qwen_operator_service_replicas", fixed_labels) is None

@@ -45,7 +45,8 @@ class Autoscaler:
         self.clock = clock
         self.fleet = fleet or ListedFleet(cluster, config.namespaces)
         self.states: dict[str, scaling.State] = {}  # by uid; last_evaluated lives only here
-        self.exported: set[tuple[str, str]] = set()  # services with per-service gauges
+        self.exported: set[tuple[str, str]] = set()  # autoscaled services with per-service gauges
+        self.known: set[tuple[str, str]] = set()  # every service, with its status gauges
         self.actuator = Actuator(
             cluster,
             config.policy(),
@@ -103,6 +104,12 @@ class Autoscaler:
         for gone in self.exported - exported:
             telemetry.forget(*gone)  # deleted, or autoscaling switched off
         self.exported = exported
+        known = {key(body) for body in listed}
+        for gone in self.known - known:
+            telemetry.forget_service(*gone)
+        self.known = known
+        for body in listed:  # every service, autoscaled or not: what its status says
+            telemetry.record_service(*key(body), body.get("status") or {})
 
     async def tick(self) -> list[Evaluated]:
         """One evaluation of every service that is due."""
