@@ -61,11 +61,7 @@ async def run(
         config.leader_election_namespace,
         config.leader_election_lease_name,
         config.leader_election_identity or leader.default_identity(),
-        leader.Timings(
-            lease_seconds=config.leader_election_lease_seconds,
-            renew_deadline_seconds=config.leader_election_renew_deadline_seconds,
-            retry_seconds=config.leader_election_retry_seconds,
-        ),
+        config.election_timings(),
     )
     stopped = asyncio.create_task(stop_flag.wait() if stop_flag else asyncio.Event().wait())
     tasks: list[asyncio.Task[Any]] = [stopped]

@@ -183,16 +183,25 @@ def _describe(sig: Signal, ready: int) -> str:
     return f"{label} {_fmt(sig.value)} vs target {_fmt(sig.target)} x {ready} ready"
 
 
+def usable_samples(obs: Observation, spec: api.AutoscalingSpec) -> dict[str, PodSample]:
+    """The ready pods' samples that are fresh and sane."""
+    stale = spec.metrics.stale_after_seconds
+    return {pod: s for pod, s in obs.samples.items() if pod in obs.ready_pods and s.usable(stale)}
+
+
 def recommend(
-    obs: Observation, spec: api.AutoscalingSpec, slo: Plan | None = None
+    obs: Observation,
+    spec: api.AutoscalingSpec,
+    usable: Mapping[str, PodSample],
+    traffic: Traffic | None = None,
+    slo: Plan | None = None,
 ) -> LoadRecommendation | None:
-    """Stages 1-2: what the load needs, or None without usable data.
+    """Stages 1-2: what the load needs, or None without usable data (``usable``: :func:`usable_samples`;
+    ``traffic``: theirs, combined).
 
     Ready pods without data are assumed idle when that would scale up, and exactly at target when that
     would scale down (as the Kubernetes HPA does), so a pod that stopped reporting never causes a move.
     """
-    stale = spec.metrics.stale_after_seconds
-    usable = {pod: s for pod, s in obs.samples.items() if pod in obs.ready_pods and s.usable(stale)}
     if not usable:
         return None
     silent = sorted(pod for pod in obs.ready_pods if pod not in usable)
@@ -208,7 +217,6 @@ def recommend(
     replicas = up if up > current else min(down, current)
 
     kv_values = [s.kv_cache_usage for s in usable.values() if s.kv_cache_usage is not None]
-    traffic = combine(s.traffic for s in usable.values() if s.traffic is not None)
     observation = api.ScalingObservation(
         ready_replicas=len(obs.ready_pods),
         pods_with_data=len(usable),
@@ -343,10 +351,12 @@ def decide(obs: Observation, spec: api.AutoscalingSpec, state: State, now: datet
     """The replicas a QwenService should have now, why, and the state to remember."""
     current = obs.replicas
     window = spec.scale_down.stabilization_window_seconds
-    slo = _slo_plan(obs, spec, state, now)
+    usable = usable_samples(obs, spec)
+    traffic = combine(s.traffic for s in usable.values() if s.traffic is not None)
+    slo = _slo_plan(obs, spec, usable, traffic, state, now)
     if slo is not None:
         state = replace(state, plan=slo.state)
-    need = recommend(obs, spec, slo)
+    need = recommend(obs, spec, usable, traffic, slo)
 
     if need is None:
         why = obs.error or (
@@ -381,14 +391,18 @@ def decide(obs: Observation, spec: api.AutoscalingSpec, state: State, now: datet
     return _stamp_scale_times(decision, current, now)
 
 
-def _slo_plan(obs: Observation, spec: api.AutoscalingSpec, state: State, now: datetime) -> Plan | None:
+def _slo_plan(
+    obs: Observation,
+    spec: api.AutoscalingSpec,
+    usable: Mapping[str, PodSample],
+    traffic: Traffic | None,
+    state: State,
+    now: datetime,
+) -> Plan | None:
     """SLO mode's plan from the ready pods' traffic, or None (no SLO, or no traffic yet)."""
     if spec.slo is None:
         return None
-    stale = spec.metrics.stale_after_seconds
-    usable = [s for pod, s in obs.samples.items() if pod in obs.ready_pods and s.usable(stale)]
-    traffic = combine(s.traffic for s in usable if s.traffic is not None)
-    waiting = sum(s.waiting for s in usable)
+    waiting = sum(s.waiting for s in usable.values())
     seed = Capacity(*spec.slo.seed())
     return plan(traffic, len(obs.ready_pods), spec.slo, seed, state.plan, now, obs.cold_starts, waiting)
 

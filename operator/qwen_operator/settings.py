@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from qwen_operator import validation
+from qwen_operator import leader, validation
 
 
 class OperatorSettings(BaseSettings):
@@ -115,13 +115,15 @@ class OperatorSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _election_timings(self) -> OperatorSettings:
-        retry, renew = self.leader_election_retry_seconds, self.leader_election_renew_deadline_seconds
-        if not retry < renew < self.leader_election_lease_seconds:
-            raise ValueError(
-                "leader election needs retry < renew deadline < lease seconds, got "
-                f"{retry} / {renew} / {self.leader_election_lease_seconds}"
-            )
+        self.election_timings()  # leader.Timings refuses timings under which two leaders could act
         return self
+
+    def election_timings(self) -> leader.Timings:
+        return leader.Timings(
+            lease_seconds=self.leader_election_lease_seconds,
+            renew_deadline_seconds=self.leader_election_renew_deadline_seconds,
+            retry_seconds=self.leader_election_retry_seconds,
+        )
 
     def policy(self) -> validation.Policy:
         """What QwenServices may ask for beyond the safe defaults."""

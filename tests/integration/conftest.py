@@ -13,11 +13,8 @@ import kmock
 import kopf
 import pytest
 
-from qwen_operator import (
-    handlers,  # noqa: F401  (registers the real handlers)
-    kube,
-)
-from qwen_tools.emulator import DEPLOY, EVENTS, PODS, QSVC, SERVICE, Emulator, install
+from qwen_operator import kube
+from qwen_tools.emulator import DEPLOY, EVENTS, PODS, QSVC, SERVICE, Emulator, install, run_operator
 from tests.prom import Prometheus
 
 __all__ = ["DEPLOY", "EVENTS", "PODS", "QSVC", "SERVICE"]
@@ -87,14 +84,7 @@ async def operator(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Async
     async def main(stop: threading.Event, ready: threading.Event) -> None:
         settings = kopf.OperatorSettings()
         settings.queueing.idle_timeout = 0.5  # per-object workers exit sooner, so the operator stops sooner
-        await kopf.operator(
-            clusterwide=True,
-            standalone=True,
-            stop_flag=stop,
-            ready_flag=ready,
-            registry=kopf.get_default_registry(),
-            settings=settings,
-        )
+        await run_operator(settings, stop, ready)
 
     running = OperatorThread(main, "operator")
     await running.start(10)

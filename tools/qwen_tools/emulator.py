@@ -150,12 +150,9 @@ class Emulator(kmock.KubernetesEmulator):
         await self._notify()
 
     async def _fault(self, request: rendering.Request) -> None:
-        if not self.faults or request.resource is None or request.action is None:
+        if not self.faults or (call := self._rbac_key(request)) is None:
             return
-        verb = VERBS[request.action]
-        if request.action is enums.action.UPDATE and request.method == enums.method.PUT:
-            verb = "update"
-        plural = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        _, plural, verb = call
         for fault in self.faults:
             if fault.matches(plural, verb):
                 fault.hits += 1
@@ -226,17 +223,24 @@ class Emulator(kmock.KubernetesEmulator):
             payload._requests.clear()
         return await apps.RawHandler._handle(self, request)
 
-    def _audit(self, request: rendering.Request) -> None:
+    @staticmethod
+    def _rbac_key(request: rendering.Request) -> tuple[str, str, str] | None:
+        """(group, resource[/subresource], verb) as RBAC names the call, or None for non-resource calls."""
         if request.resource is None or not request.resource.plural or request.action is None:
-            return
+            return None
         verb = VERBS[request.action]
         if request.action is enums.action.UPDATE and request.method == enums.method.PUT:
             verb = "update"
         plural = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
-        self.audit.add((request.resource.group or "", plural, verb))
-        self.calls[request.resource.group or "", plural, verb] += 1
+        return request.resource.group or "", plural, verb
+
+    def _audit(self, request: rendering.Request) -> None:
+        if (call := self._rbac_key(request)) is None:
+            return
+        self.audit.add(call)
+        self.calls[call] += 1
         if request.action in MUTATING:
-            self.writes[request.resource.group or "", plural] += 1
+            self.writes[call[0], call[1]] += 1
 
     def _create(self, request: rendering.Request) -> dict[str, Any]:
         obj = copy.deepcopy(request.data or {})
@@ -546,20 +550,24 @@ async def install(emulator: Emulator, url: str, path: Path) -> Path:
 async def start_operator(settings: Any, within: float) -> tuple[asyncio.Task[Any], asyncio.Event]:
     """The operator's real kopf handlers in this event loop (cluster-wide, standalone), once ready:
     its task, and the flag that stops it (kopf then ends the task cancelled)."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run_operator(settings, stop, ready))
+    await asyncio.wait_for(ready.wait(), within)
+    return task, stop
+
+
+async def run_operator(settings: Any, stop_flag: Any, ready_flag: Any) -> None:
+    """kopf with the operator's real handlers, cluster-wide and standalone, until ``stop_flag`` (an
+    asyncio or threading Event) is set; ``ready_flag`` is set once it runs."""
     import kopf
 
     from qwen_operator import handlers  # noqa: F401  (registers the real handlers)
 
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        kopf.operator(
-            clusterwide=True,
-            standalone=True,
-            stop_flag=stop,
-            ready_flag=ready,
-            registry=kopf.get_default_registry(),
-            settings=settings,
-        )
+    await kopf.operator(
+        clusterwide=True,
+        standalone=True,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+        registry=kopf.get_default_registry(),
+        settings=settings,
     )
-    await asyncio.wait_for(ready.wait(), within)
-    return task, stop

@@ -341,10 +341,7 @@ def slo_spec(
     """SLO mode as a user sets it: ``auto`` with its ``slo`` (else TTFT <= 2 s for 99%, or ``ttft``),
     its capacity seeded from ``gpu_product`` as the operator seeds it from the nodeSelector."""
     slo = auto.slo or api.LatencySLO(time_to_first_token_seconds=2.0)
-    if ttft is not None:
-        slo = slo.model_copy(update={"time_to_first_token_seconds": ttft})
-    else:
-        slo = slo.model_copy()
+    slo = slo.model_copy(update={} if ttft is None else {"time_to_first_token_seconds": ttft})
     slo._seed = seed_capacity(gpu_product)
     return auto.model_copy(update={"slo": slo, "enabled": True})
 
