@@ -110,10 +110,16 @@ async def test_traffic_per_pod_from_counters_and_histograms(
     prometheus.wait_for_series(2)
     chat = target("ml", "chat", "chat-0", "chat-1")
     deadline = time.monotonic() + 20
-    while True:  # increase() needs two samples of each series
+    while True:  # increase() needs two samples of each series, and the two pods are scraped apart
         obs = (await source(prometheus.url).observe([chat]))[chat.key]
-        busy = obs.samples.get("chat-0")
-        if busy is not None and busy.traffic is not None and busy.traffic.ttft.count > 0:
+        busy, quiet = obs.samples.get("chat-0"), obs.samples.get("chat-1")
+        if (
+            busy is not None
+            and busy.traffic is not None
+            and busy.traffic.ttft.count > 0
+            and quiet is not None
+            and quiet.traffic is not None
+        ):
             break
         assert time.monotonic() < deadline, f"no traffic seen: {obs}"
         await asyncio.sleep(0.5)
@@ -128,8 +134,7 @@ async def test_traffic_per_pod_from_counters_and_histograms(
     assert t.prompt_tokens > 0
     assert t.generation_tokens > 0
     assert t.requests > 0
-    idle = obs.samples["chat-1"].traffic
-    assert idle is not None
+    idle = quiet.traffic
     assert (idle.prompt_tokens, idle.requests, idle.ttft.count) == (0, 0, 0)
 
 
