@@ -92,7 +92,7 @@ vllm-options: $(STAMP) $(VLLM_STAMP) ## Regenerate qwen_operator/vllm_options.py
 	$(VLLM_VENV)/bin/python tests/e2e/vllm_options.py > operator/qwen_operator/vllm_options.py
 	$(BIN)/ruff format -q operator/qwen_operator/vllm_options.py
 
-e2e: $(STAMP) $(VLLM_STAMP) ## The operator scaling real vLLM (CPU) servers under the load kit, real Prometheus (~6 min)
+e2e: $(STAMP) $(VLLM_STAMP) ## The operator scaling real vLLM (CPU) servers under the load kit, real Prometheus: concurrency and SLO mode (~9 min)
 	$(PY) -m pytest tests/e2e -s
 
 HOST ?= http://127.0.0.1:8000

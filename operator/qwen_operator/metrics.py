@@ -271,8 +271,10 @@ class PrometheusConfig:
     insecure_skip_verify: bool = False
 
 
-def queries(service_label: str) -> dict[str, str]:
-    """One PromQL query per signal, for every QwenService at once, grouped by namespace/pod/service.
+def queries(service_label: str, window: str = TRAFFIC_WINDOW, match: str = "") -> dict[str, str]:
+    """One PromQL query per signal, for every QwenService at once, grouped by namespace/pod/service
+    (``match``: more label matchers, e.g. one service's for ``qwen-operator tune``; ``window``: of the
+    counters' increase).
 
     Each engine's series is taken once (``max by`` its identity) before the engines are summed: the
     same pod scraped by two jobs (the documented one and a cluster's common ``kubernetes-pods`` job,
@@ -280,7 +282,7 @@ def queries(service_label: str) -> dict[str, str]:
     ``job`` and ``instance``, and must not count twice."""
     by = f"namespace, pod, {service_label}"
     engine = f"{by}, engine, model_name"
-    sel = f'{{{service_label}!=""}}'
+    sel = f'{{{service_label}!=""{"," + match if match else ""}}}'
 
     def once(metric: str) -> str:
         return f"max by ({engine}) ({metric}{sel})"
@@ -288,7 +290,7 @@ def queries(service_label: str) -> dict[str, str]:
     def increase(metric: str, *labels: str) -> str:
         keep = ", ".join((engine, *labels))
         summed = ", ".join((by, *labels)) if labels[-1:] == ("le",) else by
-        return f"sum by ({summed}) (max by ({keep}) (increase({metric}{sel}[{TRAFFIC_WINDOW}])))"
+        return f"sum by ({summed}) (max by ({keep}) (increase({metric}{sel}[{window}])))"
 
     return {
         "running": f"sum by ({by}) ({once(RUNNING)})",
@@ -326,7 +328,7 @@ class PrometheusSource:
         self.service_label = service_label
         self.timeout = timeout
         self.queries = queries(service_label)
-        self.client = (connect or _connect)(config, timeout)
+        self.client = (connect or connect_prometheus)(config, timeout)
 
     def _query(self, promql: str) -> list[dict[str, Any]]:
         result = self.client.custom_query(promql, params={"timeout": f"{max(1, int(self.timeout * 1000))}ms"})
@@ -390,7 +392,7 @@ class PrometheusSource:
         return out
 
 
-def _connect(config: PrometheusConfig, timeout: float) -> PrometheusConnect:
+def connect_prometheus(config: PrometheusConfig, timeout: float) -> PrometheusConnect:
     session = requests.Session()  # PrometheusConnect ignores disable_ssl when given a session
     session.verify = False if config.insecure_skip_verify else (config.ca_file or True)
     session.max_redirects = 0  # never follow Prometheus elsewhere (with or without its credentials)

@@ -2,11 +2,16 @@
 the real operator (its CLI, in its own process) scaling them, and the load kit's Locust file as the
 client. Only the cluster is emulated: kmock's API server, and tests/e2e/agent.py as the node.
 
-The scenario (about 5 minutes): a QwenService autoscaling 1..2 on 10 concurrent requests per replica,
-with a 30 s scale-down stabilization window. The load plan: a baseline of 4 users, a step-up to 24 (the
-operator asks for 3 replicas, and is limited to 2), then 7 users (one replica's worth) while the
-scale-down happens.
-The timeline goes to build/e2e/ (JSON and PNG), with the request records and every process's log.
+Two scenarios:
+- concurrency (about 5 minutes): a QwenService autoscaling 1..2 on 10 concurrent requests per replica,
+  with a 30 s scale-down stabilization window. The load plan: a baseline of 4 users, a step-up to 24
+  (the operator asks for 3 replicas, and is limited to 2), then 7 users (one replica's worth) while the
+  scale-down happens.
+- SLO mode (about 3 minutes): the same service with a time-to-first-token SLO instead, each server
+  limited to 4 sequences at once, and a stated capacity per replica above what the step-up's load
+  measures as: the token load alone keeps one replica; the queue time the step-up causes is what scales.
+Each scenario's timeline goes to build/e2e/<scenario>/ (JSON and PNG), with the request records and
+every process's log.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import asyncio
 import contextlib
 import datetime
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -47,11 +54,21 @@ COOLDOWN = 20  # scaleDown.cooldownAfterScaleUpSeconds
 # (seconds, users) of the load plan. The peak's 24 users ask for 3 replicas (limited to 2); the tail's
 # 7 need one (7 < 10) and keep requests in flight on both pods when one is removed (~3.5 each).
 BASELINE, PEAK, TAIL = (20, 4), (150, 24), (100, 7)
+# SLO mode: time to first token within SLO_BOUND s for SLO_PERCENTILE% of requests, 4 sequences per
+# server. The baseline's 2 users never queue; the step-up's 12 keep ~8 in the server's queue (about a
+# second each), so the queue-time histogram reports the miss. SLO_CAPACITY is the stated capacity per
+# replica (prompt, generated tokens/s alone); one such server here serves 770-910 prompt + 380-450
+# generated tokens/s flat out (two runs), which reads as 0.7-0.82 of a replica: less than one, but above
+# half of one, where the planner counts a miss as the load's doing (a miss at light load is the prompts'
+# own prefill and scales nothing).
+SLO_BOUND, SLO_PERCENTILE, SLO_SEQS = 0.5, 95, 4
+SLO_CAPACITY = (2200, 1100)
+SLO_PLAN = ((40, 2), (100, 12))
 LOCUSTFILE = ROOT / "tools" / "qwen_tools" / "loadtest" / "locustfile.py"
 
 
-def qwen_service(model: Path) -> dict[str, Any]:
-    return {
+def qwen_service(model: Path, slo: bool = False) -> dict[str, Any]:
+    service: dict[str, Any] = {
         "apiVersion": f"{api.GROUP}/{api.VERSION}",
         "kind": api.KIND,
         "metadata": {"name": NAME, "namespace": NS},
@@ -88,6 +105,20 @@ def qwen_service(model: Path) -> dict[str, Any]:
             },
         },
     }
+    if slo:
+        service["spec"]["engine"]["maxNumSeqs"] = SLO_SEQS
+        service["spec"]["autoscaling"]["slo"] = {
+            "timeToFirstTokenSeconds": SLO_BOUND,
+            "percentile": SLO_PERCENTILE,
+            "replicaCapacity": {
+                "promptTokensPerSecond": SLO_CAPACITY[0],
+                "generationTokensPerSecond": SLO_CAPACITY[1],
+            },
+            # The servers here start in ~35 s; planning that far ahead on a step would scale on the
+            # forecast alone, before the queue says anything.
+            "coldStartSeconds": 0,
+        }
+    return service
 
 
 def _leftovers(own_tmp: Path) -> dict[str, set[str]]:
@@ -132,6 +163,8 @@ class Sampler:
             "ready": (dep.get("status") or {}).get("readyReplicas"),
             "recommendation": auto.get("recommendation"),
             "reason": auto.get("reason"),
+            "message": auto.get("message"),
+            "ttft_within_slo": (auto.get("observation") or {}).get("ttftWithinSloPercent"),
             "limited": conditions.get("ScalingLimited"),
             "metrics_available": conditions.get("MetricsAvailable"),
         }
@@ -197,8 +230,19 @@ def plot(rows: list[dict[str, Any]], marks: dict[str, float], t0: float, path: P
 class Scenario:
     """The run: the processes and tasks it started, what it saw, and when."""
 
-    def __init__(self, vllm_python: str, model: Path, artifacts: Path, tmp_path: Path) -> None:
-        self.vllm_python, self.model, self.artifacts, self.tmp = vllm_python, model, artifacts, tmp_path
+    def __init__(
+        self,
+        vllm_python: str,
+        model: Path,
+        artifacts: Path,
+        tmp_path: Path,
+        slo: bool = False,
+    ) -> None:
+        self.vllm_python, self.model, self.tmp = vllm_python, model, tmp_path
+        self.slo = slo
+        self.plan = SLO_PLAN if slo else (BASELINE, PEAK, TAIL)
+        self.artifacts = artifacts / ("slo" if slo else "concurrency")
+        self.artifacts.mkdir(parents=True, exist_ok=True)
         # The pods' folders: short paths, since vLLM's ZMQ sockets live in their /tmp (107 characters).
         self.node = Path(tempfile.mkdtemp(prefix="qwen-e2e-"))
         # TMPDIR of every process the test starts but the pods (theirs is in their own folder).
@@ -225,7 +269,7 @@ class Scenario:
     async def until(self, check: Any, within: float, what: str) -> Any:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            assert self.procs[0].returncode is None, "the operator exited; see build/e2e/operator.log"
+            assert self.procs[0].returncode is None, f"the operator exited; see {self.artifacts}/operator.log"
             assert self.agent is not None
             assert not self.agent.crashes, f"a vLLM server crashed: {self.agent.crashes}"
             value = check()
@@ -275,7 +319,7 @@ class Scenario:
         self.t0 = time.time()
         namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}
         await emulator.put("v1/namespaces", namespace)
-        await emulator.put(QSVC, qwen_service(self.model))
+        await emulator.put(QSVC, qwen_service(self.model, self.slo))
 
         # 1. One real vLLM pod comes up, Prometheus scrapes it, the operator sees its metrics.
         await self.until(lambda: _ready_replicas(emulator) == 1, 240, "the first vLLM pod to be ready")
@@ -284,7 +328,7 @@ class Scenario:
         self.mark("1st pod ready")
 
         # 2. The load kit's Locust file drives the plan through the ready pods.
-        plan = ",".join(f"{s}s:{u}" for s, u in (BASELINE, PEAK, TAIL))
+        plan = ",".join(f"{s}s:{u}" for s, u in self.plan)
         with (self.artifacts / "locust.log").open("wb") as log:
             locust = await asyncio.create_subprocess_exec(
                 str(Path(sys.executable).with_name("locust")),
@@ -304,10 +348,11 @@ class Scenario:
         self.mark("locust started")
         await asyncio.wait_for(locust.wait(), 500)
         self.mark("load stopped")
-        assert locust.returncode == 0, f"locust exited {locust.returncode}; see build/e2e/locust.log"
+        assert locust.returncode == 0, f"locust exited {locust.returncode}; see {self.artifacts}/locust.log"
 
         # 3. Let the scale-down finish (the pod gone), then stop everything in order.
-        await self.until(lambda: len(agent.pods) == 1, 120, "the removed pod to exit")
+        if not self.slo:
+            await self.until(lambda: len(agent.pods) == 1, 120, "the removed pod to exit")
         self.operator_metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{op_metrics}/metrics")
         self.stop.set()
         await asyncio.gather(*self.tasks)
@@ -336,7 +381,7 @@ class Scenario:
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def write_timeline(self) -> None:
-        """build/e2e/timeline.json and timeline.png, whether the run passed or not."""
+        """timeline.json and timeline.png in the artifacts, whether the run passed or not."""
         rows = self.sampler.rows if self.sampler else []
         timeline = self.agent.timeline if self.agent else []
         up = first(rows, lambda r: r["desired"] == 2)
@@ -353,8 +398,8 @@ class Scenario:
         if started:  # the plan's steps, from the first request Locust sent
             records = self.records()
             begin = min((r["start"] for r in records), default=started)
-            self.mark("step-up", begin + BASELINE[0])
-            self.mark("step-down", begin + BASELINE[0] + PEAK[0])
+            self.mark("step-up", begin + self.plan[0][0])
+            self.mark("step-down", begin + self.plan[0][0] + self.plan[1][0])
         (self.artifacts / "timeline.json").write_text(
             json.dumps(
                 {
@@ -448,7 +493,7 @@ async def test_operator_scales_real_vllm_under_load(
         if r["url"].endswith(f":{removed_port}") and r["start"] < doomed < (r["end"] or 0)
     ]  # fmt: skip
     assert in_flight, "no request was in flight on the pod when it was removed (the check proves nothing)"
-    summary = json.loads((artifacts / "summary.json").read_text())
+    summary = json.loads((run.artifacts / "summary.json").read_text())
     assert (summary["failed"], summary["ok"]) == (0, len(records))
 
     # Status, conditions and events tell the story.
@@ -480,3 +525,56 @@ async def test_operator_scales_real_vllm_under_load(
     for place in before:
         leaked = after[place] - before[place]
         assert not leaked, f"left behind in {place}: {sorted(leaked)[:10]}"
+
+
+async def test_slo_mode_scales_real_vllm_on_queue_time(
+    vllm_python: str, tiny_model: Path, artifacts: Path, tmp_path: Path
+) -> None:
+    """SLO mode: the step-up's token load alone reads as less than one replica (the stated capacity is
+    above what a server here serves); what scales is vLLM's own queue-time and TTFT histograms, read
+    through Prometheus, showing the SLO missed under load."""
+    run = Scenario(vllm_python, tiny_model, artifacts, tmp_path, slo=True)
+    try:
+        await run.run()
+    finally:
+        run.write_timeline()
+        shutil.rmtree(run.own_tmp, ignore_errors=True)
+    assert run.sampler is not None
+    assert run.agent is not None
+    rows, records, marks = run.sampler.rows, run.records(), run.marks
+    peak_start = marks["step-up"]
+
+    # Nothing scaled on the baseline (the status message itself may lag a minute: it is rewritten at
+    # most once a minute while the decision holds).
+    assert all(r["desired"] in (None, 1) for r in rows if r["t"] < peak_start), "scaled before the step-up"
+    # What the clients saw: the step-up on one server missed the SLO (the scale-up's reason).
+    one = [r for r in records if peak_start < r["start"] < (marks.get("2 replicas asked") or math.inf)]
+    late = [r for r in one if r["ttft"] is None or r["ttft"] > SLO_BOUND]
+    assert len(late) > (1 - SLO_PERCENTILE / 100) * len(one), (len(late), len(one))
+
+    # It scaled to 2 during the step-up, on the SLO plan, and said why.
+    up = marks.get("2 replicas asked")
+    assert up is not None, f"the operator never scaled to 2 in SLO mode: {marks}"
+    assert up > peak_start, f"scaled before the step-up: {marks}"
+    events = run.events
+    assert [e["reason"] for e in events] == ["ScaledUp"], [(e["reason"], e["message"]) for e in events]
+    message = events[0]["message"]
+    assert message.startswith("1 -> 2: "), message
+    assert "under pressure" in message, message
+    assert f"TTFT <= {SLO_BOUND:g} s" in message, message
+    # The token load alone was less than one replica's worth at the stated capacity: the miss scaled.
+    tokens = re.search(r"tokens ([\d.]+) prompt \+ ([\d.]+) generated", message)
+    assert tokens is not None, message
+    load = float(tokens[1]) / SLO_CAPACITY[0] + float(tokens[2]) / SLO_CAPACITY[1]
+    assert load < 1, f"the token load alone asked for more than one replica: {load:.2f}"
+    second = [e for e in run.agent.timeline if e["event"] == "pod-ready"]
+    assert len(second) == 2, f"the second vLLM server never became ready: {run.agent.timeline}"
+    served = [r for r in records if r["ok"] and r["start"] > second[1]["t"]]
+    assert len({r["url"] for r in served}) == 2, "the second server did not serve, or nothing was served"
+    assert not [r for r in records if not r["ok"]], "requests failed"
+    status = run.final.get("status") or {}
+    state = (status.get("autoscaling") or {}).get("state") or {}
+    assert state.get("capacityScale") is not None, state
+    assert state["capacityScale"] < 1, (
+        f"the capacity learned from the miss was not below the stated one: {state}"
+    )

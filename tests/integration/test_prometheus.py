@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qwen_operator import api, scaling
+from qwen_operator import api, cli, scaling
 from qwen_operator.metrics import PodRef, PrometheusConfig, PrometheusSource, Target
+from qwen_tools import fit
 from tests.fakevllm import FakePrometheusAPI, FakeVLLM
 from tests.prom import SCRAPE_CONFIG, Prometheus
 
@@ -136,6 +137,44 @@ async def test_traffic_per_pod_from_counters_and_histograms(
     assert t.requests > 0
     idle = quiet.traffic
     assert (idle.prompt_tokens, idle.requests, idle.ttft.count) == (0, 0, 0)
+
+
+async def test_tune_fits_from_a_services_range_in_prometheus(
+    prometheus: Prometheus, pods: list[FakeVLLM], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``qwen-operator tune --prometheus``: the service's windows from range queries, its own pods only
+    (the same service name in another namespace does not count), the load per pod that reported."""
+    for pod in pods[:3]:
+        pod.set(running=3, busy=True)  # every scrape adds the under-load capture's counts
+    prometheus.set_targets(
+        [
+            (pods[0].address, "ml", "chat-0", "chat"),
+            (pods[1].address, "ml", "chat-1", "chat"),
+            (pods[2].address, "team-b", "chat-0", "chat"),
+        ]
+    )
+    prometheus.wait_for_series(3)
+    await asyncio.sleep(12)  # two 5 s windows of 1 s scrapes
+    config = PrometheusConfig(url=prometheus.url)
+    until = time.time()
+    answers = fit.query_prometheus(config, "ml", "chat", until - 15, until, 5)
+    found = [w for w in fit.from_prometheus(answers, 1.0, 5, (6000.0, 820.0)) if w.requests > 0]
+    assert found, answers
+    for w in found:
+        # The capture's mix: 22,446 prompt and 35,072 generated tokens, 72 first tokens (16 within 1 s).
+        assert w.prompt_tokens_per_second / w.generation_tokens_per_second == pytest.approx(
+            22446 / 35072, rel=0.02
+        )
+        assert w.attainment == pytest.approx(16 / 72, rel=0.05)
+        per_pod = w.prompt_tokens_per_second / 2  # one scrape a second per pod: the capture's per second
+        assert per_pod == pytest.approx(22446, rel=0.3), "team-b's pod counted, or a pod missed"
+        assert w.work == pytest.approx(per_pod / 6000 + w.generation_tokens_per_second / 2 / 820, rel=1e-6)
+    # The command prints the block to paste (the shares are met at a 5 s bound; 16/72 within 1 s is not).
+    assert cli.main(["tune", "--prometheus", prometheus.url, "--service", "ml/chat", "--since", "15s",
+                     "--window", "5", "--ttft", "5", "--percentile", "95"]) == 0  # fmt: skip
+    slo = api.LatencySLO.model_validate(yaml.safe_load(capsys.readouterr().out)["spec"]["autoscaling"]["slo"])
+    assert slo.time_to_first_token_seconds == 5
+    assert slo.replica_capacity is not None
 
 
 async def test_empty_and_nan_hold_replicas(prometheus: Prometheus, pods: list[FakeVLLM]) -> None:

@@ -1,4 +1,4 @@
-"""qwen-operator tune: one replica's capacity at the SLO from a load test's records."""
+"""qwen-operator tune: one replica's capacity at the SLO from a load test's records or a Prometheus range."""
 
 from __future__ import annotations
 
@@ -97,3 +97,42 @@ def test_a_test_that_never_met_the_slo_says_what_to_do(
     records.write_text("\n".join(json.dumps(r) for r in step(0, 60, missed=30)))
     assert cli.main(["tune", "--records", str(records)]) == 1
     assert "the lightest windows already missed the SLO" in capsys.readouterr().err
+
+
+def matrix(pods: dict[str, list[float]], **labels: str) -> list[dict[str, object]]:
+    """A range answer: per pod, one value a minute (at 60, 120, ...)."""
+    return [
+        {"metric": {"pod": pod, **labels}, "values": [[60.0 * (i + 1), str(v)] for i, v in enumerate(values)]}
+        for pod, values in pods.items()
+    ]
+
+
+def test_windows_from_a_prometheus_range_are_per_pod_and_histogram_shares() -> None:
+    """Two pods, three minutes: the token load is split over the pods that reported, the attainment is
+    the TTFT histogram's share within the bound (interpolated in its bucket), a NaN step is skipped."""
+    buckets = {  # le -> per minute, summed over the pods
+        "1.0": [100, 50, float("nan")],
+        "2.5": [100, 60, float("nan")],
+        "+Inf": [100, 100, float("nan")],
+    }
+    answers = {
+        "prompt_tokens": matrix({"a": [60_000, 90_000, 60_000], "b": [60_000, 90_000, 60_000]}),
+        "generation_tokens": matrix({"a": [12_000, 18_000, 12_000], "b": [12_000, 18_000, 12_000]}),
+        "ttft": [item for le, v in buckets.items() for item in matrix({"": v}, le=le)],
+    }
+    found = fit.from_prometheus(answers, 2.0, 60, A10G)
+    assert [(w.start, w.requests) for w in found] == [(0, 100), (60, 100)]
+    assert found[0].prompt_tokens_per_second == 2000
+    assert found[0].generation_tokens_per_second == 400
+    assert found[0].work == pytest.approx((2000 / A10G[0] + 400 / A10G[1]) / 2)
+    assert found[0].attainment == 1.0
+    assert found[1].attainment == pytest.approx((50 + 10 * (1.0 / 1.5)) / 100)
+    result = fit.fit(found, 99, A10G)
+    assert result.capacity == pytest.approx(found[0].work)
+
+
+def test_tune_from_prometheus_needs_the_service_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["tune", "--prometheus", "http://127.0.0.1:9"]) == 2
+    assert "--service NAMESPACE/NAME" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["tune", "--prometheus", "http://127.0.0.1:9", "--records", "x.jsonl"])

@@ -1,4 +1,5 @@
-"""``qwen-operator tune``: one replica's capacity at a latency SLO, fitted from a load test's records.
+"""``qwen-operator tune``: one replica's capacity at a latency SLO, fitted from a load test's records
+or from a running service's own metrics in Prometheus.
 
 Workflow (docs/autoscaling.md, "SLO mode"): load-test one replica with a stepped plan (the load kit's
 ``--plan`` and ``--records``), run ``qwen-operator tune --records FILE``, paste the block it prints into
@@ -6,6 +7,11 @@ the QwenService. The records are the kit's JSON lines (start, first token, end, 
 tokens, error). Each window of ``--window`` seconds gets its token load (prompt tokens of the requests
 whose first token came in it, output tokens of those that ended in it) and its SLO attainment (the
 share of the requests started in it whose first token came within the bound; failed requests miss).
+With ``--prometheus URL --service NAMESPACE/NAME --since 6h`` the windows come from the service's
+vLLM metrics instead, with the operator's own queries (deduplicated per engine): the increase of the
+token counters and of the time-to-first-token histogram over each window, the load divided by the
+pods that reported in it, the attainment interpolated inside the histogram's bucket (as
+``histogram_quantile`` does). A running service's range teaches only up to the busiest load it saw.
 The capacity is the highest load at which the windows at or below it, together, met the SLO (a
 percentile is a share of all requests, not of each window's); the first window that failed grossly (by
 twice the SLO's miss allowance) ends the test's useful part: what follows is overload and its backlog.
@@ -19,13 +25,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prometheus_api_client.exceptions import PrometheusApiClientException
+
 from qwen_operator.gpu_targets import seed_capacity
+from qwen_operator.metrics import PrometheusConfig, connect_prometheus, queries
+from qwen_operator.traffic import Histogram
 
 MIN_REQUESTS = 20  # a window with fewer requests says nothing about a percentile
 
@@ -87,6 +100,79 @@ def windows(
     return out
 
 
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """Seconds in ``90s``, ``30m``, ``6h`` or ``2d``."""
+    m = DURATION.match(text.strip())
+    if m is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 30m, 6h, 2d)")
+    return float(m[1]) * UNITS[m[2]]
+
+
+def from_prometheus(
+    answers: Mapping[str, Iterable[Mapping[str, Any]]],
+    bound: float,
+    seconds: float,
+    seed: tuple[float, float],
+) -> list[Window]:
+    """Windows from range answers (``prompt_tokens``, ``generation_tokens``, ``ttft``: per pod, each
+    value the increase over the ``seconds`` before its timestamp)."""
+    tokens: dict[str, dict[float, dict[tuple[str, str], float]]] = {
+        "prompt_tokens": {},
+        "generation_tokens": {},
+    }
+    buckets: dict[float, dict[float, float]] = {}
+    for name, series in answers.items():
+        for item in series:
+            labels = item.get("metric", {})
+            pod = (str(labels.get("namespace", "")), str(labels.get("pod", "")))
+            le = labels.get("le")
+            for at, text in item.get("values", ()):
+                value = float(text)
+                if not math.isfinite(value) or value < 0:
+                    continue
+                if name == "ttft" and le is not None:
+                    step = buckets.setdefault(float(at), {})
+                    step[float(le)] = step.get(float(le), 0.0) + value
+                elif name in tokens:
+                    tokens[name].setdefault(float(at), {})[pod] = value
+    out = []
+    for at in sorted(tokens["prompt_tokens"]):
+        per_pod = tokens["prompt_tokens"][at]
+        ttft = Histogram.of(buckets.get(at, {}))
+        share = ttft.share_within(bound) if ttft.valid() else None
+        if not per_pod or share is None:
+            continue
+        p = sum(per_pod.values()) / seconds
+        g = sum(tokens["generation_tokens"].get(at, {}).values()) / seconds
+        work = (p / seed[0] + g / seed[1]) / len(per_pod)
+        out.append(Window(at - seconds, round(ttft.count), p, g, share, work))
+    return out
+
+
+def query_prometheus(
+    config: PrometheusConfig,
+    namespace: str,
+    service: str,
+    since: float,
+    until: float,
+    seconds: float,
+    service_label: str = "serving_qwenops_io_service",
+) -> dict[str, list[dict[str, Any]]]:
+    """The range answers :func:`from_prometheus` reads, one step per window."""
+    client = connect_prometheus(config, 30.0)
+    match = f'namespace="{namespace}",{service_label}="{service}"'
+    found = queries(service_label, f"{seconds:g}s", match)
+    start, end = datetime.fromtimestamp(since, UTC), datetime.fromtimestamp(until, UTC)
+    return {
+        name: client.custom_query_range(found[name], start_time=start, end_time=end, step=f"{seconds:g}")
+        for name in ("prompt_tokens", "generation_tokens", "ttft")
+    }
+
+
 def fit(found: Sequence[Window], percentile: float, seed: tuple[float, float]) -> Fit:
     """The highest load at which the requests of all windows at or below it, together, met the SLO;
     windows from the first gross failure on (the overload, and the backlog it leaves) are left out."""
@@ -137,15 +223,31 @@ def report(result: Fit) -> str:
     return "\n".join(rows)
 
 
-def cmd_tune(args: argparse.Namespace) -> int:
-    path = Path(args.records)
-    try:
+def _found(args: argparse.Namespace, seed: tuple[float, float]) -> list[Window]:
+    if args.records:
+        path = Path(args.records)
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, ValueError) as exc:
-        print(f"tune: {path}: {exc}", file=sys.stderr)
-        return 2
+        return windows(records, args.ttft, args.window, seed, args.replicas)
+    namespace, _, name = (args.service or "").partition("/")
+    if not namespace or not name:
+        raise ValueError("--prometheus needs --service NAMESPACE/NAME")
+    token = Path(args.bearer_token_file).read_text().strip() if args.bearer_token_file else None
+    config = PrometheusConfig(url=args.prometheus, bearer_token=token, ca_file=args.ca_file)
+    until = time.time()
+    answers = query_prometheus(config, namespace, name, until - args.since, until, args.window)
+    found = from_prometheus(answers, args.ttft, args.window, seed)
+    if not found:
+        raise ValueError(f"Prometheus has no traffic of {args.service} in the last {args.since:g} s")
+    return found
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
     seed = seed_capacity(args.gpu_product)
-    found = windows(records, args.ttft, args.window, seed, args.replicas)
+    try:
+        found = _found(args, seed)
+    except (OSError, ValueError, PrometheusApiClientException) as exc:
+        print(f"tune: {exc}", file=sys.stderr)
+        return 2
     result = fit(found, args.percentile, seed)
     print(report(result), file=sys.stderr)
     if result.capacity is None or not math.isfinite(result.capacity):
@@ -171,7 +273,15 @@ def add_tune(sub: Any) -> None:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    t.add_argument("--records", required=True, help="the load kit's JSON lines (--records)")
+    source = t.add_mutually_exclusive_group(required=True)
+    source.add_argument("--records", help="the load kit's JSON lines (--records)")
+    source.add_argument("--prometheus", help="or: the URL of a Prometheus that scrapes the service's pods")
+    t.add_argument("--service", help="with --prometheus: NAMESPACE/NAME of the QwenService")
+    t.add_argument(
+        "--since", type=duration, default=duration("6h"), help="with --prometheus: how far back (30m, 6h, 2d)"
+    )
+    t.add_argument("--bearer-token-file", help="with --prometheus: a file holding a bearer token")
+    t.add_argument("--ca-file", help="with --prometheus: the CA bundle of its TLS certificate")
     t.add_argument("--ttft", type=float, default=2.0, help="the time-to-first-token bound, seconds")
     t.add_argument("--percentile", type=float, default=99.0, help="the share of requests that must meet it")
     t.add_argument("--window", type=float, default=60.0, help="seconds per window")
