@@ -301,6 +301,16 @@ def _pod_errors(pod: dict[str, Any]) -> list[str]:
             errors.append(f"toleration key {tol['key']!r}")
         if tol.get("operator", "Equal") == "Equal" and not is_label_value(tol.get("value", "")):
             errors.append(f"toleration value {tol.get('value')!r}")
+    for c in pod.get("topologySpreadConstraints", []):
+        if c.get("maxSkew", 0) < 1:
+            errors.append(f"topologySpreadConstraint {c}: maxSkew must be at least 1")
+        if not is_qualified_name(c.get("topologyKey", "")):
+            errors.append(f"topologySpreadConstraint {c}: topologyKey")
+        if c.get("whenUnsatisfiable") not in ("DoNotSchedule", "ScheduleAnyway"):
+            errors.append(f"topologySpreadConstraint {c}: whenUnsatisfiable")
+        if "minDomains" in c and (c["minDomains"] < 1 or c.get("whenUnsatisfiable") != "DoNotSchedule"):
+            errors.append(f"topologySpreadConstraint {c}: minDomains needs DoNotSchedule and >= 1")
+        errors += _selector_errors(c.get("labelSelector") or {})
     for field in ("runtimeClassName", "priorityClassName", "serviceAccountName"):
         if field in pod and not is_dns_subdomain(pod[field]):
             errors.append(f"{field} {pod[field]!r}")
@@ -328,8 +338,22 @@ def api_server_errors(obj: dict[str, Any]) -> list[str]:
     if obj["kind"] == "Service" and not is_dns_label(meta["name"]):
         errors.append(f"Service name {meta['name']!r}")
     if obj["kind"] == "Deployment":
-        errors += _pod_errors(obj["spec"]["template"]["spec"])
+        template = obj["spec"]["template"]
+        errors += _pod_errors(template["spec"])
         errors += _selector_errors(obj["spec"]["selector"])
+        errors += _selector_errors({"matchLabels": template["metadata"].get("labels", {})})
+        errors += [
+            f"annotation {k!r}"
+            for k in template["metadata"].get("annotations", {})
+            if not is_qualified_name(k)
+        ]
+        rolling = obj["spec"]["strategy"].get("rollingUpdate", {})
+        if rolling.get("maxSurge") == 0 and rolling.get("maxUnavailable") == 0:
+            errors.append("strategy: maxSurge and maxUnavailable may not both be 0")
+    if obj["kind"] == "PodDisruptionBudget":
+        errors += _selector_errors(obj["spec"]["selector"])
+        if obj["spec"].get("maxUnavailable", 0) < 0:
+            errors.append("maxUnavailable must be >= 0")
     if obj["kind"] == "NetworkPolicy":
         errors += _selector_errors(obj["spec"]["podSelector"])
         for rule in obj["spec"].get("ingress", []):

@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from qwen_operator import vllm_flags
+from qwen_operator import labels, vllm_flags
 from qwen_operator.gpu_targets import (
     DEFAULT_CAPACITY,
     DEFAULT_CONCURRENCY,
@@ -485,10 +485,52 @@ LabelMap = Annotated[
 ]
 
 
+class TopologySpread(_Model):
+    """A topologySpreadConstraint over this service's own pods (its label selector is filled in)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "!has(self.minDomains) || self.whenUnsatisfiable == 'DoNotSchedule'",
+                "minDomains needs whenUnsatisfiable DoNotSchedule",
+            )
+        )
+    )
+    topology_key: str = Field(
+        max_length=317,
+        pattern=QUALIFIED_NAME_PATTERN,
+        description="The node label whose values are the domains, e.g. topology.kubernetes.io/zone.",
+    )
+    max_skew: int = Field(
+        default=1, ge=1, le=1000, description="Most replicas one domain may have over another."
+    )
+    when_unsatisfiable: Literal["ScheduleAnyway", "DoNotSchedule"] = Field(
+        default="ScheduleAnyway",
+        description=(
+            "ScheduleAnyway (the default here) prefers spreading; DoNotSchedule leaves a replica Pending "
+            "rather than skew, which on a few GPU nodes can stall a scale-up."
+        ),
+    )
+    min_domains: int | None = Field(default=None, ge=1, le=1000, description="With DoNotSchedule only.")
+    node_affinity_policy: Literal["Honor", "Ignore"] | None = None
+    node_taints_policy: Literal["Honor", "Ignore"] | None = None
+
+    @model_validator(mode="after")
+    def _min_domains(self) -> TopologySpread:
+        if self.min_domains is not None and self.when_unsatisfiable != "DoNotSchedule":
+            raise ValueError("minDomains needs whenUnsatisfiable DoNotSchedule")
+        return self
+
+
 class SchedulingSpec(_Model):
     node_selector: LabelMap = Field(default_factory=dict, description="Node labels the pods need.")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     affinity: dict[str, Any] | None = Field(default=None, description="A Kubernetes Affinity.")
+    topology_spread_constraints: list[TopologySpread] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Spread the replicas over zones or nodes; each applies to this service's pods only.",
+    )
     runtime_class_name: ObjectName | None = Field(default=None)
     priority_class_name: ObjectName | None = Field(default=None)
     service_account_name: ObjectName | None = Field(default=None)
@@ -506,6 +548,98 @@ class SecuritySpec(_Model):
     )
     read_only_root_filesystem: bool = Field(
         default=True, description="Root filesystem read-only; /tmp and the cache are writable volumes."
+    )
+
+
+def _annotation_keys(value: dict[str, str]) -> dict[str, str]:
+    return _label_keys(value)  # the same syntax: an optional DNS-subdomain prefix and '/', a name
+
+
+def _unreserved(what: str, reserved: frozenset[str]) -> Any:
+    def check(value: dict[str, str]) -> dict[str, str]:
+        taken = sorted(k for k in value if k in reserved or k.startswith(f"{GROUP}/"))
+        if taken:
+            raise ValueError(f"{', '.join(map(repr, taken))}: the operator sets these {what} itself")
+        return value
+
+    return AfterValidator(check)
+
+
+RESERVED_LABELS = frozenset(labels.common_labels("x"))
+RESERVED_ANNOTATIONS = frozenset(
+    {
+        "prometheus.io/scrape",
+        "prometheus.io/port",
+        "prometheus.io/path",
+        labels.SPEC_HASH_ANNOTATION,
+        labels.POD_DELETION_COST_ANNOTATION,
+    }
+)
+AnnotationMap = Annotated[
+    dict[str, Annotated[str, Field(max_length=4096)]],
+    AfterValidator(_annotation_keys),
+    Field(max_length=32, json_schema_extra={"maxProperties": 32}),
+]
+
+
+class PodMetadataSpec(_Model):
+    labels: Annotated[LabelMap, _unreserved("labels", RESERVED_LABELS)] = Field(
+        default_factory=dict,
+        description="More labels on the vLLM pods (cost labels, mesh opt-ins). Not the operator's own.",
+    )
+    annotations: Annotated[AnnotationMap, _unreserved("annotations", RESERVED_ANNOTATIONS)] = Field(
+        default_factory=dict,
+        description=(
+            "More annotations on the vLLM pods, e.g. karpenter.sh/do-not-disrupt or sidecar injection. "
+            "Changing them rolls the pods."
+        ),
+    )
+
+
+class RolloutSpec(_Model):
+    """How a spec change replaces the pods (the Deployment's RollingUpdate)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            ("self.maxSurge > 0 || self.maxUnavailable > 0", "maxSurge and maxUnavailable cannot both be 0")
+        )
+    )
+    max_surge: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Extra pods (and their GPUs) a rollout may start above the replica count.",
+    )
+    max_unavailable: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description=(
+            "Pods a rollout may take down before their replacements are ready. With no spare GPU in the "
+            "cluster, set maxSurge 0 and maxUnavailable 1."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _moves(self) -> RolloutSpec:
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError("maxSurge and maxUnavailable cannot both be 0")
+        return self
+
+
+class DisruptionBudgetSpec(_Model):
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "A PodDisruptionBudget for the vLLM pods, so that a node drain evicts them one at a time. It "
+            "does not hold back the scaler (a scale-down deletes pods, it does not evict them)."
+        ),
+    )
+    max_unavailable: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Pods evictions may take down at once (at least 1, so that a drain can finish).",
     )
 
 
@@ -790,6 +924,11 @@ class QwenServiceSpec(_Model):
     resources: ResourcesSpec = _section(ResourcesSpec, "GPUs, CPU and memory per replica.")
     scheduling: SchedulingSpec = _section(SchedulingSpec, "Where the pods may run.")
     security: SecuritySpec = _section(SecuritySpec, "The pods' security context.")
+    pod_metadata: PodMetadataSpec = _section(PodMetadataSpec, "More labels and annotations on the vLLM pods.")
+    rollout: RolloutSpec = _section(RolloutSpec, "How a spec change replaces the pods.")
+    disruption_budget: DisruptionBudgetSpec = _section(
+        DisruptionBudgetSpec, "A PodDisruptionBudget for the vLLM pods (on by default)."
+    )
     api_key_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key with the API key clients must send (vLLM --api-key)."
     )

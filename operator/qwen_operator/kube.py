@@ -47,6 +47,7 @@ PODS = Resource("", "v1", "pods")
 EVENTS = Resource("", "v1", "events")
 SECRETS = Resource("", "v1", "secrets")
 NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
+PODDISRUPTIONBUDGETS = Resource("policy", "v1", "poddisruptionbudgets")
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
 
 
@@ -78,6 +79,12 @@ API_CALLS: tuple[ApiCall, ...] = (
         "networkpolicies",
         ("get", "create", "patch", "delete"),
         "the vLLM pods' NetworkPolicy (spec.networkPolicy); deleted only when owned and switched off",
+    ),
+    ApiCall(
+        "policy",
+        "poddisruptionbudgets",
+        ("get", "create", "patch", "delete"),
+        "the vLLM pods' PodDisruptionBudget (spec.disruptionBudget); deleted only when owned and off",
     ),
     ApiCall(
         "",

@@ -2,8 +2,9 @@
 
 Level-based: it reads what exists, compares it with what the spec renders, writes only what differs,
 and computes the status. It deletes only what this QwenService made and no longer asks for (its
-NetworkPolicy), and never touches an object it does not own. kopf-free (the handlers post the returned
-events), so it runs in unit tests against a fake :class:`~qwen_operator.kube.ClusterAPI`.
+NetworkPolicy or PodDisruptionBudget), and never touches an object it does not own. kopf-free (the
+handlers post the returned events), so it runs in unit tests against a fake
+:class:`~qwen_operator.kube.ClusterAPI`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from qwen_operator import api, render, status, validation
 from qwen_operator.kube import (
     DEPLOYMENTS,
     NETWORKPOLICIES,
+    PODDISRUPTIONBUDGETS,
     SERVICES,
     ClusterAPI,
     Resource,
@@ -86,26 +88,32 @@ async def _remove_owned(
     outcome.events.append(Event("Normal", "Deleted", f"Deleted {kind} {svc.name} (no longer in the spec)"))
 
 
-async def _network_policy(
-    cluster: ClusterAPI, svc: api.QwenService, outcome: Outcome, problems: list[status.Problem]
+async def _optional(
+    cluster: ClusterAPI,
+    res: Resource,
+    kind: str,
+    desired: dict[str, Any] | None,
+    svc: api.QwenService,
+    outcome: Outcome,
+    problems: list[status.Problem],
 ) -> None:
-    """Create or update the NetworkPolicy the spec asks for, or remove the one this service made. An
-    operator whose RBAC predates NetworkPolicies says so in the status instead of failing the rest."""
-    policy = render.render_network_policy(svc)
+    """Create or update an object the spec may ask for (a NetworkPolicy, a PodDisruptionBudget), or
+    remove the one this service made when it no longer does. An operator whose RBAC predates the kind
+    says so in the status instead of failing the rest."""
     try:
-        if policy is not None:
-            await _apply(cluster, NETWORKPOLICIES, policy, svc, outcome, problems)
+        if desired is not None:
+            await _apply(cluster, res, desired, svc, outcome, problems)
         else:
-            await _remove_owned(cluster, NETWORKPOLICIES, "NetworkPolicy", svc, outcome)
+            await _remove_owned(cluster, res, kind, svc, outcome)
     except Exception as exc:
         if not is_forbidden(exc):
             raise
-        if policy is not None:  # with none asked for, not being able to look is no problem
+        if desired is not None:  # with none asked for, not being able to look is no problem
             problems.append(
                 status.Problem(
-                    "NetworkPolicyForbidden",
-                    "the operator may not manage NetworkPolicies, so none protects this service: grant it "
-                    "networkpolicies get/create/patch/delete (the Helm chart's RBAC does)",
+                    f"{kind}Forbidden",
+                    f"the operator may not manage {kind}s, so this service has none: grant it {res.plural} "
+                    "get/create/patch/delete (the Helm chart's RBAC does)",
                 )
             )
 
@@ -168,7 +176,13 @@ async def reconcile(
         step = "Service"
         await _apply(cluster, SERVICES, render.render_service(svc), svc, outcome, problems)
         step = "NetworkPolicy"
-        await _network_policy(cluster, svc, outcome, problems)
+        await _optional(
+            cluster, NETWORKPOLICIES, step, render.render_network_policy(svc), svc, outcome, problems
+        )
+        step = "PodDisruptionBudget"
+        await _optional(
+            cluster, PODDISRUPTIONBUDGETS, step, render.render_disruption_budget(svc), svc, outcome, problems
+        )
     except Exception as exc:
         message = refusal(exc)
         if message is None:  # busy, failing or away: say so, and let the caller retry

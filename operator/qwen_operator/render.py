@@ -238,6 +238,8 @@ def pod_template(svc: api.QwenService) -> dict[str, Any]:
         pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in sched.tolerations]
     if sched.affinity:
         pod["affinity"] = sched.affinity
+    if sched.topology_spread_constraints:
+        pod["topologySpreadConstraints"] = [_spread(svc, c) for c in sched.topology_spread_constraints]
     for field, key in (
         (sched.runtime_class_name, "runtimeClassName"),
         (sched.priority_class_name, "priorityClassName"),
@@ -247,10 +249,12 @@ def pod_template(svc: api.QwenService) -> dict[str, Any]:
             pod[key] = field
     if spec.engine.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": name} for name in spec.engine.image_pull_secrets]
+    extra = spec.pod_metadata  # the model refuses the operator's own keys
     return {
         "metadata": {
-            "labels": labels.common_labels(svc.name),
+            "labels": {**extra.labels, **labels.common_labels(svc.name)},
             "annotations": {
+                **extra.annotations,
                 "prometheus.io/scrape": "true",
                 "prometheus.io/port": str(api.VLLM_PORT),
                 "prometheus.io/path": "/metrics",
@@ -258,6 +262,24 @@ def pod_template(svc: api.QwenService) -> dict[str, Any]:
         },
         "spec": pod,
     }
+
+
+def _spread(svc: api.QwenService, c: api.TopologySpread) -> dict[str, Any]:
+    """One topologySpreadConstraint, over this service's pods."""
+    out: dict[str, Any] = {
+        "maxSkew": c.max_skew,
+        "topologyKey": c.topology_key,
+        "whenUnsatisfiable": c.when_unsatisfiable,
+        "labelSelector": {"matchLabels": labels.selector_labels(svc.name)},
+    }
+    for value, key in (
+        (c.min_domains, "minDomains"),
+        (c.node_affinity_policy, "nodeAffinityPolicy"),
+        (c.node_taints_policy, "nodeTaintsPolicy"),
+    ):
+        if value is not None:
+            out[key] = value
+    return out
 
 
 def spec_hash(obj: Any) -> str:
@@ -314,7 +336,13 @@ def render_deployment(svc: api.QwenService) -> dict[str, Any]:
         "spec": {
             "replicas": initial_replicas(svc),
             "selector": {"matchLabels": labels.selector_labels(svc.name)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {
+                    "maxSurge": svc.spec.rollout.max_surge,
+                    "maxUnavailable": svc.spec.rollout.max_unavailable,
+                },
+            },
             "revisionHistoryLimit": 3,
             "progressDeadlineSeconds": svc.spec.engine.startup_timeout_seconds
             + PROGRESS_DEADLINE_MARGIN_SECONDS,
@@ -370,10 +398,31 @@ def render_network_policy(svc: api.QwenService) -> dict[str, Any] | None:
     }
 
 
+def render_disruption_budget(svc: api.QwenService) -> dict[str, Any] | None:
+    """A PodDisruptionBudget over the vLLM pods, or None when the spec turns it off. Evictions (a node
+    drain, a cluster autoscaler's consolidation) take at most ``maxUnavailable`` pods at once; a pod that
+    is not Ready (loading weights, crash-looping) serves nothing, so it may always be evicted and never
+    blocks a drain (``unhealthyPodEvictionPolicy: AlwaysAllow``). A scale-down deletes pods through the
+    ReplicaSet and is not held back."""
+    budget = svc.spec.disruption_budget
+    if not budget.enabled:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(svc),
+        "spec": {
+            "maxUnavailable": budget.max_unavailable,
+            "selector": {"matchLabels": labels.selector_labels(svc.name)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
 def endpoint(svc: api.QwenService) -> str:
     return f"http://{svc.name}.{svc.namespace}.svc:{svc.spec.service.port}/v1"
 
 
 def render_all(svc: api.QwenService) -> list[dict[str, Any]]:
-    policy = render_network_policy(svc)
-    return [render_deployment(svc), render_service(svc), *([policy] if policy else [])]
+    optional = (render_network_policy(svc), render_disruption_budget(svc))
+    return [render_deployment(svc), render_service(svc), *(o for o in optional if o is not None)]

@@ -9,6 +9,7 @@ import pytest
 
 from qwen_operator import labels
 from qwen_tools.emulator import NETWORKPOLICIES as NETPOL
+from qwen_tools.emulator import PDBS
 from qwen_tools.emulator import Emulator
 from tests.integration.conftest import DEPLOY, EVENTS, QSVC, SERVICE, eventually
 from tests.k8s import validate_k8s
@@ -406,3 +407,32 @@ async def test_network_policy_follows_the_spec_and_only_its_own_is_removed(emula
     await eventually(lambda: emulator.get(DEPLOY, NS, "other"), what="the other Deployment")
     await asyncio.sleep(1)
     assert emulator.get(NETPOL, NS, "other") is not None
+
+
+async def test_the_disruption_budget_and_pod_hooks_reach_the_cluster(emulator, operator):
+    """A new service gets a PodDisruptionBudget (one pod evicted at a time) and the pod labels,
+    annotations, spread and rollout strategy it asks for; switched off, the budget goes."""
+    await emulator.put(
+        QSVC,
+        qsvc(
+            podMetadata={"annotations": {"karpenter.sh/do-not-disrupt": "true"}, "labels": {"team": "ml"}},
+            scheduling={"topologySpreadConstraints": [{"topologyKey": "topology.kubernetes.io/zone"}]},
+            rollout={"maxSurge": 0, "maxUnavailable": 1},
+        ),
+    )
+    budget = await eventually(lambda: emulator.get(PDBS, NS, "qwen"), what="the PodDisruptionBudget")
+    validate_k8s(budget)
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"] == {"matchLabels": labels.selector_labels("qwen")}
+    dep = emulator.get(DEPLOY, NS, "qwen")
+    assert dep is not None
+    template = dep["spec"]["template"]
+    assert template["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
+    assert template["metadata"]["labels"]["team"] == "ml"
+    assert template["spec"]["topologySpreadConstraints"][0]["labelSelector"] == {
+        "matchLabels": labels.selector_labels("qwen")
+    }
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+
+    await emulator.patch(QSVC, NS, "qwen", {"spec": {"disruptionBudget": {"enabled": False}}})
+    await eventually(lambda: emulator.get(PDBS, NS, "qwen") is None, what="its budget removed")

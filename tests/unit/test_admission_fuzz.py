@@ -105,6 +105,24 @@ TOLERATIONS = st.fixed_dictionaries(
         "tolerationSeconds": st.integers(-10, 10),
     },
 )
+SPREAD = st.fixed_dictionaries(
+    {"topologyKey": LABEL_KEYS},
+    optional={
+        "maxSkew": st.integers(-1, 3),
+        "whenUnsatisfiable": st.sampled_from(["DoNotSchedule", "ScheduleAnyway", "Never"]),
+        "minDomains": st.integers(-1, 3),
+        "nodeAffinityPolicy": st.sampled_from(["Honor", "Ignore", "honor"]),
+        "nodeTaintsPolicy": st.sampled_from(["Honor", "Ignore"]),
+    },
+)
+
+
+def reserved_or(keys: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly ``keys``; sometimes a key the operator sets itself on its pods."""
+    reserved = ["app.kubernetes.io/instance", "serving.qwenops.io/x", "prometheus.io/port"]
+    return st.one_of(keys, st.sampled_from(reserved))
+
+
 KEY_REF = st.fixed_dictionaries({"name": NAMES, "key": KEYS})
 VALUE_FROM = st.fixed_dictionaries(
     {},
@@ -196,7 +214,23 @@ SPECS = st.fixed_dictionaries(
                 "runtimeClassName": NAMES,
                 "priorityClassName": NAMES,
                 "serviceAccountName": NAMES,
+                "topologySpreadConstraints": st.lists(SPREAD, max_size=2),
             },
+        ),
+        "podMetadata": st.fixed_dictionaries(
+            {},
+            optional={
+                "labels": st.dictionaries(reserved_or(LABEL_KEYS), LABEL_VALUES, max_size=2),
+                "annotations": st.dictionaries(
+                    reserved_or(LABEL_KEYS), st.text(alphabet='ab \n"', max_size=8), max_size=2
+                ),
+            },
+        ),
+        "rollout": st.fixed_dictionaries(
+            {}, optional={"maxSurge": st.integers(-1, 2), "maxUnavailable": st.integers(-1, 2)}
+        ),
+        "disruptionBudget": st.fixed_dictionaries(
+            {}, optional={"enabled": st.booleans(), "maxUnavailable": st.integers(-1, 2)}
         ),
         "security": st.fixed_dictionaries(
             {}, optional={"runAsUser": _edgy([0, 1000, 2**31 - 1], [2**31, 2**32, -1], "")}

@@ -18,7 +18,8 @@ def test_render_prints_valid_objects_for_every_example(capsys):
     objects = list(yaml.safe_load_all(capsys.readouterr().out))
     kinds = [o["kind"] for o in objects]
     assert kinds.count("Deployment") == kinds.count("Service") == len(EXAMPLES)
-    assert set(kinds) == {"Deployment", "Service", "NetworkPolicy"}  # the AWQ example asks for one
+    # The AWQ example asks for a NetworkPolicy; every one gets a PodDisruptionBudget by default.
+    assert set(kinds) == {"Deployment", "Service", "NetworkPolicy", "PodDisruptionBudget"}
     for obj in objects:
         validate_k8s(obj)
         assert api_server_errors(obj) == []

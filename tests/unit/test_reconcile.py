@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from qwen_operator import objects, reconcile, render
+from qwen_operator import labels, objects, reconcile, render
 from qwen_operator.kube import DEPLOYMENTS, QWENSERVICES, SERVICES, Resource
 from qwen_operator.validation import Policy, parse
 
@@ -46,12 +46,21 @@ class FakeCluster:
         self.writes.append(("status" if sub else "merge", res.plural))
         return {}
 
+    async def delete(self, res: Resource, namespace: str, name: str, uid: str | None = None) -> None:
+        self.writes.append(("delete", res.plural))
+        del self.objects[(res.plural, namespace, name)]
 
-async def test_first_reconcile_creates_both_then_a_second_writes_nothing(minimal):
+
+async def test_first_reconcile_creates_all_then_a_second_writes_nothing(minimal):
     cluster = FakeCluster()
     out = await reconcile.reconcile(cluster, minimal, NOW)
-    assert cluster.writes == [("create", "deployments"), ("create", "services"), ("status", "qwenservices")]
-    assert [e.reason for e in out.events] == ["Created", "Created"]
+    assert cluster.writes == [
+        ("create", "deployments"),
+        ("create", "services"),
+        ("create", "poddisruptionbudgets"),  # on by default
+        ("status", "qwenservices"),
+    ]
+    assert [e.reason for e in out.events] == ["Created", "Created", "Created"]
 
     cluster.writes.clear()
     again = dict(minimal, status=out.status)
@@ -200,4 +209,48 @@ async def test_hostpath_is_refused_without_the_admin_s_policy(minimal):
     assert cluster.writes == [("status", "qwenservices")]
     assert "QWEN_OPERATOR_ALLOW_HOST_PATH" in out.events[0].message
     allowed = await reconcile.reconcile(FakeCluster(), body, NOW, Policy(allow_host_path=True))
-    assert [e.reason for e in allowed.events] == ["Created", "Created"]
+    assert [e.reason for e in allowed.events] == ["Created", "Created", "Created"]
+
+
+async def test_the_disruption_budget_follows_the_spec_and_only_its_own_is_removed(minimal):
+    """On by default (one pod at a time); maxUnavailable changes are patched; switched off, the budget
+    this service made is deleted, while one of the same name that someone else made is left alone."""
+    cluster = FakeCluster()
+    await reconcile.reconcile(cluster, minimal, NOW)
+    budget = cluster.objects[("poddisruptionbudgets", "ml", "qwen")]
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == labels.selector_labels("qwen")
+    wider = copy.deepcopy(minimal)
+    wider["spec"]["disruptionBudget"] = {"maxUnavailable": 2}
+    out = await reconcile.reconcile(cluster, wider, NOW)
+    assert cluster.objects[("poddisruptionbudgets", "ml", "qwen")]["spec"]["maxUnavailable"] == 2
+    assert "Updated PodDisruptionBudget qwen: maxUnavailable" in [e.message for e in out.events]
+
+    off = copy.deepcopy(minimal)
+    off["spec"]["disruptionBudget"] = {"enabled": False}
+    cluster.objects[("poddisruptionbudgets", "ml", "qwen")]["metadata"]["uid"] = "pdb-1"
+    out = await reconcile.reconcile(cluster, off, NOW)
+    assert ("poddisruptionbudgets", "ml", "qwen") not in cluster.objects
+    assert "Deleted PodDisruptionBudget qwen (no longer in the spec)" in [e.message for e in out.events]
+
+    theirs = FakeCluster()
+    foreign = {"metadata": {"name": "qwen", "namespace": "ml", "uid": "x"}, "spec": {"minAvailable": 3}}
+    theirs.objects[("poddisruptionbudgets", "ml", "qwen")] = foreign
+    out = await reconcile.reconcile(theirs, minimal, NOW)
+    assert theirs.objects[("poddisruptionbudgets", "ml", "qwen")] == foreign, "someone else's budget changed"
+    assert "ResourceConflict" in [e.reason for e in out.events]
+    await reconcile.reconcile(theirs, off, NOW)
+    assert ("poddisruptionbudgets", "ml", "qwen") in theirs.objects, "deleted a budget it did not make"
+
+
+async def test_a_disruption_budget_the_rbac_forbids_is_a_problem_not_a_failure(minimal):
+    cluster = Refusing("poddisruptionbudgets", 403)
+    out = await reconcile.reconcile(cluster, minimal, NOW)
+    assert out.status is not None
+    assert ("create", "deployments") in cluster.writes, "the rest is still reconciled"
+    (event,) = [e for e in out.events if e.reason == "PodDisruptionBudgetForbidden"]
+    assert "poddisruptionbudgets get/create/patch/delete" in event.message
+    off = copy.deepcopy(minimal)
+    off["spec"]["disruptionBudget"] = {"enabled": False}
+    quiet = await reconcile.reconcile(Refusing("poddisruptionbudgets", 403), off, NOW)
+    assert "PodDisruptionBudgetForbidden" not in [e.reason for e in quiet.events]

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from qwen_operator import api, labels, render
-from qwen_operator.validation import parse
+from qwen_operator.validation import InvalidSpec, parse
 from qwen_operator.vllm_options import OPTIONS
 from tests.conftest import DATA, load_examples
 from tests.k8s import validate_k8s
@@ -211,7 +211,7 @@ def test_probes_fit_a_slow_model_load_and_drain_is_graceful(minimal):
 
 def test_metadata_labels_selector_and_scrape_annotations(minimal):
     svc = make(minimal)
-    dep, service = render.render_all(svc)
+    dep, service, _budget = render.render_all(svc)
     for obj in (dep, service):
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "qwen-operator"
         assert obj["metadata"]["labels"][labels.SERVICE_LABEL] == "qwen"
@@ -305,8 +305,97 @@ def test_a_spec_with_every_field_renders_valid_objects(minimal):
                     }
                 }
             },
+            "topologySpreadConstraints": [
+                {"topologyKey": "topology.kubernetes.io/zone"},
+                {
+                    "topologyKey": "kubernetes.io/hostname",
+                    "maxSkew": 2,
+                    "whenUnsatisfiable": "DoNotSchedule",
+                    "minDomains": 2,
+                    "nodeAffinityPolicy": "Honor",
+                    "nodeTaintsPolicy": "Ignore",
+                },
+            ],
         },
         service={"type": "LoadBalancer", "port": 80},
+        podMetadata={"labels": {"team": "ml"}, "annotations": {"karpenter.sh/do-not-disrupt": "true"}},
+        rollout={"maxSurge": 0, "maxUnavailable": 1},
+        disruptionBudget={"maxUnavailable": 2},
     )
-    for obj in render.render_all(svc):
+    rendered = render.render_all(svc)
+    assert [o["kind"] for o in rendered] == ["Deployment", "Service", "PodDisruptionBudget"]
+    for obj in rendered:
         validate_k8s(obj)
+
+
+def test_pod_hooks_reach_the_pods_and_leave_the_operator_s_own_keys_alone(minimal):
+    """podMetadata, topology spread, the rollout strategy and the disruption budget, as a user sets them:
+    the extra labels and annotations land on the pod template (not the selector), the spread counts only
+    this service's pods, and a rollout without spare GPUs (maxSurge 0) takes one pod down first."""
+    svc = make(
+        minimal,
+        podMetadata={"labels": {"team": "ml"}, "annotations": {"karpenter.sh/do-not-disrupt": "true"}},
+        scheduling={"topologySpreadConstraints": [{"topologyKey": "topology.kubernetes.io/zone"}]},
+        rollout={"maxSurge": 0, "maxUnavailable": 1},
+    )
+    dep = render.render_deployment(svc)
+    meta = dep["spec"]["template"]["metadata"]
+    assert meta["labels"]["team"] == "ml"
+    assert meta["labels"].items() >= labels.common_labels("qwen").items()
+    assert "team" not in dep["spec"]["selector"]["matchLabels"], (
+        "the selector is immutable: never user labels"
+    )
+    assert meta["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
+    assert meta["annotations"]["prometheus.io/scrape"] == "true"
+    (spread,) = dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread == {
+        "maxSkew": 1,
+        "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": labels.selector_labels("qwen")},
+    }
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    # Changing the pods' annotations rolls them; the budget is not part of the pod template.
+    plain = render.render_deployment(make(minimal))
+    assert plain["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert dep["metadata"]["annotations"] != plain["metadata"]["annotations"]
+    budget = render.render_disruption_budget(make(minimal))
+    assert budget is not None
+    assert budget["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": labels.selector_labels("qwen")},
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+    }
+    assert render.render_disruption_budget(make(minimal, disruptionBudget={"enabled": False})) is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"podMetadata": {"labels": {"app.kubernetes.io/instance": "other"}}},
+            "the operator sets these labels",
+        ),
+        ({"podMetadata": {"labels": {"serving.qwenops.io/service": "x"}}}, "the operator sets these labels"),
+        (
+            {"podMetadata": {"annotations": {"prometheus.io/port": "9"}}},
+            "the operator sets these annotations",
+        ),
+        (
+            {"podMetadata": {"annotations": {"controller.kubernetes.io/pod-deletion-cost": "9"}}},
+            "the operator sets these annotations",
+        ),
+        ({"podMetadata": {"annotations": {"bad key!": "x"}}}, "is not a label key"),
+        ({"rollout": {"maxSurge": 0, "maxUnavailable": 0}}, "cannot both be 0"),
+        ({"disruptionBudget": {"maxUnavailable": 0}}, "greater than or equal to 1"),
+        (
+            {"scheduling": {"topologySpreadConstraints": [{"topologyKey": "zone", "minDomains": 2}]}},
+            "minDomains needs whenUnsatisfiable DoNotSchedule",
+        ),
+    ],
+)
+def test_pod_hooks_refuse_what_would_break_the_service(minimal, spec, message):
+    body = copy.deepcopy(minimal)
+    body["spec"].update(spec)
+    with pytest.raises(InvalidSpec, match=message):
+        parse(body)

@@ -496,6 +496,7 @@ EVENTS = "v1/events"
 PODS = "v1/pods"
 SECRETS = "v1/secrets"
 NETWORKPOLICIES = "networking.k8s.io/v1/networkpolicies"
+PDBS = "policy/v1/poddisruptionbudgets"
 LEASES = "coordination.k8s.io/v1/leases"
 
 
@@ -518,6 +519,7 @@ def declare(emulator: Emulator) -> None:
     res[EVENTS] = kmock.ResourceInfo(kind="Event", namespaced=True, verbs=verbs)
     res[SECRETS] = kmock.ResourceInfo(kind="Secret", namespaced=True, verbs=verbs)
     res[NETWORKPOLICIES] = kmock.ResourceInfo(kind="NetworkPolicy", namespaced=True, verbs=verbs)
+    res[PDBS] = kmock.ResourceInfo(kind="PodDisruptionBudget", namespaced=True, verbs=verbs)
     res[LEASES] = kmock.ResourceInfo(kind="Lease", namespaced=True, verbs=verbs)
     res["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock.ResourceInfo(
         kind="CustomResourceDefinition", namespaced=False, verbs={"get", "list", "watch"}

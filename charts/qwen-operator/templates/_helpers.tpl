@@ -70,6 +70,9 @@ app.kubernetes.io/part-of: qwen-operator
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "create", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "create", "patch", "delete"]
 {{- end -}}
 
 {{/* Namespaces where the operator may read the Secrets QwenServices name as Prometheus credentials:
