@@ -9,8 +9,7 @@ import pytest
 
 from qwen_operator import labels
 from qwen_tools.emulator import NETWORKPOLICIES as NETPOL
-from qwen_tools.emulator import PDBS
-from qwen_tools.emulator import Emulator
+from qwen_tools.emulator import PDBS, Emulator
 from tests.integration.conftest import DEPLOY, EVENTS, QSVC, SERVICE, eventually
 from tests.k8s import validate_k8s
 
