@@ -35,13 +35,25 @@ format: $(STAMP) ## Format the code with ruff
 crds: $(STAMP) ## Regenerate crds/ and the chart's crds/ from the API model (and the README's tables)
 	$(BIN)/qwen-operator crds --output crds --output charts/qwen-operator/crds --readme README.md
 
-manifests: crds ## Regenerate deploy/install.yaml from the Helm chart (defaults, CRDs first)
+manifests: crds ## Regenerate deploy/install.yaml and the chart's README from the Helm chart
 	$(BIN)/qwen-operator manifests --chart charts/qwen-operator --output deploy/install.yaml
+	$(BIN)/qwen-operator chart-readme --chart charts/qwen-operator
 
 IMAGE ?= ghcr.io/qwenops/qwen-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
 image: ## Build the operator image (needs a Docker engine): IMAGE=registry/name:tag
 	docker build -f images/operator/Dockerfile -t $(IMAGE) .
+
+image-push: image ## Build and push the operator image: make image-push IMAGE=registry/qwen-operator:TAG
+	docker push $(IMAGE)
+
+CHART_REGISTRY ?= oci://ghcr.io/qwenops/charts
+
+chart: $(STAMP) ## Package the Helm chart into build/chart/ (chart version == appVersion == package version)
+	$(BIN)/qwen-operator chart --output build/chart
+
+chart-push: $(STAMP) ## Package and push the chart as an OCI artifact: CHART_REGISTRY=oci://registry/path (helm registry login first)
+	$(BIN)/qwen-operator chart --output build/chart --push $(CHART_REGISTRY)
 
 image-loadtest: ## Build the load kit's image for in-cluster runs (examples/loadtest/job.yaml): LOADTEST_IMAGE=registry/name:tag
 	docker build -f images/loadtest/Dockerfile -t $(LOADTEST_IMAGE) .
@@ -49,7 +61,7 @@ image-loadtest: ## Build the load kit's image for in-cluster runs (examples/load
 demo: $(STAMP) ## The real operator scaling simulated vLLM pods on an embedded Kubernetes API (~2.5 min)
 	$(PY) -m qwen_tools.demo
 
-bench: $(STAMP) ## The held-out benchmark from bench/results/tuned.json (11 scenarios x 9 tuned policies, SLO mode among them, along their curves x 4 seeds), then the operator at 10 and 1,000 services -> bench/results/
+bench: $(STAMP) ## The held-out benchmark from bench/results/tuned.json (13 scenarios x 9 tuned policies, SLO mode among them, along their curves x 4 seeds), then the operator at 10 and 1,000 services -> bench/results/
 	$(PY) -m qwen_tools.sim.bench --traces bench/traces --out bench/results --docs docs/benchmark.md
 	$(PY) bench/operator_scale.py --services 10,1000 --interval 5
 
@@ -115,4 +127,4 @@ lock: ## Re-resolve constraints.txt from pyproject.toml (after changing a pin)
 clean: ## Remove the virtual environments, caches and e2e artifacts
 	rm -rf $(VENV) $(VLLM_VENV) build/e2e .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-.PHONY: help install test lint format crds manifests image image-loadtest demo bench bench-tune bench-slo-train bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean
+.PHONY: help install test lint format crds manifests image image-push chart chart-push image-loadtest demo bench bench-tune bench-slo-train bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean

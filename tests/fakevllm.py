@@ -20,7 +20,9 @@ __all__ = ["free_port"]  # the tests import it from here
 
 TEMPLATE = (DATA / "vllm-0.32-metrics-idle.txt").read_text()
 UNDER_LOAD = (DATA / "vllm-0.32-metrics-under-load.txt").read_text()
-CUMULATIVE = re.compile(r"^(vllm:\S+?(?:_total|_bucket|_count|_sum)(?:\{[^}]*\})?) (\S+)$", re.M)
+# The engine's counters and histograms, and its API server's (http_requests_total, ...): a busy pod's
+# grow together.
+CUMULATIVE = re.compile(r"^((?:vllm:|http_)\S+?(?:_total|_bucket|_count|_sum)(?:\{[^}]*\})?) (\S+)$", re.M)
 GAUGES = {
     "running": "vllm:num_requests_running",
     "waiting": "vllm:num_requests_waiting",

@@ -256,7 +256,7 @@ def _env_errors(env: list[dict[str, Any]]) -> list[str]:
 
 def _pod_errors(pod: dict[str, Any]) -> list[str]:
     errors: list[str] = []
-    for container in pod["containers"]:
+    for container in [*pod["containers"], *pod.get("initContainers", [])]:
         image = container.get("image", "")
         if not image or image != image.strip():
             errors.append(f"image {image!r}: empty or with surrounding whitespace")
@@ -350,6 +350,13 @@ def api_server_errors(obj: dict[str, Any]) -> list[str]:
         rolling = obj["spec"]["strategy"].get("rollingUpdate", {})
         if rolling.get("maxSurge") == 0 and rolling.get("maxUnavailable") == 0:
             errors.append("strategy: maxSurge and maxUnavailable may not both be 0")
+    if obj["kind"] == "Job":
+        if len(meta["name"]) > 63:
+            errors.append(f"Job name {meta['name']!r}: its pods' job-name label takes at most 63 characters")
+        errors += _pod_errors(obj["spec"]["template"]["spec"])
+        errors += _selector_errors({"matchLabels": obj["spec"]["template"]["metadata"].get("labels", {})})
+        if obj["spec"]["template"]["spec"].get("restartPolicy") not in ("OnFailure", "Never"):
+            errors.append("a Job's pods restart OnFailure or Never")
     if obj["kind"] == "PodDisruptionBudget":
         errors += _selector_errors(obj["spec"]["selector"])
         if obj["spec"].get("maxUnavailable", 0) < 0:

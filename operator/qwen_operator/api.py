@@ -194,10 +194,29 @@ class HostPathSource(_Model):
 class CacheVolume(_Model):
     """Where the Hugging Face cache lives: a PersistentVolumeClaim, or an emptyDir of a size limit."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            ("!self.prefill || has(self.claimName)", "cache.prefill needs a claimName (a ReadWriteMany PVC)")
+        )
+    )
     claim_name: ObjectName | None = Field(
         default=None, description="PVC for the Hub cache (keeps downloads across restarts)."
     )
     size_limit: Quantity = Field(default="100Gi", description="emptyDir size limit when no claim is named.")
+    prefill: bool = Field(
+        default=False,
+        description=(
+            "Fill the claim once, with a download Job, before any serving pod starts: pods wait for it "
+            "(an init container) and then start offline from the cache, and the ModelCached condition "
+            "shows where it stands. The claim must be ReadWriteMany (the Job and every replica mount it)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _prefill_needs_a_claim(self) -> CacheVolume:
+        if self.prefill and not self.claim_name:
+            raise ValueError("cache.prefill needs a claimName (a ReadWriteMany PVC)")
+        return self
 
 
 class HubSource(_Model):

@@ -48,6 +48,7 @@ EVENTS = Resource("", "v1", "events")
 SECRETS = Resource("", "v1", "secrets")
 NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
 PODDISRUPTIONBUDGETS = Resource("policy", "v1", "poddisruptionbudgets")
+JOBS = Resource("batch", "v1", "jobs")
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
 
 
@@ -85,6 +86,13 @@ API_CALLS: tuple[ApiCall, ...] = (
         "poddisruptionbudgets",
         ("get", "create", "patch", "delete"),
         "the vLLM pods' PodDisruptionBudget (spec.disruptionBudget); deleted only when owned and off",
+    ),
+    ApiCall(
+        "batch",
+        "jobs",
+        ("get", "create", "delete"),
+        "the model download Job (spec.model.source.hub.cache.prefill); replaced for a new model, deleted "
+        "only when owned",
     ),
     ApiCall(
         "",
@@ -189,7 +197,13 @@ class Cluster:
     async def delete(self, res: Resource, namespace: str, name: str, uid: str) -> None:
         """Delete one object, only if it is still the one with ``uid`` (a precondition, so a same-named
         object made since is never removed); gone already is fine."""
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}}
+        # Background: a Job's pods go with it (the API's default for Jobs would orphan them).
+        body = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "preconditions": {"uid": uid},
+            "propagationPolicy": "Background",
+        }
         try:
             await self._call("DELETE", res.path(namespace, name), body=body)
         except ApiException as exc:

@@ -8,6 +8,8 @@ COMPONENT = "inference-server"
 
 SERVICE_LABEL = "serving.qwenops.io/service"
 SPEC_HASH_ANNOTATION = "serving.qwenops.io/spec-hash"
+CACHE_KEY_ANNOTATION = "serving.qwenops.io/cache-key"  # on the download Job: the model@revision it fills
+CACHE_OF_LABEL = "serving.qwenops.io/model-cache-of"  # the download Job's pods (not the serving pods)
 POD_DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 
 
@@ -28,3 +30,14 @@ def common_labels(name: str) -> dict[str, str]:
 def selector_string(name: str) -> str:
     """The pods' label selector in the string form of the scale subresource (``status.selector``)."""
     return ",".join(f"{key}={value}" for key, value in sorted(selector_labels(name).items()))
+
+
+def download_labels(name: str) -> dict[str, str]:
+    """The model download Job's labels: none of the serving pods' selector (the Service, the scaler and
+    the PodDisruptionBudget must never count a download pod as a replica)."""
+    return {
+        "app.kubernetes.io/name": APP_NAME,
+        "app.kubernetes.io/component": "model-download",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        CACHE_OF_LABEL: name,
+    }

@@ -14,9 +14,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from qwen_operator import api, render, status, validation
+from qwen_operator import api, labels, render, status, validation
 from qwen_operator.kube import (
     DEPLOYMENTS,
+    JOBS,
     NETWORKPOLICIES,
     PODDISRUPTIONBUDGETS,
     SERVICES,
@@ -118,6 +119,98 @@ async def _optional(
             )
 
 
+async def _download_job(
+    cluster: ClusterAPI, svc: api.QwenService, outcome: Outcome, problems: list[status.Problem]
+) -> dict[str, Any] | None:
+    """The model download Job (``cache.prefill``): created when asked for; replaced when it fills another
+    model or revision (a Job cannot be changed); removed when no longer asked for. Only ever one this
+    QwenService owns. Returns the Job, or None."""
+    desired = render.render_download_job(svc)
+    ns, name = svc.namespace, render.download_job_name(svc.name)
+    try:
+        actual = await cluster.get(JOBS, ns, name)
+        if actual is not None and not owned_by(actual, svc):
+            if desired is not None:
+                problems.append(
+                    status.Problem(
+                        "ResourceConflict",
+                        f"Job {ns}/{name} exists and is not owned by this QwenService; it is left untouched "
+                        "and the model cache is not filled. Delete or rename it.",
+                    )
+                )
+            return None
+        if actual is not None:
+            key = (actual.get("metadata", {}).get("annotations") or {}).get(labels.CACHE_KEY_ANNOTATION)
+            wanted = (
+                None if desired is None else desired["metadata"]["annotations"][labels.CACHE_KEY_ANNOTATION]
+            )
+            if key != wanted:
+                await cluster.delete(JOBS, ns, name, actual["metadata"]["uid"])
+                outcome.writes += 1
+                why = "another model or revision" if desired is not None else "no longer in the spec"
+                outcome.events.append(Event("Normal", "Deleted", f"Deleted Job {name} ({why})"))
+                actual = None
+        if actual is None and desired is not None:
+            actual = await cluster.create(JOBS, desired)
+            outcome.writes += 1
+            outcome.events.append(
+                Event(
+                    "Normal",
+                    "Created",
+                    f"Created Job {name}: filling the model cache with {svc.spec.model.name}",
+                )
+            )
+        return actual
+    except Exception as exc:
+        if not is_forbidden(exc):
+            raise
+        if desired is not None:
+            problems.append(
+                status.Problem(
+                    "JobForbidden",
+                    "the operator may not manage Jobs, so the model cache is not filled and the pods wait: "
+                    "grant it jobs get/create/delete (the Helm chart's RBAC does)",
+                )
+            )
+        return None
+
+
+def _model_cached(
+    svc: api.QwenService, job: Mapping[str, Any] | None, problems: list[status.Problem]
+) -> tuple[bool, str, str] | None:
+    """The ModelCached condition (status, reason, message) while ``cache.prefill`` is on, else None. A
+    failed download is also a problem (Degraded): the serving pods wait for it."""
+    hub = svc.spec.model.source.hub
+    if hub is None or not hub.cache.prefill:
+        return None
+    name, claim = render.download_job_name(svc.name), hub.cache.claim_name
+    model = svc.spec.model.name + (f"@{svc.spec.model.revision}" if svc.spec.model.revision else "")
+    if job is None:
+        return False, "Downloading", f"waiting for the download Job {name}; the serving pods wait for it"
+    st = job.get("status") or {}
+    if st.get("succeeded"):
+        return True, "Cached", f"{model} is in PVC {claim} (Job {name}): replicas start from it, offline"
+    failed = next(
+        (c for c in st.get("conditions") or [] if c.get("type") == "Failed" and c.get("status") == "True"),
+        None,
+    )
+    if failed is not None:
+        message = (
+            f"the download Job {name} failed ({failed.get('reason', 'Failed')}: "
+            f"{failed.get('message', '')}); the serving pods wait for it. See kubectl logs job/{name}; "
+            f"check the model name, the Hub token and the free space on PVC {claim}, then delete the Job "
+            "to retry"
+        )
+        problems.append(status.Problem("ModelDownloadFailed", message))
+        return False, "DownloadFailed", message
+    return (
+        False,
+        "Downloading",
+        f"Job {name} is downloading {model} into PVC {claim} ({st.get('active', 0)} active, "
+        f"{st.get('failed', 0)} failed attempts); the serving pods wait for it",
+    )
+
+
 async def _invalid(
     cluster: ClusterAPI, body: Mapping[str, Any], messages: list[str], now: str, outcome: Outcome
 ) -> Outcome:
@@ -168,8 +261,10 @@ async def reconcile(
     problems: list[status.Problem] = []
     # The scaler owns the Deployment's replicas while autoscaling is on.
     skip = ("replicas",) if svc.spec.autoscaling.enabled else ()
-    step = "Deployment"
+    step = "Job"
     try:
+        job = await _download_job(cluster, svc, outcome, problems)
+        step = "Deployment"
         deployment = await _apply(
             cluster, DEPLOYMENTS, render.render_deployment(svc), svc, outcome, problems, skip
         )
@@ -195,8 +290,9 @@ async def reconcile(
             now,
             outcome,
         )
+    cached = _model_cached(svc, job, problems)
     for problem in problems:
         outcome.events.append(Event("Warning", problem.reason, problem.message))
-    new = status.compute_status(svc, deployment, now, problems)
+    new = status.compute_status(svc, deployment, now, problems, cached)
     await write_status(cluster, body, new, outcome)
     return outcome

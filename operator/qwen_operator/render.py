@@ -24,6 +24,19 @@ STARTUP_PROBE_PERIOD_SECONDS = 10
 PROGRESS_DEADLINE_MARGIN_SECONDS = 600
 # emptyDir for vLLM and torch caches when weights come from a volume (the Hub cache is sized apart).
 SMALL_CACHE_SIZE = "10Gi"
+CACHE_MARKERS = f"{CACHE_DIR}/.qwen-operator"  # one file per model@revision the download Job completed
+# The download Job's program: the Hub client vLLM's image ships, into the same HF_HOME the server reads,
+# then the marker the serving pods' init container waits for (written last: no pod starts on a partial
+# download, and a Job that died half-way leaves none).
+DOWNLOAD_SCRIPT = """\
+import os, pathlib
+from huggingface_hub import snapshot_download
+path = snapshot_download(os.environ["QWEN_MODEL"], revision=os.environ.get("QWEN_REVISION") or None)
+marker = pathlib.Path(os.environ["QWEN_MARKER"])
+marker.parent.mkdir(parents=True, exist_ok=True)
+marker.write_text(path + "\\n")
+print("cached", os.environ["QWEN_MODEL"], "in", path, flush=True)
+"""
 
 
 def model_path(spec: api.QwenServiceSpec) -> str:
@@ -80,16 +93,42 @@ def _secret_env(name: str, ref: api.SecretKeyRef) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
 
 
-def _env(spec: api.QwenServiceSpec) -> list[dict[str, Any]]:
+def _hub_env(spec: api.QwenServiceSpec) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "HOME", "value": CACHE_DIR},
         {"name": "USER", "value": "vllm"},  # torch asks getpass for a user name; arbitrary UIDs have none
         {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
-        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
     ]
     hub = spec.model.source.hub
     if hub is not None and hub.token_secret_ref is not None:
         env.append(_secret_env("HF_TOKEN", hub.token_secret_ref))
+    return env
+
+
+def prefilled(spec: api.QwenServiceSpec) -> bool:
+    """Whether a download Job fills the Hub cache before the serving pods start."""
+    hub = spec.model.source.hub
+    return hub is not None and hub.cache.prefill
+
+
+def cache_key(spec: api.QwenServiceSpec) -> str:
+    """What the cache holds: the model and revision (a change means a new download)."""
+    return hashlib.sha256(f"{spec.model.name}@{spec.model.revision or ''}".encode()).hexdigest()[:16]
+
+
+def cache_marker(spec: api.QwenServiceSpec) -> str:
+    return f"{CACHE_MARKERS}/{cache_key(spec)}.complete"
+
+
+def download_job_name(name: str) -> str:
+    """At most 63 characters: a Job's name becomes a label value on its pods."""
+    return f"{name[:54].rstrip('-')}-download"
+
+
+def _env(spec: api.QwenServiceSpec) -> list[dict[str, Any]]:
+    env = [*_hub_env(spec), {"name": "VLLM_NO_USAGE_STATS", "value": "1"}]
+    if prefilled(spec):  # the download Job filled the cache: start from it, without asking the Hub
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     if spec.api_key_secret_ref is not None:
         env.append(_secret_env("VLLM_API_KEY", spec.api_key_secret_ref))
     for var in spec.engine.env:
@@ -191,16 +230,100 @@ def _container(spec: api.QwenServiceSpec, mounts: list[dict[str, Any]]) -> dict[
         "readinessProbe": _http_probe(5, 5, 3),
         "livenessProbe": _http_probe(15, 10, 4),
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_SECONDS)]}}},
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": spec.security.read_only_root_filesystem,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": _container_security(spec),
     }
     resources = _resources(spec)
     if resources:
         container["resources"] = resources
     return container
+
+
+def _container_security(spec: api.QwenServiceSpec) -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": spec.security.read_only_root_filesystem,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+SMALL_CONTAINER = {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}}
+
+
+def _wait_for_cache(svc: api.QwenService) -> dict[str, Any]:
+    """The init container that holds a serving pod until the download Job has filled the cache."""
+    marker = cache_marker(svc.spec)
+    job = download_job_name(svc.name)
+    return {
+        "name": "wait-for-model-cache",
+        "image": svc.spec.engine.image,
+        "imagePullPolicy": svc.spec.engine.image_pull_policy,
+        "command": [
+            "sh",
+            "-c",
+            f'until [ -f "{marker}" ]; do echo "waiting for Job {job} to fill the model cache"; '
+            "sleep 5; done",
+        ],
+        "volumeMounts": [{"name": "cache", "mountPath": CACHE_DIR, "readOnly": True}],
+        "resources": SMALL_CONTAINER,
+        "securityContext": _container_security(svc.spec),
+    }
+
+
+def render_download_job(svc: api.QwenService) -> dict[str, Any] | None:
+    """The Job that fills the Hub cache claim once (``cache.prefill``), or None. Its pods carry none of
+    the serving pods' labels, ask for no GPU, and run as the serving pods do; the name is fixed and the
+    model@revision it fills is an annotation, so a new model replaces it (a Job cannot be changed)."""
+    spec = svc.spec
+    hub = spec.model.source.hub
+    if hub is None or not hub.cache.prefill:
+        return None
+    env = [
+        *_hub_env(spec),
+        {"name": "QWEN_MODEL", "value": spec.model.name},
+        {"name": "QWEN_MARKER", "value": cache_marker(spec)},
+        {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+    ]
+    if spec.model.revision:
+        env.append({"name": "QWEN_REVISION", "value": spec.model.revision})
+    pod: dict[str, Any] = {
+        "restartPolicy": "OnFailure",
+        "containers": [
+            {
+                "name": "download",
+                "image": spec.engine.image,
+                "imagePullPolicy": spec.engine.image_pull_policy,
+                "command": ["python3", "-c", DOWNLOAD_SCRIPT],
+                "env": env,
+                "volumeMounts": [
+                    {"name": "cache", "mountPath": CACHE_DIR},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                ],
+                "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
+                "securityContext": _container_security(spec),
+            }
+        ],
+        "volumes": [
+            {"name": "cache", "persistentVolumeClaim": {"claimName": hub.cache.claim_name}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+        "securityContext": _pod_security(spec),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+    }
+    if spec.engine.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in spec.engine.image_pull_secrets]
+    meta = _metadata(svc, {labels.CACHE_KEY_ANNOTATION: cache_key(spec)})
+    meta["name"] = download_job_name(svc.name)
+    meta["labels"] = labels.download_labels(svc.name)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": 6,  # the Hub's rate limits and flaky networks: retries with back-off
+            "template": {"metadata": {"labels": labels.download_labels(svc.name)}, "spec": pod},
+        },
+    }
 
 
 def _pod_security(spec: api.QwenServiceSpec) -> dict[str, Any]:
@@ -249,6 +372,8 @@ def pod_template(svc: api.QwenService) -> dict[str, Any]:
             pod[key] = field
     if spec.engine.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": name} for name in spec.engine.image_pull_secrets]
+    if prefilled(spec):
+        pod["initContainers"] = [_wait_for_cache(svc)]
     extra = spec.pod_metadata  # the model refuses the operator's own keys
     return {
         "metadata": {
@@ -424,5 +549,5 @@ def endpoint(svc: api.QwenService) -> str:
 
 
 def render_all(svc: api.QwenService) -> list[dict[str, Any]]:
-    optional = (render_network_policy(svc), render_disruption_budget(svc))
+    optional = (render_network_policy(svc), render_disruption_budget(svc), render_download_job(svc))
     return [render_deployment(svc), render_service(svc), *(o for o in optional if o is not None)]

@@ -16,6 +16,7 @@ INVALID_SPEC = "InvalidSpec"
 SCALING_ACTIVE = "ScalingActive"
 SCALING_LIMITED = "ScalingLimited"
 METRICS_AVAILABLE = "MetricsAvailable"
+MODEL_CACHED = "ModelCached"
 SCALING_CONDITIONS = (SCALING_ACTIVE, SCALING_LIMITED, METRICS_AVAILABLE)
 
 
@@ -67,8 +68,10 @@ def compute_status(
     deployment: Mapping[str, Any] | None,
     now: str,
     problems: Sequence[Problem] = (),
+    cached: tuple[bool, str, str] | None = None,
 ) -> api.QwenServiceStatus:
-    """The status a QwenService should show, given its Deployment (or None) and any problems."""
+    """The status a QwenService should show, given its Deployment (or None), any problems, and where its
+    model cache stands (``cached``: the ModelCached condition while the spec prefills one)."""
     old = svc.status
     gen = svc.metadata.generation
     conds: list[api.Condition] = list(old.conditions)
@@ -140,6 +143,11 @@ def compute_status(
         now,
         gen,
     )
+
+    if cached is not None:
+        conds = set_condition(conds, MODEL_CACHED, cached[0], cached[1], cached[2], now, gen)
+    elif not render.prefilled(svc.spec):  # (prefilled, but not looked at this time: kept as it was)
+        conds = [c for c in conds if c.type != MODEL_CACHED]
 
     if not svc.spec.autoscaling.enabled:
         conds = set_condition(

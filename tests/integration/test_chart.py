@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -15,7 +16,7 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
-from qwen_operator import api, crd, kube, validation
+from qwen_operator import api, cli, crd, kube, validation
 from qwen_operator.settings import OperatorSettings
 from qwen_tools import install
 from tests.conftest import ROOT
@@ -542,6 +543,57 @@ def test_dashboard_config_map_is_labelled_for_the_grafana_sidecar() -> None:
     assert "by (namespace, qsvc)" in relabelled
 
 
+def _lost(ours: Any, back: Any, path: str = "") -> list[str]:
+    """Paths of ``ours`` that are missing or changed in ``back`` (what the model dropped or rewrote)."""
+    if isinstance(ours, dict) and isinstance(back, dict):
+        return [
+            p
+            for k, v in ours.items()
+            for p in ([f"{path}/{k}"] if k not in back else _lost(v, back[k], f"{path}/{k}"))
+        ]
+    if isinstance(ours, list) and isinstance(back, list) and len(ours) == len(back):
+        return [
+            p for i, (a, b) in enumerate(zip(ours, back, strict=True)) for p in _lost(a, b, f"{path}[{i}]")
+        ]
+    return [] if ours == back else [path]
+
+
+def test_the_dashboard_is_one_grafana_s_own_dashboard_model_reads_whole() -> None:
+    """The rendered dashboard through Grafana Labs' generated model (grafana-foundation-sdk, Grafana
+    11.6): every field we wrote is one the schema knows and comes back unchanged (a misspelt key, a
+    panel field in the wrong place, or a wrong type would be dropped or rewritten). The model does not
+    check enums or references, so the test also checks that every panel type is one Grafana ships, that
+    ids are unique, that panels do not overlap, and that every $variable a query uses is defined."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    (config_map,) = only(render(MONITORING_ON), "ConfigMap")
+    ours = json.loads(config_map["data"]["qwen-operator.json"])
+    back = json.loads(json.dumps(Dashboard.from_json(ours), cls=JSONEncoder))
+    lost = _lost(ours, back)
+    # A query variable's "definition" is what Grafana's editor shows; the 11.6 schema does not list it.
+    assert [p for p in lost if not p.endswith("/definition")] == []
+    panels = ours["panels"]
+    assert {p["type"] for p in panels} <= {"row", "timeseries", "state-timeline", "stat", "table"}
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    cells = [
+        (x, y)
+        for p in panels
+        for x in range(p["gridPos"]["x"], p["gridPos"]["x"] + p["gridPos"]["w"])
+        for y in range(p["gridPos"]["y"], p["gridPos"]["y"] + p["gridPos"]["h"])
+    ]
+    assert len(cells) == len(set(cells)), "panels overlap"
+    assert all(p["gridPos"]["x"] + p["gridPos"]["w"] <= 24 for p in panels)
+    defined = {v["name"] for v in ours["templating"]["list"]} | {"__rate_interval"}
+    used = {m for p in panels for t in p.get("targets", []) for m in re.findall(r"\$(\w+)", t["expr"])}
+    assert used <= defined, used - defined
+    # Every QwenService is listed, autoscaled or not: the variables come from the per-service status
+    # gauges the operator exports for all of them.
+    service_vars = [v for v in ours["templating"]["list"] if v["type"] == "query"]
+    assert all("qwen_operator_service_desired_replicas" in v["query"]["query"] for v in service_vars)
+
+
 def test_notes_tell_what_to_do_next() -> None:
     with helm.Chart.load(str(CHART)) as chart:
         notes = next(
@@ -551,3 +603,15 @@ def test_notes_tell_what_to_do_next() -> None:
         )
     assert "kubectl -n ops rollout status deployment/qwen-operator" in notes
     assert "monitoring.podMonitor.enabled=true" in notes
+
+
+def test_make_chart_packages_the_chart_with_its_readme(tmp_path: Path) -> None:
+    """`qwen-operator chart` (make chart): a .tgz Helm can install, the versions in lockstep, the
+    generated README inside (what `helm show readme` prints for the OCI artifact)."""
+    assert cli.main(["chart", "--chart", str(CHART), "--pyproject", str(ROOT / "pyproject.toml"),
+                     "--output", str(tmp_path), "--tag", "v0.1.0"]) == 0  # fmt: skip
+    (archive,) = tmp_path.glob("qwen-operator-*.tgz")
+    with helm.Chart.load_archive(archive.read_bytes()) as chart:
+        assert (chart.metadata["version"], chart.metadata["appVersion"]) == ("0.1.0", "0.1.0")
+        files = {f["name"]: f["data"] for f in chart.files}
+    assert files["README.md"] == (CHART / "README.md").read_text()

@@ -92,7 +92,7 @@ def test_prometheus_rule_passes_promtool_check(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(rules()))
     result = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout
+    assert "SUCCESS: 11 rules found" in result.stdout
 
 
 def test_promtool_catches_a_broken_rule(tmp_path: Path) -> None:
@@ -112,6 +112,9 @@ def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
     warn = {"severity": "warning"}
     chat = {"namespace": "ml", "serving_qwenops_io_service": "chat"}
     named = {"namespace": "ml", "name": "chat"}
+    static = 'namespace="ml", name="static"'
+    chat_api = 'pod="a", handler="/v1/chat/completions"'
+    statics = {"namespace": "ml", "name": "static"}
     tests = {
         "rule_files": ["rules.yaml"],
         "evaluation_interval": "1m",
@@ -138,6 +141,56 @@ def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
                     {"series": f"qwen_operator_max_replicas{{{op}}}", "values": "2x20"},
                     {"series": f"qwen_operator_recommended_replicas{{{op}}}", "values": "5x20"},
                     {"series": f"qwen_operator_metrics_available{{{op}}}", "values": "1x4 0x16"},
+                    # Every service (autoscaled or not) has its status as gauges: "static" lacks 2 pods
+                    # and has been Degraded for 20 minutes; chat is Ready with all it asked for.
+                    {"series": f"qwen_operator_service_desired_replicas{{{op}}}", "values": "2x20"},
+                    {"series": f"qwen_operator_service_ready_replicas{{{op}}}", "values": "2x20"},
+                    {"series": f'qwen_operator_service_phase{{{op}, phase="Ready"}}', "values": "1x20"},
+                    {"series": f"qwen_operator_service_desired_replicas{{{static}}}", "values": "3x20"},
+                    {"series": f"qwen_operator_service_ready_replicas{{{static}}}", "values": "1x20"},
+                    {
+                        "series": f'qwen_operator_service_phase{{{static}, phase="Degraded"}}',
+                        "values": "1x20",
+                    },
+                    {"series": f'qwen_operator_service_phase{{{static}, phase="Ready"}}', "values": "0x20"},
+                    # chat's API: 100 good and 10 failed requests a minute (9.1%); the engine's own
+                    # finished requests, none with an error.
+                    {
+                        "series": f'http_requests_total{{{svc}, {chat_api}, status="2xx"}}',
+                        "values": "0+100x20",
+                    },
+                    {
+                        "series": f'http_requests_total{{{svc}, {chat_api}, status="5xx"}}',
+                        "values": "0+10x20",
+                    },
+                    {
+                        "series": f'vllm:request_success_total{{{svc}, pod="a", finished_reason="stop"}}',
+                        "values": "0+100x20",
+                    },
+                    # 60 first tokens a minute, all between 2.5 and 5 s (p99 4.975 s); a steady
+                    # stream of output tokens between 0.2 and 0.5 s apart (p99 0.497 s).
+                    *[
+                        {
+                            "series": f'vllm:time_to_first_token_seconds_bucket{{{svc}, pod="a", le="{le}"}}',
+                            "values": f"0+{n}x20",
+                        }
+                        for le, n in (("1.0", 0), ("2.5", 0), ("5.0", 60), ("+Inf", 60))
+                    ],
+                    {
+                        "series": f'vllm:time_to_first_token_seconds_count{{{svc}, pod="a"}}',
+                        "values": "0+60x20",
+                    },
+                    *[
+                        {
+                            "series": f'vllm:inter_token_latency_seconds_bucket{{{svc}, pod="a", le="{le}"}}',
+                            "values": f"0+{n}x20",
+                        }
+                        for le, n in (("0.1", 0), ("0.2", 0), ("0.5", 600), ("+Inf", 600))
+                    ],
+                    {
+                        "series": f'vllm:inter_token_latency_seconds_count{{{svc}, pod="a"}}',
+                        "values": "0+600x20",
+                    },
                 ],
                 "alert_rule_test": [
                     {
@@ -162,7 +215,37 @@ def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
                         "exp_alerts": [expect("QwenServiceMetricsUnavailable", {**warn, **named})],
                     },
                     {"eval_time": "7m", "alertname": "QwenServiceMetricsUnavailable", "exp_alerts": []},
-                    {"eval_time": "16m", "alertname": "QwenServiceReplicasNotReady", "exp_alerts": []},
+                    {
+                        "eval_time": "16m",
+                        "alertname": "QwenServiceReplicasNotReady",
+                        "exp_alerts": [expect("QwenServiceReplicasNotReady", {**warn, **statics})],
+                    },
+                    {"eval_time": "14m", "alertname": "QwenServiceReplicasNotReady", "exp_alerts": []},
+                    {
+                        "eval_time": "11m",
+                        "alertname": "QwenServiceDegraded",
+                        "exp_alerts": [
+                            expect("QwenServiceDegraded", {**warn, **statics, "phase": "Degraded"})
+                        ],
+                    },
+                    {
+                        "eval_time": "16m",
+                        "alertname": "QwenServiceErrors",
+                        "exp_alerts": [
+                            expect("QwenServiceErrors", {"severity": "critical", **chat}, "9.091%")
+                        ],
+                    },
+                    {"eval_time": "9m", "alertname": "QwenServiceErrors", "exp_alerts": []},
+                    {
+                        "eval_time": "16m",
+                        "alertname": "QwenServiceSlowFirstToken",
+                        "exp_alerts": [expect("QwenServiceSlowFirstToken", {**warn, **chat}, "4.975")],
+                    },
+                    {
+                        "eval_time": "16m",
+                        "alertname": "QwenServiceSlowTokens",
+                        "exp_alerts": [expect("QwenServiceSlowTokens", {**warn, **chat}, "497m")],
+                    },
                     {
                         "eval_time": "6m",
                         "alertname": "QwenOperatorDown",
@@ -203,6 +286,9 @@ def busy_decision() -> scaling.Decision:
 def scraped(tmp_path: Path) -> Iterator[Prometheus]:
     """Prometheus scraping two busy vLLM pods and the operator's own /metrics (as the chart wires it)."""
     telemetry.record("ml", "chat", busy_decision(), before=2, min_replicas=1, max_replicas=2)
+    telemetry.record_service(
+        "ml", "chat", {"phase": "Ready", "replicas": 2, "readyReplicas": 2, "desiredReplicas": 2}
+    )
     telemetry.QUERIES.labels("prometheus").inc()
     telemetry.QUERY_ERRORS.labels("prometheus").inc(0)
     stop = threading.Event()
@@ -243,6 +329,7 @@ def scraped(tmp_path: Path) -> Iterator[Prometheus]:
         server.shutdown()
         thread.join(5)
         telemetry.forget("ml", "chat")
+        telemetry.forget_service("ml", "chat")
 
 
 def mine(labels: dict[str, str]) -> bool:
@@ -297,6 +384,7 @@ def test_scaling_actions_panel_counts_a_scale_up(scraped: Prometheus) -> None:
 def test_every_alert_expression_evaluates_and_the_busy_ones_fire(scraped: Prometheus) -> None:
     exprs = alert_exprs()
     assert _eventually_series(scraped, exprs["QwenServiceKVCacheNearFull"])
+    assert _eventually_series(scraped, exprs["QwenServiceSlowFirstToken"]), "rates need two scrapes"
     # Other tests of this process may have left series of their own services: look at chat only.
     firing = {}
     for name, expr in exprs.items():
@@ -310,5 +398,31 @@ def test_every_alert_expression_evaluates_and_the_busy_ones_fire(scraped: Promet
     assert firing["QwenServiceAtMaxReplicas"] == [{"namespace": "ml", "name": "chat"}]
     assert firing["QwenServiceMetricsUnavailable"] == []
     assert firing["QwenServiceReplicasNotReady"] == []
+    assert firing["QwenServiceDegraded"] == []
+    assert firing["QwenServiceErrors"] == [], "every request of the capture succeeded"
+    # The busy capture's first tokens: 36 of 72 within 2.5 s, all within 5 s (p99 ~4.95 s).
+    assert firing["QwenServiceSlowFirstToken"] == [chat]
+    assert firing["QwenServiceSlowTokens"] == [], "its tokens came within 25 ms of each other"
     assert firing["QwenOperatorDown"] == [], "the operator's endpoint is scraped"
     assert firing["QwenOperatorMetricQueriesFailing"] == []
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    """Each alert's runbook_url is the base URL and the alert's anchor, and docs/runbooks.md has a
+    section of that name (GitHub makes a heading's anchor from its lower-cased text); no section is
+    left for an alert that is gone."""
+    base = "https://runbooks.example.com/qwen.md"
+    alerts = {
+        r["alert"]: r["annotations"]["runbook_url"]
+        for g in rules({"monitoring": {"prometheusRule": {"enabled": True, "runbookBaseUrl": base}}})[
+            "groups"
+        ]
+        for r in g["rules"]
+    }
+    assert alerts == {name: f"{base}#{name.lower()}" for name in alerts}
+    sections = {
+        line[3:].strip()
+        for line in (ROOT / "docs" / "runbooks.md").read_text().splitlines()
+        if line.startswith("## ")
+    }
+    assert sections == set(alerts)

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from qwen_operator import labels
+from qwen_tools.emulator import JOBS, PDBS, Emulator
 from qwen_tools.emulator import NETWORKPOLICIES as NETPOL
-from qwen_tools.emulator import PDBS, Emulator
 from tests.integration.conftest import DEPLOY, EVENTS, QSVC, SERVICE, eventually
 from tests.k8s import validate_k8s
 
@@ -435,3 +435,32 @@ async def test_the_disruption_budget_and_pod_hooks_reach_the_cluster(emulator, o
 
     await emulator.patch(QSVC, NS, "qwen", {"spec": {"disruptionBudget": {"enabled": False}}})
     await eventually(lambda: emulator.get(PDBS, NS, "qwen") is None, what="its budget removed")
+
+
+async def test_a_prefilled_model_cache_is_filled_by_a_job_before_pods_serve(emulator, operator):
+    """cache.prefill: the operator creates the download Job with the Deployment, whose pods wait for it;
+    ModelCached says Downloading, then Cached once the Job has succeeded and the pods come up."""
+    source = {"hub": {"cache": {"claimName": "hf-cache", "prefill": True}}}
+    await emulator.put(QSVC, qsvc(model={"name": "Qwen/Qwen2.5-7B-Instruct", "source": source}))
+    job = await eventually(lambda: emulator.get(JOBS, NS, "qwen-download"), what="the download Job")
+    validate_k8s(job)
+    dep = emulator.get(DEPLOY, NS, "qwen")
+    assert dep is not None
+    (wait,) = dep["spec"]["template"]["spec"]["initContainers"]
+    assert wait["name"] == "wait-for-model-cache"
+    downloading = await eventually(
+        lambda: condition(emulator.get(QSVC, NS, "qwen"), "ModelCached"), what="ModelCached"
+    )
+    assert (downloading["status"], downloading["reason"]) == ("False", "Downloading")
+
+    # The Job finishes; the init containers let the pods start; the Deployment reports them ready.
+    await emulator.patch(JOBS, NS, "qwen-download", {"status": {"succeeded": 1}}, sub="status")
+    await play_deployment_controller(emulator, "qwen", ready=2)
+    cached = await eventually(
+        lambda: (
+            (c := condition(emulator.get(QSVC, NS, "qwen"), "ModelCached")) and c["status"] == "True" and c
+        ),
+        what="ModelCached True",
+    )
+    assert cached["reason"] == "Cached"
+    assert "hf-cache" in cached["message"]

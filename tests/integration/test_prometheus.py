@@ -144,31 +144,41 @@ async def test_tune_fits_from_a_services_range_in_prometheus(
 ) -> None:
     """``qwen-operator tune --prometheus``: the service's windows from range queries, its own pods only
     (the same service name in another namespace does not count), the load per pod that reported."""
-    for pod in pods[:3]:
+    for pod in pods[:4]:
         pod.set(running=3, busy=True)  # every scrape adds the under-load capture's counts
     prometheus.set_targets(
         [
             (pods[0].address, "ml", "chat-0", "chat"),
             (pods[1].address, "ml", "chat-1", "chat"),
             (pods[2].address, "team-b", "chat-0", "chat"),
+            (pods[3].address, "ml", "solo-0", "solo"),  # one pod: the per-pod load to compare with
         ]
     )
-    prometheus.wait_for_series(3)
+    prometheus.wait_for_series(4)
     await asyncio.sleep(12)  # two 5 s windows of 1 s scrapes
     config = PrometheusConfig(url=prometheus.url)
     until = time.time()
-    answers = fit.query_prometheus(config, "ml", "chat", until - 15, until, 5)
-    found = [w for w in fit.from_prometheus(answers, 1.0, 5, (6000.0, 820.0)) if w.requests > 0]
-    assert found, answers
-    for w in found:
+    seed = (6000.0, 820.0)
+
+    def found(name: str) -> list[fit.Window]:
+        answers = fit.query_prometheus(config, "ml", name, until - 15, until, 5)
+        return [w for w in fit.from_prometheus(answers, 1.0, 5, seed) if w.requests > 0]
+
+    chat, solo = found("chat"), found("solo")
+    assert chat, "no window with traffic"
+    assert solo, "no window with traffic"
+    for w in chat:
         # The capture's mix: 22,446 prompt and 35,072 generated tokens, 72 first tokens (16 within 1 s).
         assert w.prompt_tokens_per_second / w.generation_tokens_per_second == pytest.approx(
             22446 / 35072, rel=0.02
         )
         assert w.attainment == pytest.approx(16 / 72, rel=0.05)
-        per_pod = w.prompt_tokens_per_second / 2  # one scrape a second per pod: the capture's per second
-        assert per_pod == pytest.approx(22446, rel=0.3), "team-b's pod counted, or a pod missed"
-        assert w.work == pytest.approx(per_pod / 6000 + w.generation_tokens_per_second / 2 / 820, rel=1e-6)
+        assert w.work == pytest.approx(
+            (w.prompt_tokens_per_second / seed[0] + w.generation_tokens_per_second / seed[1]) / 2, rel=1e-6
+        ), "the load is per pod that reported"
+    # Two pods scraped as often as the one: twice its tokens (team-b's pod would make it three times).
+    ratio = chat[-1].prompt_tokens_per_second / solo[-1].prompt_tokens_per_second
+    assert ratio == pytest.approx(2, rel=0.25), ratio
     # The command prints the block to paste (the shares are met at a 5 s bound; 16/72 within 1 s is not).
     assert cli.main(["tune", "--prometheus", prometheus.url, "--service", "ml/chat", "--since", "15s",
                      "--window", "5", "--ttft", "5", "--percentile", "95"]) == 0  # fmt: skip

@@ -148,7 +148,9 @@ SOURCES = st.one_of(
             "hub": st.fixed_dictionaries(
                 {},
                 optional={
-                    "cache": st.fixed_dictionaries({}, optional={"sizeLimit": QUANTITIES, "claimName": NAMES})
+                    "cache": st.fixed_dictionaries(
+                        {}, optional={"sizeLimit": QUANTITIES, "claimName": NAMES, "prefill": st.booleans()}
+                    )
                 },
             )
         }

@@ -81,7 +81,7 @@ def test_defaults_fill_in_a_minimal_spec(minimal):
     spec = apply_defaults(schema(), minimal)["spec"]
     assert spec["engine"]["gpuMemoryUtilization"] == 0.9
     assert spec["engine"]["image"].startswith("vllm/vllm-openai:v")
-    assert spec["model"]["source"] == {"hub": {"cache": {"sizeLimit": "100Gi"}}}
+    assert spec["model"]["source"] == {"hub": {"cache": {"sizeLimit": "100Gi", "prefill": False}}}
     assert spec["autoscaling"]["enabled"] is False
     assert spec["autoscaling"]["scaleDown"]["stabilizationWindowSeconds"] == 300
     assert spec["replicas"] == 1

@@ -25,13 +25,12 @@ def test_the_runtime_wheel_holds_only_the_operator_package_and_runtime_dependenc
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "operator" / "qwen_operator", src / "operator" / "qwen_operator")
     shutil.copytree(ROOT / "tools", src / "tools")  # present beside it, as in the repository
-    subprocess.run(
+    built = subprocess.run(
         [
             sys.executable,
             "-m",
             "pip",
             "wheel",
-            "-q",
             "--no-deps",
             "--no-build-isolation",
             "-w",
@@ -41,7 +40,10 @@ def test_the_runtime_wheel_holds_only_the_operator_package_and_runtime_dependenc
         cwd=src,
         check=True,
         capture_output=True,
+        text=True,
     )
+    # The license in its current form (an SPDX expression): no deprecation warning on a first install.
+    assert "deprecat" not in (built.stdout + built.stderr).lower(), built.stdout + built.stderr
     (wheel,) = tmp_path.glob("qwen_operator-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
@@ -55,6 +57,7 @@ def test_the_runtime_wheel_holds_only_the_operator_package_and_runtime_dependenc
         line for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line
     ]
     assert any("kopf" in r for r in requires)
+    assert "License-Expression: Apache-2.0" in metadata.splitlines()
     for dep in TOOLING_DEPENDENCIES:
         assert not [r for r in requires if dep in r], (dep, requires)
 

@@ -254,3 +254,71 @@ async def test_a_disruption_budget_the_rbac_forbids_is_a_problem_not_a_failure(m
     off["spec"]["disruptionBudget"] = {"enabled": False}
     quiet = await reconcile.reconcile(Refusing("poddisruptionbudgets", 403), off, NOW)
     assert "PodDisruptionBudgetForbidden" not in [e.reason for e in quiet.events]
+
+
+def _prefilled(minimal, revision: str | None = None):
+    body = copy.deepcopy(minimal)
+    body["spec"]["model"] = {
+        "name": "Qwen/Qwen2.5-7B-Instruct",
+        "source": {"hub": {"cache": {"claimName": "hf-cache", "prefill": True}}},
+        **({"revision": revision} if revision else {}),
+    }
+    return body
+
+
+def _cached(out) -> tuple[str, str]:
+    (cond,) = [c for c in out.status["conditions"] if c["type"] == "ModelCached"]
+    return cond["status"], cond["reason"]
+
+
+async def test_a_prefilled_cache_is_filled_once_and_its_progress_shows(minimal):
+    """The download Job is created with the Deployment; ModelCached follows its status (downloading,
+    failed: Degraded with what to do, done); a new revision replaces the Job; prefill off removes it."""
+    cluster = FakeCluster()
+    body = _prefilled(minimal)
+    out = await reconcile.reconcile(cluster, body, NOW)
+    assert ("create", "jobs") in cluster.writes
+    assert _cached(out) == ("False", "Downloading")
+    key = ("jobs", "ml", "qwen-download")
+    cluster.objects[key]["metadata"]["uid"] = "job-1"
+
+    gave_up = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "too many"}
+    cluster.objects[key]["status"] = {"failed": 7, "conditions": [gave_up]}
+    out = await reconcile.reconcile(cluster, dict(body, status=out.status), NOW)
+    assert _cached(out) == ("False", "DownloadFailed")
+    assert out.status["phase"] == "Degraded"
+    assert any(
+        "kubectl logs job/qwen-download" in e.message for e in out.events if e.reason == "ModelDownloadFailed"
+    )
+
+    cluster.objects[key]["status"] = {"succeeded": 1}
+    cluster.writes.clear()
+    out = await reconcile.reconcile(cluster, dict(body, status=out.status), NOW)
+    assert _cached(out) == ("True", "Cached")
+    assert ("create", "jobs") not in cluster.writes, "a filled cache is not filled again"
+
+    newer = _prefilled(minimal, revision="v2")
+    out = await reconcile.reconcile(cluster, dict(newer, status=out.status), NOW)
+    assert (
+        cluster.writes[-3:-1] == [("delete", "jobs"), ("create", "jobs")]
+        or ("delete", "jobs") in cluster.writes
+    )
+    assert _cached(out) == ("False", "Downloading"), "the new revision is downloading"
+    assert cluster.objects[key]["metadata"]["annotations"][labels.CACHE_KEY_ANNOTATION] == render.cache_key(
+        parse(newer).spec
+    )
+
+    cluster.objects[key]["metadata"]["uid"] = "job-2"
+    out = await reconcile.reconcile(cluster, dict(minimal, status=out.status), NOW)
+    assert key not in cluster.objects, "prefill off: its Job goes"
+    assert "ModelCached" not in [c["type"] for c in out.status["conditions"]]
+
+
+async def test_a_download_job_it_did_not_make_is_left_alone(minimal):
+    cluster = FakeCluster()
+    theirs = {"metadata": {"name": "qwen-download", "namespace": "ml", "uid": "x"}, "spec": {}}
+    cluster.objects[("jobs", "ml", "qwen-download")] = theirs
+    out = await reconcile.reconcile(cluster, _prefilled(minimal), NOW)
+    assert cluster.objects[("jobs", "ml", "qwen-download")] == theirs
+    assert "ResourceConflict" in [e.reason for e in out.events]
+    assert ("create", "deployments") in cluster.writes, "the rest is reconciled"

@@ -399,3 +399,51 @@ def test_pod_hooks_refuse_what_would_break_the_service(minimal, spec, message):
     body["spec"].update(spec)
     with pytest.raises(InvalidSpec, match=message):
         parse(body)
+
+
+def test_a_prefilled_cache_gets_a_download_job_and_pods_that_wait_for_it(minimal):
+    """cache.prefill: one Job fills the claim (the serving pods' image, security and HF_HOME, no GPU, none
+    of their labels); every serving pod waits for the marker the Job writes last, then starts offline."""
+    name = "q" * 63  # the longest name a QwenService may have
+    body = copy.deepcopy(minimal)
+    body["metadata"]["name"] = name
+    body["spec"]["model"] = {
+        "name": "Qwen/Qwen2.5-7B-Instruct",
+        "revision": "main",
+        "source": {"hub": {"cache": {"claimName": "hf-cache", "prefill": True}}},
+    }
+    svc = parse(body)
+    job = render.render_download_job(svc)
+    assert job is not None
+    validate_k8s(job)
+    assert len(job["metadata"]["name"]) <= 63, "a Job's name is a label value on its pods"
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["QWEN_MODEL"], env["QWEN_REVISION"]) == ("Qwen/Qwen2.5-7B-Instruct", "main")
+    assert env["HF_HOME"] == "/cache/huggingface"
+    assert pod["volumes"][0] == {"name": "cache", "persistentVolumeClaim": {"claimName": "hf-cache"}}
+    assert "resources" not in container or "nvidia.com/gpu" not in str(container["resources"])
+    selector = labels.selector_labels(name)
+    assert not selector.items() & job["spec"]["template"]["metadata"]["labels"].items()
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+    serving = render.render_deployment(svc)["spec"]["template"]["spec"]
+    (wait,) = serving["initContainers"]
+    marker = render.cache_marker(svc.spec)
+    assert marker in wait["command"][-1]
+    assert marker == env["QWEN_MARKER"]
+    vllm_env = {e["name"]: e.get("value") for e in serving["containers"][0]["env"]}
+    assert vllm_env["HF_HUB_OFFLINE"] == "1"
+
+    # Another revision is another marker (and another download); without prefill, nothing of this.
+    other = copy.deepcopy(body)
+    other["spec"]["model"]["revision"] = "v2"
+    assert render.cache_marker(parse(other).spec) != marker
+    plain = make(minimal)
+    assert render.render_download_job(plain) is None
+    assert "initContainers" not in render.render_deployment(plain)["spec"]["template"]["spec"]
+    without_claim = copy.deepcopy(body)
+    without_claim["spec"]["model"]["source"]["hub"]["cache"] = {"prefill": True}
+    with pytest.raises(InvalidSpec, match="prefill needs a claimName"):
+        parse(without_claim)

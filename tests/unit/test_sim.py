@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from qwen_operator import api, cli
 from qwen_tools.sim import oracle, policies, run, score, trace
-from qwen_tools.sim.cluster import ColdStart, Settings, simulate
+from qwen_tools.sim.cluster import CACHE_READ, COLD_STARTS, HUB_DOWNLOAD, START, ColdStart, Settings, simulate
 from qwen_tools.sim.engine import DONE, REJECTED, TIMEOUT, Engine, Request
 from qwen_tools.sim.gpus import GPUS, KV_BYTES_PER_TOKEN, pessimistic
 from qwen_tools.sim.policies import Sample, View
@@ -584,3 +585,16 @@ def test_ours_sees_each_pods_traffic_over_the_last_minute() -> None:
     assert traffic is not None
     assert traffic.seconds == 60, "increase over the last minute, as the Prometheus source asks"
     assert traffic.requests_per_second == pytest.approx(4 / 60)
+
+
+def test_a_model_cache_shortens_the_simulated_cold_start() -> None:
+    """The hub and cached cold starts are the sum of their stages (start-up, then the weights from the
+    Hub or from the cache): every draw is the stages' draws added, and the cache's is the shorter."""
+    hub, cached = COLD_STARTS["hub"], COLD_STARTS["cached"]
+    assert hub.parts == (START, HUB_DOWNLOAD)
+    assert cached.parts == (START, CACHE_READ)
+    a, b = random.Random(7), random.Random(7)
+    assert hub.sample(a) == pytest.approx(START.sample(b) + HUB_DOWNLOAD.sample(b))
+    assert cached.median < 0.6 * hub.median
+    assert cached.p95 < 0.6 * hub.p95
+    assert START.median + 0.8 * CACHE_READ.median < cached.median < START.p95 + CACHE_READ.p95

@@ -16,6 +16,7 @@ from qwen_operator import api, validation
 from qwen_operator.cli import documents
 from qwen_tools import install
 from qwen_tools.sim import policies, report, run, score, trace
+from qwen_tools.sim.cluster import COLD_STARTS
 from qwen_tools.sim.gpus import GPUS
 
 
@@ -139,9 +140,13 @@ def add_simulate(sub: Any) -> None:
     sm.add_argument("--scrape-interval", type=int, default=15, help="Prometheus scrape interval, seconds")
     sm.add_argument(
         "--cold-start",
-        choices=["fast", "default", "slow"],
+        choices=list(COLD_STARTS),
         default="default",
-        help="pod created to Ready: median 45, 150 or 360 s",
+        help=(
+            "pod created to Ready: "
+            + ", ".join(f"{k} (median {v.median:.0f} s, p95 {v.p95:.0f} s)" for k, v in COLD_STARTS.items())
+            + "; hub: each replica downloads the weights, cached: a prefilled model cache"
+        ),
     )
     sm.add_argument("--png", default="build/simulation.png", help="timeline plot to write ('' for none)")
     sm.add_argument("--json", action="store_true", help="print the summary as one JSON object")

@@ -497,6 +497,7 @@ PODS = "v1/pods"
 SECRETS = "v1/secrets"
 NETWORKPOLICIES = "networking.k8s.io/v1/networkpolicies"
 PDBS = "policy/v1/poddisruptionbudgets"
+JOBS = "batch/v1/jobs"
 LEASES = "coordination.k8s.io/v1/leases"
 
 
@@ -520,6 +521,7 @@ def declare(emulator: Emulator) -> None:
     res[SECRETS] = kmock.ResourceInfo(kind="Secret", namespaced=True, verbs=verbs)
     res[NETWORKPOLICIES] = kmock.ResourceInfo(kind="NetworkPolicy", namespaced=True, verbs=verbs)
     res[PDBS] = kmock.ResourceInfo(kind="PodDisruptionBudget", namespaced=True, verbs=verbs)
+    res[JOBS] = kmock.ResourceInfo(kind="Job", namespaced=True, verbs=verbs, subresources={"status"})
     res[LEASES] = kmock.ResourceInfo(kind="Lease", namespaced=True, verbs=verbs)
     res["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock.ResourceInfo(
         kind="CustomResourceDefinition", namespaced=False, verbs={"get", "list", "watch"}

@@ -73,6 +73,9 @@ app.kubernetes.io/part-of: qwen-operator
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "create", "patch", "delete"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "create", "delete"]
 {{- end -}}
 
 {{/* Namespaces where the operator may read the Secrets QwenServices name as Prometheus credentials:

@@ -60,6 +60,10 @@ SCENARIOS = (
     Scenario("flash-crowd-a10g (synthetic)", "a10g", "conv2-flash", max_replicas=12),
     Scenario("long-prompts-a10g (synthetic)", "a10g", "conv2-long", max_replicas=24),
     Scenario("conv2-a10g-coldstart360", "a10g", "conv2", max_replicas=8, cold_start="slow"),
+    # What a prefilled model cache buys: the same service whose replicas download the weights from the
+    # Hub, and whose replicas read them from the cache (sim/cluster.py states the cold starts' parts).
+    Scenario("conv2-a10g-cache-none", "a10g", "conv2", max_replicas=8, cold_start="hub"),
+    Scenario("conv2-a10g-cache-prefilled", "a10g", "conv2", max_replicas=8, cold_start="cached"),
     Scenario("conv2-a10g-pessimistic", "a10g", "conv2", max_replicas=8, calibration="pessimistic"),
     Scenario("conv2-l4-pessimistic", "l4", "conv2", max_replicas=12, calibration="pessimistic"),
 )

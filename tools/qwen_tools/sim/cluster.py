@@ -23,17 +23,47 @@ from qwen_tools.sim.trace import Trace
 
 @dataclass(frozen=True)
 class ColdStart:
-    """Pod created -> ready: log-normal with this median and 95th percentile (seconds)."""
+    """Pod created -> ready: log-normal with this median and 95th percentile (seconds), or the sum of
+    independent stages (``parts``; the median and p95 are then the sum's, estimated once)."""
 
     median: float = 150.0
     p95: float = 240.0
+    parts: tuple[ColdStart, ...] = ()
 
     def sample(self, rng: random.Random) -> float:
+        if self.parts:
+            return sum(part.sample(rng) for part in self.parts)
         sigma = math.log(self.p95 / self.median) / 1.6448536269514722
         return rng.lognormvariate(math.log(self.median), sigma)
 
+    @staticmethod
+    def of(*parts: ColdStart) -> ColdStart:
+        rng = random.Random(0)
+        draws = sorted(sum(p.sample(rng) for p in parts) for _ in range(4000))
+        return ColdStart(draws[2000], draws[3800], parts)
 
-COLD_STARTS = {"fast": ColdStart(45, 72), "default": ColdStart(150, 240), "slow": ColdStart(360, 576)}
+
+# Where a Qwen2.5-7B replica's cold start goes (assumptions, stated; not measured on a GPU here):
+# - START: the pod scheduled on a node that has the vLLM image, the container started, the engine up
+#   (weights from a local file into the GPU at a few GB/s: ~5-10 s for 15 GB; CUDA graph capture and
+#   warm-up: tens of seconds, as vLLM logs it): median 40 s, p95 75 s.
+# - HUB: the weights (15.2 GB in bf16) downloaded from the Hugging Face Hub by each new pod into its own
+#   emptyDir, at ~100 MB/s median and ~40 MB/s at p95 (shared egress, several pods at once, the Hub's
+#   rate limits): median 150 s, p95 380 s.
+# - CACHE: the same weights read from a shared ReadWriteMany volume the operator's download Job filled
+#   (spec.model.source.hub.cache.prefill): NFS/EFS-class throughput of ~300 MB/s median, ~125 MB/s at
+#   p95: median 50 s, p95 120 s.
+START = ColdStart(40, 75)
+HUB_DOWNLOAD = ColdStart(150, 380)
+CACHE_READ = ColdStart(50, 120)
+
+COLD_STARTS = {
+    "fast": ColdStart(45, 72),
+    "default": ColdStart(150, 240),
+    "slow": ColdStart(360, 576),
+    "hub": ColdStart.of(START, HUB_DOWNLOAD),  # every replica downloads the weights
+    "cached": ColdStart.of(START, CACHE_READ),  # a prefilled model cache (docs/install.md)
+}
 
 
 @dataclass
