@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from qwen_operator import api, labels, render, scaling
@@ -31,7 +33,7 @@ class Problem:
 def set_condition(
     conditions: Sequence[api.Condition],
     type_: str,
-    status: bool,
+    status: bool | None,
     reason: str,
     message: str,
     now: str,
@@ -39,8 +41,9 @@ def set_condition(
 ) -> list[api.Condition]:
     """Replace one condition in place (a new one goes last), keeping its lastTransitionTime unless its
     status flips, as apimachinery's SetStatusCondition does: the reconcile and the scaler each set their
-    own conditions, and a reordered list would make each rewrite the status when nothing changed."""
-    value: Any = "True" if status else "False"
+    own conditions, and a reordered list would make each rewrite the status when nothing changed.
+    ``status`` None is "Unknown"."""
+    value: Any = "Unknown" if status is None else ("True" if status else "False")
     old = next((c for c in conditions if c.type == type_), None)
     since = old.last_transition_time if old is not None and old.status == value else now
     new = api.Condition(
@@ -186,8 +189,38 @@ def _plan_status(plan: PlanState) -> dict[str, Any]:
     }
 
 
+AWAITING_FIRST_SCRAPE = "AwaitingFirstScrape"
+
+
+def _metrics_condition(
+    old: api.QwenServiceStatus, decision: scaling.Decision, now: str, grace_seconds: float
+) -> tuple[bool | None, str]:
+    """MetricsAvailable's status and reason. Ready pods that have not reported since the service had
+    none are awaited (Unknown, AwaitingFirstScrape) for ``grace_seconds`` (staleAfterSeconds) from the
+    moment they were seen: Prometheus scrapes a pod some seconds after it turns Ready, and that is no
+    reason for a Warning. After the grace, or once metrics were seen and then lost, it is
+    MetricsUnavailable."""
+    if decision.metrics_available:
+        return True, "MetricsAvailable"
+    if not decision.ready_replicas:
+        return False, "NoReadyPods"
+    prev = next((c for c in old.conditions if c.type == METRICS_AVAILABLE), None)
+    if prev is None or prev.reason == "NoReadyPods":
+        return None, AWAITING_FIRST_SCRAPE
+    if prev.reason == AWAITING_FIRST_SCRAPE:
+        since = datetime.fromisoformat(prev.last_transition_time) if prev.last_transition_time else None
+        waited = (datetime.fromisoformat(now) - since).total_seconds() if since else math.inf
+        if waited < grace_seconds:
+            return None, AWAITING_FIRST_SCRAPE
+    return False, "MetricsUnavailable"
+
+
 def scaling_status(
-    old: api.QwenServiceStatus, decision: scaling.Decision, now: str, generation: int | None
+    old: api.QwenServiceStatus,
+    decision: scaling.Decision,
+    now: str,
+    generation: int | None,
+    grace_seconds: float = 60.0,
 ) -> api.QwenServiceStatus:
     """The status carrying a scaling decision: desired replicas, observation, reason, state, conditions."""
     state = decision.state
@@ -211,13 +244,12 @@ def scaling_status(
         now,
         generation,
     )
+    metrics_status, metrics_reason = _metrics_condition(old, decision, now, grace_seconds)
     conds = set_condition(
         conds,
         METRICS_AVAILABLE,
-        available,
-        "MetricsAvailable"
-        if available
-        else ("MetricsUnavailable" if decision.ready_replicas else "NoReadyPods"),
+        metrics_status,
+        metrics_reason,
         f"{obs.pods_with_data} of {obs.ready_replicas} ready pods report metrics"
         if obs is not None
         else decision.message,

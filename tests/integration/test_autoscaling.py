@@ -352,3 +352,51 @@ async def test_a_steady_service_costs_no_api_call(emulator: Emulator, player: Po
     made = {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
     assert not made, f"API calls while nothing changed (the scaler reads its watch caches): {made}"
     assert replicas(emulator) == 2
+
+
+async def test_new_pods_awaiting_their_first_scrape_get_no_warning(
+    emulator: Emulator, player: PodPlayer
+) -> None:
+    """Pods turn Ready a little before their first scrape: MetricsAvailable is Unknown
+    (AwaitingFirstScrape) meanwhile, with no Warning; pods that stay silent past staleAfterSeconds (5 s
+    here) get the Warning, as pods that stop reporting do."""
+    player.total, player.mode = 4, "error"  # Ready, but /metrics does not answer yet
+    await emulator.put(QSVC, autoscaled())
+    awaiting = await eventually(
+        lambda: (
+            (c := condition(emulator.get(QSVC, NS, "qwen"), "MetricsAvailable"))
+            and c["status"] == "Unknown"
+            and c
+        ),
+        what="MetricsAvailable=Unknown",
+    )
+    assert awaiting["reason"] == "AwaitingFirstScrape"
+    player.mode = "ok"  # the first scrape, within the grace
+    await eventually(
+        lambda: (
+            (c := condition(emulator.get(QSVC, NS, "qwen"), "MetricsAvailable")) and c["status"] == "True"
+        ),
+        what="MetricsAvailable=True",
+    )
+    assert events(emulator, "qwen", "MetricsUnavailable") == [], "no Warning for a first scrape a moment late"
+    assert events(emulator, "qwen", "MetricsAvailable") == []
+
+
+async def test_pods_that_never_report_get_the_warning_after_the_grace(
+    emulator: Emulator, player: PodPlayer
+) -> None:
+    player.total, player.mode = 4, "error"  # Ready, and /metrics never answers
+    await emulator.put(QSVC, autoscaled())
+    await eventually(
+        lambda: (
+            (c := condition(emulator.get(QSVC, NS, "qwen"), "MetricsAvailable")) and c["status"] == "Unknown"
+        ),
+        what="MetricsAvailable=Unknown",
+    )
+    seen = asyncio.get_running_loop().time()
+    (warning,) = await eventually(lambda: events(emulator, "qwen", "MetricsUnavailable"), what="a warning")
+    assert asyncio.get_running_loop().time() - seen >= 4, "the Warning waited for staleAfterSeconds (5 s)"
+    assert warning["type"] == "Warning"
+    lost = condition(emulator.get(QSVC, NS, "qwen"), "MetricsAvailable")
+    assert lost is not None
+    assert (lost["status"], lost["reason"]) == ("False", "MetricsUnavailable")

@@ -66,7 +66,13 @@ class Actuator:
         """The pure decision for one service, and the status it leads to (no I/O)."""
         state = self.states.get(svc.metadata.uid or "") or scaling.state_from_status(svc.status)
         decision = scaling.decide(obs, svc.spec.scaling(), state, now)
-        return decision, status.scaling_status(svc.status, decision, rfc3339(now), svc.metadata.generation)
+        return decision, status.scaling_status(
+            svc.status,
+            decision,
+            rfc3339(now),
+            svc.metadata.generation,
+            grace_seconds=svc.spec.autoscaling.metrics.stale_after_seconds,
+        )
 
     async def act(self, candidate: Candidate, obs: scaling.Observation, now: datetime.datetime) -> Evaluated:
         svc = candidate.svc
@@ -157,8 +163,9 @@ def _condition(st: api.QwenServiceStatus, type_: str) -> tuple[str, str] | None:
 
 
 def _metrics_events(old: api.QwenServiceStatus, new: api.QwenServiceStatus, message: str) -> list[Event]:
-    """A Warning when ready pods stop reporting (no ready pods yet, a new service, is not worth one),
-    and a Normal Event when they report again."""
+    """A Warning when ready pods stop reporting, or have not reported within staleAfterSeconds of
+    turning Ready (no ready pods yet, or new pods awaiting Prometheus' first scrape of them, is not worth
+    one), and a Normal Event when they report again after a Warning."""
     before = _condition(old, status.METRICS_AVAILABLE)
     after = _condition(new, status.METRICS_AVAILABLE)
     lost, found = ("False", "MetricsUnavailable"), ("True", "MetricsAvailable")
