@@ -19,7 +19,18 @@ $(STAMP): pyproject.toml tools/pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create .venv and install the operator with its test and lint tools (pinned)
 
-test: $(STAMP) ## Run the unit and integration tests
+CHATUI_VENV ?= .venv-chatui
+CHATUI_STAMP := $(CHATUI_VENV)/.installed
+
+$(CHATUI_STAMP): images/chatui/requirements.txt images/chatui/requirements.lock
+	$(PYTHON) -m venv $(CHATUI_VENV)
+	$(CHATUI_VENV)/bin/pip install -q --upgrade pip
+	$(CHATUI_VENV)/bin/pip install -q -c images/chatui/requirements.lock -r images/chatui/requirements.txt
+	touch $(CHATUI_STAMP)
+
+chatui-env: $(CHATUI_STAMP) ## Create .venv-chatui with the chat page's pinned Gradio (make test builds it; ~1 min)
+
+test: $(STAMP) $(CHATUI_STAMP) ## Run the unit and integration tests (the chat page's needs chromium and chromium-driver)
 	$(PY) -m pytest
 
 lint: $(STAMP) ## ruff, mypy --strict, and the import contracts that keep the core pure
@@ -48,12 +59,16 @@ image-push: image ## Build and push the operator image: make image-push IMAGE=re
 	docker push $(IMAGE)
 
 CHART_REGISTRY ?= oci://ghcr.io/qwenops/charts
+CHATUI_IMAGE ?= ghcr.io/qwenops/qwen-chat-ui:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
 chart: $(STAMP) ## Package the Helm chart into build/chart/ (chart version == appVersion == package version)
 	$(BIN)/qwen-operator chart --output build/chart
 
 chart-push: $(STAMP) ## Package and push the chart as an OCI artifact: CHART_REGISTRY=oci://registry/path (helm registry login first)
 	$(BIN)/qwen-operator chart --output build/chart --push $(CHART_REGISTRY)
+
+image-chatui: ## Build the chat page's image (spec.chatUI): CHATUI_IMAGE=registry/name:tag
+	docker build -f images/chatui/Dockerfile -t $(CHATUI_IMAGE) .
 
 image-loadtest: ## Build the load kit's image for in-cluster runs (examples/loadtest/job.yaml): LOADTEST_IMAGE=registry/name:tag
 	docker build -f images/loadtest/Dockerfile -t $(LOADTEST_IMAGE) .
@@ -125,6 +140,6 @@ lock: ## Re-resolve constraints.txt from pyproject.toml (after changing a pin)
 	rm -rf .venv-lock
 
 clean: ## Remove the virtual environments, caches and e2e artifacts
-	rm -rf $(VENV) $(VLLM_VENV) build/e2e .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VLLM_VENV) $(CHATUI_VENV) build/e2e .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-.PHONY: help install test lint format crds manifests image image-push chart chart-push image-loadtest demo bench bench-tune bench-slo-train bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean
+.PHONY: help install chatui-env image-chatui test lint format crds manifests image image-push chart chart-push image-loadtest demo bench bench-tune bench-slo-train bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean

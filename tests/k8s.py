@@ -347,7 +347,7 @@ def api_server_errors(obj: dict[str, Any]) -> list[str]:
             for k in template["metadata"].get("annotations", {})
             if not is_qualified_name(k)
         ]
-        rolling = obj["spec"]["strategy"].get("rollingUpdate", {})
+        rolling = (obj["spec"].get("strategy") or {}).get("rollingUpdate", {})
         if rolling.get("maxSurge") == 0 and rolling.get("maxUnavailable") == 0:
             errors.append("strategy: maxSurge and maxUnavailable may not both be 0")
     if obj["kind"] == "Job":

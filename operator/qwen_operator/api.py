@@ -46,6 +46,9 @@ SHORT_NAMES = ("qsvc",)
 # The vLLM OpenAI-compatible server image each operator release defaults to (see docs/install.md).
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
 VLLM_PORT = 8000
+# The chat page (images/chatui), released with the operator.
+DEFAULT_CHAT_UI_IMAGE = "ghcr.io/qwenops/qwen-chat-ui:0.1.0"
+CHAT_UI_PORT = 7860
 
 # Flags the operator sets itself, by vLLM's option dest; repeating them in extraArgs would make two
 # sources of truth (or, for the API key, a way around the Secret). vllm_flags lists every spelling
@@ -925,6 +928,41 @@ class NetworkPolicySpec(_Model):
     )
 
 
+class ChatUISpec(_Model):
+    """A small Gradio chat page in front of the model, for people who do not use the API."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "!self.enabled || has(self.credentialsSecretRef)",
+                "chatUI.enabled needs credentialsSecretRef (the page's user name and password)",
+            )
+        )
+    )
+    enabled: bool = Field(default=False, description="Deploy the chat page (a Deployment and a Service).")
+    credentials_secret_ref: BasicAuthSecretRef | None = Field(
+        default=None,
+        description="Secret (this namespace) with the user name and password the page asks for.",
+    )
+    image: str = Field(
+        default=DEFAULT_CHAT_UI_IMAGE,
+        min_length=1,
+        max_length=512,
+        pattern=r"^[^\s]+$",
+        description="The chat page's image (images/chatui; no whitespace).",
+    )
+    title: str = Field(default="Qwen chat", min_length=1, max_length=100, description="The page's title.")
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
+        default="ClusterIP", description="Type of the page's Service (port 80)."
+    )
+
+    @model_validator(mode="after")
+    def _credentials(self) -> ChatUISpec:
+        if self.enabled and self.credentials_secret_ref is None:
+            raise ValueError("chatUI.enabled needs credentialsSecretRef (the page's user name and password)")
+        return self
+
+
 # ----------------------------------------------------------------------------------------- the spec
 
 
@@ -954,6 +992,12 @@ class QwenServiceSpec(_Model):
     service: ServiceSpec = _section(ServiceSpec, "The Service in front of the pods.")
     network_policy: NetworkPolicySpec = _section(
         NetworkPolicySpec, "Who may reach the server (a NetworkPolicy; off by default)."
+    )
+    chat_ui: ChatUISpec = Field(
+        default_factory=ChatUISpec,
+        alias="chatUI",
+        json_schema_extra={"default": {}},
+        description="A chat page with a login in front of the model (off by default).",
     )
     replicas: int = Field(default=1, ge=0, le=1000, description="Replicas when autoscaling is off.")
     autoscaling: AutoscalingSpec = _section(
@@ -1092,6 +1136,9 @@ class QwenServiceStatus(_Model):
     autoscaling: AutoscalingStatus | None = None
     observed_generation: int | None = None
     endpoint: str | None = Field(default=None, description="In-cluster OpenAI-compatible base URL.")
+    chat_ui: str | None = Field(
+        default=None, alias="chatUI", description="In-cluster URL of the chat page (spec.chatUI)."
+    )
     selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
 
 

@@ -35,6 +35,7 @@ PRINTER_COLUMNS = [
     {"name": "Load", "type": "number", "jsonPath": ".status.autoscaling.observation.loadPerReplica"},
     {"name": "KV", "type": "number", "jsonPath": ".status.autoscaling.observation.kvCacheUsage"},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Chat", "type": "string", "jsonPath": ".status.chatUI", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

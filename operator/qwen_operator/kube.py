@@ -71,9 +71,17 @@ API_CALLS: tuple[ApiCall, ...] = (
     ApiCall(api.GROUP, api.PLURAL, ("get", "list", "watch", "patch"), "kopf watches them; reconcile reads"),
     ApiCall(api.GROUP, f"{api.PLURAL}/status", ("get", "patch"), "status, conditions, scaler state"),
     ApiCall(
-        "apps", "deployments", ("get", "list", "watch", "create", "patch"), "the vLLM workload (watched)"
+        "apps",
+        "deployments",
+        ("get", "list", "watch", "create", "patch", "delete"),
+        "the vLLM workload (watched) and the chat page's; only the chat page's is ever deleted (turned off)",
     ),
-    ApiCall("", "services", ("get", "create", "patch"), "the vLLM Service"),
+    ApiCall(
+        "",
+        "services",
+        ("get", "create", "patch", "delete"),
+        "the vLLM Service and the chat page's; only the chat page's is ever deleted (turned off)",
+    ),
     ApiCall("", "events", ("create",), "kopf's and the scaler's Events"),
     ApiCall(
         "networking.k8s.io",

@@ -41,3 +41,25 @@ def download_labels(name: str) -> dict[str, str]:
         "app.kubernetes.io/managed-by": MANAGED_BY,
         CACHE_OF_LABEL: name,
     }
+
+
+CHAT_UI_OF_LABEL = "serving.qwenops.io/chat-ui-of"
+
+
+def chat_ui_name(name: str) -> str:
+    """The chat page's Deployment and Service: a DNS-1035 label of at most 63 characters."""
+    return f"{name[:58].rstrip('-')}-chat"
+
+
+def chat_ui_selector(name: str) -> dict[str, str]:
+    """The chat page's pods: none of the model's selector (the model's Service, scaler and budget must
+    never count one)."""
+    return {"app.kubernetes.io/component": "chat-ui", CHAT_UI_OF_LABEL: name}
+
+
+def chat_ui_labels(name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "qwen-chat-ui",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        **chat_ui_selector(name),
+    }

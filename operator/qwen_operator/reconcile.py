@@ -42,7 +42,7 @@ async def _apply(
     skip_spec: tuple[str, ...] = (),
 ) -> dict[str, Any] | None:
     kind = desired["kind"]
-    ns, name = svc.namespace, svc.name
+    ns, name = svc.namespace, desired["metadata"]["name"]
     actual = await cluster.get(res, ns, name)
     if actual is None:
         created = await cluster.create(res, desired)
@@ -78,15 +78,21 @@ def _lenient_status(body: Mapping[str, Any]) -> api.QwenServiceStatus:
 
 
 async def _remove_owned(
-    cluster: ClusterAPI, res: Resource, kind: str, svc: api.QwenService, outcome: Outcome
+    cluster: ClusterAPI,
+    res: Resource,
+    kind: str,
+    svc: api.QwenService,
+    outcome: Outcome,
+    name: str | None = None,
 ) -> None:
     """Delete an object this QwenService created and no longer asks for; anything else stays."""
-    actual = await cluster.get(res, svc.namespace, svc.name)
+    name = name or svc.name
+    actual = await cluster.get(res, svc.namespace, name)
     if actual is None or not owned_by(actual, svc):
         return
-    await cluster.delete(res, svc.namespace, svc.name, actual["metadata"]["uid"])
+    await cluster.delete(res, svc.namespace, name, actual["metadata"]["uid"])
     outcome.writes += 1
-    outcome.events.append(Event("Normal", "Deleted", f"Deleted {kind} {svc.name} (no longer in the spec)"))
+    outcome.events.append(Event("Normal", "Deleted", f"Deleted {kind} {name} (no longer in the spec)"))
 
 
 async def _optional(
@@ -117,6 +123,21 @@ async def _optional(
                     "get/create/patch/delete (the Helm chart's RBAC does)",
                 )
             )
+
+
+async def _chat_ui(
+    cluster: ClusterAPI, svc: api.QwenService, outcome: Outcome, problems: list[status.Problem]
+) -> None:
+    """The chat page's Deployment and Service while ``chatUI.enabled``; the ones this service made are
+    deleted when it is turned off."""
+    chat = render.render_chat_ui(svc)
+    if chat is not None:
+        await _apply(cluster, DEPLOYMENTS, chat[0], svc, outcome, problems)
+        await _apply(cluster, SERVICES, chat[1], svc, outcome, problems)
+        return
+    name = labels.chat_ui_name(svc.name)
+    await _remove_owned(cluster, SERVICES, "Service", svc, outcome, name)
+    await _remove_owned(cluster, DEPLOYMENTS, "Deployment", svc, outcome, name)
 
 
 async def _download_job(
@@ -278,6 +299,8 @@ async def reconcile(
         await _optional(
             cluster, PODDISRUPTIONBUDGETS, step, render.render_disruption_budget(svc), svc, outcome, problems
         )
+        step = "chat UI"
+        await _chat_ui(cluster, svc, outcome, problems)
     except Exception as exc:
         message = refusal(exc)
         if message is None:  # busy, failing or away: say so, and let the caller retry

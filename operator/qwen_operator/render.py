@@ -501,6 +501,8 @@ def render_network_policy(svc: api.QwenService) -> dict[str, Any] | None:
     peers: list[dict[str, Any]] = []
     if net.same_namespace:
         peers.append({"podSelector": {}})
+    elif svc.spec.chat_ui.enabled:  # the chat page calls the model from its own pods
+        peers.append({"podSelector": {"matchLabels": labels.chat_ui_selector(svc.name)}})
     for namespace in net.monitoring_namespaces:
         peers.append({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}})
     for peer in net.allow_from:
@@ -544,10 +546,90 @@ def render_disruption_budget(svc: api.QwenService) -> dict[str, Any] | None:
     }
 
 
+def render_chat_ui(svc: api.QwenService) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The chat page's Deployment and Service (``spec.chatUI``), or None. One replica of the Gradio app
+    in images/chatui: it asks for the user name and password of the named Secret, and streams chat
+    completions from this service's own endpoint (with its API key when it has one)."""
+    chat = svc.spec.chat_ui
+    if not chat.enabled or chat.credentials_secret_ref is None:
+        return None
+    spec, name = svc.spec, labels.chat_ui_name(svc.name)
+    creds = chat.credentials_secret_ref
+    env: list[dict[str, Any]] = [
+        {"name": "QWEN_CHAT_BASE_URL", "value": endpoint(svc)},
+        {"name": "QWEN_CHAT_MODEL", "value": spec.served_model_name},
+        {"name": "QWEN_CHAT_TITLE", "value": chat.title},
+        _secret_env("QWEN_CHAT_USERNAME", api.SecretKeyRef(name=creds.name, key=creds.username_key)),
+        _secret_env("QWEN_CHAT_PASSWORD", api.SecretKeyRef(name=creds.name, key=creds.password_key)),
+        {"name": "GRADIO_SERVER_NAME", "value": "0.0.0.0"},
+        {"name": "GRADIO_SERVER_PORT", "value": str(api.CHAT_UI_PORT)},
+        {"name": "GRADIO_ANALYTICS_ENABLED", "value": "False"},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    if spec.api_key_secret_ref is not None:
+        env.append(_secret_env("QWEN_CHAT_API_KEY", spec.api_key_secret_ref))
+    pod: dict[str, Any] = {
+        "containers": [
+            {
+                "name": "chat",
+                "image": chat.image,
+                "imagePullPolicy": spec.engine.image_pull_policy,
+                "ports": [{"name": "http", "containerPort": api.CHAT_UI_PORT, "protocol": "TCP"}],
+                "env": env,
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                "readinessProbe": {
+                    "httpGet": {"path": "/", "port": "http"},
+                    "periodSeconds": 10,
+                    "timeoutSeconds": 5,
+                },
+                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+                "securityContext": _container_security(spec),
+            }
+        ],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+        "securityContext": _pod_security(spec),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+    }
+    if spec.engine.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in spec.engine.image_pull_secrets]
+    meta = _metadata(svc)
+    meta["name"] = name
+    meta["labels"] = labels.chat_ui_labels(svc.name)
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels.chat_ui_selector(svc.name)},
+            "template": {"metadata": {"labels": labels.chat_ui_labels(svc.name)}, "spec": pod},
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": dict(meta),
+        "spec": {
+            "type": chat.service_type,
+            "selector": labels.chat_ui_selector(svc.name),
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+    return deployment, service
+
+
+def chat_ui_url(svc: api.QwenService) -> str | None:
+    if not svc.spec.chat_ui.enabled:
+        return None
+    return f"http://{labels.chat_ui_name(svc.name)}.{svc.namespace}.svc"
+
+
 def endpoint(svc: api.QwenService) -> str:
     return f"http://{svc.name}.{svc.namespace}.svc:{svc.spec.service.port}/v1"
 
 
 def render_all(svc: api.QwenService) -> list[dict[str, Any]]:
     optional = (render_network_policy(svc), render_disruption_budget(svc), render_download_job(svc))
-    return [render_deployment(svc), render_service(svc), *(o for o in optional if o is not None)]
+    chat = render_chat_ui(svc) or ()
+    return [render_deployment(svc), render_service(svc), *(o for o in optional if o is not None), *chat]

@@ -168,6 +168,7 @@ def compute_status(
             "desired_replicas": desired,
             "observed_generation": gen,
             "endpoint": render.endpoint(svc),
+            "chat_ui": render.chat_ui_url(svc),
             "selector": labels.selector_string(svc.name),
         }
     )

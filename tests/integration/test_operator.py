@@ -464,3 +464,23 @@ async def test_a_prefilled_model_cache_is_filled_by_a_job_before_pods_serve(emul
     )
     assert cached["reason"] == "Cached"
     assert "hf-cache" in cached["message"]
+
+
+async def test_the_chat_page_is_deployed_shown_in_status_and_removed(emulator, operator):
+    await emulator.put(QSVC, qsvc(chatUI={"enabled": True, "credentialsSecretRef": {"name": "chat-login"}}))
+    chat = await eventually(lambda: emulator.get(DEPLOY, NS, "qwen-chat"), what="the chat Deployment")
+    page = await eventually(lambda: emulator.get(SERVICE, NS, "qwen-chat"), what="the chat Service")
+    for obj in (chat, page):
+        validate_k8s(obj)
+    shown = await eventually(
+        lambda: (emulator.get(QSVC, NS, "qwen") or {}).get("status", {}).get("chatUI"), what="status.chatUI"
+    )
+    assert shown == "http://qwen-chat.ml.svc"
+    model = emulator.get(DEPLOY, NS, "qwen")
+    assert model is not None
+    assert model["spec"]["replicas"] == 2, "the model's Deployment is its own"
+
+    await emulator.patch(QSVC, NS, "qwen", {"spec": {"chatUI": {"enabled": False}}})
+    await eventually(lambda: emulator.get(DEPLOY, NS, "qwen-chat") is None, what="the chat Deployment gone")
+    await eventually(lambda: emulator.get(SERVICE, NS, "qwen-chat") is None, what="the chat Service gone")
+    assert emulator.get(DEPLOY, NS, "qwen") is not None

@@ -238,6 +238,17 @@ SPECS = st.fixed_dictionaries(
             {}, optional={"runAsUser": _edgy([0, 1000, 2**31 - 1], [2**31, 2**32, -1], "")}
         ),
         "apiKeySecretRef": KEY_REF,
+        "chatUI": st.fixed_dictionaries(
+            {"enabled": st.booleans()},
+            optional={
+                "credentialsSecretRef": st.fixed_dictionaries(
+                    {"name": NAMES}, optional={"usernameKey": KEYS}
+                ),
+                "image": _edgy(["r.io/chat:1"], [" chat", ""], "c :"),
+                "title": st.sampled_from(["Qwen", "", "x" * 101]),
+                "serviceType": st.sampled_from(["ClusterIP", "LoadBalancer", "Ingress"]),
+            },
+        ),
         "networkPolicy": st.fixed_dictionaries(
             {"enabled": st.booleans()},
             optional={

@@ -322,3 +322,20 @@ async def test_a_download_job_it_did_not_make_is_left_alone(minimal):
     assert cluster.objects[("jobs", "ml", "qwen-download")] == theirs
     assert "ResourceConflict" in [e.reason for e in out.events]
     assert ("create", "deployments") in cluster.writes, "the rest is reconciled"
+
+
+async def test_the_chat_page_comes_and_goes_with_the_spec(minimal):
+    cluster = FakeCluster()
+    on = copy.deepcopy(minimal)
+    on["spec"]["chatUI"] = {"enabled": True, "credentialsSecretRef": {"name": "chat-login"}}
+    out = await reconcile.reconcile(cluster, on, NOW)
+    assert ("deployments", "ml", "qwen-chat") in cluster.objects
+    assert ("services", "ml", "qwen-chat") in cluster.objects
+    assert out.status["chatUI"] == "http://qwen-chat.ml.svc"
+    for key in (("deployments", "ml", "qwen-chat"), ("services", "ml", "qwen-chat")):
+        cluster.objects[key]["metadata"]["uid"] = f"uid-{key[0]}"
+    out = await reconcile.reconcile(cluster, dict(minimal, status=out.status), NOW)
+    assert ("deployments", "ml", "qwen-chat") not in cluster.objects
+    assert ("services", "ml", "qwen-chat") not in cluster.objects
+    assert ("deployments", "ml", "qwen") in cluster.objects, "the model stays"
+    assert "chatUI" not in out.status

@@ -447,3 +447,39 @@ def test_a_prefilled_cache_gets_a_download_job_and_pods_that_wait_for_it(minimal
     without_claim["spec"]["model"]["source"]["hub"]["cache"] = {"prefill": True}
     with pytest.raises(InvalidSpec, match="prefill needs a claimName"):
         parse(without_claim)
+
+
+def test_the_chat_page_calls_its_own_service_with_its_key_and_asks_for_a_login(minimal):
+    """spec.chatUI: a Deployment and a Service of their own (none of the model's labels), the login and
+    the API key from Secrets (never in the spec), the served model name, the same pod security."""
+    svc = make(
+        minimal,
+        apiKeySecretRef={"name": "api", "key": "key"},
+        chatUI={"enabled": True, "credentialsSecretRef": {"name": "chat-login"}, "title": "Ask Qwen"},
+    )
+    rendered = render.render_all(svc)
+    for obj in rendered:
+        validate_k8s(obj)
+    chat = render.render_chat_ui(svc)
+    assert chat is not None
+    deployment, service = chat
+    assert deployment["metadata"]["name"] == service["metadata"]["name"] == "qwen-chat"
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["QWEN_CHAT_BASE_URL"]["value"] == render.endpoint(svc)
+    assert env["QWEN_CHAT_MODEL"]["value"] == svc.spec.served_model_name
+    assert env["QWEN_CHAT_TITLE"]["value"] == "Ask Qwen"
+    assert env["QWEN_CHAT_USERNAME"]["valueFrom"]["secretKeyRef"] == {"name": "chat-login", "key": "username"}
+    assert env["QWEN_CHAT_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "chat-login", "key": "password"}
+    assert env["QWEN_CHAT_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "api", "key": "key"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    model_selector = labels.selector_labels("qwen")
+    assert not model_selector.items() & deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert render.chat_ui_url(svc) == "http://qwen-chat.ml.svc"
+    # Off by default; a Secret is required when on; a long name still makes a valid Service name.
+    assert render.render_chat_ui(make(minimal)) is None
+    with pytest.raises(InvalidSpec, match=r"chatUI\.enabled needs credentialsSecretRef"):
+        make(minimal, chatUI={"enabled": True})
+    assert len(labels.chat_ui_name("q" * 63)) <= 63

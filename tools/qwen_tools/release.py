@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from qwen_operator.api import DEFAULT_CHAT_UI_IMAGE
+
 ROOT_PYPROJECT = Path("pyproject.toml")
 CHART = Path("charts/qwen-operator")
 
@@ -34,6 +36,8 @@ def versions(chart: Path = CHART, pyproject: Path = ROOT_PYPROJECT) -> dict[str,
         "pyproject.toml version": str(project["version"]),
         "Chart.yaml version": str(meta["version"]),
         "Chart.yaml appVersion": str(meta["appVersion"]),
+        # The chat page's image is released with the operator (spec.chatUI.image's default).
+        "the chat page's default image tag": DEFAULT_CHAT_UI_IMAGE.rsplit(":", 1)[-1],
     }
 
 

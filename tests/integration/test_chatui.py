@@ -1,0 +1,180 @@
+"""The chat page (images/chatui/app.py, spec.chatUI) as a person uses it: the real Gradio app, in its own
+environment (.venv-chatui, images/chatui/requirements.lock), in front of a local server that streams
+OpenAI chat completions as vLLM does, driven in Debian's headless Chromium through chromedriver."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from tests.chatserver import ChatServer
+from tests.conftest import ROOT
+from tests.fakevllm import free_port
+
+pytestmark = pytest.mark.integration
+
+APP = ROOT / "images" / "chatui" / "app.py"
+PYTHON = Path(os.environ.get("QWEN_CHATUI_PYTHON", ROOT / ".venv-chatui" / "bin" / "python"))
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+USER, PASSWORD, KEY = "ann", "correct horse", "sk-test"
+TOKENS = 20  # the answer: "t0 t1 ... t19 ", one token every DELAY seconds
+DELAY = 0.1
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the chat page exited: {log.read_text()[-2000:]}"
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"the chat page did not listen within {within:.0f} s: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture
+def model() -> Iterator[ChatServer]:
+    server = ChatServer(model="tiny-qwen", delay=DELAY, api_key=KEY)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def page(model: ChatServer, tmp_path: Path) -> Iterator[str]:
+    """The chat page on 127.0.0.1, configured as the operator renders it; its URL."""
+    assert PYTHON.exists(), f"{PYTHON} not found: make test builds it (make chatui-env)"
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "TMPDIR": str(tmp_path),
+        "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
+        "QWEN_CHAT_BASE_URL": f"http://{model.address}/v1",
+        "QWEN_CHAT_MODEL": "tiny-qwen",
+        "QWEN_CHAT_TITLE": "Qwen chat",
+        "QWEN_CHAT_USERNAME": USER,
+        "QWEN_CHAT_PASSWORD": PASSWORD,
+        "QWEN_CHAT_API_KEY": KEY,
+        "QWEN_CHAT_MAX_TOKENS": str(TOKENS),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }
+    log = tmp_path / "app.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(PYTHON), str(APP)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_port(port, proc, log)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1100,800",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        options.add_argument(flag)
+    try:
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    except WebDriverException as exc:
+        pytest.fail(
+            f"no headless Chromium ({CHROMIUM}, {CHROMEDRIVER}): "
+            f"apt-get install chromium chromium-driver ({exc})"
+        )
+    yield driver
+    driver.quit()
+
+
+def _until(check: object, within: float, what: str) -> object:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = check()  # type: ignore[operator]
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {within:.0f} s waiting for {what}")
+
+
+def _log_in(browser: WebDriver, url: str, user: str, password: str) -> None:
+    browser.get(url)
+    _until(lambda: browser.find_elements(By.CSS_SELECTOR, "input[type=password]"), 30, "the login form")
+    browser.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys(user)
+    browser.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(password)
+    browser.find_element(By.XPATH, "//button[normalize-space()='Login']").click()
+
+
+def _answer(browser: WebDriver) -> str:
+    bots = browser.find_elements(By.CSS_SELECTOR, "[data-testid=bot]")
+    return bots[-1].text if bots else ""
+
+
+def test_wrong_credentials_are_refused(page: str, browser: WebDriver, model: ChatServer) -> None:
+    _log_in(browser, page, USER, "wrong")
+    _until(lambda: "Incorrect Credentials" in browser.page_source, 15, "the refusal")
+    assert not browser.find_elements(By.CSS_SELECTOR, "textarea"), "the chat is not shown"
+    assert model.bodies == [], "nothing reached the model"
+
+
+def test_a_person_logs_in_asks_and_sees_the_answer_stream_in(
+    page: str, browser: WebDriver, model: ChatServer, tmp_path: Path
+) -> None:
+    _log_in(browser, page, USER, PASSWORD)
+    box = _until(lambda: browser.find_elements(By.CSS_SELECTOR, "textarea"), 30, "the chat box")
+    box[0].send_keys("What is vLLM?", Keys.ENTER)  # type: ignore[index]
+    # The answer grows token by token while the model streams (one every 0.1 s), then is complete.
+    seen: list[str] = []
+    final = " ".join(f"t{i}" for i in range(TOKENS))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = _answer(browser).strip()
+        if text and (not seen or seen[-1] != text):
+            seen.append(text)
+        if text == final:
+            break
+        time.sleep(0.05)
+    assert seen, "no answer appeared"
+    assert seen[-1] == final, seen[-3:]
+    partial = [t for t in seen if t != final]
+    assert partial, "the answer appeared at once, not streamed"
+    assert all(final.startswith(t) for t in partial), partial
+    # What reached the model: the served name, the user's message, streaming, the service's API key.
+    (body,) = model.bodies
+    assert body["model"] == "tiny-qwen"
+    assert body["stream"] is True
+    assert body["messages"][-1] == {"role": "user", "content": "What is vLLM?"}
+    shot = Path(os.environ.get("QWEN_CHATUI_SCREENSHOT", tmp_path / "chat-ui.png"))
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
