@@ -34,14 +34,14 @@ test: $(STAMP) $(CHATUI_STAMP) ## Run the unit and integration tests (the chat p
 	$(PY) -m pytest
 
 lint: $(STAMP) ## ruff, mypy --strict, and the import contracts that keep the core pure
-	$(BIN)/ruff check operator tools tests bench
-	$(BIN)/ruff format --check operator tools tests bench
+	$(BIN)/ruff check operator tools tests bench images
+	$(BIN)/ruff format --check operator tools tests bench images
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 format: $(STAMP) ## Format the code with ruff
-	$(BIN)/ruff check --fix operator tools tests bench
-	$(BIN)/ruff format operator tools tests bench
+	$(BIN)/ruff check --fix operator tools tests bench images
+	$(BIN)/ruff format operator tools tests bench images
 
 crds: $(STAMP) ## Regenerate crds/ and the chart's crds/ from the API model (and the README's tables)
 	$(BIN)/qwen-operator crds --output crds --output charts/qwen-operator/crds --readme README.md

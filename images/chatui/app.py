@@ -36,7 +36,12 @@ def _messages(message: str, history: Sequence[Any]) -> list[dict[str, str]]:
 
 
 def stream(
-    base_url: str, model: str, messages: list[dict[str, str]], api_key: str | None, max_tokens: int, timeout: float
+    base_url: str,
+    model: str,
+    messages: list[dict[str, str]],
+    api_key: str | None,
+    max_tokens: int,
+    timeout: float,
 ) -> Iterator[str]:
     """The answer so far, after each streamed chunk (server-sent events, as vLLM sends them)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
