@@ -135,6 +135,8 @@ async def _chat_ui(
         await _apply(cluster, DEPLOYMENTS, chat[0], svc, outcome, problems)
         await _apply(cluster, SERVICES, chat[1], svc, outcome, problems)
         return
+    if svc.status.chat_ui is None:  # never deployed (or already removed): nothing to look for
+        return
     name = labels.chat_ui_name(svc.name)
     await _remove_owned(cluster, SERVICES, "Service", svc, outcome, name)
     await _remove_owned(cluster, DEPLOYMENTS, "Deployment", svc, outcome, name)
@@ -148,6 +150,9 @@ async def _download_job(
     QwenService owns. Returns the Job, or None."""
     desired = render.render_download_job(svc)
     ns, name = svc.namespace, render.download_job_name(svc.name)
+    had = any(c.type == status.MODEL_CACHED for c in svc.status.conditions)
+    if desired is None and not had:  # never asked for (or already removed): nothing to look for
+        return None
     try:
         actual = await cluster.get(JOBS, ns, name)
         if actual is not None and not owned_by(actual, svc):
