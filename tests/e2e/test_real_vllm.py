@@ -57,12 +57,13 @@ BASELINE, PEAK, TAIL = (20, 4), (150, 24), (100, 7)
 # SLO mode: time to first token within SLO_BOUND s for SLO_PERCENTILE% of requests, 4 sequences per
 # server. The baseline's 2 users never queue; the step-up's 12 keep ~8 in the server's queue (about a
 # second each), so the queue-time histogram reports the miss. SLO_CAPACITY is the stated capacity per
-# replica (prompt, generated tokens/s alone); one such server here serves 770-910 prompt + 380-450
-# generated tokens/s flat out (two runs), which reads as 0.7-0.82 of a replica: less than one, but above
-# half of one, where the planner counts a miss as the load's doing (a miss at light load is the prompts'
-# own prefill and scales nothing).
+# replica (prompt, generated tokens/s alone); one such server here serves 670-910 prompt + 350-450
+# generated tokens/s flat out (five runs), which reads as 0.69-0.91 of a replica: within the scaler's 10%
+# tolerance of one replica (the token load alone would not scale), but above half of one, where the
+# planner counts a miss as the load's doing (a miss at light load is the prompts' own prefill and scales
+# nothing). Both margins are about 0.2 of a replica.
 SLO_BOUND, SLO_PERCENTILE, SLO_SEQS = 0.5, 95, 4
-SLO_CAPACITY = (2200, 1100)
+SLO_CAPACITY = (2000, 1000)
 SLO_PLAN = ((40, 2), (100, 12))
 LOCUSTFILE = ROOT / "tools" / "qwen_tools" / "loadtest" / "locustfile.py"
 
@@ -562,11 +563,12 @@ async def test_slo_mode_scales_real_vllm_on_queue_time(
     assert message.startswith("1 -> 2: "), message
     assert "under pressure" in message, message
     assert f"TTFT <= {SLO_BOUND:g} s" in message, message
-    # The token load alone was less than one replica's worth at the stated capacity: the miss scaled.
+    # The token load alone was within the tolerance of one replica at the stated capacity: the miss scaled.
     tokens = re.search(r"tokens ([\d.]+) prompt \+ ([\d.]+) generated", message)
     assert tokens is not None, message
     load = float(tokens[1]) / SLO_CAPACITY[0] + float(tokens[2]) / SLO_CAPACITY[1]
-    assert load < 1, f"the token load alone asked for more than one replica: {load:.2f}"
+    tolerance = 0.1  # spec.autoscaling.tolerance's default: a need within 10% of 1 replica keeps 1
+    assert load <= 1 + tolerance, f"the token load alone asked for more than one replica: {load:.2f}"
     second = [e for e in run.agent.timeline if e["event"] == "pod-ready"]
     assert len(second) == 2, f"the second vLLM server never became ready: {run.agent.timeline}"
     served = [r for r in records if r["ok"] and r["start"] > second[1]["t"]]
