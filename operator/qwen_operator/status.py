@@ -209,8 +209,12 @@ def _metrics_condition(
     if prev is None or prev.reason == "NoReadyPods":
         return None, AWAITING_FIRST_SCRAPE
     if prev.reason == AWAITING_FIRST_SCRAPE:
-        since = datetime.fromisoformat(prev.last_transition_time) if prev.last_transition_time else None
-        waited = (datetime.fromisoformat(now) - since).total_seconds() if since else math.inf
+        try:  # a status someone edited by hand may hold anything: then the grace is over
+            waited = (
+                datetime.fromisoformat(now) - datetime.fromisoformat(prev.last_transition_time or "")
+            ).total_seconds()
+        except (TypeError, ValueError):
+            waited = math.inf
         if waited < grace_seconds:
             return None, AWAITING_FIRST_SCRAPE
     return False, "MetricsUnavailable"

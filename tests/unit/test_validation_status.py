@@ -160,3 +160,46 @@ def test_conditions_keep_their_order_so_an_unchanged_status_is_not_rewritten(min
     again = status.compute_status(svc.model_copy(update={"status": current}), deployment(2, 2), LATER)
     assert [c.type for c in again.conditions] == [c.type for c in scaler]
     assert status.status_patch(again) == status.status_patch(current)
+
+
+def test_pods_awaiting_their_first_scrape_are_unknown_for_the_grace_then_unavailable() -> None:
+    """MetricsAvailable: Unknown (AwaitingFirstScrape) while new ready pods have not been scraped yet,
+    for staleAfterSeconds from when they were seen; then False (MetricsUnavailable). A transition time
+    someone garbled ends the grace instead of failing the evaluation."""
+    from qwen_operator import scaling
+
+    def decision(ready: int, available: bool) -> scaling.Decision:
+        if not available:
+            return scaling.Decision(
+                1, scaling.Reason.METRICS_UNAVAILABLE, "m", scaling.State(), ready_replicas=ready
+            )
+        seen = api.ScalingObservation(ready_replicas=ready, pods_with_data=ready, concurrency=1, waiting=0)
+        return scaling.Decision(1, scaling.Reason.AT_TARGET, "m", scaling.State(), 1, seen, ready)
+
+    def metrics(st: api.QwenServiceStatus) -> tuple[str, str, str | None]:
+        (c,) = [c for c in st.conditions if c.type == status.METRICS_AVAILABLE]
+        return c.status, c.reason, c.last_transition_time
+
+    start = "2026-11-30T12:00:00Z"
+    none = status.scaling_status(api.QwenServiceStatus(), decision(0, False), start, 1)
+    assert metrics(none)[:2] == ("False", "NoReadyPods")
+    waiting = status.scaling_status(none, decision(1, False), "2026-11-30T12:00:10Z", 1, grace_seconds=60)
+    assert metrics(waiting) == ("Unknown", "AwaitingFirstScrape", "2026-11-30T12:00:10Z")
+    still = status.scaling_status(waiting, decision(1, False), "2026-11-30T12:01:05Z", 1, grace_seconds=60)
+    assert metrics(still)[:2] == ("Unknown", "AwaitingFirstScrape")
+    late = status.scaling_status(still, decision(1, False), "2026-11-30T12:01:11Z", 1, grace_seconds=60)
+    assert metrics(late)[:2] == ("False", "MetricsUnavailable")
+    garbled = waiting.model_copy(
+        update={
+            "conditions": [
+                c.model_copy(update={"last_transition_time": "yesterday"}) for c in waiting.conditions
+            ]
+        }
+    )
+    assert metrics(status.scaling_status(garbled, decision(1, False), start, 1))[:2] == (
+        "False",
+        "MetricsUnavailable",
+    )
+    seen = status.scaling_status(waiting, decision(1, True), start, 1)
+    lost = status.scaling_status(seen, decision(1, False), start, 1)
+    assert metrics(lost)[:2] == ("False", "MetricsUnavailable"), "lost after being seen: at once"
