@@ -80,6 +80,8 @@ def test_the_release_workflow_checks_the_versions_before_pushing_image_and_chart
     )
     chart = next(i for i, r in enumerate(runs) if "make chart-push" in r)
     assert check < image < chart, "the versions are checked before anything is pushed"
+    assert flow["jobs"]["release"]["needs"] == "test", "nothing is pushed before the tests pass"
+    assert flow["jobs"]["test"]["steps"][-1]["run"] == ".ci/run"
     assert steps[image]["with"]["tags"] == "${{ env.IMAGE }}:${{ env.VERSION }}", "tagged as the appVersion"
     makefile = (ROOT / "Makefile").read_text()
     for target in set(re.findall(r"make ([a-z-]+)", "\n".join(runs))):
