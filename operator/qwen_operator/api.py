@@ -573,10 +573,6 @@ class SecuritySpec(_Model):
     )
 
 
-def _annotation_keys(value: dict[str, str]) -> dict[str, str]:
-    return _label_keys(value)  # the same syntax: an optional DNS-subdomain prefix and '/', a name
-
-
 def _unreserved(what: str, reserved: frozenset[str]) -> Any:
     def check(value: dict[str, str]) -> dict[str, str]:
         taken = sorted(k for k in value if k in reserved or k.startswith(f"{GROUP}/"))
@@ -599,7 +595,7 @@ RESERVED_ANNOTATIONS = frozenset(
 )
 AnnotationMap = Annotated[
     dict[str, Annotated[str, Field(max_length=4096)]],
-    AfterValidator(_annotation_keys),
+    AfterValidator(_label_keys),  # annotation keys have the label keys' syntax
     Field(max_length=32, json_schema_extra={"maxProperties": 32}),
 ]
 

@@ -46,9 +46,20 @@ def download_labels(name: str) -> dict[str, str]:
 CHAT_UI_OF_LABEL = "serving.qwenops.io/chat-ui-of"
 
 
+def _suffixed(name: str, suffix: str) -> str:
+    """``name`` and ``suffix`` in at most 63 characters: a DNS-1035 label (a Service's name) and a label
+    value (a Job's name labels its pods)."""
+    return f"{name[: 63 - len(suffix)].rstrip('-')}{suffix}"
+
+
 def chat_ui_name(name: str) -> str:
-    """The chat page's Deployment and Service: a DNS-1035 label of at most 63 characters."""
-    return f"{name[:58].rstrip('-')}-chat"
+    """The chat page's Deployment and Service."""
+    return _suffixed(name, "-chat")
+
+
+def download_job_name(name: str) -> str:
+    """The model download Job."""
+    return _suffixed(name, "-download")
 
 
 def chat_ui_selector(name: str) -> dict[str, str]:

@@ -149,7 +149,7 @@ async def _download_job(
     model or revision (a Job cannot be changed); removed when no longer asked for. Only ever one this
     QwenService owns. Returns the Job, or None."""
     desired = render.render_download_job(svc)
-    ns, name = svc.namespace, render.download_job_name(svc.name)
+    ns, name = svc.namespace, labels.download_job_name(svc.name)
     had = any(c.type == status.MODEL_CACHED for c in svc.status.conditions)
     if desired is None and not had:  # never asked for (or already removed): nothing to look for
         return None
@@ -209,7 +209,7 @@ def _model_cached(
     hub = svc.spec.model.source.hub
     if hub is None or not hub.cache.prefill:
         return None
-    name, claim = render.download_job_name(svc.name), hub.cache.claim_name
+    name, claim = labels.download_job_name(svc.name), hub.cache.claim_name
     model = svc.spec.model.name + (f"@{svc.spec.model.revision}" if svc.spec.model.revision else "")
     if job is None:
         return False, "Downloading", f"waiting for the download Job {name}; the serving pods wait for it"

@@ -120,11 +120,6 @@ def cache_marker(spec: api.QwenServiceSpec) -> str:
     return f"{CACHE_MARKERS}/{cache_key(spec)}.complete"
 
 
-def download_job_name(name: str) -> str:
-    """At most 63 characters: a Job's name becomes a label value on its pods."""
-    return f"{name[:54].rstrip('-')}-download"
-
-
 def _env(spec: api.QwenServiceSpec) -> list[dict[str, Any]]:
     env = [*_hub_env(spec), {"name": "VLLM_NO_USAGE_STATS", "value": "1"}]
     if prefilled(spec):  # the download Job filled the cache: start from it, without asking the Hub
@@ -252,7 +247,7 @@ SMALL_CONTAINER = {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"mem
 def _wait_for_cache(svc: api.QwenService) -> dict[str, Any]:
     """The init container that holds a serving pod until the download Job has filled the cache."""
     marker = cache_marker(svc.spec)
-    job = download_job_name(svc.name)
+    job = labels.download_job_name(svc.name)
     return {
         "name": "wait-for-model-cache",
         "image": svc.spec.engine.image,
@@ -306,15 +301,14 @@ def render_download_job(svc: api.QwenService) -> dict[str, Any] | None:
             {"name": "cache", "persistentVolumeClaim": {"claimName": hub.cache.claim_name}},
             {"name": "tmp", "emptyDir": {}},
         ],
-        "securityContext": _pod_security(spec),
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
+        **_pod_basics(spec),
     }
-    if spec.engine.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": name} for name in spec.engine.image_pull_secrets]
-    meta = _metadata(svc, {labels.CACHE_KEY_ANNOTATION: cache_key(spec)})
-    meta["name"] = download_job_name(svc.name)
-    meta["labels"] = labels.download_labels(svc.name)
+    meta = _metadata(
+        svc,
+        {labels.CACHE_KEY_ANNOTATION: cache_key(spec)},
+        name=labels.download_job_name(svc.name),
+        object_labels=labels.download_labels(svc.name),
+    )
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -324,6 +318,20 @@ def render_download_job(svc: api.QwenService) -> dict[str, Any] | None:
             "template": {"metadata": {"labels": labels.download_labels(svc.name)}, "spec": pod},
         },
     }
+
+
+def _pod_basics(spec: api.QwenServiceSpec) -> dict[str, Any]:
+    """What every pod the operator renders (the server's, the download Job's, the chat page's) has: the
+    pod security context, no service-account token (none of them talks to the API server), no service
+    links (a Service named "vllm" would inject VLLM_PORT and break vLLM), and the engine's pull Secrets."""
+    basics: dict[str, Any] = {
+        "securityContext": _pod_security(spec),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+    }
+    if spec.engine.image_pull_secrets:
+        basics["imagePullSecrets"] = [{"name": name} for name in spec.engine.image_pull_secrets]
+    return basics
 
 
 def _pod_security(spec: api.QwenServiceSpec) -> dict[str, Any]:
@@ -349,10 +357,8 @@ def pod_template(svc: api.QwenService) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "containers": [_container(spec, mounts)],
         "volumes": volumes,
-        "securityContext": _pod_security(spec),
         "terminationGracePeriodSeconds": termination_grace_seconds(spec),
-        "automountServiceAccountToken": False,  # vLLM never talks to the API server
-        "enableServiceLinks": False,  # a Service named "vllm" would inject VLLM_PORT and break vLLM
+        **_pod_basics(spec),
     }
     sched = spec.scheduling
     if sched.node_selector:
@@ -370,8 +376,6 @@ def pod_template(svc: api.QwenService) -> dict[str, Any]:
     ):
         if field:
             pod[key] = field
-    if spec.engine.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": name} for name in spec.engine.image_pull_secrets]
     if prefilled(spec):
         pod["initContainers"] = [_wait_for_cache(svc)]
     extra = spec.pod_metadata  # the model refuses the operator's own keys
@@ -427,11 +431,17 @@ def owner_references(svc: api.QwenService) -> list[dict[str, Any]]:
     ]
 
 
-def _metadata(svc: api.QwenService, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+def _metadata(
+    svc: api.QwenService,
+    annotations: dict[str, str] | None = None,
+    name: str | None = None,
+    object_labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """An owned object's metadata: the service's name and common labels unless others are given."""
     meta: dict[str, Any] = {
-        "name": svc.name,
+        "name": name or svc.name,
         "namespace": svc.namespace,
-        "labels": labels.common_labels(svc.name),
+        "labels": object_labels if object_labels is not None else labels.common_labels(svc.name),
     }
     if annotations:
         meta["annotations"] = annotations
@@ -587,15 +597,9 @@ def render_chat_ui(svc: api.QwenService) -> tuple[dict[str, Any], dict[str, Any]
             }
         ],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
-        "securityContext": _pod_security(spec),
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
+        **_pod_basics(spec),
     }
-    if spec.engine.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": n} for n in spec.engine.image_pull_secrets]
-    meta = _metadata(svc)
-    meta["name"] = name
-    meta["labels"] = labels.chat_ui_labels(svc.name)
+    meta = _metadata(svc, name=name, object_labels=labels.chat_ui_labels(svc.name))
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
