@@ -10,16 +10,19 @@ one replica carries while the SLO holds, learned. Each evaluation:
 2. **Pressure**: the SLO is under pressure when more than its share of first tokens came after the
    next histogram bound above the TTFT bound, or waited in the queue over 3/4 of it. vLLM's TTFT buckets
    are coarse around common bounds (1 s, then 2.5 s), so the interpolated share is shown, not acted on.
+   Waiting in the queue is the load's doing at any load; a slow first token without it counts only
+   under load: at light load it is a long prompt's own prefill, and more replicas would not help.
 3. **Learning**: two bounds that fade over an hour: the most load a replica carried without pressure
-   (capacity is at least that) and the least it failed under while loaded (capacity is below that).
-   The capacity aims between them, a little above the first. Misses at light load (a 30k-token prompt's
-   own prefill) teach nothing and scale nothing: more replicas would not help them.
+   (capacity is at least that) and the least it failed under (capacity is below that). The capacity
+   aims between them, a little above the first. Evidence counts only on a settled fleet (the ready
+   count unchanged for two windows: a backlog built on fewer replicas is counted after a scale-up) at a
+   steady load (a window that holds a burst averages it with the quiet around it).
 4. **Forecast**: the load's level and trend (Holt), one cold start ahead, when the rise is material
    (upward only: a falling load is the scale-down window's business). The cold start is measured from
    the service's own pods (creation to Ready) unless the SLO names it.
-5. **Bursts**: when bursts recur (two or more in half an hour), chasing them is too late: the load is
-   gone before new replicas are ready and back before the window lets them go, so the plan keeps the
-   capacity of the recent bursts.
+5. **Bursts**: a minute far above the median one is a burst, shorter than a cold start. Chasing it is
+   too late (the load is gone before new replicas are ready, and back before the window lets them go),
+   so for half an hour after one, the plan keeps the capacity of the largest.
 
 Pure: no I/O, no clock.
 """
@@ -49,8 +52,10 @@ BETWEEN = 0.3  # between carried and failed, aim this far from carried
 QUEUE_SHARE = 0.75  # of the TTFT bound: a request that waited longer has little left for its prefill
 LEVEL_SECONDS = 60.0  # time constants of the level and trend
 TREND_SECONDS = 300.0
-PEAK_MEMORY = 1800.0  # seconds of per-minute peaks kept to recognise recurring bursts
+PEAK_MEMORY = 1800.0  # seconds of per-minute peaks kept: how long a burst is held
 MAX_PEAKS = 30
+SETTLE_WINDOWS = 2  # traffic windows the ready count must hold before its latency teaches anything
+STEADY = 0.5  # a load below this share of the last minutes' peak is the tail of a burst
 BURST_RATIO = 2.5  # a burst: the highest minute at least this many times the median one
 
 
@@ -78,6 +83,9 @@ class PlanState:
     cold_start_seconds: float | None = None  # measured
     carried: float | None = None  # the most load one replica carried within the SLO (decaying)
     failed: float | None = None  # the least load one replica failed under (decaying)
+    # The ready count, and since when (not persisted: after a restart, learning waits one settling time).
+    fleet: int | None = None
+    fleet_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,7 @@ def _fmt(x: float) -> str:
 
 
 def _pct(x: float) -> str:
-    return "none" if not math.isfinite(x) else f"{round(100 * x):+d}%"
+    return "none" if not math.isfinite(100 * x) else f"{round(100 * x):+d}%"
 
 
 def cold_start(slo: api.LatencySLO, state: PlanState, seen: Sequence[float]) -> tuple[float, float | None]:
@@ -121,7 +129,8 @@ def _learn(
     ready: int,
     attainment: float | None,
     pressure: bool,
-    goal: float,
+    queued: bool,
+    settled: bool,
     now: datetime,
 ) -> tuple[float, float | None, float | None]:
     """One replica's capacity at the SLO, from two bounds that fade over MEMORY_SECONDS: the most load
@@ -134,14 +143,15 @@ def _learn(
         carried = None if carried is None else carried * fade
         failed = None if failed is None else failed / fade
     believed = state.capacity_scale if state.capacity_scale is not None else initial
-    if attainment is not None and ready > 0 and served > 0:
+    if settled and attainment is not None and ready > 0 and served > 0:
         per_replica = served / ready  # seed replicas' worth on each ready replica: its physical load
-        if pressure and _loaded(per_replica, believed):
+        if queued or (pressure and _loaded(per_replica, believed)):
             failed = per_replica if failed is None else min(failed, per_replica)
         elif not pressure:
             carried = per_replica if carried is None else max(carried, per_replica)
     if carried is None:
-        scale = believed
+        # Nothing carried within the SLO yet: below the least load a replica failed under, if any.
+        scale = believed if failed is None else min(initial, failed * 0.9)
     elif failed is None or failed > SCALE_BOUNDS[1]:
         scale = max(initial, carried * (1 + EXPLORE))
     elif failed > carried:
@@ -184,24 +194,14 @@ def _peaks(state: PlanState, work: float, now: datetime) -> tuple[tuple[datetime
 
 
 def burst_hold(peaks: Sequence[tuple[datetime, float]]) -> float:
-    """The work of the recent bursts when bursts recur: two or more within the memory, each above 70%
-    of the highest, separated by quiet below half of it, the highest at least BURST_RATIO times the
-    median minute. Chasing such bursts is too late (the load is gone before new replicas are ready, and
-    back before the window lets them go), so the plan keeps their capacity. 0 otherwise."""
+    """The work of the largest burst within the memory: a minute at least BURST_RATIO times the median
+    one. Bursts are shorter than a cold start and come back before the scale-down window would let
+    their replicas go, so the plan keeps their capacity rather than chase the next. 0 without one."""
     if len(peaks) < 3:
         return 0.0
     works = sorted(w for _, w in peaks)
     top, median = works[-1], works[len(works) // 2]
-    if top <= 0 or top < BURST_RATIO * median:
-        return 0.0
-    bursts, inside = 0, False
-    for _, w in peaks:
-        if w >= 0.7 * top:
-            bursts += 0 if inside else 1
-            inside = True
-        elif w < 0.5 * top:
-            inside = False
-    return top if bursts >= 2 else 0.0
+    return top if top > 0 and top >= BURST_RATIO * median else 0.0
 
 
 def plan(
@@ -227,7 +227,7 @@ def plan(
     goal = slo.percentile / 100
     bound = slo.time_to_first_token_seconds
     attainment = None
-    pressure = False
+    pressure = queued = False
     if traffic.ttft.count >= MIN_FIRST_TOKENS:
         # vLLM's TTFT buckets are coarse around common bounds (1 s, then 2.5 s): the interpolated share
         # is shown; pressure needs evidence: more than the SLO's share of first tokens beyond the next
@@ -235,24 +235,35 @@ def plan(
         attainment = traffic.ttft.share_within(bound)
         beyond = traffic.ttft.share_by_bucket(bound)
         waited = traffic.queue_time.share_within(QUEUE_SHARE * bound) if traffic.queue_time.count else None
-        pressure = (beyond is not None and beyond < goal) or (waited is not None and waited < goal)
+        queued = waited is not None and waited < goal
+        pressure = queued or (beyond is not None and beyond < goal)
     served = capacity.work(traffic)
     # What was served hides what could not be: the requests waiting now are demand too, to be served
     # within BACKLOG_SECONDS (each costs what the window's requests cost on average).
     per_request = served / traffic.requests_per_second if traffic.requests_per_second > 0 else 0.0
     work = served + max(waiting, 0.0) * per_request / BACKLOG_SECONDS
-    scale, carried, failed = _learn(state, initial, served, ready, attainment, pressure, goal, now)
+    peaks = _peaks(state, work, now)
+    # Evidence is judged on the fleet that served it, at the load it served. First tokens and queue
+    # waits are counted when they end: a backlog built on fewer replicas shows after a scale-up, spread
+    # over more; and the minutes after a burst still count its waits against the quiet that follows.
+    # (None: no change seen since the first evaluation, or a restart.)
+    fleet_since = state.fleet_since if state.fleet in (None, ready) else now
+    recent = [w for t, w in peaks if (now - t).total_seconds() <= (SETTLE_WINDOWS + 1) * traffic.seconds]
+    settled = (
+        fleet_since is None or (now - fleet_since).total_seconds() >= SETTLE_WINDOWS * traffic.seconds
+    ) and work >= STEADY * max(recent)
+    scale, carried, failed = _learn(state, initial, served, ready, attainment, pressure, queued, settled, now)
     cold, measured = cold_start(slo, state, cold_starts)
     level, trend = _smooth(state, work, now)
     rise = max(trend, 0.0) * cold
     # A rise smaller than RISE_FLOOR of the level is noise; a larger one is planned for (at most 2x).
     forecast = max(work, min(level + rise, 2 * work + 1)) if rise > RISE_FLOOR * level else work
-    peaks = _peaks(state, work, now)
     hold = burst_hold(peaks)
     need = max(forecast, hold) / scale
     missed = attainment is not None and attainment < goal
-    loaded = _loaded(served / ready, scale)
-    new_state = PlanState(scale, level, trend, now, peaks, measured, carried, failed)
+    # Waiting in the queue is always the load's doing; a slow first token may be the prompt's own.
+    loaded = queued or _loaded(served / ready, scale)
+    new_state = PlanState(scale, level, trend, now, peaks, measured, carried, failed, ready, fleet_since)
     within = "n/a" if attainment is None else f"{_fmt(100 * attainment)}%"
     headroom = ready * scale / work - 1 if work > 0 else math.inf
     message = (
@@ -267,5 +278,5 @@ def plan(
     if forecast > work * 1.05:
         message += f"; forecast {_fmt(forecast / scale)} in {_fmt(cold)} s"
     if hold > forecast:
-        message += f"; recurring bursts: holding {_fmt(hold / scale)}"
+        message += f"; bursts shorter than a cold start: holding {_fmt(hold / scale)}"
     return Plan(need, work, forecast, hold, attainment, pressure and loaded, scale, cold, new_state, message)
