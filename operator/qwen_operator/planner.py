@@ -248,10 +248,11 @@ def plan(
     # over more; and the minutes after a burst still count its waits against the quiet that follows.
     # (None: no change seen since the first evaluation, or a restart.)
     fleet_since = state.fleet_since if state.fleet in (None, ready) else now
+    # (Peaks are kept per minute: this one's may have started longer ago than a short window.)
     recent = [w for t, w in peaks if (now - t).total_seconds() <= (SETTLE_WINDOWS + 1) * traffic.seconds]
     settled = (
         fleet_since is None or (now - fleet_since).total_seconds() >= SETTLE_WINDOWS * traffic.seconds
-    ) and work >= STEADY * max(recent)
+    ) and work >= STEADY * max(recent, default=work)
     scale, carried, failed = _learn(state, initial, served, ready, attainment, pressure, queued, settled, now)
     cold, measured = cold_start(slo, state, cold_starts)
     level, trend = _smooth(state, work, now)

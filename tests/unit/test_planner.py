@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -275,3 +276,11 @@ def test_slo_decisions_stay_in_bounds_and_never_drop_without_data(
         assert 2 <= decision.replicas <= 8
         if pods == 0:  # no data at all: hold (within the bounds)
             assert decision.replicas == min(max(replicas, 2), 8)
+
+
+def test_a_window_shorter_than_a_minute_late_in_the_minute_plans() -> None:
+    # The pods source's window is the time between two scrapes; the minute's peak began earlier.
+    short = replace(traffic(1.0), seconds=10, prompt_tokens=500, generation_tokens=68, requests=20)
+    p = plan(short, 2, SLO, SEED, PlanState(), T0 + timedelta(seconds=50))
+    assert p is not None
+    assert p.work == pytest.approx(50 / 6000 + 6.8 / 820)
