@@ -15,8 +15,8 @@ one replica carries while the SLO holds, learned. Each evaluation:
 3. **Learning**: two bounds that fade over an hour: the most load a replica carried without pressure
    (capacity is at least that) and the least it failed under (capacity is below that). The capacity
    aims between them, a little above the first. Evidence counts only on a settled fleet (the ready
-   count unchanged for two windows: a backlog built on fewer replicas is counted after a scale-up) at a
-   steady load (a window that holds a burst averages it with the quiet around it).
+   count unchanged for two windows: a backlog built on fewer replicas is counted after a scale-up) and
+   outside a burst's tail (the minutes after a burst count its waits against the quiet that follows).
 4. **Forecast**: the load's level and trend (Holt), one cold start ahead, when the rise is material
    (upward only: a falling load is the scale-down window's business). The cold start is measured from
    the service's own pods (creation to Ready) unless the SLO names it.
@@ -83,7 +83,7 @@ class PlanState:
     cold_start_seconds: float | None = None  # measured
     carried: float | None = None  # the most load one replica carried within the SLO (decaying)
     failed: float | None = None  # the least load one replica failed under (decaying)
-    # The ready count, and since when (not persisted: after a restart, learning waits one settling time).
+    # The ready count, and since when it changed (not persisted: a restart sees no change).
     fleet: int | None = None
     fleet_since: datetime | None = None
 
