@@ -284,3 +284,31 @@ def test_a_window_shorter_than_a_minute_late_in_the_minute_plans() -> None:
     p = plan(short, 2, SLO, SEED, PlanState(), T0 + timedelta(seconds=50))
     assert p is not None
     assert p.work == pytest.approx(50 / 6000 + 6.8 / 820)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 6),  # ready pods
+            st.floats(0, 20, allow_nan=False),  # work
+            st.floats(0, 1),  # share that waited under 1 s
+            st.sampled_from([5.0, 15.0, 60.0]),  # the traffic window (pods source: between scrapes)
+            st.floats(1, 400),  # seconds since the previous evaluation
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_slo_decisions_survive_a_changing_fleet_short_windows_and_gaps(
+    steps: list[tuple[int, float, float, float, float]],
+) -> None:
+    spec = slo_spec(maxReplicas=8, minReplicas=1)
+    state, now = WARM, T0
+    for pods, work, waited, seconds, gap in steps:
+        now += timedelta(seconds=gap)
+        t = replace(traffic(work, waited=waited), seconds=seconds)
+        decision = scaling.decide(obs(pods, t, replicas=max(pods, 1)), spec, state, now)
+        state = decision.state
+        assert 1 <= decision.replicas <= 8
+        assert decision.message
