@@ -274,8 +274,11 @@ def plan(
         f"TTFT <= {_fmt(bound)} s for {within} (SLO {_fmt(slo.percentile)}%"
         f"{', under pressure' if pressure and loaded else ''})"
     )
-    if missed and not (pressure and loaded):
+    if pressure and not loaded:
         message += "; misses at light load are the prompts' own prefill time: more replicas would not help"
+    elif missed and not pressure:
+        edge = next((le for le, _ in traffic.ttft.buckets if le >= bound), math.inf)
+        message += f"; the misses came within {_fmt(edge)} s, vLLM's next histogram bound: not pressure yet"
     if forecast > work * 1.05:
         message += f"; forecast {_fmt(forecast / scale)} in {_fmt(cold)} s"
     if hold > forecast:

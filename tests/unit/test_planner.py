@@ -79,6 +79,16 @@ def test_pressure_under_load_lowers_the_capacity_and_a_light_load_teaches_nothin
     assert "misses at light load are the prompts' own prefill time" in light.message
 
 
+def test_misses_inside_the_histogram_bucket_above_the_bound_are_shown_not_acted_on() -> None:
+    # 90% within 1 s, the rest within 2.5 s: about 96.7% within 2 s by interpolation, 100% by 2.5 s.
+    t = replace(traffic(1.8), ttft=Histogram.of({1.0: 108, 2.5: 120, INF: 120}))
+    p = run([t] * SETTLED, ready=3)[-1]
+    assert p.attainment == pytest.approx(0.967, abs=0.001)
+    assert not p.pressure
+    assert p.message.endswith("; the misses came within 2.5 s, vLLM's next histogram bound: not pressure yet")
+    assert "light load" not in p.message, "0.6 seed replicas each is no light load"
+
+
 def test_failing_with_nothing_carried_lowers_the_capacity_below_the_failure() -> None:
     plans = run([traffic(1.8, waited=0.9)] * SETTLED, ready=3)  # 0.6 each, requests queue, never fine
     assert plans[-1].state.carried is None
