@@ -39,7 +39,7 @@ MAX_REPLICAS = 8
 TARGETS = (8.0, 12.0, 18.0, 27.0, 40.0, 60.0)  # requests in flight per replica, x1.5 apart
 WAITING_TARGETS = (1.0, 2.0, 4.0, 6.0, 9.0, 14.0)
 STEP_HIGHS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-SLO_BOUNDS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0)  # the TTFT bound SLO mode is given (the scoring stays 2 s)
+SLO_BOUNDS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0)  # the TTFT bound SLO mode is given (the scoring stays 2 s)
 
 
 def _grid(first: str, values: Sequence[float], second: str, options: Sequence[Any]) -> list[dict[str, Any]]:
