@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from qwen_operator import api, cli
 from qwen_tools.sim import oracle, policies, run, score, trace
@@ -258,6 +259,21 @@ def test_ours_is_the_real_decide() -> None:
     assert ours.desired(view(30, 5, [3, 3, 3, 3, 3])) == 5, "no scale-down on a cold window"
     custom = api.AutoscalingSpec.model_validate({"enabled": True, "minReplicas": 2, "maxReplicas": 3})
     assert policies.make("ours", 1, 5, custom).desired(view(15, 2, [200, 200])) == 3
+
+
+def test_ours_is_the_autoscaling_the_readme_recommends() -> None:
+    recommended = yaml.safe_load((ROOT / "examples" / "qwen2.5-7b-instruct-slo.yaml").read_text())
+    slo = api.AutoscalingSpec.model_validate(recommended["spec"]["autoscaling"]).slo
+    assert slo is not None
+    ours = policies.make("ours", 1, 8, None, "NVIDIA-A10G")
+    assert isinstance(ours, policies.Ours)
+    assert ours.spec.slo is not None, "SLO mode, as the README's recommended example"
+    assert ours.spec.slo.time_to_first_token_seconds == slo.time_to_first_token_seconds
+    assert ours.spec.slo.percentile == slo.percentile
+    target = policies.make("ours-target", 1, 8, None, "NVIDIA-A10G")
+    assert isinstance(target, policies.Ours)
+    assert target.spec.slo is None
+    assert target.name == "ours-target"
 
 
 def test_unknown_policies_are_named() -> None:

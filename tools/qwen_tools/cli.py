@@ -130,7 +130,8 @@ def add_simulate(sub: Any) -> None:
     sm.add_argument(
         "--policy",
         default="ours",
-        help="ours, hpa, hpa-waiting, keda, kpa, aibrix, step, step-kv, static:N or oracle",
+        help="ours (SLO mode, as the README recommends), ours-target (the concurrency target), hpa, "
+        "hpa-waiting, keda, kpa, aibrix, step, step-kv, static:N or oracle",
     )
     sm.add_argument("--spec", help="a QwenService YAML whose spec.autoscaling to try (with policy ours)")
     sm.add_argument("--seed", type=int, default=0, help="random seed (cold starts, routing, scrapes)")

@@ -305,7 +305,11 @@ def aggregate(runs: Sequence[Mapping[str, Any]], tuned: Mapping[str, Any]) -> di
             "references": references,
             "policies": per_policy,
             "ours_vs_best_peer": versus(iso, seeds),
-            **({"ours_slo_vs_best_peer": versus(iso, seeds, "ours-slo")} if "ours-slo" in iso else {}),
+            **(
+                {"ours_target_vs_best_peer": versus(iso, seeds, "ours-target")}
+                if "ours-target" in iso
+                else {}
+            ),
         }
     return out
 
@@ -320,9 +324,9 @@ def reference(summaries: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
 def versus(
     iso: Mapping[str, Mapping[int, float]], seeds: Sequence[int], mine: str = "ours"
 ) -> dict[str, Any]:
-    """Ours (``mine``: the concurrency target, or SLO mode) against the peer with the fewest mean
-    GPU-hours at the SLO among those reaching it on every seed: the ratio per seed (paired: same seed,
-    same cold starts), with a 95% interval."""
+    """Ours (``mine``: SLO mode, or ``ours-target``, the concurrency target) against the peer with the
+    fewest mean GPU-hours at the SLO among those reaching it on every seed: the ratio per seed (paired:
+    same seed, same cold starts), with a 95% interval."""
     complete = {
         p: v for p, v in iso.items() if not p.startswith("ours") and all(not math.isnan(v[s]) for s in seeds)
     }
@@ -361,7 +365,7 @@ def _iso(stats: Mapping[str, Any], seeds: int) -> str:
 def verdicts(results: Mapping[str, Any]) -> list[str]:
     lines = []
     for name, sc in results.items():
-        for mine, key in (("ours", "ours_vs_best_peer"), ("ours-slo", "ours_slo_vs_best_peer")):
+        for mine, key in (("ours", "ours_vs_best_peer"), ("ours-target", "ours_target_vs_best_peer")):
             if key in sc and mine in sc["policies"]:
                 lines.append(f"{name}: " + _verdict(sc, mine, sc[key]))
     return lines

@@ -353,15 +353,18 @@ def make(
     spec: api.AutoscalingSpec | None = None,
     gpu_product: str | None = None,
 ) -> Policy:
-    """A policy by its CLI name; baselines use ``ours``' concurrency target so all aim at the same load."""
+    """A policy by its CLI name. ``ours`` is what the README recommends: SLO mode (TTFT <= 2 s for 99%,
+    its capacity seeded from the GPU), or with ``spec``, that autoscaling block as the operator runs it;
+    ``ours-target`` is the concurrency target alone. Baselines use the concurrency target so all aim at
+    the same load."""
     auto = ours_spec(min_replicas, max_replicas, spec, gpu_product)
     lo, hi = auto.min_replicas, auto.max_replicas
     target = auto.targets.concurrency()
     if name.startswith("static:"):
         return Static(int(name.split(":", 1)[1]))
     factories: dict[str, Callable[[], Policy]] = {
-        "ours": lambda: Ours(auto),
-        "ours-slo": lambda: Ours(slo_spec(auto, gpu_product), name="ours-slo"),
+        "ours": lambda: Ours(slo_spec(auto, gpu_product)) if spec is None or spec.slo else Ours(auto),
+        "ours-target": lambda: Ours(auto, name="ours-target"),
         "hpa": lambda: HPA(lo, hi, target),
         "hpa-waiting": lambda: HPA(lo, hi, max(1.0, target / 4), metric="waiting"),
         "keda": lambda: KEDA(lo, hi, target),
@@ -377,4 +380,4 @@ def make(
     return factories[name]()
 
 
-POLICIES = ("ours", "ours-slo", "hpa", "hpa-waiting", "keda", "kpa", "aibrix", "step", "step-kv")
+POLICIES = ("ours", "ours-target", "hpa", "hpa-waiting", "keda", "kpa", "aibrix", "step", "step-kv")

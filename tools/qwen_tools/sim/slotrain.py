@@ -50,7 +50,7 @@ SCENARIOS = (
 @dataclass(frozen=True)
 class Job:
     scenario: Scenario
-    policy: str  # "ours" (the concurrency target) or "ours-slo"
+    policy: str  # "ours" (SLO mode) or "ours-target" (the concurrency target)
     seed: int
     traces: Path
 
@@ -88,7 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--traces", type=Path, default=Path("bench/traces"))
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
-    jobs = [Job(sc, p, seed, args.traces) for sc in SCENARIOS for p in ("ours", "ours-slo") for seed in SEEDS]
+    jobs = [
+        Job(sc, p, seed, args.traces) for sc in SCENARIOS for p in ("ours-target", "ours") for seed in SEEDS
+    ]
     with Pool(args.workers) as pool:
         rows = pool.map(run_job, jobs)
     print(table(rows))
