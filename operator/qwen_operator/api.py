@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -1121,9 +1121,13 @@ class AutoscalingStatus(_Model):
     state: ScalerState | None = None
 
 
+Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "Invalid"]
+PHASES: tuple[str, ...] = get_args(Phase)
+
+
 class QwenServiceStatus(_Model):
     model_config = ConfigDict(extra="ignore")
-    phase: Literal["Pending", "Progressing", "Ready", "Degraded", "Invalid"] | None = None
+    phase: Phase | None = None
     conditions: list[Condition] = Field(default_factory=list)
     replicas: int | None = Field(default=None, description="Replicas the Deployment has.")
     ready_replicas: int | None = Field(default=None, description="Replicas serving.")

@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from qwen_operator import scaling
+from qwen_operator import api, scaling
 
 _SERVICE = ["namespace", "name"]
 DESIRED_REPLICAS = Gauge("qwen_operator_desired_replicas", "Replicas the scaler asks for.", _SERVICE)
@@ -42,7 +42,6 @@ DECISIONS = Counter(
     [*_SERVICE, "direction", "reason"],
 )
 # Every QwenService, autoscaled or not (the dashboard's variables and the on-call's first look).
-PHASES = ("Pending", "Progressing", "Ready", "Degraded", "Invalid")
 SERVICE_PHASE = Gauge(
     "qwen_operator_service_phase",
     "1 for the QwenService's current status.phase, 0 for the others.",
@@ -56,6 +55,11 @@ SERVICE_DESIRED = Gauge(
     "qwen_operator_service_desired_replicas",
     "status.desiredReplicas: replicas the operator asks for.",
     _SERVICE,
+)
+_STATUS_FIELDS = (  # each gauge, and the status field it exports
+    (SERVICE_REPLICAS, "replicas"),
+    (SERVICE_READY, "readyReplicas"),
+    (SERVICE_DESIRED, "desiredReplicas"),
 )
 QUERIES = Counter("qwen_operator_metric_queries_total", "Metric queries sent.", ["source"])
 QUERY_ERRORS = Counter(
@@ -123,13 +127,9 @@ def record(
 def record_service(namespace: str, name: str, status: Mapping[str, Any]) -> None:
     """Export what a QwenService's status says, whether it autoscales or not."""
     phase = status.get("phase")
-    for known in PHASES:
+    for known in api.PHASES:
         SERVICE_PHASE.labels(namespace, name, known).set(1 if phase == known else 0)
-    for gauge, field in (
-        (SERVICE_REPLICAS, "replicas"),
-        (SERVICE_READY, "readyReplicas"),
-        (SERVICE_DESIRED, "desiredReplicas"),
-    ):
+    for gauge, field in _STATUS_FIELDS:
         value = status.get(field)
         if isinstance(value, int | float):
             gauge.labels(namespace, name).set(value)
@@ -139,9 +139,9 @@ def record_service(namespace: str, name: str, status: Mapping[str, Any]) -> None
 
 def forget_service(namespace: str, name: str) -> None:
     """Drop a deleted QwenService's series."""
-    for known in PHASES:
+    for known in api.PHASES:
         _remove(SERVICE_PHASE, namespace, name, known)
-    for gauge in (SERVICE_REPLICAS, SERVICE_READY, SERVICE_DESIRED):
+    for gauge, _ in _STATUS_FIELDS:
         _remove(gauge, namespace, name)
 
 
