@@ -61,10 +61,16 @@ async def test_failed_deployment_writes_are_retried_until_the_workload_matches_t
         what="the status of generation 2, Progressing (Degraded while the writes failed)",
     )
     assert len(creations(emulator, "Deployment")) == 1, "created once"
-    updates = [
-        e for e in events(emulator, "qwen", "Updated") if e["message"].startswith("Updated Deployment")
-    ]
-    assert len(updates) == 1, [e["message"] for e in updates]
+    # The handler posts its Events after the status write: wait for the update's, then count them.
+    updates = await eventually(
+        lambda: [
+            e["message"]
+            for e in events(emulator, "qwen", "Updated")
+            if e["message"].startswith("Updated Deployment")
+        ],
+        what="the Deployment's Updated event",
+    )
+    assert len(updates) == 1, updates
 
 
 async def test_a_slow_api_server_delays_one_service_not_the_others(emulator: Emulator, operator: Any) -> None:
