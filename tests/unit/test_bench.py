@@ -57,6 +57,21 @@ def test_quick_benchmark_writes_iso_slo_tables_and_pareto_plots(tmp_path: Path) 
     assert "Ours against the best tuned peer" in table
     assert (tmp_path / "pareto.png").stat().st_size > 10_000
     assert list(tmp_path.glob("timeline-*.png"))
+    assert "--merge" not in table
+    # One policy re-run into the same results: the others' runs are kept, and the header says so.
+    common = ["--quick", "--seeds", "2", "--workers", "2", "--traces", str(ROOT / "bench" / "traces")]
+    tuned_file = str(ROOT / "bench" / "results" / "tuned.json")
+    assert (
+        bench.main([*common, "--policies", "hpa", "--merge", "--out", str(tmp_path), "--tuned", tuned_file])
+        == 0
+    )
+    merged = json.loads((tmp_path / "results.json").read_text())
+    (again,) = merged["scenarios"].values()
+    assert set(again["policies"]) == {"ours", "hpa"}
+    assert (
+        "for hpa (`--merge`: the other policies' runs kept from an earlier one)"
+        in (tmp_path / "results.md").read_text()
+    )
 
 
 def test_gpu_hours_at_the_slo_are_read_from_the_curve() -> None:
