@@ -7,16 +7,21 @@ one replica carries while the SLO holds, learned. Each evaluation:
 
 1. **Demand**: the tokens served over the window, plus the requests waiting now (what was served hides
    what could not be), at the window's average cost per request.
-2. **Pressure**: the SLO is under pressure when more than its share of first tokens came after the
-   next histogram bound above the TTFT bound, or waited in the queue over 3/4 of it. vLLM's TTFT buckets
-   are coarse around common bounds (1 s, then 2.5 s), so the interpolated share is shown, not acted on.
-   Waiting in the queue is the load's doing at any load; a slow first token without it counts only
-   under load: at light load it is a long prompt's own prefill, and more replicas would not help.
-3. **Learning**: two bounds that fade over an hour: the most load a replica carried without pressure
-   (capacity is at least that) and the least it failed under (capacity is below that). The capacity
-   aims between them, a little above the first. Evidence counts only on a settled fleet (the ready
-   count unchanged for two windows: a backlog built on fewer replicas is counted after a scale-up) and
-   outside a burst's tail (the minutes after a burst count its waits against the quiet that follows).
+2. **Pressure**: the share of first tokens later than the TTFT bound, or that waited in the queue over
+   3/4 of it. vLLM's TTFT buckets are coarse around common bounds (1 s, then 2.5 s); inside its bucket
+   the tail is taken to fall off as it did across the bucket below (latencies crowd at a bucket's low
+   end, which ``histogram_quantile``'s linear interpolation spreads evenly). Waiting in the queue is
+   the load's doing at any load; a late first token without it counts only under load: at light load
+   it is a long prompt's own prefill, and more replicas would not help.
+3. **Learning**: a minute's 1% is a handful of requests, as likely chance as overload, so a window is
+   judged together with the others at about its load (within ~10%, fading over an hour): it failed
+   when they, together, missed more than the SLO allows, or when its sure misses (after the next
+   histogram bound, or queued) are beyond chance on their own. Two bounds fade over an hour: the most
+   load a replica carried within the SLO (capacity is at least that) and the least it failed under
+   (capacity is below that). The capacity aims between them, a little above the first. Evidence
+   counts only on a settled fleet (the ready count unchanged for two windows: a backlog built on fewer
+   replicas is counted after a scale-up) and outside a burst's tail (the minutes after a burst count
+   its waits against the quiet that follows).
 4. **Forecast**: the load's level and trend (Holt), one cold start ahead, when the rise is material
    (upward only: a falling load is the scale-down window's business). The cold start is measured from
    the service's own pods (creation to Ready) unless the SLO names it.
@@ -57,6 +62,13 @@ MAX_PEAKS = 30
 SETTLE_WINDOWS = 2  # traffic windows the ready count must hold before its latency teaches anything
 STEADY = 0.5  # a load below this share of the last minutes' peak is the tail of a burst
 BURST_RATIO = 2.5  # a burst: the highest minute at least this many times the median one
+# A window's misses are judged together with the other windows at about its load: 1% of a minute's
+# few hundred requests is a handful, as likely chance as overload.
+POOL_RATIO = 1.05  # load bands, each this many times the one below...
+POOL_LOW = 0.02  # ...from this load (seed replicas per replica)...
+POOL_BANDS = 100  # ...to POOL_LOW x POOL_RATIO ** POOL_BANDS (about 2.6), the last band open
+POOL_NEAR = 2  # bands on either side pooled with a window's own (about +-10% of its load)
+CHANCE = 0.01  # a window alone fails when chance would give its misses less often than this
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,8 @@ class PlanState:
     # The ready count, and since when it changed (not persisted: a restart sees no change).
     fleet: int | None = None
     fleet_since: datetime | None = None
+    # Requests and misses seen per load band, fading (not persisted: a restart judges windows alone).
+    pool: tuple[tuple[int, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,33 +136,96 @@ def cold_start(slo: api.LatencySLO, state: PlanState, seen: Sequence[float]) -> 
     return (measured if measured is not None else DEFAULT_COLD_START), measured
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What one window's first tokens say about the SLO, as shares of them."""
+
+    requests: float  # first tokens counted
+    within: float  # within the bound (the tail inside its histogram bucket taken to fall off)
+    beyond: float  # after the next histogram bound above it: surely late
+    queued: float  # waited in the queue over QUEUE_SHARE of the bound
+
+    @staticmethod
+    def of(traffic: Traffic, bound: float) -> Evidence | None:
+        ttft, queue = traffic.ttft, traffic.queue_time
+        within, by_bucket = ttft.share_within_tail(bound), ttft.share_by_bucket(bound)
+        if ttft.count < MIN_FIRST_TOKENS or within is None or by_bucket is None:
+            return None
+        waited = queue.share_within(QUEUE_SHARE * bound) if queue.count else None
+        return Evidence(ttft.count, within, 1 - by_bucket, 0.0 if waited is None else 1 - waited)
+
+    def misses(self, loaded: bool) -> tuple[float, float]:
+        """The shares that missed for want of capacity, likely and surely: waiting in the queue is the
+        load's doing at any load; a late first token only under load (at light load it is the
+        prompt's own prefill, and more replicas would not help)."""
+        if not loaded:
+            return self.queued, self.queued
+        return max(self.queued, 1 - self.within), max(self.queued, self.beyond)
+
+
+def _by_chance(misses: float, requests: float, share: float) -> float:
+    """How likely at least ``misses`` of ``requests`` would miss if each missed with ``share``: the
+    Poisson tail (misses are rare), or its normal approximation for a large service's minute."""
+    mean, k = requests * share, math.ceil(misses - 1e-9)
+    if k <= 0:
+        return 1.0
+    if mean <= 0:
+        return 0.0
+    if mean > 100:
+        return 0.5 * math.erfc((k - 0.5 - mean) / math.sqrt(2 * mean))
+    if k > mean + 12 * math.sqrt(mean) + 12:
+        return 0.0  # far beyond: the terms below would underflow to nothing
+    term = below = math.exp(-mean)  # P(X = 0)
+    for i in range(1, k):
+        term *= mean / i
+        below += term
+    return max(1.0 - below, 0.0)
+
+
+def _band(load: float) -> int:
+    if load <= POOL_LOW:
+        return 0
+    return min(int(math.log(load / POOL_LOW) / math.log(POOL_RATIO)), POOL_BANDS)
+
+
+def _judge(
+    state: PlanState, evidence: Evidence, load: float, loaded: bool, allowance: float, new: float, fade: float
+) -> tuple[bool, float, tuple[tuple[int, float, float], ...]]:
+    """Whether one replica at ``load`` failed the SLO, the share that missed over the windows at about
+    that load, and the pool with this window added (``new``: the share of the window not counted
+    before; the pool fades with ``fade``).
+
+    A minute's 1% is a handful of requests, as likely chance as overload: the window's likely misses
+    are judged together with the other windows' at about its load (the pool), unless its sure misses
+    alone are beyond chance."""
+    likely, sure = evidence.misses(loaded)
+    band = _band(load)
+    bands = {b: (n * fade, k * fade) for b, n, k in state.pool}
+    n, k = bands.get(band, (0.0, 0.0))
+    bands[band] = (n + new * evidence.requests, k + new * likely * evidence.requests)
+    pool = tuple((b, n, k) for b, (n, k) in sorted(bands.items()) if n >= 1.0)
+    near = [(n, k) for b, n, k in pool if abs(b - band) <= POOL_NEAR]
+    total = sum(n for n, _ in near)
+    share = sum(k for _, k in near) / total if total > 0 else likely
+    beyond_chance = _by_chance(sure * evidence.requests, evidence.requests, allowance) < CHANCE
+    return share > allowance or beyond_chance, share, pool
+
+
 def _learn(
-    state: PlanState,
-    initial: float,
-    served: float,
-    ready: int,
-    attainment: float | None,
-    pressure: bool,
-    queued: bool,
-    settled: bool,
-    now: datetime,
+    state: PlanState, initial: float, load: float, failed_now: bool | None, fade: float
 ) -> tuple[float, float | None, float | None]:
     """One replica's capacity at the SLO, from two bounds that fade over MEMORY_SECONDS: the most load
     a replica carried within the SLO (the capacity is at least that), and the least it failed under
     (the capacity is below that). Between them, the plan aims a little above the first; with no
-    failure seen, somewhat above what was carried, to find out (capped at the calibrated peak x 1.5)."""
-    carried, failed = state.carried, state.failed
-    if state.updated is not None:
-        fade = math.exp(-max((now - state.updated).total_seconds(), 0.0) / MEMORY_SECONDS)
-        carried = None if carried is None else carried * fade
-        failed = None if failed is None else failed / fade
+    failure seen, somewhat above what was carried, to find out (capped at the calibrated peak x 1.5).
+    ``failed_now``: this window's verdict at ``load``, None when it teaches nothing."""
+    carried = None if state.carried is None else state.carried * fade
+    failed = None if state.failed is None else state.failed / fade
+    if failed_now is True:
+        failed = load if failed is None else min(failed, load)
+    elif failed_now is False:
+        carried = load if carried is None else max(carried, load)
     believed = state.capacity_scale if state.capacity_scale is not None else initial
-    if settled and attainment is not None and ready > 0 and served > 0:
-        per_replica = served / ready  # seed replicas' worth on each ready replica: its physical load
-        if queued or (pressure and _loaded(per_replica, believed)):
-            failed = per_replica if failed is None else min(failed, per_replica)
-        elif not pressure:
-            carried = per_replica if carried is None else max(carried, per_replica)
     if carried is None:
         # Nothing carried within the SLO yet: below the least load a replica failed under, if any.
         scale = believed if failed is None else min(initial, failed * 0.9)
@@ -224,19 +301,9 @@ def plan(
         else seed
     )
     initial = USER_SCALE if user is not None else SEED_SCALE
-    goal = slo.percentile / 100
+    allowance = 1 - slo.percentile / 100
     bound = slo.time_to_first_token_seconds
-    attainment = None
-    pressure = queued = False
-    if traffic.ttft.count >= MIN_FIRST_TOKENS:
-        # vLLM's TTFT buckets are coarse around common bounds (1 s, then 2.5 s): the interpolated share
-        # is shown; pressure needs evidence: more than the SLO's share of first tokens beyond the next
-        # bucket bound, or of requests that waited over 3/4 of the bound in the queue (finer buckets).
-        attainment = traffic.ttft.share_within(bound)
-        beyond = traffic.ttft.share_by_bucket(bound)
-        waited = traffic.queue_time.share_within(QUEUE_SHARE * bound) if traffic.queue_time.count else None
-        queued = waited is not None and waited < goal
-        pressure = queued or (beyond is not None and beyond < goal)
+    evidence = Evidence.of(traffic, bound)
     served = capacity.work(traffic)
     # What was served hides what could not be: the requests waiting now are demand too, to be served
     # within BACKLOG_SECONDS (each costs what the window's requests cost on average).
@@ -253,7 +320,16 @@ def plan(
     settled = (
         fleet_since is None or (now - fleet_since).total_seconds() >= SETTLE_WINDOWS * traffic.seconds
     ) and work >= STEADY * max(recent, default=work)
-    scale, carried, failed = _learn(state, initial, served, ready, attainment, pressure, queued, settled, now)
+    elapsed = 0.0 if state.updated is None else max((now - state.updated).total_seconds(), 0.0)
+    fade = math.exp(-elapsed / MEMORY_SECONDS)
+    load = served / ready  # seed replicas' worth on each ready replica: its physical load
+    believed = state.capacity_scale if state.capacity_scale is not None else initial
+    loaded = _loaded(load, believed)
+    failed_now, pooled, pool = None, None, state.pool
+    if evidence is not None and settled and served > 0:
+        new = 1.0 if state.updated is None else min(elapsed / traffic.seconds, 1.0)  # windows overlap
+        failed_now, pooled, pool = _judge(state, evidence, load, loaded, allowance, new, fade)
+    scale, carried, failed = _learn(state, initial, load, failed_now, fade)
     cold, measured = cold_start(slo, state, cold_starts)
     level, trend = _smooth(state, work, now)
     rise = max(trend, 0.0) * cold
@@ -261,26 +337,42 @@ def plan(
     forecast = max(work, min(level + rise, 2 * work + 1)) if rise > RISE_FLOOR * level else work
     hold = burst_hold(peaks)
     need = max(forecast, hold) / scale
-    missed = attainment is not None and attainment < goal
-    # Waiting in the queue is always the load's doing; a slow first token may be the prompt's own.
-    loaded = queued or _loaded(served / ready, scale)
-    new_state = PlanState(scale, level, trend, now, peaks, measured, carried, failed, ready, fleet_since)
-    within = "n/a" if attainment is None else f"{_fmt(100 * attainment)}%"
+    new_state = PlanState(
+        scale, level, trend, now, peaks, measured, carried, failed, ready, fleet_since, pool
+    )
+    within = "n/a" if evidence is None else f"{_fmt(100 * evidence.within)}%"
     headroom = ready * scale / work - 1 if work > 0 else math.inf
     message = (
         f"tokens {_fmt(traffic.prompt_tokens_per_second)} prompt + "
         f"{_fmt(traffic.generation_tokens_per_second)} generated /s = {_fmt(work / scale)} replicas' worth "
         f"at {_fmt(scale)} seed-replica each (headroom {_pct(headroom)}); "
         f"TTFT <= {_fmt(bound)} s for {within} (SLO {_fmt(slo.percentile)}%"
-        f"{', under pressure' if pressure and loaded else ''})"
+        f"{', under pressure' if failed_now else ''})"
     )
-    if pressure and not loaded:
-        message += "; misses at light load are the prompts' own prefill time: more replicas would not help"
-    elif missed and not pressure:
-        edge = next((le for le, _ in traffic.ttft.buckets if le >= bound), math.inf)
-        message += f"; the misses came within {_fmt(edge)} s, vLLM's next histogram bound: not pressure yet"
+    if evidence is not None and not failed_now and max(1 - evidence.within, evidence.queued) > allowance:
+        if evidence.misses(loaded)[0] <= allowance:
+            message += (
+                "; misses at light load are the prompts' own prefill time: more replicas would not help"
+            )
+        elif pooled is not None:
+            message += (
+                f"; {_fmt(100 * pooled)}% missed over the windows at about this load: chance, not pressure"
+            )
+        else:
+            message += "; not judged: the ready count just changed, or a burst just ended"
     if forecast > work * 1.05:
         message += f"; forecast {_fmt(forecast / scale)} in {_fmt(cold)} s"
     if hold > forecast:
         message += f"; bursts shorter than a cold start: holding {_fmt(hold / scale)}"
-    return Plan(need, work, forecast, hold, attainment, pressure and loaded, scale, cold, new_state, message)
+    return Plan(
+        need,
+        work,
+        forecast,
+        hold,
+        None if evidence is None else evidence.within,
+        bool(failed_now),
+        scale,
+        cold,
+        new_state,
+        message,
+    )

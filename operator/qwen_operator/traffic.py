@@ -61,6 +61,33 @@ class Histogram:
             below_le, below_n = le, n
         return 1.0
 
+    def share_within_tail(self, bound: float) -> float | None:
+        """The share of observations at or below ``bound``, the tail inside its bucket taken to fall off
+        as it did across the bucket below (exponentially): latencies crowd at the low end of a wide
+        bucket, which the linear interpolation of :meth:`share_within` spreads evenly. Kept between
+        that (the fewest within) and :meth:`share_by_bucket` (the most); linear where the bucket below
+        shows no fall."""
+        total = self.count
+        linear = self.share_within(bound)
+        if total <= 0 or linear is None:
+            return None
+        bounds = [(0.0, 0.0), *self.buckets]
+        for i in range(2, len(bounds)):
+            le, n = bounds[i]
+            if bound < le:
+                if le == INF:
+                    return linear
+                (lo2, n2), (lo, n1) = bounds[i - 2], bounds[i - 1]
+                over2, over1 = (total - n2) / total, (total - n1) / total  # shares above lo2 and lo
+                if bound == lo or over1 <= 0 or over2 <= over1 or lo <= lo2:
+                    return linear
+                fall = math.log(over2 / over1) / (lo - lo2)
+                tail = 1 - over1 * math.exp(-fall * (bound - lo))
+                return min(max(tail, linear), n / total)
+            if bound == le:
+                return n / total
+        return linear
+
     def share_by_bucket(self, bound: float) -> float | None:
         """The share of observations in the buckets up to the first bound at or above ``bound``: an
         upper estimate of :meth:`share_within` that assumes nothing inside a bucket."""

@@ -109,7 +109,8 @@ def matrix(pods: dict[str, list[float]], **labels: str) -> list[dict[str, object
 
 def test_windows_from_a_prometheus_range_are_per_pod_and_histogram_shares() -> None:
     """Two pods, three minutes: the token load is split over the pods that reported, the attainment is
-    the TTFT histogram's share within the bound (interpolated in its bucket), a NaN step is skipped."""
+    the TTFT histogram's share within the bound (estimated in its bucket as the scaler does), a NaN step
+    is skipped."""
     buckets = {  # le -> per minute, summed over the pods
         "1.0": [100, 50, float("nan")],
         "2.5": [100, 60, float("nan")],
@@ -126,7 +127,8 @@ def test_windows_from_a_prometheus_range_are_per_pod_and_histogram_shares() -> N
     assert found[0].generation_tokens_per_second == 400
     assert found[0].work == pytest.approx((2000 / A10G[0] + 400 / A10G[1]) / 2)
     assert found[0].attainment == 1.0
-    assert found[1].attainment == pytest.approx((50 + 10 * (1.0 / 1.5)) / 100)
+    # Half above 1 s, halving every second below it: 75% within 2 s, capped by the 60% within 2.5 s.
+    assert found[1].attainment == pytest.approx(0.6)
     result = fit.fit(found, 99, A10G)
     assert result.capacity == pytest.approx(found[0].work)
 

@@ -79,14 +79,47 @@ def test_pressure_under_load_lowers_the_capacity_and_a_light_load_teaches_nothin
     assert "misses at light load are the prompts' own prefill time" in light.message
 
 
-def test_misses_inside_the_histogram_bucket_above_the_bound_are_shown_not_acted_on() -> None:
-    # 90% within 1 s, the rest within 2.5 s: about 96.7% within 2 s by interpolation, 100% by 2.5 s.
-    t = replace(traffic(1.8), ttft=Histogram.of({1.0: 108, 2.5: 120, INF: 120}))
-    p = run([t] * SETTLED, ready=3)[-1]
-    assert p.attainment == pytest.approx(0.967, abs=0.001)
+def test_inside_its_bucket_the_tail_falls_off_as_it_did_below_it() -> None:
+    # 80% within 0.5 s, 95% within 1 s, all within 2.5 s: the share above falls 4x in 0.5 s, so about
+    # 0.3% are left above 2 s, where a linear interpolation would say 1.7%.
+    fast = hist({0.25: 0.5, 0.5: 0.8, 1.0: 0.95}, 120)
+    p = run([replace(traffic(1.8), ttft=fast)] * SETTLED, ready=3)[-1]
+    assert p.attainment == pytest.approx(0.997, abs=0.001)
+    assert fast.share_within(2) == pytest.approx(0.983, abs=0.001)
     assert not p.pressure
-    assert p.message.endswith("; the misses came within 2.5 s, vLLM's next histogram bound: not pressure yet")
-    assert "light load" not in p.message, "0.6 seed replicas each is no light load"
+    # Flat below the bucket (no fall to extrapolate): linear, as histogram_quantile assumes.
+    flat = Histogram.of({0.5: 108, 1.0: 108, 2.5: 120, INF: 120})
+    assert flat.share_within_tail(2) == pytest.approx(flat.share_within(2))
+    assert flat.share_within_tail(2.5) == 1.0, "on a bucket bound: exact"
+
+
+# 94% within 1 s, the rest within 2.5 s, no fall below: 2% late, none surely (after 2.5 s).
+LATE = Histogram.of({0.25: 112.8, 0.5: 112.8, 1.0: 112.8, 2.5: 120, INF: 120})
+
+
+def test_a_windows_misses_are_judged_with_the_windows_at_about_its_load() -> None:
+    fine = run([traffic(1.8)] * 20, ready=3)[-1].state  # 0.6 seed replicas each, all fast
+    once = run([replace(traffic(1.8), ttft=LATE)], ready=3, state=fine)[-1]
+    assert once.attainment == pytest.approx(0.98, abs=0.001)
+    assert not once.pressure, "2% of one minute is two requests: chance"
+    assert once.state.failed is None
+    assert "% missed over the windows at about this load: chance, not pressure" in once.message
+    assert "light load" not in once.message, "0.6 seed replicas each is no light load"
+    # The same misses, minute after minute, are not chance.
+    again = run([replace(traffic(1.8), ttft=LATE)] * 40, ready=3, state=fine)
+    assert again[-1].pressure
+    assert again[-1].state.failed == pytest.approx(0.6, rel=0.01)
+    # At another load, the minutes at 0.6 say nothing: a single late minute at 0.8 each counts alone.
+    other = run([replace(traffic(2.4), ttft=LATE)], ready=3, state=fine)[-1]
+    assert other.pressure
+
+
+def test_a_window_whose_misses_are_beyond_chance_fails_alone() -> None:
+    fine = run([traffic(1.8)] * 40, ready=3)[-1].state
+    # 5% of the first tokens after 5 s: six of 120, where 1% would give six or more 0.1% of the time.
+    slow = run([traffic(1.8, fast=0.95)], ready=3, state=fine)[-1]
+    assert slow.pressure, slow.message
+    assert slow.state.failed == pytest.approx(0.6, rel=0.01)
 
 
 def test_failing_with_nothing_carried_lowers_the_capacity_below_the_failure() -> None:
@@ -107,6 +140,15 @@ def test_waiting_in_the_queue_is_the_loads_doing_even_at_light_load() -> None:
     assert "under pressure" in queued.message
 
 
+def test_a_large_services_minute_is_judged_by_chance_too() -> None:
+    # 100,000 first tokens a minute: 1% of them is 1,000 misses, give or take 32 by chance.
+    fine = run([traffic(1.8, requests=100_000)] * 40, ready=3)[-1].state
+    over = run([traffic(1.8, fast=0.989, requests=100_000)], ready=3, state=fine)[-1]
+    assert over.pressure, "1,100 misses where chance gives 1,000 is overload"
+    within = run([traffic(1.8, fast=0.9905, requests=100_000)], ready=3, state=fine)[-1]
+    assert not within.pressure
+
+
 def test_a_backlog_served_after_a_scale_up_or_a_burst_window_teaches_nothing() -> None:
     settled = run([traffic(1.5)] * SETTLED, ready=3)[-1].state
     # 6 ready now; the first windows still show the waits of requests queued on 3 replicas.
@@ -115,8 +157,9 @@ def test_a_backlog_served_after_a_scale_up_or_a_burst_window_teaches_nothing() -
     assert after.scale == pytest.approx(settled.capacity_scale)
     # On the same fleet, the minute after a burst still counts the burst's waits: not at this load.
     tail = run([traffic(4.5), traffic(1.5, waited=0.5)], ready=3, state=settled, every=60)[-1]
-    assert tail.pressure
+    assert not tail.pressure
     assert tail.state.failed is None
+    assert "not judged: the ready count just changed, or a burst just ended" in tail.message
 
 
 def test_waiting_requests_count_as_demand() -> None:

@@ -104,6 +104,31 @@ def test_the_share_is_a_fraction_and_grows_with_the_bound(increments: list[float
         assert wider >= share - 1e-12
 
 
+@given(
+    st.lists(st.floats(0, 1e6, allow_nan=False), min_size=1, max_size=12),
+    st.floats(0, 100, allow_nan=False),
+)
+def test_the_tail_aware_share_lies_between_the_linear_one_and_the_buckets(
+    increments: list[float], bound: float
+) -> None:
+    """Inside a bucket, never fewer within than the even spread of histogram_quantile, never more than
+    the whole bucket."""
+    bounds = [0.1 * (i + 1) * (i + 1) for i in range(len(increments))]
+    counts, running = {}, 0.0
+    for le, n in zip(bounds, increments, strict=True):
+        running += n
+        counts[le] = running
+    h = Histogram.of({**counts, INF: running})
+    tail, linear, bucket = h.share_within_tail(bound), h.share_within(bound), h.share_by_bucket(bound)
+    if running == 0:
+        assert tail is None
+        return
+    assert tail is not None
+    assert linear is not None
+    assert bucket is not None
+    assert linear - 1e-12 <= tail <= max(bucket, linear) + 1e-12
+
+
 async def test_the_pods_source_reports_what_a_pod_served_since_its_last_scrape() -> None:
     clock = [1000.0]
     source = PodsSource(monotonic=lambda: clock[0])

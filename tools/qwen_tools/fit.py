@@ -10,8 +10,8 @@ share of the requests started in it whose first token came within the bound; fai
 With ``--prometheus URL --service NAMESPACE/NAME --since 6h`` the windows come from the service's
 vLLM metrics instead, with the operator's own queries (deduplicated per engine): the increase of the
 token counters and of the time-to-first-token histogram over each window, the load divided by the
-pods that reported in it, the attainment interpolated inside the histogram's bucket (as
-``histogram_quantile`` does). A running service's range teaches only up to the busiest load it saw.
+pods that reported in it, the attainment estimated inside the histogram's bucket as the scaler does
+(``Histogram.share_within_tail``). A running service's range teaches only up to the busiest load it saw.
 The capacity is the highest load at which the windows at or below it, together, met the SLO (a
 percentile is a share of all requests, not of each window's); the first window that failed grossly (by
 twice the SLO's miss allowance) ends the test's useful part: what follows is overload and its backlog.
@@ -143,7 +143,7 @@ def from_prometheus(
     for at in sorted(tokens["prompt_tokens"]):
         per_pod = tokens["prompt_tokens"][at]
         ttft = Histogram.of(buckets.get(at, {}))
-        share = ttft.share_within(bound) if ttft.valid() else None
+        share = ttft.share_within_tail(bound) if ttft.valid() else None
         if not per_pod or share is None:
             continue
         p = sum(per_pod.values()) / seconds
