@@ -83,7 +83,7 @@ bench: $(STAMP) ## The held-out benchmark from bench/results/tuned.json (13 scen
 bench-tune: $(STAMP) ## Tune every policy's knobs on the training split, equal budget (~30 min) -> bench/results/tuned.*
 	$(PY) -m qwen_tools.sim.tune --traces bench/traces --out bench/results
 
-bench-slo-train: $(STAMP) ## SLO mode vs the concurrency target on the training split only, 3 seeds (~1 min)
+bench-slo-train: $(STAMP) ## SLO mode vs the concurrency target on the training split only, 3 seeds (~1.5 min)
 	$(PY) -m qwen_tools.sim.slotrain --traces bench/traces
 
 bench-operator: $(STAMP) ## The operator at 10/100/1000 QwenServices (kmock + real Prometheus) -> bench/results/operator.*
