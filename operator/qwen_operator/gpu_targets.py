@@ -36,7 +36,7 @@ def default_concurrency(
 # SLO mode's seed for one replica's capacity, before the scaler has learned it from the pods: the peak
 # throughput of a 7B-class model (bf16, one GPU) alone in each kind of token, (prompt tok/s, generated
 # tok/s at a batch of 32), from the same calibration as the fleet simulator (docs/benchmark.md,
-# "Calibration"). The scaler starts at a part of it (planner.SEED_SCALE) and corrects it.
+# "Calibration"). The scaler starts at a part of it (planner.seed_share) and corrects it.
 DEFAULT_CAPACITY = (6000.0, 820.0)
 SEED_CAPACITY: tuple[tuple[frozenset[str], tuple[float, float]], ...] = (
     (frozenset({"L4"}), (4000.0, 430.0)),

@@ -18,7 +18,9 @@ one replica carries while the SLO holds, learned. Each evaluation:
    when they, together, missed more than the SLO allows, or when its sure misses (after the next
    histogram bound, or queued) are beyond chance on their own. Two bounds fade over an hour: the most
    load a replica carried within the SLO (capacity is at least that) and the least it failed under
-   (capacity is below that). The capacity aims between them, a little above the first. Evidence
+   (capacity is below that). The capacity aims between them, a little above the first; before any
+   evidence, and never below it while nothing failed, at the share of the seed where a single queue in
+   front of the prefill would keep the SLO for the window's mean prompt (``seed_share``). Evidence
    counts only on a settled fleet (the ready count unchanged for two windows: a backlog built on fewer
    replicas is counted after a scale-up) and outside a burst's tail (the minutes after a burst count
    its waits against the quiet that follows).
@@ -43,12 +45,14 @@ from qwen_operator import api
 from qwen_operator.traffic import Traffic
 
 DEFAULT_COLD_START = 180.0  # seconds, until the service's own pods were seen starting
-SEED_SCALE = 0.6  # a GPU calibration is peak throughput: the SLO holds at some part of it
 USER_SCALE = 1.0  # a capacity from qwen-operator tune is already at the SLO
 SCALE_BOUNDS = (0.05, 1.5)  # a replica never carries much beyond its calibrated peak
 MIN_FIRST_TOKENS = 20  # fewer first tokens in the window say nothing about a percentile
 LOADED = 0.5  # utilisation (of the believed capacity) above which a miss is evidence...
 PHYSICAL_FLOOR = 0.3  # ...if the replicas also run above this share of their calibrated peak
+# A GPU calibration is peak throughput: the SLO holds at some part of it, from a queueing model of the
+# prefill (seed_share), never below where misses count as load, never all of it.
+SEED_SHARE_BOUNDS = (PHYSICAL_FLOOR, 0.9)
 BACKLOG_SECONDS = 60.0  # waiting requests count as load to be served within this
 RISE_FLOOR = 0.2  # a forecast rise smaller than this share of the level is noise
 MEMORY_SECONDS = 3600.0  # how long capacity evidence lasts (it fades exponentially)
@@ -238,6 +242,25 @@ def _learn(
     return min(max(scale, SCALE_BOUNDS[0]), SCALE_BOUNDS[1]), carried, failed
 
 
+def seed_share(bound: float, prefill: float, allowance: float) -> float:
+    """The share of its prefill throughput a replica can run at with ``allowance`` of first tokens
+    waiting longer than ``bound`` leaves after a ``prefill`` of the mean prompt: a single queue with
+    exponential service (M/M/1), P(wait > t) = rho * exp(-(1 - rho) * t / prefill)."""
+    if prefill <= 0:
+        return SEED_SHARE_BOUNDS[1]
+    room = (bound - prefill) / prefill
+    if room <= 0:
+        return SEED_SHARE_BOUNDS[0]
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        rho = (lo + hi) / 2
+        if rho * math.exp(-(1 - rho) * room) > allowance:
+            hi = rho
+        else:
+            lo = rho
+    return min(max(lo, SEED_SHARE_BOUNDS[0]), SEED_SHARE_BOUNDS[1])
+
+
 def _loaded(per_replica: float, scale: float) -> bool:
     """Whether a miss at this load is the load's doing. Judged on the physical load too, not only on
     the believed capacity: else each lowering of the belief would make the next miss look loaded."""
@@ -300,9 +323,13 @@ def plan(
         if user is not None
         else seed
     )
-    initial = USER_SCALE if user is not None else SEED_SCALE
     allowance = 1 - slo.percentile / 100
     bound = slo.time_to_first_token_seconds
+    if user is not None:
+        initial = USER_SCALE
+    else:
+        per_request = traffic.prompt_tokens / traffic.requests if traffic.requests > 0 else 0.0
+        initial = seed_share(bound, per_request / capacity.prompt_tokens_per_second, allowance)
     evidence = Evidence.of(traffic, bound)
     served = capacity.work(traffic)
     # What was served hides what could not be: the requests waiting now are demand too, to be served

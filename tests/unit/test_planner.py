@@ -10,7 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from qwen_operator import api, scaling, status
-from qwen_operator.planner import Capacity, Plan, PlanState, burst_hold, plan
+from qwen_operator.planner import Capacity, Plan, PlanState, burst_hold, plan, seed_share
 from qwen_operator.traffic import INF, Histogram, Traffic
 
 T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
@@ -24,15 +24,19 @@ def hist(shares: dict[float, float], n: float) -> Histogram:
     return Histogram.of({**{le: shares.get(le, 1.0) * n for le in BOUNDS}, INF: n})
 
 
-def traffic(work: float, *, fast: float = 1.0, waited: float = 1.0, requests: float = 120) -> Traffic:
-    """One minute carrying ``work`` seed replicas (split evenly between prompt and generated tokens):
-    ``fast`` of the first tokens within 1 s (the rest above 5 s), ``waited`` of the requests queued
-    under 1 s (the rest over 2.5 s)."""
+PROMPT = 1068  # tokens a request: 0.18 s of the A10G seed's prefill, where the seed share is 60%
+
+
+def traffic(work: float, *, fast: float = 1.0, waited: float = 1.0, requests: float | None = None) -> Traffic:
+    """One minute carrying ``work`` seed replicas (split evenly between prompt and generated tokens),
+    in requests of PROMPT prompt tokens unless ``requests`` says how many: ``fast`` of the first tokens
+    within 1 s (the rest above 5 s), ``waited`` of the requests queued under 1 s (the rest over 2.5 s)."""
     prompt = 0.5 * work * SEED.prompt_tokens_per_second * 60
     generated = 0.5 * work * SEED.generation_tokens_per_second * 60
-    ttft = hist({0.25: fast, 0.5: fast, 1.0: fast, 2.5: fast, 5.0: fast}, requests)
-    queue = hist({0.25: waited, 0.5: waited, 1.0: waited, 2.5: waited}, requests)
-    return Traffic(60, prompt, generated, requests, ttft, queue)
+    n = prompt / PROMPT if requests is None else requests
+    ttft = hist({0.25: fast, 0.5: fast, 1.0: fast, 2.5: fast, 5.0: fast}, n)
+    queue = hist({0.25: waited, 0.5: waited, 1.0: waited, 2.5: waited}, n)
+    return Traffic(60, prompt, generated, n, ttft, queue)
 
 
 FRESH = PlanState()
@@ -52,9 +56,26 @@ def run(loads: list[Traffic], ready: int, state: PlanState = FRESH, every: float
 def test_replicas_follow_the_token_load_at_the_seeded_capacity() -> None:
     (p,) = run([traffic(1.2)], ready=4)  # 0.3 seed replicas on each: no evidence above the seed's 60%
     assert p.work == pytest.approx(1.2)
-    assert p.need == pytest.approx(1.2 / 0.6), "a fresh service assumes 60% of the GPU's peak"
+    assert p.need == pytest.approx(1.2 / 0.6, rel=1e-3), "a fresh service assumes 60% of the GPU's peak"
     assert p.message.startswith("tokens 3600 prompt + 492 generated /s = 2 replicas' worth")
     assert "at 0.6 seed-replica each (headroom +100%); TTFT <= 2 s for 100% (SLO 99%)" in p.message
+
+
+def test_the_seed_share_is_where_the_prefill_queue_keeps_the_slo() -> None:
+    # A single queue in front of the prefill (M/M/1): the share of its throughput at which 1% of
+    # requests wait longer than the bound leaves after the mean prompt's own prefill.
+    a10g = seed_share(2.0, 1068 / 6000, 0.01)
+    assert a10g == pytest.approx(0.6, abs=0.001)
+    assert seed_share(2.0, 1068 / 15000, 0.01) == pytest.approx(0.83, abs=0.01), "faster prefill: hotter"
+    assert seed_share(5.0, 1068 / 6000, 0.01) > a10g, "a looser bound too"
+    assert seed_share(2.0, 1068 / 6000, 0.05) > a10g, "and a lower percentile"
+    assert seed_share(1.0, 1068 / 6000, 0.01) < a10g, "a tighter bound runs cooler"
+    assert seed_share(2.0, 3000 / 6000, 0.01) == 0.3, "never below where misses count as load"
+    assert seed_share(2.0, 3 / 6000, 0.01) == 0.9, "never all of it"
+    # In the plan, from the window's own requests: longer prompts, a lower seed.
+    (short,) = run([traffic(1.2)], ready=4)
+    (long,) = run([traffic(1.2, requests=20)], ready=4)  # 5400-token prompts: 0.9 s of prefill
+    assert long.scale < 0.35 < short.scale
 
 
 SETTLED = 9  # evaluations 15 s apart: two one-minute windows on the same fleet
@@ -98,7 +119,7 @@ LATE = Histogram.of({0.25: 112.8, 0.5: 112.8, 1.0: 112.8, 2.5: 120, INF: 120})
 
 
 def test_a_windows_misses_are_judged_with_the_windows_at_about_its_load() -> None:
-    fine = run([traffic(1.8)] * 20, ready=3)[-1].state  # 0.6 seed replicas each, all fast
+    fine = run([traffic(1.8, requests=120)] * 20, ready=3)[-1].state  # 0.6 seed replicas each, all fast
     once = run([replace(traffic(1.8), ttft=LATE)], ready=3, state=fine)[-1]
     assert once.attainment == pytest.approx(0.98, abs=0.001)
     assert not once.pressure, "2% of one minute is two requests: chance"
@@ -163,8 +184,8 @@ def test_a_backlog_served_after_a_scale_up_or_a_burst_window_teaches_nothing() -
 
 
 def test_waiting_requests_count_as_demand() -> None:
-    (idle_queue,) = run([traffic(1.2)], ready=2)
-    p = plan(traffic(1.2), 2, SLO, SEED, PlanState(), T0, waiting=60)
+    (idle_queue,) = run([traffic(1.2, requests=120)], ready=2)
+    p = plan(traffic(1.2, requests=120), 2, SLO, SEED, PlanState(), T0, waiting=60)
     assert p is not None
     # 60 waiting at the window's cost per request (1.2 / 2 per second), served within a minute.
     assert p.work == pytest.approx(1.2 + 60 * (1.2 / 2) / 60)
@@ -247,21 +268,21 @@ WARM = scaling.State(data_since=T0 - timedelta(hours=1), last_evaluated=T0 - tim
 
 def test_decide_scales_on_the_slo_plan_and_says_why() -> None:
     spec = slo_spec()
-    per_pod = traffic(0.3)  # 3 pods x 0.3 seed (6 requests/s): no evidence beyond the seed's 60%
-    decision = scaling.decide(obs(3, per_pod, waiting=60), spec, WARM, T0)
-    # 0.9 served, plus 180 waiting at 0.15 each to serve within 60 s: 1.35 seed replicas, 2.25 at 0.6.
+    per_pod = traffic(0.3)  # 3 pods x 0.3 seed (2.53 requests/s): no evidence beyond the seed's 60%
+    decision = scaling.decide(obs(3, per_pod, waiting=30), spec, WARM, T0)
+    # 0.9 served, plus 90 waiting at 0.356 each to serve within 60 s: 1.434 seed replicas, 2.39 at 0.6.
     assert decision.replicas == 3
     assert decision.reason is scaling.Reason.AT_TARGET
-    assert decision.message.startswith("tokens 2700 prompt + 369 generated /s = 2.25 replicas' worth")
-    more = scaling.decide(obs(3, per_pod, waiting=200), spec, WARM, T0)
-    assert more.replicas == 4, "600 waiting: 2.4 seed replicas, 4 at 0.6"
+    assert decision.message.startswith("tokens 2700 prompt + 369 generated /s = 2.39 replicas' worth")
+    more = scaling.decide(obs(3, per_pod, waiting=100), spec, WARM, T0)
+    assert more.replicas == 5, "300 waiting: 2.68 seed replicas, 4.47 at 0.6"
     assert more.reason is scaling.Reason.ABOVE_TARGET
     fewer = scaling.decide(obs(3, per_pod), spec, WARM, T0)
     assert fewer.replicas == 2, "nothing waiting: 1.5 replicas, and a full window of data is there"
     assert decision.observation is not None
     assert decision.observation.prompt_tokens_per_second == 2700
     assert decision.observation.ttft_within_slo_percent == 100
-    assert decision.state.plan.capacity_scale == pytest.approx(0.6)
+    assert decision.state.plan.capacity_scale == pytest.approx(0.6, rel=1e-3)
 
 
 def test_without_traffic_the_concurrency_target_decides() -> None:
