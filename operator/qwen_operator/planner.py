@@ -7,7 +7,7 @@ one replica carries while the SLO holds, learned. Each evaluation:
 
 1. **Demand**: the tokens served over the window, plus the requests waiting now (what was served hides
    what could not be), at the window's average cost per request.
-2. **Pressure**: the share of first tokens later than the TTFT bound, or that waited in the queue over
+2. **Misses**: the share of first tokens later than the TTFT bound, or that waited in the queue over
    3/4 of it. vLLM's TTFT buckets are coarse around common bounds (1 s, then 2.5 s); inside its bucket
    the tail is taken to fall off as it did across the bucket below (latencies crowd at a bucket's low
    end, which ``histogram_quantile``'s linear interpolation spreads evenly). Waiting in the queue is
@@ -243,9 +243,9 @@ def _learn(
 
 
 def seed_share(bound: float, prefill: float, allowance: float) -> float:
-    """The share of its prefill throughput a replica can run at with ``allowance`` of first tokens
-    waiting longer than ``bound`` leaves after a ``prefill`` of the mean prompt: a single queue with
-    exponential service (M/M/1), P(wait > t) = rho * exp(-(1 - rho) * t / prefill)."""
+    """The share of its peak a replica can run at while at most ``allowance`` of first tokens wait
+    longer than ``bound`` leaves after their own ``prefill`` (the mean prompt's, in seconds): a single
+    queue with exponential service (M/M/1), P(wait > t) = rho * exp(-(1 - rho) * t / prefill)."""
     if prefill <= 0:
         return SEED_SHARE_BOUNDS[1]
     room = (bound - prefill) / prefill
@@ -328,8 +328,13 @@ def plan(
     if user is not None:
         initial = USER_SCALE
     else:
-        per_request = traffic.prompt_tokens / traffic.requests if traffic.requests > 0 else 0.0
-        initial = seed_share(bound, per_request / capacity.prompt_tokens_per_second, allowance)
+        # The mean prompt, per finished request (or per first token while none finished); unknown, the
+        # most cautious share.
+        prefills = traffic.requests or traffic.ttft.count
+        prefill = (
+            traffic.prompt_tokens / prefills / capacity.prompt_tokens_per_second if prefills > 0 else 0.0
+        )
+        initial = seed_share(bound, prefill, allowance) if prefill > 0 else SEED_SHARE_BOUNDS[0]
     evidence = Evidence.of(traffic, bound)
     served = capacity.work(traffic)
     # What was served hides what could not be: the requests waiting now are demand too, to be served

@@ -76,6 +76,10 @@ def test_the_seed_share_is_where_the_prefill_queue_keeps_the_slo() -> None:
     (short,) = run([traffic(1.2)], ready=4)
     (long,) = run([traffic(1.2, requests=20)], ready=4)  # 5400-token prompts: 0.9 s of prefill
     assert long.scale < 0.35 < short.scale
+    # Prompts prefilled but none finished yet in the window: the first tokens count them.
+    unfinished = plan(replace(traffic(1.2), requests=0), 4, SLO, SEED, PlanState(), T0)
+    assert unfinished is not None
+    assert unfinished.scale == pytest.approx(0.6, abs=0.01)
 
 
 SETTLED = 9  # evaluations 15 s apart: two one-minute windows on the same fleet
