@@ -71,21 +71,20 @@ class Histogram:
         linear = self.share_within(bound)
         if total <= 0 or linear is None:
             return None
-        bounds = [(0.0, 0.0), *self.buckets]
-        for i in range(2, len(bounds)):
-            le, n = bounds[i]
+        for j, (le, n) in enumerate(self.buckets):
+            if bound == le:
+                return n / total
             if bound < le:
-                if le == INF:
-                    return linear
-                (lo2, n2), (lo, n1) = bounds[i - 2], bounds[i - 1]
-                over2, over1 = (total - n2) / total, (total - n1) / total  # shares above lo2 and lo
-                if bound == lo or over1 <= 0 or over2 <= over1 or lo <= lo2:
+                if le == INF or j == 0:
+                    return linear  # no finite bucket to extrapolate into, or none below to learn from
+                lo, n1 = self.buckets[j - 1]
+                lo2, n2 = self.buckets[j - 2] if j >= 2 else (0.0, 0.0)
+                over1, over2 = (total - n1) / total, (total - n2) / total  # shares above lo and lo2
+                if over1 <= 0 or over2 <= over1 or lo <= lo2:
                     return linear
                 fall = math.log(over2 / over1) / (lo - lo2)
                 tail = 1 - over1 * math.exp(-fall * (bound - lo))
                 return min(max(tail, linear), n / total)
-            if bound == le:
-                return n / total
         return linear
 
     def share_by_bucket(self, bound: float) -> float | None:
