@@ -104,6 +104,16 @@ def test_the_share_is_a_fraction_and_grows_with_the_bound(increments: list[float
         assert wider >= share - 1e-12
 
 
+def test_the_tail_aware_share_extrapolates_the_fall_below_the_bounds_bucket() -> None:
+    h = Histogram.of({0.5: 60, 1.0: 80, 2.5: 96, INF: 100})  # above 0.5 s: 40%, above 1 s: 20%
+    # Halving every half second: 5% above 2 s, where the linear share says 9.3%, the bucket 4%.
+    assert h.share_within_tail(2.0) == pytest.approx(0.95)
+    assert h.share_within(2.0) == pytest.approx(0.9067, abs=1e-4)
+    assert h.share_within_tail(1.0) == 0.8, "on a bound: exact"
+    assert h.share_within_tail(0.25) == h.share_within(0.25), "the first bucket has none below it"
+    assert h.share_within_tail(10) == h.share_within(10), "past the last finite bound"
+
+
 @given(
     st.lists(st.floats(0, 1e6, allow_nan=False), min_size=1, max_size=12),
     st.floats(0, 100, allow_nan=False),
