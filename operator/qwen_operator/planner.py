@@ -113,7 +113,7 @@ class Plan:
     forecast: float
     hold: float
     attainment: float | None
-    pressure: bool  # the SLO is under pressure, under load (evidence of too little capacity)
+    pressure: bool  # this window failed the SLO at its load (evidence of too little capacity)
     scale: float
     cold_start: float
     state: PlanState

@@ -82,19 +82,24 @@ def test_a_service_sums_its_pods_and_skips_broken_parts() -> None:
     assert mixed.prompt_tokens == 660
 
 
-@given(
-    st.lists(st.floats(0, 1e6, allow_nan=False), min_size=1, max_size=12),
-    st.floats(0, 100, allow_nan=False),
-)
-def test_the_share_is_a_fraction_and_grows_with_the_bound(increments: list[float], bound: float) -> None:
-    bounds = [0.1 * (i + 1) * (i + 1) for i in range(len(increments))]
+INCREMENTS = st.lists(st.floats(0, 1e6, allow_nan=False), min_size=1, max_size=12)
+BOUND = st.floats(0, 100, allow_nan=False)
+
+
+def cumulative(increments: list[float]) -> Histogram:
+    """A histogram with ``increments`` observations in buckets bounded at 0.1, 0.4, 0.9, 1.6, ..."""
     counts, running = {}, 0.0
-    for le, n in zip(bounds, increments, strict=True):
+    for i, n in enumerate(increments):
         running += n
-        counts[le] = running
-    h = Histogram.of({**counts, INF: running})
+        counts[0.1 * (i + 1) * (i + 1)] = running
+    return Histogram.of({**counts, INF: running})
+
+
+@given(INCREMENTS, BOUND)
+def test_the_share_is_a_fraction_and_grows_with_the_bound(increments: list[float], bound: float) -> None:
+    h = cumulative(increments)
     share = h.share_within(bound)
-    if running == 0:
+    if h.count == 0:
         assert share is None
     else:
         assert share is not None
@@ -114,23 +119,15 @@ def test_the_tail_aware_share_extrapolates_the_fall_below_the_bounds_bucket() ->
     assert h.share_within_tail(10) == h.share_within(10), "past the last finite bound"
 
 
-@given(
-    st.lists(st.floats(0, 1e6, allow_nan=False), min_size=1, max_size=12),
-    st.floats(0, 100, allow_nan=False),
-)
+@given(INCREMENTS, BOUND)
 def test_the_tail_aware_share_lies_between_the_linear_one_and_the_buckets(
     increments: list[float], bound: float
 ) -> None:
     """Inside a bucket, never fewer within than the even spread of histogram_quantile, never more than
     the whole bucket."""
-    bounds = [0.1 * (i + 1) * (i + 1) for i in range(len(increments))]
-    counts, running = {}, 0.0
-    for le, n in zip(bounds, increments, strict=True):
-        running += n
-        counts[le] = running
-    h = Histogram.of({**counts, INF: running})
+    h = cumulative(increments)
     tail, linear, bucket = h.share_within_tail(bound), h.share_within(bound), h.share_by_bucket(bound)
-    if running == 0:
+    if h.count == 0:
         assert tail is None
         return
     assert tail is not None
