@@ -20,7 +20,10 @@ one replica carries while the SLO holds, learned. Each evaluation:
    load a replica carried within the SLO (capacity is at least that) and the least it failed under
    (capacity is below that). The capacity aims between them, a little above the first; before any
    evidence, and never below it while nothing failed, at the share of the seed where a single queue in
-   front of the prefill would keep the SLO for the window's mean prompt (``seed_share``). Evidence
+   front of the prefill would keep the SLO for the window's mean prompt (``seed_share``). A loaded
+   window whose busiest pod filled its KV cache past the target failed too, whatever its first tokens
+   say: near a full cache vLLM preempts and recomputes, and the queue that follows grows faster than
+   a loose bound shows in time (within it, the SLO holds up to the brink). Evidence
    counts only on a settled fleet (the ready count unchanged for two windows: a backlog built on fewer
    replicas is counted after a scale-up) and outside a burst's tail (the minutes after a burst count
    its waits against the quiet that follows).
@@ -313,8 +316,12 @@ def plan(
     now: datetime,
     cold_starts: Sequence[float] = (),
     waiting: float = 0.0,
+    kv_peak: float | None = None,
+    kv_target: float = 1.0,
 ) -> Plan | None:
-    """The replicas the SLO needs, or None without traffic data (the targets then decide)."""
+    """The replicas the SLO needs, or None without traffic data (the targets then decide).
+    ``kv_peak``: the busiest ready pod's KV-cache usage (0-1), None when unknown; ``kv_target``: the
+    usage a replica should stay under."""
     if traffic is None or not traffic.usable() or ready <= 0:
         return None
     user = slo.replica_capacity
@@ -361,6 +368,11 @@ def plan(
     if evidence is not None and settled and served > 0:
         new = 1.0 if state.updated is None else min(elapsed / traffic.seconds, 1.0)  # windows overlap
         failed_now, pooled, pool = _judge(state, evidence, load, loaded, allowance, new, fade)
+    # Near a full KV cache vLLM preempts and recomputes: throughput falls and the queue grows faster
+    # than a loose bound shows in time. A loaded replica that fills its cache past the target failed.
+    kv_full = failed_now is False and loaded and kv_peak is not None and kv_peak > kv_target
+    if kv_full:
+        failed_now = True
     scale, carried, failed = _learn(state, initial, load, failed_now, fade)
     cold, measured = cold_start(slo, state, cold_starts)
     level, trend = _smooth(state, work, now)
@@ -381,6 +393,10 @@ def plan(
         f"TTFT <= {_fmt(bound)} s for {within} (SLO {_fmt(slo.percentile)}%"
         f"{', under pressure' if failed_now else ''})"
     )
+    if kv_full:
+        message += (
+            f"; KV cache {_pct(kv_peak or 0)[1:]} full on the busiest pod (target {_pct(kv_target)[1:]})"
+        )
     if evidence is not None and not failed_now and max(1 - evidence.within, evidence.queued) > allowance:
         if evidence.misses(loaded)[0] <= allowance:
             message += (
