@@ -23,7 +23,9 @@ one replica carries while the SLO holds, learned. Each evaluation:
    front of the prefill would keep the SLO for the window's mean prompt (``seed_share``). A loaded
    window whose busiest pod filled its KV cache past the target failed too, whatever its first tokens
    say: near a full cache vLLM preempts and recomputes, and the queue that follows grows faster than
-   a loose bound shows in time (within it, the SLO holds up to the brink). Evidence
+   a loose bound shows in time (within it, the SLO holds up to the brink). When only the cache says
+   so, the loads counted as carried before were carried on the way to the brink (a cache fills over
+   minutes): they are forgotten, and the capacity starts again from the seed's share. Evidence
    counts only on a settled fleet (the ready count unchanged for two windows: a backlog built on fewer
    replicas is counted after a scale-up) and outside a burst's tail (the minutes after a burst count
    its waits against the quiet that follows).
@@ -219,14 +221,21 @@ def _judge(
 
 
 def _learn(
-    state: PlanState, initial: float, load: float, failed_now: bool | None, fade: float
+    state: PlanState,
+    initial: float,
+    load: float,
+    failed_now: bool | None,
+    fade: float,
+    forget_carried: bool = False,
 ) -> tuple[float, float | None, float | None]:
     """One replica's capacity at the SLO, from two bounds that fade over MEMORY_SECONDS: the most load
     a replica carried within the SLO (the capacity is at least that), and the least it failed under
     (the capacity is below that). Between them, the plan aims a little above the first; with no
     failure seen, somewhat above what was carried, to find out (capped at the calibrated peak x 1.5).
-    ``failed_now``: this window's verdict at ``load``, None when it teaches nothing."""
-    carried = None if state.carried is None else state.carried * fade
+    ``failed_now``: this window's verdict at ``load``, None when it teaches nothing;
+    ``forget_carried``: what was carried before does not count (the capacity starts again from the
+    seed's share, below the failure)."""
+    carried = None if state.carried is None or forget_carried else state.carried * fade
     failed = None if state.failed is None else state.failed / fade
     if failed_now is True:
         failed = load if failed is None else min(failed, load)
@@ -369,11 +378,13 @@ def plan(
         new = 1.0 if state.updated is None else min(elapsed / traffic.seconds, 1.0)  # windows overlap
         failed_now, pooled, pool = _judge(state, evidence, load, loaded, allowance, new, fade)
     # Near a full KV cache vLLM preempts and recomputes: throughput falls and the queue grows faster
-    # than a loose bound shows in time. A loaded replica that fills its cache past the target failed.
+    # than a loose bound shows in time. A loaded replica that fills its cache past the target while its
+    # first tokens still meet the SLO is at the brink: it failed, and the loads counted as carried
+    # before were carried on the way there (a cache fills over minutes).
     kv_full = failed_now is False and loaded and kv_peak is not None and kv_peak > kv_target
     if kv_full:
         failed_now = True
-    scale, carried, failed = _learn(state, initial, load, failed_now, fade)
+    scale, carried, failed = _learn(state, initial, load, failed_now, fade, forget_carried=kv_full)
     cold, measured = cold_start(slo, state, cold_starts)
     level, trend = _smooth(state, work, now)
     rise = max(trend, 0.0) * cold

@@ -305,31 +305,32 @@ def test_kv_cache_usage_stays_a_safety_cap_in_slo_mode() -> None:
 
 def test_a_loaded_pod_filling_its_kv_cache_is_pressure_whatever_its_first_tokens_say() -> None:
     """Near a full KV cache vLLM preempts: the load that filled it is not a load a replica carries,
-    even while every first token still meets a loose bound."""
+    even while every first token still meets a loose bound, and neither were the loads carried on the
+    way there."""
     spec = slo_spec()
 
-    def settle(kv: tuple[float, float, float], per_pod: Traffic) -> scaling.Decision:
+    def settle(kv: tuple[float, float, float], per_pod: Traffic, state: scaling.State) -> scaling.Decision:
         names = ("p0", "p1", "p2")
         samples = {n: scaling.PodSample(8, 0, u, 1.0, per_pod) for n, u in zip(names, kv, strict=True)}
-        state = WARM
-        for i in range(SETTLED):
-            decision = scaling.decide(
-                scaling.Observation(3, names, samples), spec, state, T0 + timedelta(seconds=15 * i)
-            )
+        start = state.last_evaluated or T0
+        for i in range(1, SETTLED + 1):
+            now = start + timedelta(seconds=15 * i)
+            decision = scaling.decide(scaling.Observation(3, names, samples), spec, state, now)
             state = decision.state
         return decision
 
-    cool = settle((0.5, 0.6, 0.7), traffic(0.8))  # 0.8 seed each, all first tokens fast, KV under 80%
+    cool = settle((0.5, 0.6, 0.7), traffic(0.8), WARM)  # 0.8 seed each, first tokens fast, KV under 80%
     assert cool.state.plan.carried == pytest.approx(0.8, rel=0.01)
     assert cool.state.plan.failed is None
-    full = settle((0.5, 0.6, 0.9), traffic(0.8))  # the same load, one pod's cache 90% full
+    assert cool.state.plan.capacity_scale == pytest.approx(0.88, rel=0.01)
+    full = settle((0.5, 0.6, 0.9), traffic(0.8), cool.state)  # the same load, one pod's cache 90% full
     assert full.state.plan.failed == pytest.approx(0.8, rel=0.01)
-    assert full.state.plan.capacity_scale < 0.8 < cool.state.plan.capacity_scale
+    assert full.state.plan.carried is None, "carried on the way to the brink: forgotten"
+    assert full.state.plan.capacity_scale == pytest.approx(0.6, abs=0.01), "back to the seed's share"
     assert (cool.replicas, full.replicas) == (3, 4), "one more replica for the same load"
-
     assert "under pressure); KV cache 90% full on the busiest pod (target 80%)" in full.message
-    light = settle((0.5, 0.6, 0.95), traffic(0.1))  # one long prompt's cache at light load: no lesson
-    assert light.state.plan.failed is None
+    light = settle((0.5, 0.6, 0.95), traffic(0.1), WARM)  # one long prompt's cache at light load
+    assert light.state.plan.failed is None, "teaches nothing"
 
 
 def test_the_learned_state_survives_a_restart_through_the_status() -> None:
