@@ -24,8 +24,9 @@ one replica carries while the SLO holds, learned. Each evaluation:
    window whose busiest pod filled its KV cache past the target failed too, whatever its first tokens
    say: near a full cache vLLM preempts and recomputes, and the queue that follows grows faster than
    a loose bound shows in time (within it, the SLO holds up to the brink). When only the cache says
-   so, the loads counted as carried before were carried on the way to the brink (a cache fills over
-   minutes): they are forgotten, and the capacity starts again from the seed's share. Evidence
+   so and the fleet's caches are filling too (on average past half the target: not one pod's few
+   long requests), the loads counted as carried before were carried on the way to the brink (a cache
+   fills over minutes): they are forgotten, and the capacity starts again from the seed's share. Evidence
    counts only on a settled fleet (the ready count unchanged for two windows: a backlog built on fewer
    replicas is counted after a scale-up) and outside a burst's tail (the minutes after a burst count
    its waits against the quiet that follows).
@@ -78,6 +79,7 @@ POOL_LOW = 0.02  # ...from this load (seed replicas per replica)...
 POOL_BANDS = 100  # ...to POOL_LOW x POOL_RATIO ** POOL_BANDS (about 2.6), the last band open
 POOL_NEAR = 2  # bands on either side pooled with a window's own (about +-10% of its load)
 CHANCE = 0.01  # a window alone fails when chance would give its misses less often than this
+BRINK_MEAN = 0.5  # of the KV target: the fleet's mean usage above which one pod's full cache is a brink
 
 
 @dataclass(frozen=True)
@@ -325,12 +327,12 @@ def plan(
     now: datetime,
     cold_starts: Sequence[float] = (),
     waiting: float = 0.0,
-    kv_peak: float | None = None,
+    kv: Sequence[float] = (),
     kv_target: float = 1.0,
 ) -> Plan | None:
     """The replicas the SLO needs, or None without traffic data (the targets then decide).
-    ``kv_peak``: the busiest ready pod's KV-cache usage (0-1), None when unknown; ``kv_target``: the
-    usage a replica should stay under."""
+    ``kv``: the ready pods' KV-cache usage (0-1), those that report it; ``kv_target``: the usage a
+    replica should stay under."""
     if traffic is None or not traffic.usable() or ready <= 0:
         return None
     user = slo.replica_capacity
@@ -379,12 +381,15 @@ def plan(
         failed_now, pooled, pool = _judge(state, evidence, load, loaded, allowance, new, fade)
     # Near a full KV cache vLLM preempts and recomputes: throughput falls and the queue grows faster
     # than a loose bound shows in time. A loaded replica that fills its cache past the target while its
-    # first tokens still meet the SLO is at the brink: it failed, and the loads counted as carried
-    # before were carried on the way there (a cache fills over minutes).
-    kv_full = failed_now is False and loaded and kv_peak is not None and kv_peak > kv_target
+    # first tokens still meet the SLO failed; if the fleet's caches are filling too (not one pod's few
+    # long requests), it is at the brink, and the loads counted as carried before were carried on the
+    # way there (a cache fills over minutes).
+    kv_peak = max(kv, default=0.0)
+    kv_full = failed_now is False and loaded and kv_peak > kv_target
+    brink = kv_full and sum(kv) / len(kv) > BRINK_MEAN * kv_target
     if kv_full:
         failed_now = True
-    scale, carried, failed = _learn(state, initial, load, failed_now, fade, forget_carried=kv_full)
+    scale, carried, failed = _learn(state, initial, load, failed_now, fade, forget_carried=brink)
     cold, measured = cold_start(slo, state, cold_starts)
     level, trend = _smooth(state, work, now)
     rise = max(trend, 0.0) * cold
@@ -405,9 +410,9 @@ def plan(
         f"{', under pressure' if failed_now else ''})"
     )
     if kv_full:
-        message += (
-            f"; KV cache {_pct(kv_peak or 0)[1:]} full on the busiest pod (target {_pct(kv_target)[1:]})"
-        )
+        message += f"; KV cache {_pct(kv_peak)[1:]} full on the busiest pod (target {_pct(kv_target)[1:]})"
+        if brink:
+            message += f", {_pct(sum(kv) / len(kv))[1:]} on average: the capacity starts again from the seed"
     if evidence is not None and not failed_now and max(1 - evidence.within, evidence.queued) > allowance:
         if evidence.misses(loaded)[0] <= allowance:
             message += (

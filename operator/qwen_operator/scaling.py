@@ -404,9 +404,11 @@ def _slo_plan(
         return None
     waiting = sum(s.waiting for s in usable.values())
     seed = Capacity(*spec.slo.seed())
-    kv = [s.kv_cache_usage for p, s in usable.items() if p in obs.ready_pods and s.kv_cache_usage is not None]
-    ready, busiest, target = len(obs.ready_pods), max(kv, default=None), spec.targets.kv_cache_usage
-    return plan(traffic, ready, spec.slo, seed, state.plan, now, obs.cold_starts, waiting, busiest, target)
+    kv = tuple(
+        s.kv_cache_usage for p, s in usable.items() if p in obs.ready_pods and s.kv_cache_usage is not None
+    )
+    ready, target = len(obs.ready_pods), spec.targets.kv_cache_usage
+    return plan(traffic, ready, spec.slo, seed, state.plan, now, obs.cold_starts, waiting, kv, target)
 
 
 def _bound_message(limit: Reason, spec: api.AutoscalingSpec) -> str:

@@ -305,8 +305,8 @@ def test_kv_cache_usage_stays_a_safety_cap_in_slo_mode() -> None:
 
 def test_a_loaded_pod_filling_its_kv_cache_is_pressure_whatever_its_first_tokens_say() -> None:
     """Near a full KV cache vLLM preempts: the load that filled it is not a load a replica carries,
-    even while every first token still meets a loose bound, and neither were the loads carried on the
-    way there."""
+    even while every first token still meets a loose bound; when the fleet's caches are filling too,
+    neither were the loads carried on the way there."""
     spec = slo_spec()
 
     def settle(kv: tuple[float, float, float], per_pod: Traffic, state: scaling.State) -> scaling.Decision:
@@ -328,7 +328,15 @@ def test_a_loaded_pod_filling_its_kv_cache_is_pressure_whatever_its_first_tokens
     assert full.state.plan.carried is None, "carried on the way to the brink: forgotten"
     assert full.state.plan.capacity_scale == pytest.approx(0.6, abs=0.01), "back to the seed's share"
     assert (cool.replicas, full.replicas) == (3, 4), "one more replica for the same load"
-    assert "under pressure); KV cache 90% full on the busiest pod (target 80%)" in full.message
+    assert (
+        "under pressure); KV cache 90% full on the busiest pod (target 80%), 67% on average" in full.message
+    )
+    one = settle((0.9, 0.1, 0.1), traffic(0.8), cool.state)  # one pod's few long requests, the rest idle
+    assert one.state.plan.failed == pytest.approx(0.8, rel=0.01), "still a failure at this load"
+    assert one.state.plan.carried == pytest.approx(0.8, rel=0.05), "but not the fleet's brink: kept"
+    assert one.state.plan.carried < one.state.plan.capacity_scale < 0.8, "between carried and failed"
+    assert one.state.plan.capacity_scale > full.state.plan.capacity_scale
+    assert "on average" not in one.message
     light = settle((0.5, 0.6, 0.95), traffic(0.1), WARM)  # one long prompt's cache at light load
     assert light.state.plan.failed is None, "teaches nothing"
 
