@@ -261,9 +261,16 @@ def slo_spec(**auto: object) -> api.AutoscalingSpec:
     )
 
 
-def obs(pods: int, t: Traffic | None, running: float = 2, waiting: float = 0, replicas: int | None = None):
+def obs(
+    pods: int,
+    t: Traffic | None,
+    running: float = 2,
+    waiting: float = 0,
+    replicas: int | None = None,
+    kv: float | None = 0.2,
+):
     names = tuple(f"p{i}" for i in range(pods))
-    samples = {n: scaling.PodSample(running, waiting, 0.2, 1.0, t) for n in names}
+    samples = {n: scaling.PodSample(running, waiting, kv, 1.0, t) for n in names}
     return scaling.Observation(replicas if replicas is not None else pods, names, samples)
 
 
@@ -367,9 +374,10 @@ def test_the_learned_state_survives_a_restart_through_the_status() -> None:
     waiting=st.floats(0, 500),
     has_traffic=st.booleans(),
     steps=st.integers(1, 4),
+    kv=st.one_of(st.none(), st.floats(0, 1.5)),
 )
 @example(  # a vanishing load: the headroom's percentage overflowed an integer
-    pods=1, replicas=1, work=2.2e-308, fast=0.0, waited=0.0, waiting=0.0, has_traffic=True, steps=1
+    pods=1, replicas=1, work=2.2e-308, fast=0.0, waited=0.0, waiting=0.0, has_traffic=True, steps=1, kv=0.2
 )
 def test_slo_decisions_stay_in_bounds_and_never_drop_without_data(
     pods: int,
@@ -380,13 +388,14 @@ def test_slo_decisions_stay_in_bounds_and_never_drop_without_data(
     waiting: float,
     has_traffic: bool,
     steps: int,
+    kv: float | None,
 ) -> None:
     spec = slo_spec(maxReplicas=8, minReplicas=2)
     state = WARM
     t = traffic(work, fast=fast, waited=waited) if has_traffic else None
     for i in range(steps):
         now = T0 + timedelta(seconds=15 * i)
-        o = obs(pods, t, waiting=waiting, replicas=replicas)
+        o = obs(pods, t, waiting=waiting, replicas=replicas, kv=kv)
         decision = scaling.decide(o, spec, state, now)
         state = decision.state
         assert 2 <= decision.replicas <= 8
