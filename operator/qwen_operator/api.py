@@ -692,7 +692,8 @@ class ScalingTargets(_Model):
         le=1,
         description=(
             "KV-cache usage (0-1) one replica should stay under; above ~0.9 vLLM starts preempting "
-            "requests, which costs recomputation."
+            "requests, which costs recomputation. In SLO mode, a loaded pod above it also counts as "
+            "the SLO failing at its load."
         ),
     )
     waiting_per_replica: float | None = Field(
