@@ -26,7 +26,8 @@ one replica carries while the SLO holds, learned. Each evaluation:
    a loose bound shows in time (within it, the SLO holds up to the brink). When only the cache says
    so and the fleet's caches are filling too (on average past half the target: not one pod's few
    long requests), the loads counted as carried before were carried on the way to the brink (a cache
-   fills over minutes): they are forgotten, and the capacity starts again from the seed's share. Evidence
+   fills over minutes): they are forgotten, and the capacity starts again where a fresh service does
+   (the seed's share, or a ``replicaCapacity``), below the failure. Evidence
    counts only on a settled fleet (the ready count unchanged for two windows: a backlog built on fewer
    replicas is counted after a scale-up) and outside a burst's tail (the minutes after a burst count
    its waits against the quiet that follows).
@@ -235,8 +236,8 @@ def _learn(
     (the capacity is below that). Between them, the plan aims a little above the first; with no
     failure seen, somewhat above what was carried, to find out (capped at the calibrated peak x 1.5).
     ``failed_now``: this window's verdict at ``load``, None when it teaches nothing;
-    ``forget_carried``: what was carried before does not count (the capacity starts again from the
-    seed's share, below the failure)."""
+    ``forget_carried``: what was carried before does not count (the capacity starts again where a
+    fresh service starts, below the failure)."""
     carried = None if state.carried is None or forget_carried else state.carried * fade
     failed = None if state.failed is None else state.failed / fade
     if failed_now is True:
@@ -412,7 +413,7 @@ def plan(
     if kv_full:
         message += f"; KV cache {_pct(kv_peak)[1:]} full on the busiest pod (target {_pct(kv_target)[1:]})"
         if brink:
-            message += f", {_pct(sum(kv) / len(kv))[1:]} on average: the capacity starts again from the seed"
+            message += f", {_pct(sum(kv) / len(kv))[1:]} on average: the loads carried before are forgotten"
     if evidence is not None and not failed_now and max(1 - evidence.within, evidence.queued) > allowance:
         if evidence.misses(loaded)[0] <= allowance:
             message += (
