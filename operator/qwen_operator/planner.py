@@ -27,7 +27,8 @@ one replica carries while the SLO holds, learned. Each evaluation:
    so and the fleet's caches are filling too (on average past half the target: not one pod's few
    long requests), the loads counted as carried before were carried on the way to the brink (a cache
    fills over minutes): they are forgotten, and the capacity starts again where a fresh service does
-   (the seed's share, or a ``replicaCapacity``), below the failure. Evidence
+   (the seed's share, or a ``replicaCapacity``), below the failure. When the first tokens fail too at
+   such a brink, the failure teaches as any other, and the aim stays 10% under it. Evidence
    counts only on a settled fleet (the ready count unchanged for two windows: a backlog built on fewer
    replicas is counted after a scale-up) and outside a burst's tail (the minutes after a burst count
    its waits against the quiet that follows).
@@ -81,6 +82,7 @@ POOL_BANDS = 100  # ...to POOL_LOW x POOL_RATIO ** POOL_BANDS (about 2.6), the l
 POOL_NEAR = 2  # bands on either side pooled with a window's own (about +-10% of its load)
 CHANCE = 0.01  # a window alone fails when chance would give its misses less often than this
 BRINK_MEAN = 0.5  # of the KV target: the fleet's mean usage above which one pod's full cache is a brink
+BRINK_MARGIN = 0.9  # after a brink the first tokens showed too, the aim stays at most this share of it
 
 
 @dataclass(frozen=True)
@@ -229,16 +231,19 @@ def _learn(
     load: float,
     failed_now: bool | None,
     fade: float,
-    forget_carried: bool = False,
+    brink: str | None = None,
 ) -> tuple[float, float | None, float | None]:
     """One replica's capacity at the SLO, from two bounds that fade over MEMORY_SECONDS: the most load
     a replica carried within the SLO (the capacity is at least that), and the least it failed under
     (the capacity is below that). Between them, the plan aims a little above the first; with no
     failure seen, somewhat above what was carried, to find out (capped at the calibrated peak x 1.5).
-    ``failed_now``: this window's verdict at ``load``, None when it teaches nothing;
-    ``forget_carried``: what was carried before does not count (the capacity starts again where a
-    fresh service starts, below the failure)."""
-    carried = None if state.carried is None or forget_carried else state.carried * fade
+    ``failed_now``: this window's verdict at ``load``, None when it teaches nothing; ``brink``: the
+    fleet's KV caches are at the brink at ``load``: "forget" what was carried before (the capacity
+    starts again where a fresh service starts, below the failure), or keep a "margin" (what was
+    carried is held low enough that the aim stays BRINK_MARGIN under the failure)."""
+    carried = None if state.carried is None or brink == "forget" else state.carried * fade
+    if carried is not None and brink == "margin":
+        carried = min(carried, load * (BRINK_MARGIN - BETWEEN) / (1 - BETWEEN))
     failed = None if state.failed is None else state.failed / fade
     if failed_now is True:
         failed = load if failed is None else min(failed, load)
@@ -385,12 +390,17 @@ def plan(
     # first tokens still meet the SLO failed; if the fleet's caches are filling too (not one pod's few
     # long requests), it is at the brink, and the loads counted as carried before were carried on the
     # way there (a cache fills over minutes).
+    # When the first tokens fail too, the failure teaches as usual, but the aim keeps BRINK_MARGIN
+    # under the brink (between carried and failed, it could sit a hair below it).
     kv_peak = max(kv, default=0.0)
-    kv_full = failed_now is False and loaded and kv_peak > kv_target
-    brink = kv_full and sum(kv) / len(kv) > BRINK_MEAN * kv_target
+    over = failed_now is not None and loaded and kv_peak > kv_target
+    brink = over and sum(kv) / len(kv) > BRINK_MEAN * kv_target
+    kv_full = over and failed_now is False
     if kv_full:
         failed_now = True
-    scale, carried, failed = _learn(state, initial, load, failed_now, fade, forget_carried=brink)
+    scale, carried, failed = _learn(
+        state, initial, load, failed_now, fade, brink=None if not brink else "forget" if kv_full else "margin"
+    )
     cold, measured = cold_start(slo, state, cold_starts)
     level, trend = _smooth(state, work, now)
     rise = max(trend, 0.0) * cold
@@ -410,10 +420,14 @@ def plan(
         f"TTFT <= {_fmt(bound)} s for {within} (SLO {_fmt(slo.percentile)}%"
         f"{', under pressure' if failed_now else ''})"
     )
-    if kv_full:
+    if kv_full or brink:
         message += f"; KV cache {_pct(kv_peak)[1:]} full on the busiest pod (target {_pct(kv_target)[1:]})"
         if brink:
-            message += f", {_pct(sum(kv) / len(kv))[1:]} on average: the loads carried before are forgotten"
+            message += f", {_pct(sum(kv) / len(kv))[1:]} on average: " + (
+                "the loads carried before are forgotten"
+                if kv_full
+                else f"the aim stays {_pct(1 - BRINK_MARGIN)[1:]} under this load"
+            )
     if evidence is not None and not failed_now and max(1 - evidence.within, evidence.queued) > allowance:
         if evidence.misses(loaded)[0] <= allowance:
             message += (

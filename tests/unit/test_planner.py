@@ -345,6 +345,12 @@ def test_a_loaded_pod_filling_its_kv_cache_is_pressure_whatever_its_first_tokens
     assert one.state.plan.carried < one.state.plan.capacity_scale < 0.8, "between carried and failed"
     assert one.state.plan.capacity_scale > full.state.plan.capacity_scale
     assert "on average" not in one.message
+    # At the same brink with the first tokens failing too (a tenth of the requests queued): a failure
+    # as any other, but the aim stays 10% under it instead of a hair below, between carried and failed.
+    late = settle((0.5, 0.6, 0.9), traffic(0.8, waited=0.9), cool.state)
+    assert late.state.plan.failed == pytest.approx(0.8, rel=0.01)
+    assert 0.68 < late.state.plan.capacity_scale <= 0.9 * 0.8 + 1e-9, "between them, 10% under the brink"
+    assert late.message.endswith("67% on average: the aim stays 10% under this load")
     light = settle((0.5, 0.6, 0.95), traffic(0.1), WARM)  # one long prompt's cache at light load
     assert light.state.plan.failed is None, "teaches nothing"
 
