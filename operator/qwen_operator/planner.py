@@ -48,6 +48,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from qwen_operator import api
 from qwen_operator.traffic import Traffic
@@ -231,7 +232,7 @@ def _learn(
     load: float,
     failed_now: bool | None,
     fade: float,
-    brink: str | None = None,
+    brink: Literal["forget", "margin"] | None = None,
 ) -> tuple[float, float | None, float | None]:
     """One replica's capacity at the SLO, from two bounds that fade over MEMORY_SECONDS: the most load
     a replica carried within the SLO (the capacity is at least that), and the least it failed under
@@ -240,7 +241,7 @@ def _learn(
     ``failed_now``: this window's verdict at ``load``, None when it teaches nothing; ``brink``: the
     fleet's KV caches are at the brink at ``load``: "forget" what was carried before (the capacity
     starts again where a fresh service starts, below the failure), or keep a "margin" (what was
-    carried is held low enough that the aim stays BRINK_MARGIN under the failure)."""
+    carried is held low enough that the aim stays at most BRINK_MARGIN of the failure)."""
     carried = None if state.carried is None or brink == "forget" else state.carried * fade
     if carried is not None and brink == "margin":
         carried = min(carried, load * (BRINK_MARGIN - BETWEEN) / (1 - BETWEEN))
@@ -390,8 +391,8 @@ def plan(
     # first tokens still meet the SLO failed; if the fleet's caches are filling too (not one pod's few
     # long requests), it is at the brink, and the loads counted as carried before were carried on the
     # way there (a cache fills over minutes).
-    # When the first tokens fail too, the failure teaches as usual, but the aim keeps BRINK_MARGIN
-    # under the brink (between carried and failed, it could sit a hair below it).
+    # When the first tokens fail too, the failure teaches as usual, but the aim stays at most
+    # BRINK_MARGIN of the brink (between carried and failed, it could sit a hair below it).
     kv_peak = max(kv, default=0.0)
     over = failed_now is not None and loaded and kv_peak > kv_target
     brink = over and sum(kv) / len(kv) > BRINK_MEAN * kv_target
