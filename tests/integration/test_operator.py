@@ -444,8 +444,8 @@ async def test_a_prefilled_model_cache_is_filled_by_a_job_before_pods_serve(emul
     await emulator.put(QSVC, qsvc(model={"name": "Qwen/Qwen2.5-7B-Instruct", "source": source}))
     job = await eventually(lambda: emulator.get(JOBS, NS, "qwen-download"), what="the download Job")
     validate_k8s(job)
-    dep = emulator.get(DEPLOY, NS, "qwen")
-    assert dep is not None
+    # The same reconcile applies the Deployment right after the Job: wait for it too.
+    dep = await eventually(lambda: emulator.get(DEPLOY, NS, "qwen"), what="the Deployment")
     (wait,) = dep["spec"]["template"]["spec"]["initContainers"]
     assert wait["name"] == "wait-for-model-cache"
     downloading = await eventually(
