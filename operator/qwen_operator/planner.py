@@ -139,6 +139,10 @@ def _pct(x: float) -> str:
     return "none" if not math.isfinite(100 * x) else f"{round(100 * x):+d}%"
 
 
+def _percent(x: float) -> str:
+    return f"{round(100 * x)}%"
+
+
 def cold_start(slo: api.LatencySLO, state: PlanState, seen: Sequence[float]) -> tuple[float, float | None]:
     """The cold start to plan for, and the measurement to keep (the mean of the latest ones seen)."""
     measured = state.cold_start_seconds
@@ -393,15 +397,15 @@ def plan(
     # way there (a cache fills over minutes).
     # When the first tokens fail too, the failure teaches as usual, but the aim stays at most
     # BRINK_MARGIN of the brink (between carried and failed, it could sit a hair below it).
-    kv_peak = max(kv, default=0.0)
+    kv_peak, kv_mean = max(kv, default=0.0), sum(kv) / len(kv) if kv else 0.0
     over = failed_now is not None and loaded and kv_peak > kv_target
-    brink = over and sum(kv) / len(kv) > BRINK_MEAN * kv_target
     kv_full = over and failed_now is False
+    brink: Literal["forget", "margin"] | None = None
+    if over and kv_mean > BRINK_MEAN * kv_target:
+        brink = "forget" if kv_full else "margin"
     if kv_full:
         failed_now = True
-    scale, carried, failed = _learn(
-        state, initial, load, failed_now, fade, brink=None if not brink else "forget" if kv_full else "margin"
-    )
+    scale, carried, failed = _learn(state, initial, load, failed_now, fade, brink)
     cold, measured = cold_start(slo, state, cold_starts)
     level, trend = _smooth(state, work, now)
     rise = max(trend, 0.0) * cold
@@ -422,13 +426,12 @@ def plan(
         f"{', under pressure' if failed_now else ''})"
     )
     if kv_full or brink:
-        message += f"; KV cache {_pct(kv_peak)[1:]} full on the busiest pod (target {_pct(kv_target)[1:]})"
-        if brink:
-            message += f", {_pct(sum(kv) / len(kv))[1:]} on average: " + (
-                "the loads carried before are forgotten"
-                if kv_full
-                else f"the aim stays {_pct(1 - BRINK_MARGIN)[1:]} under this load"
-            )
+        message += f"; KV cache {_percent(kv_peak)} full on the busiest pod (target {_percent(kv_target)})"
+    if brink == "forget":
+        message += f", {_percent(kv_mean)} on average: the loads carried before are forgotten"
+    elif brink == "margin":
+        margin = _percent(1 - BRINK_MARGIN)
+        message += f", {_percent(kv_mean)} on average: the aim stays {margin} under this load"
     if evidence is not None and not failed_now and max(1 - evidence.within, evidence.queued) > allowance:
         if evidence.misses(loaded)[0] <= allowance:
             message += (

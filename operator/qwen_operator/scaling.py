@@ -189,6 +189,11 @@ def usable_samples(obs: Observation, spec: api.AutoscalingSpec) -> dict[str, Pod
     return {pod: s for pod, s in obs.samples.items() if pod in obs.ready_pods and s.usable(stale)}
 
 
+def kv_usages(usable: Mapping[str, PodSample]) -> tuple[float, ...]:
+    """The KV-cache usage of the pods that export it."""
+    return tuple(s.kv_cache_usage for s in usable.values() if s.kv_cache_usage is not None)
+
+
 def recommend(
     obs: Observation,
     spec: api.AutoscalingSpec,
@@ -216,7 +221,7 @@ def recommend(
     down = max(_replicas_for(s.need + missing, current, spec.tolerance) for s in sigs)
     replicas = up if up > current else min(down, current)
 
-    kv_values = [s.kv_cache_usage for s in usable.values() if s.kv_cache_usage is not None]
+    kv_values = kv_usages(usable)
     observation = api.ScalingObservation(
         ready_replicas=len(obs.ready_pods),
         pods_with_data=len(usable),
@@ -404,10 +409,7 @@ def _slo_plan(
         return None
     waiting = sum(s.waiting for s in usable.values())
     seed = Capacity(*spec.slo.seed())
-    kv = tuple(
-        s.kv_cache_usage for p, s in usable.items() if p in obs.ready_pods and s.kv_cache_usage is not None
-    )
-    ready, target = len(obs.ready_pods), spec.targets.kv_cache_usage
+    ready, kv, target = len(obs.ready_pods), kv_usages(usable), spec.targets.kv_cache_usage
     return plan(traffic, ready, spec.slo, seed, state.plan, now, obs.cold_starts, waiting, kv, target)
 
 
