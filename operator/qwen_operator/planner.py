@@ -6,7 +6,9 @@ generation capacity`` (a mix counts linearly); the *capacity* (``capacity_scale`
 one replica carries while the SLO holds, learned. Each evaluation:
 
 1. **Demand**: the tokens served over the window, plus the requests waiting now (what was served hides
-   what could not be), at the window's average cost per request.
+   what could not be), at the window's average cost per request (per request started or finished,
+   whichever more did: while a cache thrashes few finish, and each would seem to cost many times its
+   share).
 2. **Misses**: the share of first tokens later than the TTFT bound, or that waited in the queue over
    3/4 of it. vLLM's TTFT buckets are coarse around common bounds (1 s, then 2.5 s); inside its bucket
    the tail is taken to fall off as it did across the bucket below (latencies crowd at a bucket's low
@@ -18,7 +20,8 @@ one replica carries while the SLO holds, learned. Each evaluation:
    when they, together, missed more than the SLO allows, or when its sure misses (after the next
    histogram bound, or queued) are beyond chance on their own. Two bounds fade over an hour: the most
    load a replica carried within the SLO (capacity is at least that) and the least it failed under
-   (capacity is below that). The capacity aims between them, a little above the first; before any
+   (capacity is below that; the demand it was given, backlog included: an overloaded replica serves
+   less than it is asked). The capacity aims between them, a little above the first; before any
    evidence, and never below it while nothing failed, at the share of the seed where a single queue in
    front of the prefill would keep the SLO for the window's mean prompt (``seed_share``). A loaded
    window whose busiest pod filled its KV cache past the target failed too, whatever its first tokens
@@ -237,21 +240,24 @@ def _learn(
     failed_now: bool | None,
     fade: float,
     brink: Literal["forget", "margin"] | None = None,
+    demand: float | None = None,
 ) -> tuple[float, float | None, float | None]:
     """One replica's capacity at the SLO, from two bounds that fade over MEMORY_SECONDS: the most load
     a replica carried within the SLO (the capacity is at least that), and the least it failed under
     (the capacity is below that). Between them, the plan aims a little above the first; with no
     failure seen, somewhat above what was carried, to find out (capped at the calibrated peak x 1.5).
-    ``failed_now``: this window's verdict at ``load``, None when it teaches nothing; ``brink``: the
-    fleet's KV caches are at the brink at ``load``: "forget" what was carried before (the capacity
-    starts again where a fresh service starts, below the failure), or keep a "margin" (what was
-    carried is held low enough that the aim stays at most BRINK_MARGIN of the failure)."""
+    ``failed_now``: this window's verdict at ``load``, None when it teaches nothing (a failure counts
+    at ``demand`` when that is more: the load given, backlog included, not only the part served);
+    ``brink``: the fleet's KV caches are at the brink at ``load``: "forget" what was carried before
+    (the capacity starts again where a fresh service starts, below the failure), or keep a "margin"
+    (what was carried is held low enough that the aim stays at most BRINK_MARGIN of the failure)."""
     carried = None if state.carried is None or brink == "forget" else state.carried * fade
     if carried is not None and brink == "margin":
         carried = min(carried, load * (BRINK_MARGIN - BETWEEN) / (1 - BETWEEN))
     failed = None if state.failed is None else state.failed / fade
     if failed_now is True:
-        failed = load if failed is None else min(failed, load)
+        at = load if demand is None else max(load, demand)
+        failed = at if failed is None else min(failed, at)
     elif failed_now is False:
         carried = load if carried is None else max(carried, load)
     believed = state.capacity_scale if state.capacity_scale is not None else initial
@@ -367,8 +373,10 @@ def plan(
     evidence = Evidence.of(traffic, bound)
     served = capacity.work(traffic)
     # What was served hides what could not be: the requests waiting now are demand too, to be served
-    # within BACKLOG_SECONDS (each costs what the window's requests cost on average).
-    per_request = served / traffic.requests_per_second if traffic.requests_per_second > 0 else 0.0
+    # within BACKLOG_SECONDS (each costs what the window's requests cost on average: per request
+    # started or finished, whichever more did, as few finish while a cache thrashes).
+    rate = max(traffic.requests_per_second, traffic.ttft.count / traffic.seconds)
+    per_request = served / rate if rate > 0 else 0.0
     work = served + max(waiting, 0.0) * per_request / BACKLOG_SECONDS
     peaks = _peaks(state, work, now)
     # Evidence is judged on the fleet that served it, at the load it served. First tokens and queue
@@ -405,7 +413,7 @@ def plan(
         brink = "forget" if kv_full else "margin"
     if kv_full:
         failed_now = True
-    scale, carried, failed = _learn(state, initial, load, failed_now, fade, brink)
+    scale, carried, failed = _learn(state, initial, load, failed_now, fade, brink, work / ready)
     cold, measured = cold_start(slo, state, cold_starts)
     level, trend = _smooth(state, work, now)
     rise = max(trend, 0.0) * cold

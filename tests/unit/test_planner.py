@@ -42,11 +42,13 @@ def traffic(work: float, *, fast: float = 1.0, waited: float = 1.0, requests: fl
 FRESH = PlanState()
 
 
-def run(loads: list[Traffic], ready: int, state: PlanState = FRESH, every: float = 15) -> list[Plan]:
+def run(
+    loads: list[Traffic], ready: int, state: PlanState = FRESH, every: float = 15, waiting: float = 0.0
+) -> list[Plan]:
     plans = []
     start = T0 if state.updated is None else state.updated + timedelta(seconds=every)  # carries on
     for i, t in enumerate(loads):
-        p = plan(t, ready, SLO, SEED, state, start + timedelta(seconds=every * i))
+        p = plan(t, ready, SLO, SEED, state, start + timedelta(seconds=every * i), waiting=waiting)
         assert p is not None
         plans.append(p)
         state = p.state
@@ -155,6 +157,16 @@ def test_failing_with_nothing_carried_lowers_the_capacity_below_the_failure() ->
     assert plans[-1].need == pytest.approx(1.8 / 0.54), "more than the seed's 1.8 / 0.6"
 
 
+def test_an_overloaded_replica_failed_under_the_load_it_was_given_not_the_part_it_served() -> None:
+    # 0.6 seed replicas served on each of 3, with 90 requests waiting: the demand was more than that.
+    plans = run([traffic(1.8, fast=0.5, waited=0.5)] * SETTLED, ready=3, waiting=90)
+    demand = plans[-1].work / 3
+    assert demand > 0.7
+    assert plans[-1].state.failed == pytest.approx(demand, rel=0.01)
+    # The seed's share (0.6) stays below 90% of that failure: not cut to 90% of what was served.
+    assert plans[-1].scale == pytest.approx(0.6, rel=0.01)
+
+
 def test_waiting_in_the_queue_is_the_loads_doing_even_at_light_load() -> None:
     # Long prompts: 0.1 seed replicas each. Slow first tokens alone are the prompts' own prefill; but
     # a tenth of the requests waited over 2.5 s in the queue, behind other prompts: more replicas help.
@@ -194,6 +206,15 @@ def test_waiting_requests_count_as_demand() -> None:
     # 60 waiting at the window's cost per request (1.2 / 2 per second), served within a minute.
     assert p.work == pytest.approx(1.2 + 60 * (1.2 / 2) / 60)
     assert p.need > idle_queue.need
+
+
+def test_waiting_requests_cost_what_a_started_one_does_while_few_finish() -> None:
+    # A thrashing cache: 120 first tokens in the minute, but only 6 requests finished. Per finished
+    # request the window's work would make each waiting request cost 20 times its share.
+    thrashing = replace(traffic(1.2, requests=120), requests=6.0)
+    p = plan(thrashing, 2, SLO, SEED, PlanState(), T0, waiting=60)
+    assert p is not None
+    assert p.work == pytest.approx(1.2 + 60 * (1.2 / 2) / 60)
 
 
 def test_a_rising_load_is_planned_one_cold_start_ahead() -> None:
