@@ -30,5 +30,8 @@ def test_a_short_demo_scales_up_and_prints_the_story(
     assert "scaling up" in out or "at max" in out
     assert "ScaledUp: 1 -> " in out, out[-3000:]
     assert "from minute 5" in out
+    last_word = out.split("The scaler's last word")[1]
+    assert "TTFT <= 2 s for" in last_word, "SLO mode decides, on the first tokens the simulated pods report"
+    assert "seed-replica each" in last_word, last_word
     assert png.stat().st_size > 10_000
     assert dict(os.environ) == before, "the demo leaves the environment as it found it"

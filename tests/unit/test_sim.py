@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qwen_operator import api, cli
+from qwen_operator import api, cli, metrics
+from qwen_tools import demo
 from qwen_tools.sim import oracle, policies, run, score, trace
 from qwen_tools.sim.cluster import CACHE_READ, COLD_STARTS, HUB_DOWNLOAD, START, ColdStart, Settings, simulate
 from qwen_tools.sim.engine import DONE, REJECTED, TIMEOUT, Engine, Request
@@ -580,6 +581,31 @@ def test_the_engine_counts_what_vllm_metrics_count() -> None:
     assert totals.queue_time.count == 3
     assert totals.ttft.share_within(2.0) == 1.0, "three 1k-token prompts are prefilled well within 2 s"
     assert dict(totals.ttft.buckets)[2560.0] == 3
+
+
+def test_a_demo_pods_metrics_page_reads_back_as_what_its_engine_served() -> None:
+    """``make demo``'s pods serve vLLM's counters and histograms, so the operator's SLO mode can read
+    them: the operator's own parser reads back the engine's counts and gauges, and the histogram's sum
+    is the engine's."""
+    engine = Engine(A10G)
+    for i in range(4):
+        engine.add(Request(i, 0.0, 2000, 20, 1e9))
+    engine.add(Request(9, 0.0, 500, 5000, 1e9))  # still generating at the scrape
+    engine.advance(30.0)
+    text = demo.metrics_text(engine)
+    sample, totals = metrics.parse_vllm_totals(text, demo.MODEL)
+    assert totals == engine.vllm_totals()
+    assert totals is not None
+    assert totals.requests == 4
+    assert totals.ttft.count == 5
+    assert sample is not None
+    assert (sample.running, sample.waiting) == (1, 0)
+    assert sample.kv_cache_usage == pytest.approx(engine.kv_usage)
+    ttft_sum = next(
+        line for line in text.splitlines() if line.startswith("vllm:time_to_first_token_seconds_sum")
+    )
+    assert float(ttft_sum.split()[-1]) == pytest.approx(engine.ttft_sum)
+    assert engine.ttft_sum > 0
 
 
 def test_ours_sees_each_pods_traffic_over_the_last_minute() -> None:

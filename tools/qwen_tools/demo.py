@@ -4,8 +4,9 @@ No cluster, GPU or Prometheus: kopf runs the operator's real handlers against km
 emulator (in this process, over HTTP). A stand-in for the ReplicaSet and the kubelet backs the
 Deployment with simulated vLLM pods (``qwen_tools.sim``), each serving vLLM's ``/metrics`` on its
 own loopback address, which the operator scrapes (the ``pods`` metrics source). A slice of the real
-Azure conversation trace is replayed ``--speed`` times faster than real time, and the QwenService's
-time windows are shortened by the same factor, so the operator sees what it would see in a cluster.
+Azure conversation trace is replayed ``--speed`` times faster than real time. The QwenService is the
+recommended one (SLO mode), and the operator's scaler runs on the simulation's clock, so its windows,
+cooldowns and time constants see what they would see in a cluster, only faster.
 """
 
 from __future__ import annotations
@@ -14,20 +15,29 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import logging
+import math
 import os
 import socket
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
-from qwen_operator import api, labels
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from qwen_operator import api, clock, labels
+from qwen_operator.gpu_targets import GPU_PRODUCT_LABEL
+from qwen_operator.objects import parse_time, rfc3339
 from qwen_tools.sim import report, score, trace
 from qwen_tools.sim.cluster import Cluster, Pod, Settings
 from qwen_tools.sim.engine import Engine
@@ -48,23 +58,84 @@ OPERATOR_ENV = {
 }
 
 
-def gauges_text(running: float, waiting: float, kv: float, model: str = MODEL) -> str:
-    """The three gauges the scaler reads, in vLLM 0.32's exposition format and labels."""
-    lbl = f'engine="0",model_name="{model}"'
-    gauges = (
-        ("vllm:num_requests_running", "Number of requests in model execution batches.", running),
-        ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", waiting),
-        ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", kv),
+LABELS = ["engine", "model_name"]
+GAUGES = (
+    ("vllm:num_requests_running", "Number of requests in model execution batches."),
+    ("vllm:num_requests_waiting", "Number of requests waiting to be processed."),
+    ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."),
+)
+
+
+def _gauges(model: str, running: float, waiting: float, kv: float) -> Iterator[Metric]:
+    for (name, help_), value in zip(GAUGES, (running, waiting, kv), strict=True):
+        gauge = GaugeMetricFamily(name, help_, labels=LABELS)
+        gauge.add_metric(["0", model], float(value))
+        yield gauge
+
+
+def _served(model: str, engine: Engine) -> Iterator[Metric]:
+    """The engine's token and request counters and its first-token and queue-time histograms."""
+    totals, values = engine.vllm_totals(), ["0", model]
+    counters = (
+        ("vllm:prompt_tokens", "Number of prefill tokens processed.", totals.prompt_tokens),
+        ("vllm:generation_tokens", "Number of generation tokens processed.", totals.generation_tokens),
     )
-    out = []
-    for name, help_, value in gauges:
-        out += [f"# HELP {name} {help_}", f"# TYPE {name} gauge", f"{name}{{{lbl}}} {float(value)}"]
-    return "\n".join(out) + "\n"
+    for name, help_, value in counters:
+        counter = CounterMetricFamily(name, help_, labels=LABELS)
+        counter.add_metric(values, value)
+        yield counter
+    done = CounterMetricFamily(
+        "vllm:request_success",
+        "Count of successfully processed requests.",
+        labels=[*LABELS, "finished_reason"],
+    )
+    done.add_metric([*values, "length"], totals.requests)  # the simulator ends requests at their length
+    yield done
+    histograms = (
+        ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+         totals.ttft, engine.ttft_sum),
+        ("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
+         totals.queue_time, engine.queue_sum),
+    )  # fmt: skip
+    for name, help_, hist, total in histograms:
+        family = HistogramMetricFamily(name, help_, labels=LABELS)
+        family.add_metric(
+            values, [("+Inf" if le == math.inf else repr(le), n) for le, n in hist.buckets], total
+        )
+        yield family
 
 
-def metrics_text(engine: Engine) -> str:
-    """A simulated pod's /metrics: its engine's running and waiting requests and KV usage."""
-    return gauges_text(engine.num_running, engine.num_waiting, engine.kv_usage)
+class _Families:
+    """A prometheus_client collector of the families ``make()`` gives at each scrape."""
+
+    def __init__(self, make: Callable[[], Iterator[Metric]]) -> None:
+        self.make = make
+
+    def collect(self) -> Iterator[Metric]:
+        return self.make()
+
+
+def _exposition(make: Callable[[], Iterator[Metric]]) -> str:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(make))
+    return generate_latest(registry).decode()
+
+
+def gauges_text(running: float, waiting: float, kv: float, model: str = MODEL) -> str:
+    """The three gauges the concurrency target reads, in vLLM 0.32's exposition format and labels."""
+    return _exposition(lambda: _gauges(model, running, waiting, kv))
+
+
+def metrics_text(engine: Engine, model: str = MODEL) -> str:
+    """A simulated pod's /metrics in vLLM 0.32's exposition format: the running and waiting requests and
+    the KV usage (what the concurrency target reads), the token and request counters and the first-token
+    and queue-time histograms (what SLO mode reads)."""
+
+    def families() -> Iterator[Metric]:
+        yield from _gauges(model, engine.num_running, engine.num_waiting, engine.kv_usage)
+        yield from _served(model, engine)
+
+    return _exposition(families)
 
 
 def _page(engine: Engine) -> bytes:
@@ -117,6 +188,7 @@ class OperatorReplicas:
 
 
 MAX_REPLICAS = 5
+SLO_SECONDS = 2.0  # the demo's SLO: a first token within 2 s for 99% of requests, as the summary scores
 # The scaler's reasons, as a person reads them at a glance.
 REASONS = {
     "AtTarget": "at target",
@@ -143,34 +215,40 @@ def describe(auto: dict[str, Any], max_replicas: int) -> str:
     return REASONS.get(reason or "", reason or "-")
 
 
-def qwen_service(speed: float) -> dict[str, Any]:
-    """The demo's QwenService: defaults, with every time window divided by ``speed``."""
-    defaults = api.AutoscalingSpec()
-
-    def shrink(seconds: float) -> int:
-        return max(1, round(seconds / speed))
-
+def qwen_service(gpu_product: str) -> dict[str, Any]:
+    """The demo's QwenService: the recommended autoscaling (examples/qwen2.5-7b-instruct-slo.yaml: SLO
+    mode, a first token within 2 s for 99% of requests) on the simulated GPU, up to MAX_REPLICAS, its
+    pods scraped directly. Its windows are as a user writes them: the operator runs on simulated time."""
     return {
         "apiVersion": f"{api.GROUP}/{api.VERSION}",
         "kind": api.KIND,
         "metadata": {"name": NAME, "namespace": NS},
         "spec": {
             "model": {"name": MODEL},
+            "scheduling": {"nodeSelector": {GPU_PRODUCT_LABEL: gpu_product}},
             "autoscaling": {
                 "enabled": True,
                 "minReplicas": 1,
                 "maxReplicas": MAX_REPLICAS,
-                "evaluationIntervalSeconds": shrink(defaults.evaluation_interval_seconds),
-                "scaleDown": {
-                    "stabilizationWindowSeconds": shrink(defaults.scale_down.stabilization_window_seconds),
-                    "cooldownAfterScaleUpSeconds": shrink(
-                        defaults.scale_down.cooldown_after_scale_up_seconds
-                    ),
-                },
-                "metrics": {"source": "pods", "staleAfterSeconds": 5},
+                "slo": {"timeToFirstTokenSeconds": SLO_SECONDS, "percentile": 99},
+                "metrics": {"source": "pods"},
             },
         },
     }
+
+
+class SimulatedClock:
+    """The simulation's time as the operator's scaler reads it: a datetime from ``start`` and a
+    monotonic count of seconds, both following ``cluster.second`` (not the wall clock)."""
+
+    def __init__(self, cluster: Cluster, start: datetime.datetime) -> None:
+        self.cluster, self.start = cluster, start
+
+    def seconds(self) -> float:
+        return float(self.cluster.second)
+
+    def now(self) -> datetime.datetime:
+        return self.start + datetime.timedelta(seconds=self.seconds())
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -187,6 +265,7 @@ class Kubelet:
         self.emulator, self.cluster, self.port = emulator, cluster, port
         self.servers: dict[str, MetricsServer] = {}
         self.ready: dict[str, bool] = {}
+        self.created: dict[str, datetime.datetime] = {}  # the API's creationTimestamp
         self.ips: dict[str, str] = {}
 
     def _ip(self, pod: Pod) -> str:
@@ -202,6 +281,7 @@ class Kubelet:
         for name in [n for n in self.ready if n not in alive]:
             await self.emulator.remove(PODS, NS, name)
             del self.ready[name]
+            self.created.pop(name, None)
             if name in self.servers:
                 self.servers.pop(name).close()
         for name, pod in alive.items():
@@ -210,11 +290,15 @@ class Kubelet:
                 meta = {"name": name, "namespace": NS, "labels": labels.common_labels(NAME)}
                 status = {"phase": "Pending", "podIP": self._ip(pod)}
                 body = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "status": status}
-                await self.emulator.put(PODS, body)
+                created = await self.emulator.put(PODS, body)
+                self.created[name] = parse_time(created["metadata"]["creationTimestamp"]) or clock.utcnow()
                 self.ready[name] = False
             if ready and not self.ready[name]:
                 self.servers[name] = MetricsServer(self._ip(pod), self.port, partial(_page, pod.engine))
-                condition = {"type": "Ready", "status": "True"}
+                # Ready after the pod's simulated cold start, as a kubelet would stamp it: the operator
+                # measures the service's cold starts from these two times.
+                became = self.created[name] + datetime.timedelta(seconds=pod.ready_at - pod.created)
+                condition = {"type": "Ready", "status": "True", "lastTransitionTime": rfc3339(became)}
                 patch = {"status": {"phase": "Running", "conditions": [condition]}}
                 await self.emulator.patch(PODS, NS, name, patch, sub="status")
                 self.ready[name] = True
@@ -239,6 +323,9 @@ async def run_demo(args: argparse.Namespace) -> int:
     import kmock
     import kopf
 
+    from qwen_operator import handlers
+    from qwen_operator.metrics import PodsSource
+    from qwen_operator.scaler import Autoscaler
     from qwen_tools.emulator import DEPLOY, QSVC, Emulator, install, start_operator
 
     requests = trace.load(args.trace, "conv").window(args.start_minute * 60, args.minutes * 60)
@@ -252,29 +339,33 @@ async def run_demo(args: argparse.Namespace) -> int:
     print(
         f"qwen-operator demo: {len(requests)} requests of the Azure conversation trace (minutes "
         f"{args.start_minute}-{args.start_minute + args.minutes}), replayed {args.speed:g}x faster on "
-        f"simulated {args.gpu.upper()} vLLM pods; QwenService {NS}/{NAME} autoscales 1..5 with its "
-        f"windows divided by {args.speed:g}.\n"
+        f"simulated {args.gpu.upper()} vLLM pods; QwenService {NS}/{NAME} autoscales 1..{MAX_REPLICAS} "
+        f"on a latency SLO (first token within {SLO_SECONDS:g} s for 99% of requests), the operator's "
+        f"scaler on simulated time.\n"
     )
-    with tempfile.TemporaryDirectory(prefix="qwen-demo-") as tmp:
+    # The scaler reads the time from the simulation, not the wall clock: its windows, cooldowns, the
+    # traffic between two scrapes and the planner's time constants are the ones a cluster would see,
+    # only faster. (The loop and the pods source take their clocks as arguments; the patch reaches the
+    # one the handlers start once logged in.)
+    sim_clock = SimulatedClock(cluster, clock.utcnow())
+    on_sim_time = partial(
+        Autoscaler,
+        clock=sim_clock.now,
+        pods_source=PodsSource(port=port, monotonic=sim_clock.seconds),
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="qwen-demo-") as tmp,
+        mock.patch.object(handlers, "Autoscaler", on_sim_time),
+    ):
         async with Emulator() as emulator, kmock.Server(emulator) as server:
             path = await install(emulator, str(server.url), Path(tmp) / "kubeconfig")
-            saved = {
-                k: os.environ.get(k)
-                for k in (*OPERATOR_ENV, "KUBECONFIG", "QWEN_OPERATOR_STATUS_REFRESH_SECONDS")
-            }
-            os.environ.update(
-                {
-                    **OPERATOR_ENV,
-                    "QWEN_OPERATOR_POD_METRICS_PORT": str(port),
-                    # a minute of simulated time, like every other window of the demo
-                    "QWEN_OPERATOR_STATUS_REFRESH_SECONDS": str(60 / args.speed),
-                }
-            )
+            saved = {k: os.environ.get(k) for k in (*OPERATOR_ENV, "KUBECONFIG")}
+            os.environ.update({**OPERATOR_ENV, "QWEN_OPERATOR_POD_METRICS_PORT": str(port)})
             os.environ["KUBECONFIG"] = str(path)
             kopf_settings = kopf.OperatorSettings()
             kopf_settings.posting.enabled = False
             operator, stop = await start_operator(kopf_settings, 30)
-            await emulator.put(QSVC, qwen_service(args.speed))
+            await emulator.put(QSVC, qwen_service(GPUS[args.gpu].product))
             kubelet = Kubelet(emulator, cluster, port)
             columns = (
                 ("sim time", 8),
@@ -329,6 +420,8 @@ async def run_demo(args: argparse.Namespace) -> int:
             events = [
                 e for e in emulator.items("v1/events", NS) if e.get("reason") in ("ScaledUp", "ScaledDown")
             ]
+            status = (emulator.get(QSVC, NS, NAME) or {}).get("status") or {}
+            last_word = (status.get("autoscaling") or {}).get("message", "-")
     result = cluster.result()
     whole = score.summarize(result)
     warm = dataclasses.replace(result, requests=[r for r in result.requests if r.arrival >= WARMUP])
@@ -339,6 +432,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     print(f"\nScaling events the operator posted ({len(events)}):")
     for e in events:
         print(f"  {e.get('reason')}: {e.get('message')}")
+    print(f"\nThe scaler's last word (status.autoscaling.message):\n  {last_word}")
     if args.png:
         path = report.timeline_png(
             [result],

@@ -102,6 +102,7 @@ class Engine:
         self.requests_done = 0
         self.ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
         self.queue_counts = [0] * (len(QUEUE_BUCKETS) + 1)
+        self.ttft_sum = self.queue_sum = 0.0  # the histograms' _sum (seconds)
 
     # ------------------------------------------------------------------------------ views
 
@@ -250,6 +251,7 @@ class Engine:
                 if req.scheduled is None:
                     req.scheduled = self.now
                     self.queue_counts[bisect.bisect_left(QUEUE_BUCKETS, self.now - req.arrival)] += 1
+                    self.queue_sum += self.now - req.arrival
                 scheduled.append((req, n))
                 budget -= n
                 prefill_tokens += n
@@ -270,6 +272,7 @@ class Engine:
                     req.first_token = now
                     self.prompt_tokens += req.prompt
                     self.ttft_counts[bisect.bisect_left(TTFT_BUCKETS, now - req.arrival)] += 1
+                    self.ttft_sum += now - req.arrival
                 if req.generated >= req.output:
                     self.running.remove(req)
                     self._end(req, DONE, now)
