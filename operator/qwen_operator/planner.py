@@ -237,17 +237,17 @@ def _learn(
     state: PlanState,
     initial: float,
     load: float,
+    demand: float,
     failed_now: bool | None,
     fade: float,
     brink: Literal["forget", "margin"] | None = None,
-    demand: float | None = None,
 ) -> tuple[float, float | None, float | None]:
     """One replica's capacity at the SLO, from two bounds that fade over MEMORY_SECONDS: the most load
     a replica carried within the SLO (the capacity is at least that), and the least it failed under
     (the capacity is below that). Between them, the plan aims a little above the first; with no
     failure seen, somewhat above what was carried, to find out (capped at the calibrated peak x 1.5).
-    ``failed_now``: this window's verdict at ``load``, None when it teaches nothing (a failure counts
-    at ``demand`` when that is more: the load given, backlog included, not only the part served);
+    ``demand``: the load given, backlog included (at least ``load``, the part served): where a failure
+    counts; ``failed_now``: this window's verdict, None when it teaches nothing;
     ``brink``: the fleet's KV caches are at the brink at ``load``: "forget" what was carried before
     (the capacity starts again where a fresh service starts, below the failure), or keep a "margin"
     (what was carried is held low enough that the aim stays at most BRINK_MARGIN of the failure)."""
@@ -256,8 +256,7 @@ def _learn(
         carried = min(carried, load * (BRINK_MARGIN - BETWEEN) / (1 - BETWEEN))
     failed = None if state.failed is None else state.failed / fade
     if failed_now is True:
-        at = load if demand is None else max(load, demand)
-        failed = at if failed is None else min(failed, at)
+        failed = demand if failed is None else min(failed, demand)
     elif failed_now is False:
         carried = load if carried is None else max(carried, load)
     believed = state.capacity_scale if state.capacity_scale is not None else initial
@@ -413,7 +412,7 @@ def plan(
         brink = "forget" if kv_full else "margin"
     if kv_full:
         failed_now = True
-    scale, carried, failed = _learn(state, initial, load, failed_now, fade, brink, work / ready)
+    scale, carried, failed = _learn(state, initial, load, work / ready, failed_now, fade, brink)
     cold, measured = cold_start(slo, state, cold_starts)
     level, trend = _smooth(state, work, now)
     rise = max(trend, 0.0) * cold
