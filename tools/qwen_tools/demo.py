@@ -326,6 +326,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     from qwen_operator import handlers
     from qwen_operator.metrics import PodsSource
     from qwen_operator.scaler import Autoscaler
+    from qwen_operator.settings import OperatorSettings
     from qwen_tools.emulator import DEPLOY, QSVC, Emulator, install, start_operator
 
     requests = trace.load(args.trace, "conv").window(args.start_minute * 60, args.minutes * 60)
@@ -348,11 +349,14 @@ async def run_demo(args: argparse.Namespace) -> int:
     # only faster. (The loop and the pods source take their clocks as arguments; the patch reaches the
     # one the handlers start once logged in.)
     sim_clock = SimulatedClock(cluster, clock.utcnow())
-    on_sim_time = partial(
-        Autoscaler,
-        clock=sim_clock.now,
-        pods_source=PodsSource(port=port, monotonic=sim_clock.seconds),
-    )
+
+    def on_sim_time(cluster_api: Any, config: OperatorSettings, locks: Any, fleet: Any = None) -> Autoscaler:
+        # The pods source the scaler builds from its settings, on the simulation's monotonic clock.
+        pods = PodsSource(
+            config.pod_metrics_port, config.metrics_timeout_seconds, monotonic=sim_clock.seconds
+        )
+        return Autoscaler(cluster_api, config, locks, clock=sim_clock.now, pods_source=pods, fleet=fleet)
+
     with (
         tempfile.TemporaryDirectory(prefix="qwen-demo-") as tmp,
         mock.patch.object(handlers, "Autoscaler", on_sim_time),
