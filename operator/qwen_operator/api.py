@@ -693,7 +693,8 @@ class ScalingTargets(_Model):
         description=(
             "KV-cache usage (0-1) one replica should stay under; above ~0.9 vLLM starts preempting "
             "requests, which costs recomputation. In SLO mode, a loaded pod above it also counts as "
-            "the SLO failing at its load."
+            "the SLO failing at its load. On a pod that one more request of its running ones' mean "
+            "size would take past it, the requests waiting count at that mean."
         ),
     )
     waiting_per_replica: float | None = Field(

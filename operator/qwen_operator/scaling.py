@@ -3,11 +3,11 @@
 ``decide(observation, spec, state, now) -> Decision`` runs small named stages; each may change the
 replica count and says why (:class:`Reason`):
 
-1. ``recommend``: per signal (concurrency, KV-cache usage, optionally waiting requests) the replicas the
-   load needs; the largest wins; a tolerance band around the current count moves nothing. In SLO mode
-   (``spec.autoscaling.slo``) the planner's need (:mod:`qwen_operator.planner`: token load, learned
-   capacity, cold-start forecast, burst hold) takes the concurrency signal's place while the pods
-   report traffic.
+1. ``recommend``: per signal (concurrency, KV-cache usage with the waiting requests' share, optionally
+   waiting requests) the replicas the load needs; the largest wins; a tolerance band around the
+   current count moves nothing. In SLO mode (``spec.autoscaling.slo``) the planner's need
+   (:mod:`qwen_operator.planner`: token load, learned capacity, cold-start forecast, burst hold) takes
+   the concurrency signal's place while the pods report traffic.
 2. cold start: the count compared with is the Deployment's (ready pods plus pods starting), so pods on
    the way count as capacity; only load beyond them scales up again.
 3. ``scale_up``: immediate, at most +``maxStepPercent`` % or +``maxStepReplicas`` per step; load far
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -115,6 +115,7 @@ class Signal:
     name: str  # concurrency, kvCacheUsage, waiting
     value: float  # the total over the pods
     target: float  # per replica
+    detail: str = ""  # what the value is made of, where it is not plain
 
     @property
     def need(self) -> float:
@@ -163,12 +164,28 @@ def signals(samples: Mapping[str, PodSample], targets: api.ScalingTargets) -> li
     """Each signal's total over the pods and the replicas it needs at its per-replica target."""
     concurrency = sum(s.running + s.waiting for s in samples.values())
     out = [Signal("concurrency", concurrency, targets.concurrency())]
-    kv = [s.kv_cache_usage for s in samples.values() if s.kv_cache_usage is not None]
+    kv = [s for s in samples.values() if s.kv_cache_usage is not None]
     if kv:
-        out.append(Signal("kvCacheUsage", sum(kv), targets.kv_cache_usage))
+        used, demand = sum(s.kv_cache_usage or 0.0 for s in kv), kv_demand(kv, targets.kv_cache_usage)
+        detail = f" ({_fmt(used)} used + {_fmt(demand - used)} for requests waiting for room)"
+        out.append(Signal("kvCacheUsage", demand, targets.kv_cache_usage, detail if demand > used else ""))
     if targets.waiting_per_replica is not None:
         out.append(Signal("waiting", sum(s.waiting for s in samples.values()), targets.waiting_per_replica))
     return out
+
+
+def kv_demand(samples: Sequence[PodSample], target: float) -> float:
+    """The KV cache the pods' requests would use if all were admitted: the usage, plus, on a pod that
+    cannot take one more request of its running ones' mean size and stay under ``target``, each waiting
+    request at that mean (with chunked prefill vLLM admits a long prompt a chunk at a time and preempts
+    when the running ones grow, so a full cache shows as a queue, not as usage). Where the cache has
+    room, requests wait for something else (the batch limits), and the other signals see them."""
+    total = 0.0
+    for s in samples:
+        used = s.kv_cache_usage or 0.0
+        each = used / s.running if s.running >= 1 else 0.0  # running: a count (fractions: averaged)
+        total += used + (s.waiting * each if used + each > target else 0.0)
+    return total
 
 
 def _replicas_for(need: float, current: int, tolerance: float) -> int:
@@ -180,7 +197,7 @@ def _replicas_for(need: float, current: int, tolerance: float) -> int:
 
 def _describe(sig: Signal, ready: int) -> str:
     label = {"concurrency": "concurrency", "kvCacheUsage": "KV-cache usage", "waiting": "waiting"}[sig.name]
-    return f"{label} {_fmt(sig.value)} vs target {_fmt(sig.target)} x {ready} ready"
+    return f"{label} {_fmt(sig.value)}{sig.detail} vs target {_fmt(sig.target)} x {ready} ready"
 
 
 def usable_samples(obs: Observation, spec: api.AutoscalingSpec) -> dict[str, PodSample]:

@@ -72,6 +72,24 @@ def warm(seconds: float = 3600) -> State:
         ("just over tolerance", observe(2, pods(9, 9)), {}, warm(), 3, Reason.ABOVE_TARGET),
         ("waiting counts as load", observe(1, pods((8, 8, 0.1))), {}, warm(), 2, Reason.ABOVE_TARGET),
         ("KV cache wins", observe(2, pods((2, 0, 0.95), (2, 0, 0.95))), {}, warm(), 3, Reason.ABOVE_TARGET),
+        # long prompts: two running fill the cache, two more wait for room (1.8 used + 1.8 waiting: 4.5 x 0.8)
+        (
+            "requests waiting for cache count",
+            observe(2, pods((2, 2, 0.9), (2, 2, 0.9))),
+            {},
+            warm(),
+            5,
+            Reason.ABOVE_TARGET,
+        ),
+        # requests that wait while the cache has room wait for the batch limits, not for the cache
+        (
+            "waiting with room in the cache is not the cache's",
+            observe(2, pods((4, 6, 0.5), (4, 6, 0.5))),
+            {"targets": {"concurrencyPerReplica": 16}},
+            warm(),
+            2,
+            Reason.AT_TARGET,
+        ),
         (
             "waiting target when set",
             observe(2, pods((4, 6, 0.1), (4, 6, 0.1))),
@@ -235,6 +253,15 @@ def test_messages_name_the_signal_the_target_and_the_ready_pods() -> None:
         load_per_replica=18.5,
         kv_cache_usage=0.2,
     )
+
+
+def test_a_full_cache_with_a_queue_says_the_waiting_requests_are_counted() -> None:
+    decision = decide(observe(2, pods((2, 2, 0.9), (2, 2, 0.9))), spec(), warm(), T0)
+    assert decision.message.startswith(
+        "KV-cache usage 3.6 (1.8 used + 1.8 for requests waiting for room) vs target 0.8 x 2 ready"
+    )
+    assert decision.observation is not None
+    assert decision.observation.kv_cache_usage == 0.9
 
 
 def test_no_data_says_why_and_breaks_the_data_run() -> None:
