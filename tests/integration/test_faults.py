@@ -132,6 +132,11 @@ async def test_hand_edits_and_deletions_are_repaired_and_reported(emulator: Emul
     await eventually(
         lambda: emulator.get(DEPLOY, NS, "qwen") and emulator.get(SERVICE, NS, "qwen"), what="both re-created"
     )
+    # Each re-creation is reported (the event is posted just after the write it reports).
+    await eventually(
+        lambda: len(creations(emulator, "Deployment")) >= 2 and len(creations(emulator, "Service")) >= 2,
+        what="the re-creations reported",
+    )
     assert len(creations(emulator, "Deployment")) == 2
     assert len(creations(emulator, "Service")) == 2
     updated = [e["message"] for e in events(emulator, "qwen", "Updated")]
