@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -164,27 +164,27 @@ def signals(samples: Mapping[str, PodSample], targets: api.ScalingTargets) -> li
     """Each signal's total over the pods and the replicas it needs at its per-replica target."""
     concurrency = sum(s.running + s.waiting for s in samples.values())
     out = [Signal("concurrency", concurrency, targets.concurrency())]
-    kv = [s for s in samples.values() if s.kv_cache_usage is not None]
-    if kv:
-        used, demand = sum(s.kv_cache_usage or 0.0 for s in kv), kv_demand(kv, targets.kv_cache_usage)
-        detail = f" ({_fmt(used)} used + {_fmt(demand - used)} for requests waiting for room)"
-        out.append(Signal("kvCacheUsage", demand, targets.kv_cache_usage, detail if demand > used else ""))
+    if kv := kv_usages(samples):
+        used, waiting = sum(kv), kv_waiting(samples.values(), targets.kv_cache_usage)
+        detail = f" ({_fmt(used)} used + {_fmt(waiting)} for requests waiting for room)" if waiting else ""
+        out.append(Signal("kvCacheUsage", used + waiting, targets.kv_cache_usage, detail))
     if targets.waiting_per_replica is not None:
         out.append(Signal("waiting", sum(s.waiting for s in samples.values()), targets.waiting_per_replica))
     return out
 
 
-def kv_demand(samples: Sequence[PodSample], target: float) -> float:
-    """The KV cache the pods' requests would use if all were admitted: the usage, plus, on a pod that
-    cannot take one more request of its running ones' mean size and stay under ``target``, each waiting
-    request at that mean (with chunked prefill vLLM admits a long prompt a chunk at a time and preempts
-    when the running ones grow, so a full cache shows as a queue, not as usage). Where the cache has
-    room, requests wait for something else (the batch limits), and the other signals see them."""
+def kv_waiting(samples: Iterable[PodSample], target: float) -> float:
+    """The KV cache the waiting requests would add if admitted: on a pod that cannot take one more
+    request of its running ones' mean size and stay under ``target``, each waiting request at that mean
+    (with chunked prefill vLLM admits a long prompt a chunk at a time and preempts when the running ones
+    grow, so a full cache shows as a queue, not as usage). Where the cache has room, requests wait for
+    something else (the batch limits), and the other signals see them."""
     total = 0.0
     for s in samples:
         used = s.kv_cache_usage or 0.0
         each = used / s.running if s.running >= 1 else 0.0  # running: a count (fractions: averaged)
-        total += used + (s.waiting * each if used + each > target else 0.0)
+        if used + each > target:
+            total += s.waiting * each
     return total
 
 
