@@ -7,9 +7,11 @@ Two scenarios:
   with a 30 s scale-down stabilization window. The load plan: a baseline of 4 users, a step-up to 24
   (the operator asks for 3 replicas, and is limited to 2), then 7 users (one replica's worth) while the
   scale-down happens.
-- SLO mode (about 3 minutes): the same service with a time-to-first-token SLO instead, each server
+- SLO mode (about 3-6 minutes): the same service with a time-to-first-token SLO instead, each server
   limited to 4 sequences at once, and a stated capacity per replica above what the step-up's load
   measures as: the token load alone keeps one replica; the queue time the step-up causes is what scales.
+  The step-up lasts until the second server has served (its start takes ~35 s on a quiet machine and
+  over 100 s on a loaded 2-core one), at most 5 minutes.
 Each scenario's timeline goes to build/e2e/<scenario>/ (JSON and PNG), with the request records and
 every process's log.
 """
@@ -64,7 +66,8 @@ BASELINE, PEAK, TAIL = (20, 4), (150, 24), (100, 7)
 # nothing). Both margins are about 0.2 of a replica.
 SLO_BOUND, SLO_PERCENTILE, SLO_SEQS = 0.5, 95, 4
 SLO_CAPACITY = (2000, 1000)
-SLO_PLAN = ((40, 2), (100, 12))
+SLO_PLAN = ((40, 2), (300, 12))
+SLO_SERVED = 20  # requests started after the second server was ready, both servers among them: then stop
 LOCUSTFILE = ROOT / "tools" / "qwen_tools" / "loadtest" / "locustfile.py"
 
 
@@ -249,6 +252,7 @@ class Scenario:
         # TMPDIR of every process the test starts but the pods (theirs is in their own folder).
         self.own_tmp = Path(tempfile.mkdtemp(prefix="qwen-e2e-tmp-"))
         self.endpoints = tmp_path / "endpoints.txt"
+        self.stop_file = tmp_path / "stop-load"
         self.endpoints.write_text("")
         (tmp_path / "prometheus").mkdir()
         self.prom = Prometheus(tmp_path / "prometheus", scrape_interval="2s")
@@ -339,7 +343,7 @@ class Scenario:
                 "--max-prompt-tokens", "1200", "--max-output-tokens", "500",
                 "--records", str(self.artifacts / "records.jsonl"),
                 "--summary-json", str(self.artifacts / "summary.json"),
-                "--stop-timeout", "60", "--run-time", "420s",
+                "--stop-timeout", "60", "--run-time", "420s", "--stop-file", str(self.stop_file),
                 stdout=log, stderr=log, env={**os.environ, "TMPDIR": str(self.own_tmp)},
                 # A load generator runs off the cluster: here it yields the CPU to the servers and
                 # the operator first.
@@ -347,6 +351,8 @@ class Scenario:
             )  # fmt: skip
         self.procs.append(locust)
         self.mark("locust started")
+        if self.slo:
+            self.tasks.append(asyncio.create_task(self._stop_once_served(agent)))
         await asyncio.wait_for(locust.wait(), 500)
         self.mark("load stopped")
         assert locust.returncode == 0, f"locust exited {locust.returncode}; see {self.artifacts}/locust.log"
@@ -364,6 +370,18 @@ class Scenario:
         self.final = emulator.get(QSVC, NS, NAME) or {}
         self.audit = set(emulator.audit)
 
+    async def _stop_once_served(self, agent: NodeAgent) -> None:
+        """SLO mode: end the step-up once the second server has served SLO_SERVED requests."""
+        while not self.stop.is_set():
+            ready = [e["t"] for e in agent.timeline if e["event"] == "pod-ready"]
+            if len(ready) >= 2:
+                served = [r for r in self.records(partial=True) if r["ok"] and r["start"] > ready[1]]
+                if len(served) >= SLO_SERVED and len({r["url"] for r in served}) == 2:
+                    self.mark("stop asked")
+                    self.stop_file.touch()
+                    return
+            await asyncio.sleep(1)
+
     async def teardown(self) -> None:
         """Stop whatever still runs (idempotent; first inside the API server's lifetime)."""
         self.stop.set()
@@ -377,9 +395,13 @@ class Scenario:
             self.agent.close()
         _collect_logs(self.node, self.artifacts)
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self, partial: bool = False) -> list[dict[str, Any]]:
+        """The requests Locust recorded; ``partial``: while it runs (a last line may be half written)."""
         path = self.artifacts / "records.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        lines = path.read_text().splitlines() if path.exists() else []
+        if partial and lines and not lines[-1].endswith("}"):
+            lines.pop()
+        return [json.loads(line) for line in lines]
 
     def write_timeline(self) -> None:
         """timeline.json and timeline.png in the artifacts, whether the run passed or not."""
@@ -400,7 +422,8 @@ class Scenario:
             records = self.records()
             begin = min((r["start"] for r in records), default=started)
             self.mark("step-up", begin + self.plan[0][0])
-            self.mark("step-down", begin + self.plan[0][0] + self.plan[1][0])
+            end = begin + self.plan[0][0] + self.plan[1][0]
+            self.mark("step-down", min(end, self.marks.get("stop asked", end)))
         (self.artifacts / "timeline.json").write_text(
             json.dumps(
                 {

@@ -145,3 +145,33 @@ def test_the_api_key_is_sent_and_a_failing_server_is_not_hammered(tmp_path: Path
     assert code != 0
     assert 2 <= len(records) <= 12, len(records)
     assert all("401" in r["error"] for r in records)
+
+
+def test_a_stop_file_ends_the_run_early_and_lets_requests_in_flight_finish(
+    servers: list[ChatServer], tmp_path: Path
+) -> None:
+    records, summary, stop = tmp_path / "records.jsonl", tmp_path / "summary.json", tmp_path / "stop"
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [LOCUST, "-f", str(LOCUSTFILE), "--headless", "--only-summary", "--records", str(records),
+         "--summary-json", str(summary), "--stop-timeout", "10", "--host", f"http://{servers[0].address}",
+         "--plan", "60s:3", "--spawn-rate", "10", "--max-output-tokens", "30", "--stop-file", str(stop)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (
+            records.exists() and len(records.read_text().splitlines()) >= 5
+        ):
+            time.sleep(0.2)
+        stop.touch()
+        code = proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    lines = [json.loads(line) for line in records.read_text().splitlines()]
+    assert code == 0
+    assert time.monotonic() - started < 40, "the run went on after the stop file appeared"
+    assert len(lines) >= 5
+    assert all(r["ok"] for r in lines), "requests in flight at the stop were cut off"
+    assert json.loads(summary.read_text())["ok"] == len(lines)

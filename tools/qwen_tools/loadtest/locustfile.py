@@ -15,6 +15,8 @@ Options of ours (all also as ``LOCUST_QWEN_*`` environment variables; ``locust -
   sent at its arrival time divided by the speed-up, by whichever user is free (use enough users).
 - ``--plan 30s:2,2m:12,1m:2``: stepped users (baseline, step-up, peak hold, ...); without it, ``-u``
   users for ``--run-time``.
+- ``--stop-file FILE``: stop once FILE exists, letting the requests in flight finish (``--stop-timeout``):
+  a run that lasts until something else has happened (the e2e test stops once a new pod has served).
 - ``--max-requests N``: stop after N requests. ``--max-prompt-tokens``, ``--max-output-tokens``: clamp
   request sizes to what the model serves.
 - ``--endpoints-file FILE``: ``host:port`` lines, re-read when changed, used in turn instead of
@@ -47,6 +49,7 @@ def _options(parser: Any) -> None:
     group.add_argument("--trace", default="", env_var="LOCUST_QWEN_TRACE", help="Azure-format trace CSV")
     group.add_argument("--speedup", type=float, default=1.0, env_var="LOCUST_QWEN_SPEEDUP")
     group.add_argument("--plan", default="", env_var="LOCUST_QWEN_PLAN", help="stepped users: 30s:2,2m:12")
+    group.add_argument("--stop-file", default="", env_var="LOCUST_QWEN_STOP_FILE", help="stop once it exists")
     group.add_argument("--max-requests", type=int, default=0, env_var="LOCUST_QWEN_MAX_REQUESTS")
     group.add_argument("--max-prompt-tokens", type=int, default=0, env_var="LOCUST_QWEN_MAX_PROMPT_TOKENS")
     group.add_argument("--max-output-tokens", type=int, default=0, env_var="LOCUST_QWEN_MAX_OUTPUT_TOKENS")
@@ -235,6 +238,8 @@ class PlanShape(LoadTestShape):
             return None
         if RUN is not None and RUN.exhausted:
             return None  # --stop-timeout lets the requests in flight finish
+        if options.stop_file and Path(options.stop_file).exists():
+            return None
         elapsed = float(self.get_run_time())  # type: ignore[no-untyped-call]
         plan = RUN.plan if RUN is not None else (workload.parse_plan(options.plan) if options.plan else None)
         if plan:
