@@ -281,7 +281,7 @@ def _service(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@settings(max_examples=2000, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=1000, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(SPECS)
 def test_every_spec_is_refused_clearly_or_renders_objects_the_api_server_accepts(spec):
     body = _service(spec)
