@@ -805,7 +805,8 @@ class ReplicaCapacity(_Model):
 
 class LatencySLO(_Model):
     """The latency the scaler aims at, at the fewest replicas: ``percentile`` % of requests get their
-    first token within ``timeToFirstTokenSeconds``."""
+    first token within ``timeToFirstTokenSeconds`` (and, if set, their output tokens at most
+    ``timePerOutputTokenSeconds`` apart on average)."""
 
     # The GPU's seed capacity (prompt, generated tok/s), filled in by QwenServiceSpec.scaling().
     _seed: tuple[float, float] = PrivateAttr(default=DEFAULT_CAPACITY)
@@ -815,6 +816,17 @@ class LatencySLO(_Model):
 
     time_to_first_token_seconds: float = Field(
         gt=0, le=600, description="Time to first token (queueing and prefill included) a request may take."
+    )
+    time_per_output_token_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=60,
+        description=(
+            "Optional: a request's mean time between output tokens (vLLM's "
+            "vllm:request_time_per_output_token_seconds), for the same share of requests. Decoding slows "
+            "as a replica's batch grows; missed under load, it scales up as a late first token does. "
+            "Unset, only the first token is judged."
+        ),
     )
     percentile: float = Field(
         default=99, ge=50, le=99.9, description="Share of requests, in percent, that must meet the bound."
@@ -1072,6 +1084,11 @@ class ScalingObservation(_Model):
     generation_tokens_per_second: float | None = Field(default=None, description="Over the last minute.")
     ttft_within_slo_percent: float | None = Field(
         default=None, description="SLO mode: the share of the last minute's first tokens within the bound."
+    )
+    tpot_within_slo_percent: float | None = Field(
+        default=None,
+        description="SLO mode with a timePerOutputTokenSeconds: the share of the last minute's finished "
+        "requests within it.",
     )
 
 

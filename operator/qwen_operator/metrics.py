@@ -40,6 +40,7 @@ GENERATION_TOKENS = "vllm:generation_tokens_total"
 REQUESTS = "vllm:request_success_total"  # one series per finished_reason
 TTFT = "vllm:time_to_first_token_seconds"
 QUEUE_TIME = "vllm:request_queue_time_seconds"
+TPOT = "vllm:request_time_per_output_token_seconds"  # per request (not the per-token inter-token one)
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,10 @@ class _PodTotals:
         get = self.counters.get
         return get(PROMPT_TOKENS, 0.0), get(GENERATION_TOKENS, 0.0), get(REQUESTS, 0.0)
 
-    def _histograms(self) -> tuple[Histogram, Histogram]:
-        """Time to first token, queue time."""
-        return Histogram.of(self.buckets.get(TTFT, {})), Histogram.of(self.buckets.get(QUEUE_TIME, {}))
+    def _histograms(self) -> tuple[Histogram, Histogram, Histogram]:
+        """Time to first token, queue time, time per output token."""
+        get = self.buckets.get
+        return Histogram.of(get(TTFT, {})), Histogram.of(get(QUEUE_TIME, {})), Histogram.of(get(TPOT, {}))
 
 
 def _accumulate(acc: _PodTotals, name: str, value: float, le: str | None = None) -> None:
@@ -130,7 +132,7 @@ def _accumulate(acc: _PodTotals, name: str, value: float, le: str | None = None)
         acc.kv_old.append(value)
     elif name in (PROMPT_TOKENS, GENERATION_TOKENS, REQUESTS):
         acc.counters[name] = acc.counters.get(name, 0.0) + value
-    elif le is not None and name in (f"{TTFT}_bucket", f"{QUEUE_TIME}_bucket"):
+    elif le is not None and name in (f"{TTFT}_bucket", f"{QUEUE_TIME}_bucket", f"{TPOT}_bucket"):
         bounds = acc.buckets.setdefault(name.removesuffix("_bucket"), {})
         bound = _number(le)
         if not math.isnan(bound):
@@ -302,6 +304,7 @@ def queries(service_label: str, window: str = TRAFFIC_WINDOW, match: str = "") -
         "requests": increase(REQUESTS, "finished_reason"),
         "ttft": increase(f"{TTFT}_bucket", "le"),
         "queue_time": increase(f"{QUEUE_TIME}_bucket", "le"),
+        "tpot": increase(f"{TPOT}_bucket", "le"),
     }
 
 
@@ -371,6 +374,7 @@ class PrometheusSource:
             "requests": REQUESTS,
             "ttft": f"{TTFT}_bucket",
             "queue_time": f"{QUEUE_TIME}_bucket",
+            "tpot": f"{TPOT}_bucket",
         }
         for signal, series in answers.items():
             for item in series:

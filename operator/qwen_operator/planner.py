@@ -14,7 +14,10 @@ one replica carries while the SLO holds, learned. Each evaluation:
    the tail is taken to fall off as it did across the bucket below (latencies crowd at a bucket's low
    end, which ``histogram_quantile``'s linear interpolation spreads evenly). Waiting in the queue is
    the load's doing at any load; a late first token without it counts only under load: at light load
-   it is a long prompt's own prefill, and more replicas would not help.
+   it is a long prompt's own prefill, and more replicas would not help. With a
+   ``timePerOutputTokenSeconds``, a finished request whose output tokens came slower than that on
+   average is a miss too, under load only (decoding slows as the batch grows; at light load it is the
+   model's own speed). A request is counted once, at the worse of its two.
 3. **Learning**: a minute's 1% is a handful of requests, as likely chance as overload, so a window is
    judged together with the others at about its load (within ~10%, fading over an hour): it failed
    when they, together, missed more than the SLO allows, or when its sure misses (after the next
@@ -127,6 +130,7 @@ class Plan:
     forecast: float
     hold: float
     attainment: float | None
+    decode_attainment: float | None  # within the TPOT bound, with one and data
     pressure: bool  # this window failed the SLO at its load (evidence of too little capacity)
     scale: float
     cold_start: float
@@ -166,23 +170,34 @@ class Evidence:
     within: float  # within the bound (the tail inside its histogram bucket taken to fall off)
     beyond: float  # after the next histogram bound above it: surely late
     queued: float  # waited in the queue over QUEUE_SHARE of the bound
+    # With a TPOT bound and enough finished requests: the share of them within it (None: not judged),
+    # and the share beyond the next histogram bound above it (surely slow).
+    decode: float | None = None
+    decode_beyond: float = 0.0
 
     @staticmethod
-    def of(traffic: Traffic, bound: float) -> Evidence | None:
-        ttft, queue = traffic.ttft, traffic.queue_time
+    def of(traffic: Traffic, bound: float, tpot_bound: float | None = None) -> Evidence | None:
+        ttft, queue, tpot = traffic.ttft, traffic.queue_time, traffic.tpot
         within, by_bucket = ttft.share_within_tail(bound), ttft.share_by_bucket(bound)
         if ttft.count < MIN_FIRST_TOKENS or within is None or by_bucket is None:
             return None
         waited = queue.share_within(QUEUE_SHARE * bound) if queue.count else None
-        return Evidence(ttft.count, within, 1 - by_bucket, 0.0 if waited is None else 1 - waited)
+        decode, decode_beyond = None, 0.0
+        if tpot_bound is not None and tpot.count >= MIN_FIRST_TOKENS:
+            decode, by = tpot.share_within_tail(tpot_bound), tpot.share_by_bucket(tpot_bound)
+            decode_beyond = 0.0 if by is None else 1 - by
+        queued = 0.0 if waited is None else 1 - waited
+        return Evidence(ttft.count, within, 1 - by_bucket, queued, decode, decode_beyond)
 
     def misses(self, loaded: bool) -> tuple[float, float]:
         """The shares that missed for want of capacity, likely and surely: waiting in the queue is the
-        load's doing at any load; a late first token only under load (at light load it is the
-        prompt's own prefill, and more replicas would not help)."""
+        load's doing at any load; a late first token or slow output only under load (at light load it
+        is the prompt's own prefill, or the model's own decoding speed, and more replicas would not
+        help). Each request is counted once, at the worse of the two bounds: the larger share."""
         if not loaded:
             return self.queued, self.queued
-        return max(self.queued, 1 - self.within), max(self.queued, self.beyond)
+        slow = 0.0 if self.decode is None else 1 - self.decode
+        return max(self.queued, 1 - self.within, slow), max(self.queued, self.beyond, self.decode_beyond)
 
 
 def _by_chance(misses: float, requests: float, share: float) -> float:
@@ -369,7 +384,7 @@ def plan(
             traffic.prompt_tokens / prefills / capacity.prompt_tokens_per_second if prefills > 0 else 0.0
         )
         initial = seed_share(bound, prefill, allowance) if prefill > 0 else SEED_SHARE_BOUNDS[0]
-    evidence = Evidence.of(traffic, bound)
+    evidence = Evidence.of(traffic, bound, slo.time_per_output_token_seconds)
     served = capacity.work(traffic)
     # What was served hides what could not be: the requests waiting now are demand too, to be served
     # within BACKLOG_SECONDS (each costs what the window's requests cost on average: per request
@@ -424,6 +439,10 @@ def plan(
         scale, level, trend, now, peaks, measured, carried, failed, ready, fleet_since, pool
     )
     within = "n/a" if evidence is None else f"{_fmt(100 * evidence.within)}%"
+    tpot_bound = slo.time_per_output_token_seconds
+    if tpot_bound is not None:
+        decode = "n/a" if evidence is None or evidence.decode is None else f"{_fmt(100 * evidence.decode)}%"
+        within += f", TPOT <= {_fmt(tpot_bound)} s for {decode}"
     headroom = ready * scale / work - 1 if work > 0 else math.inf
     message = (
         f"tokens {_fmt(traffic.prompt_tokens_per_second)} prompt + "
@@ -439,10 +458,16 @@ def plan(
     elif brink == "margin":
         margin = _percent(1 - BRINK_MARGIN)
         message += f", {_percent(kv_mean)} on average: the aim stays {margin} under this load"
-    if evidence is not None and not failed_now and max(1 - evidence.within, evidence.queued) > allowance:
+    slow = 0.0 if evidence is None or evidence.decode is None else 1 - evidence.decode
+    if (
+        evidence is not None
+        and not failed_now
+        and max(1 - evidence.within, evidence.queued, slow) > allowance
+    ):
         if evidence.misses(loaded)[0] <= allowance:
             message += (
-                "; misses at light load are the prompts' own prefill time: more replicas would not help"
+                "; misses at light load are the prompts' own prefill time"
+                f"{' or the decoding speed' if slow > allowance else ''}: more replicas would not help"
             )
         elif pooled is not None:
             message += (
@@ -460,6 +485,7 @@ def plan(
         forecast,
         hold,
         None if evidence is None else evidence.within,
+        None if evidence is None else evidence.decode,
         bool(failed_now),
         scale,
         cold,

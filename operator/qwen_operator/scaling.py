@@ -253,6 +253,9 @@ def recommend(
         ttft_within_slo_percent=None
         if slo is None or slo.attainment is None
         else round(100 * slo.attainment, 2),
+        tpot_within_slo_percent=None
+        if slo is None or slo.decode_attainment is None
+        else round(100 * slo.decode_attainment, 2),
     )
     ready = len(obs.ready_pods)
     text = slo.message if slo is not None and top.name == "slo" else _describe(top, ready)

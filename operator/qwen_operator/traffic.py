@@ -2,9 +2,9 @@
 
 vLLM exports cumulative counters (``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``,
 ``vllm:request_success_total``) and histograms (``vllm:time_to_first_token_seconds``,
-``vllm:request_queue_time_seconds``). The Prometheus source asks for their ``increase`` over a window;
-the pods source subtracts two scrapes. Either way the result is a :class:`Traffic` per pod, which the
-scaler sums per service. Pure: no I/O, no clock.
+``vllm:request_queue_time_seconds``, ``vllm:request_time_per_output_token_seconds``). The Prometheus
+source asks for their ``increase`` over a window; the pods source subtracts two scrapes. Either way the
+result is a :class:`Traffic` per pod, which the scaler sums per service. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -146,6 +146,7 @@ class Totals:
     requests: float = 0.0  # finished, any reason
     ttft: Histogram = Histogram()
     queue_time: Histogram = Histogram()
+    tpot: Histogram = Histogram()  # per finished request: its mean time between output tokens
 
     def since(self, earlier: Totals, seconds: float) -> Traffic | None:
         """What was served between ``earlier`` and this scrape; None after a counter reset."""
@@ -158,9 +159,10 @@ class Totals:
             return None
         ttft = self.ttft.minus(earlier.ttft) if self.ttft.buckets else Histogram()
         queue = self.queue_time.minus(earlier.queue_time) if self.queue_time.buckets else Histogram()
-        if ttft is None or queue is None:
+        tpot = self.tpot.minus(earlier.tpot) if self.tpot.buckets else Histogram()
+        if ttft is None or queue is None or tpot is None:
             return None
-        return Traffic(seconds, *counts, ttft=ttft, queue_time=queue)
+        return Traffic(seconds, *counts, ttft=ttft, queue_time=queue, tpot=tpot)
 
 
 @dataclass(frozen=True)
@@ -173,13 +175,14 @@ class Traffic:
     requests: float = 0.0
     ttft: Histogram = Histogram()
     queue_time: Histogram = Histogram()
+    tpot: Histogram = Histogram()  # per finished request: its mean time between output tokens
 
     def usable(self) -> bool:
         counts = (self.seconds, self.prompt_tokens, self.generation_tokens, self.requests)
         return (
             all(math.isfinite(c) and c >= 0 for c in counts)
             and self.seconds > 0
-            and all(h.valid() for h in (self.ttft, self.queue_time) if h.buckets)
+            and all(h.valid() for h in (self.ttft, self.queue_time, self.tpot) if h.buckets)
         )
 
     @property
@@ -206,10 +209,10 @@ def combine(parts: Iterable[Traffic]) -> Traffic | None:
     prompt = sum(p.prompt_tokens * k for p, k in scaled)
     generation = sum(p.generation_tokens * k for p, k in scaled)
     requests = sum(p.requests * k for p, k in scaled)
-    ttft, queue = Histogram(), Histogram()
+    ttft, queue, tpot = Histogram(), Histogram(), Histogram()
     try:
         for p in parts:
-            ttft, queue = ttft.plus(p.ttft), queue.plus(p.queue_time)
+            ttft, queue, tpot = ttft.plus(p.ttft), queue.plus(p.queue_time), tpot.plus(p.tpot)
     except ValueError:  # pods with other bucket bounds (mixed vLLM versions): latency unknown
-        ttft, queue = Histogram(), Histogram()
-    return Traffic(seconds, prompt, generation, requests, ttft=ttft, queue_time=queue)
+        ttft, queue, tpot = Histogram(), Histogram(), Histogram()
+    return Traffic(seconds, prompt, generation, requests, ttft=ttft, queue_time=queue, tpot=tpot)

@@ -95,7 +95,7 @@ async def test_query_count_does_not_grow_with_services(prometheus: Prometheus, p
         [target("ml", f"s{i}", f"s{i}-0") for i in range(5)]
         + [target("ns", f"x{i}", f"x{i}-0") for i in range(45)]
     )
-    assert one == many == len(src.queries) == 9
+    assert one == many == len(src.queries) == 10
 
 
 async def test_traffic_per_pod_from_counters_and_histograms(
@@ -132,6 +132,7 @@ async def test_traffic_per_pod_from_counters_and_histograms(
     assert t.ttft.share_within(1.0) == pytest.approx(16 / 72, rel=0.02)
     assert t.ttft.share_within(2.5) == pytest.approx(36 / 72, rel=0.02)
     assert t.queue_time.count / t.ttft.count == pytest.approx(65 / 72, rel=0.02)
+    assert t.tpot.count / t.ttft.count == pytest.approx(65 / 72, rel=0.02)
     assert t.prompt_tokens > 0
     assert t.generation_tokens > 0
     assert t.requests > 0

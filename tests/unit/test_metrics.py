@@ -64,11 +64,13 @@ def test_one_query_per_signal_grouped_by_namespace_pod_and_service() -> None:
         "requests",
         "ttft",
         "queue_time",
+        "tpot",
     }
     for promql in q.values():
         assert "by (namespace, pod, serving_qwenops_io_service" in promql
     assert "sum by (namespace, pod, serving_qwenops_io_service, le)" in q["ttft"]
     assert "increase(vllm:time_to_first_token_seconds_bucket{" in q["ttft"]
+    assert "increase(vllm:request_time_per_output_token_seconds_bucket{" in q["tpot"], "per request"
     assert "finished_reason" in q["requests"], "one series per finish reason, each taken once"
     assert "vllm:gpu_cache_usage_perc" in q["kv"]
     assert "vllm:kv_cache_usage_perc" in q["kv"]

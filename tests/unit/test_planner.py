@@ -465,3 +465,62 @@ def test_slo_decisions_survive_a_changing_fleet_short_windows_and_gaps(
         state = decision.state
         assert 1 <= decision.replicas <= 8
         assert decision.message
+
+
+TPOT_SLO = api.LatencySLO(time_to_first_token_seconds=2, time_per_output_token_seconds=0.05)
+
+
+def decoding(t: Traffic, fast: float) -> Traffic:
+    """``t`` with its finished requests' mean time per output token: ``fast`` of them within 0.04 s,
+    the rest over 0.1 s."""
+    n = t.requests
+    counts = {0.025: 0.5 * fast * n, 0.04: fast * n, 0.05: fast * n, 0.075: fast * n, 0.1: fast * n, INF: n}
+    return replace(t, tpot=Histogram.of(counts))
+
+
+def run_slo(loads: list[Traffic], ready: int, slo: api.LatencySLO, state: PlanState = FRESH) -> list[Plan]:
+    plans = []
+    start = T0 if state.updated is None else state.updated + timedelta(seconds=15)
+    for i, t in enumerate(loads):
+        p = plan(t, ready, slo, SEED, state, start + timedelta(seconds=15 * i))
+        assert p is not None
+        plans.append(p)
+        state = p.state
+    return plans
+
+
+def test_a_time_per_output_token_bound_missed_under_load_is_pressure() -> None:
+    """Decoding slows as the batch grows: with a TPOT bound, requests whose output came slower than it
+    fail a loaded window as late first tokens do; without the bound the same window carried."""
+    carried = run_slo([decoding(traffic(1.5), 1.0)] * SETTLED, 3, TPOT_SLO)[-1]  # 0.5 each, all fast
+    assert not carried.pressure
+    assert carried.decode_attainment == 1.0
+    slow = [decoding(traffic(1.8), 0.9)] * 2  # 0.6 each: first tokens fast, 10% decode slower than 0.1 s
+    failing = run_slo(slow, 3, TPOT_SLO, carried.state)[-1]
+    assert failing.pressure
+    assert failing.state.failed == pytest.approx(0.6, rel=0.01)
+    assert 0.5 <= failing.scale < 0.6, "between what was carried and what failed"
+    assert "TTFT <= 2 s for 100%, TPOT <= 0.05 s for 90% (SLO 99%, under pressure)" in failing.message
+    assert failing.decode_attainment == pytest.approx(0.9)
+    unbound = run_slo(slow, 3, SLO, run_slo([decoding(traffic(1.5), 1.0)] * SETTLED, 3, SLO)[-1].state)[-1]
+    assert not unbound.pressure, "without a TPOT bound only first tokens are judged"
+    assert unbound.decode_attainment is None
+    assert "TPOT" not in unbound.message
+
+
+def test_slow_decoding_at_light_load_is_the_models_own_speed() -> None:
+    light = run_slo([decoding(traffic(0.3), 0.5)] * SETTLED, 3, TPOT_SLO)[-1]  # 0.1 each
+    assert not light.pressure
+    assert light.state.failed is None
+    assert light.need < 1
+    assert "misses at light load are the prompts' own prefill time or the decoding speed" in light.message
+
+
+def test_decide_reports_the_share_within_the_tpot_bound() -> None:
+    spec = slo_spec(slo={"timeToFirstTokenSeconds": 2, "timePerOutputTokenSeconds": 0.05})
+    decision = scaling.decide(obs(3, decoding(traffic(0.3), 0.97)), spec, WARM, T0)
+    assert decision.observation is not None
+    assert decision.observation.tpot_within_slo_percent == 97
+    plain = scaling.decide(obs(3, decoding(traffic(0.3), 0.97)), slo_spec(), WARM, T0)
+    assert plain.observation is not None
+    assert plain.observation.tpot_within_slo_percent is None

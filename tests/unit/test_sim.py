@@ -580,6 +580,8 @@ def test_the_engine_counts_what_vllm_metrics_count() -> None:
     assert totals.ttft.count == 3
     assert totals.queue_time.count == 3
     assert totals.ttft.share_within(2.0) == 1.0, "three 1k-token prompts are prefilled well within 2 s"
+    assert totals.tpot.count == 3, "each finished request's mean time per output token"
+    assert totals.tpot.share_within(0.1) == 1.0, "three sequences decode far faster than 10 tokens/s"
     assert dict(totals.ttft.buckets)[2560.0] == 3
 
 
@@ -598,6 +600,7 @@ def test_a_demo_pods_metrics_page_reads_back_as_what_its_engine_served() -> None
     assert totals is not None
     assert totals.requests == 4
     assert totals.ttft.count == 5
+    assert totals.tpot.count == 4, "the finished requests'"
     assert sample is not None
     assert (sample.running, sample.waiting) == (1, 0)
     assert sample.kv_cache_usage == pytest.approx(engine.kv_usage)

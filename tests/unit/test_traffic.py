@@ -29,6 +29,7 @@ def test_the_real_capture_gives_its_counters_and_histograms() -> None:
     assert dict(totals.ttft.buckets)[1.0] == 16
     assert dict(totals.ttft.buckets)[2.5] == 36
     assert totals.queue_time.count == 65
+    assert totals.tpot.count == 65, "vllm:request_time_per_output_token_seconds: one per finished request"
     assert totals.prompt_tokens > 0
     assert totals.generation_tokens > 0
     assert totals.requests == pytest.approx(

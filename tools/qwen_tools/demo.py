@@ -96,6 +96,8 @@ def _served(model: str, engine: Engine) -> Iterator[Metric]:
          totals.ttft, engine.ttft_sum),
         ("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
          totals.queue_time, engine.queue_sum),
+        ("vllm:request_time_per_output_token_seconds",
+         "Histogram of time_per_output_token_seconds per request.", totals.tpot, engine.tpot_sum),
     )  # fmt: skip
     for name, help_, hist, total in histograms:
         family = HistogramMetricFamily(name, help_, labels=LABELS)

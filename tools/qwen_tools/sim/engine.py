@@ -35,6 +35,9 @@ QUEUE_BUCKETS = (
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
     480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
+TPOT_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
 
 
 def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> Histogram:
@@ -102,7 +105,8 @@ class Engine:
         self.requests_done = 0
         self.ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
         self.queue_counts = [0] * (len(QUEUE_BUCKETS) + 1)
-        self.ttft_sum = self.queue_sum = 0.0  # the histograms' _sum (seconds)
+        self.tpot_counts = [0] * (len(TPOT_BUCKETS) + 1)
+        self.ttft_sum = self.queue_sum = self.tpot_sum = 0.0  # the histograms' _sum (seconds)
 
     # ------------------------------------------------------------------------------ views
 
@@ -142,6 +146,7 @@ class Engine:
             float(self.requests_done),
             _cumulative(TTFT_BUCKETS, self.ttft_counts),
             _cumulative(QUEUE_BUCKETS, self.queue_counts),
+            _cumulative(TPOT_BUCKETS, self.tpot_counts),
         )
 
     def _end(self, req: Request, outcome: str, when: float) -> None:
@@ -149,6 +154,10 @@ class Engine:
         if outcome == DONE:
             req.finish = when
             self.requests_done += 1
+            tpot = req.tpot
+            if tpot is not None:  # vLLM observes it for requests with two output tokens or more
+                self.tpot_counts[bisect.bisect_left(TPOT_BUCKETS, tpot)] += 1
+                self.tpot_sum += tpot
         self.free += req.blocks
         req.blocks = 0
         self.finished.append(req)
