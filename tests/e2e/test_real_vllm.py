@@ -10,8 +10,8 @@ Two scenarios:
 - SLO mode (about 3-6 minutes): the same service with a time-to-first-token SLO instead, each server
   limited to 4 sequences at once, and a stated capacity per replica above what the step-up's load
   measures as: the token load alone keeps one replica; the queue time the step-up causes is what scales.
-  The step-up lasts until the second server has served (its start takes ~35 s on a quiet machine and
-  over 100 s on a loaded 2-core one), at most 5 minutes.
+  The step-up lasts until the second server has served (a server takes 70-90 s to start here, and
+  over 100 s on a loaded 2-core machine), at most 5 minutes.
 Each scenario's timeline goes to build/e2e/<scenario>/ (JSON and PNG), with the request records and
 every process's log.
 """
