@@ -180,6 +180,14 @@ async def test_tune_fits_from_a_services_range_in_prometheus(
     # Two pods scraped as often as the one: twice its tokens (team-b's pod would make it three times).
     ratio = chat[-1].prompt_tokens_per_second / solo[-1].prompt_tokens_per_second
     assert ratio == pytest.approx(2, rel=0.25), ratio
+    # With a TPOT bound the per-request TPOT histogram is queried too: the capture's 65 decodes all lie
+    # in its first bucket (10 ms), so half of them within 5 ms, as histogram_quantile would say; all 72
+    # first tokens are within 5 s.
+    answers = fit.query_prometheus(config, "ml", "chat", until - 15, until, 5, tpot=True)
+    both = [w for w in fit.from_prometheus(answers, 5.0, 5, seed, tpot_bound=0.005) if w.requests > 0]
+    assert both
+    assert all(w.attainment == pytest.approx(0.5, rel=0.05) for w in both), both
+    assert all(w.attainment == 1.0 for w in fit.from_prometheus(answers, 5.0, 5, seed) if w.requests > 0)
     # The command prints the block to paste (the shares are met at a 5 s bound; 16/72 within 1 s is not).
     assert cli.main(["tune", "--prometheus", prometheus.url, "--service", "ml/chat", "--since", "15s",
                      "--window", "5", "--ttft", "5", "--percentile", "95"]) == 0  # fmt: skip

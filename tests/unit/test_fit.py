@@ -138,3 +138,44 @@ def test_tune_from_prometheus_needs_the_service_and_says_so(capsys: pytest.Captu
     assert "--service NAMESPACE/NAME" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["tune", "--prometheus", "http://127.0.0.1:9", "--records", "x.jsonl"])
+
+
+def slow_decoding(records: list[dict[str, object]], t0: float, share: float) -> list[dict[str, object]]:
+    """The records with a mean time per output token of 30 ms, and 80 ms for ``share`` of the requests
+    started in the minute from ``t0``."""
+    window = [r for r in records if t0 <= float(r["start"]) < t0 + 60]  # type: ignore[arg-type]
+    slow = {id(r) for r in window[: round(share * len(window))]}
+    return [{**r, "tpot": 0.08 if id(r) in slow else 0.03} for r in records]
+
+
+def test_a_tpot_bound_fits_below_the_first_window_that_decoded_too_slowly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """First tokens hold up to 90 requests a minute; decoding slows at 90 already (5% over 50 ms)."""
+    records = slow_decoding(RECORDS, 120, 0.05)
+    without = fit.fit(fit.windows(records, 2.0, 60, A10G), 99, A10G)
+    assert without.capacity == pytest.approx(work(90), rel=0.05), "without the bound TPOT is not judged"
+    bounded = fit.fit(fit.windows(records, 2.0, 60, A10G, tpot_bound=0.05), 99, A10G)
+    assert bounded.capacity == pytest.approx(work(60), rel=0.05)
+    path = tmp_path / "records.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    assert cli.main(["tune", "--records", str(path), "--tpot", "0.05", "--gpu-product", "NVIDIA-A10G"]) == 0
+    slo = api.LatencySLO.model_validate(yaml.safe_load(capsys.readouterr().out)["spec"]["autoscaling"]["slo"])
+    assert slo.time_per_output_token_seconds == 0.05
+    assert slo.replica_capacity is not None
+    assert slo.replica_capacity.prompt_tokens_per_second == pytest.approx(A10G[0] * work(60), rel=0.05)
+
+
+def test_a_prometheus_range_judges_the_tpot_histogram_too() -> None:
+    """With a TPOT bound a window's share is the lower of its first tokens' and its decodes'."""
+    one = {"1.0": [100, 100], "2.5": [100, 100], "+Inf": [100, 100]}
+    decodes = {"0.025": [80, 40], "0.05": [80, 50], "0.075": [80, 80], "+Inf": [80, 80]}
+    answers = {
+        "prompt_tokens": matrix({"a": [60_000, 60_000]}),
+        "generation_tokens": matrix({"a": [12_000, 12_000]}),
+        "ttft": [item for le, v in one.items() for item in matrix({"": v}, le=le)],
+        "tpot": [item for le, v in decodes.items() for item in matrix({"": v}, le=le)],
+    }
+    assert [w.attainment for w in fit.from_prometheus(answers, 2.0, 60, A10G)] == [1.0, 1.0]
+    found = fit.from_prometheus(answers, 2.0, 60, A10G, tpot_bound=0.05)
+    assert [w.attainment for w in found] == [1.0, pytest.approx(50 / 80)]

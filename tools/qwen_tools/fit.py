@@ -6,15 +6,18 @@ Workflow (docs/autoscaling.md, "SLO mode"): load-test one replica with a stepped
 the QwenService. The records are the kit's JSON lines (start, first token, end, prompt and output
 tokens, error). Each window of ``--window`` seconds gets its token load (prompt tokens of the requests
 whose first token came in it, output tokens of those that ended in it) and its SLO attainment (the
-share of the requests started in it whose first token came within the bound; failed requests miss).
+share of the requests started in it whose first token came within the bound; failed requests miss;
+with ``--tpot``, a request whose output came slower than that on average misses too).
 With ``--prometheus URL --service NAMESPACE/NAME --since 6h`` the windows come from the service's
 vLLM metrics instead, with the operator's own queries (deduplicated per engine): the increase of the
 token counters and of the time-to-first-token histogram over each window, the load divided by the
 pods that reported in it, the attainment estimated inside the histogram's bucket as the scaler does
-(``Histogram.share_within_tail``). A running service's range teaches only up to the busiest load it saw.
-The capacity is the highest load at which the windows at or below it, together, met the SLO (a
-percentile is a share of all requests, not of each window's); the first window that failed grossly (by
-twice the SLO's miss allowance) ends the test's useful part: what follows is overload and its backlog.
+(``Histogram.share_within_tail``; with ``--tpot``, the lower of that and the share of finished requests
+within it, from ``vllm:request_time_per_output_token_seconds``). A running service's range teaches only
+up to the busiest load it saw. The capacity is the highest load at which the windows at or below it,
+together, met the SLO (a percentile is a share of all requests, not of each window's); the first window
+that failed grossly (by twice the SLO's miss allowance) ends the test's useful part: what follows is
+overload and its backlog.
 The load is in *seed replicas* (prompt tok/s over the GPU's prompt throughput plus generated tok/s over
 its generation throughput), and the block states it in each kind of token: the seed's throughputs
 scaled by it, which at the test's own mix add up to exactly one replica.
@@ -68,6 +71,7 @@ def windows(
     seconds: float,
     seed: tuple[float, float],
     replicas: int = 1,
+    tpot_bound: float | None = None,
 ) -> list[Window]:
     """The load test cut into windows (see the module's docstring)."""
     rows = [r for r in records if r.get("start") is not None]
@@ -84,6 +88,9 @@ def windows(
     for r in rows:
         ttft = r.get("ttft")
         on_time = bool(r.get("ok", r.get("error") is None)) and ttft is not None and float(ttft) <= bound
+        tpot = r.get("tpot")  # None for a single output token: nothing to judge
+        if tpot_bound is not None and tpot is not None and float(tpot) > tpot_bound:
+            on_time = False
         started.setdefault(slot(r["start"]), []).append(on_time)
         if r.get("first_token") is not None:
             k = slot(r["first_token"])
@@ -117,14 +124,15 @@ def from_prometheus(
     bound: float,
     seconds: float,
     seed: tuple[float, float],
+    tpot_bound: float | None = None,
 ) -> list[Window]:
-    """Windows from range answers (``prompt_tokens``, ``generation_tokens``, ``ttft``: per pod, each
-    value the increase over the ``seconds`` before its timestamp)."""
+    """Windows from range answers (``prompt_tokens``, ``generation_tokens``, ``ttft``, and ``tpot`` with
+    a ``tpot_bound``: per pod, each value the increase over the ``seconds`` before its timestamp)."""
     tokens: dict[str, dict[float, dict[tuple[str, str], float]]] = {
         "prompt_tokens": {},
         "generation_tokens": {},
     }
-    buckets: dict[float, dict[float, float]] = {}
+    buckets: dict[str, dict[float, dict[float, float]]] = {"ttft": {}, "tpot": {}}
     for name, series in answers.items():
         for item in series:
             labels = item.get("metric", {})
@@ -134,18 +142,21 @@ def from_prometheus(
                 value = float(text)
                 if not math.isfinite(value) or value < 0:
                     continue
-                if name == "ttft" and le is not None:
-                    step = buckets.setdefault(float(at), {})
+                if name in buckets and le is not None:
+                    step = buckets[name].setdefault(float(at), {})
                     step[float(le)] = step.get(float(le), 0.0) + value
                 elif name in tokens:
                     tokens[name].setdefault(float(at), {})[pod] = value
     out = []
     for at in sorted(tokens["prompt_tokens"]):
         per_pod = tokens["prompt_tokens"][at]
-        ttft = Histogram.of(buckets.get(at, {}))
+        ttft = Histogram.of(buckets["ttft"].get(at, {}))
         share = ttft.share_within_tail(bound) if ttft.valid() else None
         if not per_pod or share is None:
             continue
+        tpot = Histogram.of(buckets["tpot"].get(at, {}))
+        if tpot_bound is not None and tpot.valid() and tpot.count > 0:
+            share = min(share, tpot.share_within_tail(tpot_bound) or 0.0)
         p = sum(per_pod.values()) / seconds
         g = sum(tokens["generation_tokens"].get(at, {}).values()) / seconds
         work = (p / seed[0] + g / seed[1]) / len(per_pod)
@@ -161,6 +172,7 @@ def query_prometheus(
     until: float,
     seconds: float,
     service_label: str = "serving_qwenops_io_service",
+    tpot: bool = False,
 ) -> dict[str, list[dict[str, Any]]]:
     """The range answers :func:`from_prometheus` reads, one step per window."""
     client = connect_prometheus(config, 30.0)
@@ -169,7 +181,7 @@ def query_prometheus(
     start, end = datetime.fromtimestamp(since, UTC), datetime.fromtimestamp(until, UTC)
     return {
         name: client.custom_query_range(found[name], start_time=start, end_time=end, step=f"{seconds:g}")
-        for name in ("prompt_tokens", "generation_tokens", "ttft")
+        for name in ("prompt_tokens", "generation_tokens", "ttft", *(("tpot",) if tpot else ()))
     }
 
 
@@ -194,13 +206,14 @@ def fit(found: Sequence[Window], percentile: float, seed: tuple[float, float]) -
     return Fit(tuple(found), best.work, seed[0] * best.work, seed[1] * best.work, gross)
 
 
-def block(result: Fit, bound: float, percentile: float) -> str:
+def block(result: Fit, bound: float, percentile: float, tpot: float | None = None) -> str:
     """The autoscaling block to paste into a QwenService."""
     lines = [
         "spec:",
         "  autoscaling:",
         "    slo:",
         f"      timeToFirstTokenSeconds: {bound:g}",
+        *([f"      timePerOutputTokenSeconds: {tpot:g}"] if tpot is not None else []),
         f"      percentile: {percentile:g}",
     ]
     if result.capacity is not None:
@@ -227,15 +240,17 @@ def _found(args: argparse.Namespace, seed: tuple[float, float]) -> list[Window]:
     if args.records:
         path = Path(args.records)
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return windows(records, args.ttft, args.window, seed, args.replicas)
+        return windows(records, args.ttft, args.window, seed, args.replicas, args.tpot)
     namespace, _, name = (args.service or "").partition("/")
     if not namespace or not name:
         raise ValueError("--prometheus needs --service NAMESPACE/NAME")
     token = Path(args.bearer_token_file).read_text().strip() if args.bearer_token_file else None
     config = PrometheusConfig(url=args.prometheus, bearer_token=token, ca_file=args.ca_file)
     until = time.time()
-    answers = query_prometheus(config, namespace, name, until - args.since, until, args.window)
-    found = from_prometheus(answers, args.ttft, args.window, seed)
+    answers = query_prometheus(
+        config, namespace, name, until - args.since, until, args.window, tpot=args.tpot is not None
+    )
+    found = from_prometheus(answers, args.ttft, args.window, seed, args.tpot)
     if not found:
         raise ValueError(f"Prometheus has no traffic of {args.service} in the last {args.since:g} s")
     return found
@@ -262,7 +277,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    print(block(result, args.ttft, args.percentile))
+    print(block(result, args.ttft, args.percentile, args.tpot))
     return 0
 
 
@@ -283,6 +298,12 @@ def add_tune(sub: Any) -> None:
     t.add_argument("--bearer-token-file", help="with --prometheus: a file holding a bearer token")
     t.add_argument("--ca-file", help="with --prometheus: the CA bundle of its TLS certificate")
     t.add_argument("--ttft", type=float, default=2.0, help="the time-to-first-token bound, seconds")
+    t.add_argument(
+        "--tpot",
+        type=float,
+        default=None,
+        help="optional: a time-per-output-token bound, seconds (mean per request)",
+    )
     t.add_argument("--percentile", type=float, default=99.0, help="the share of requests that must meet it")
     t.add_argument("--window", type=float, default=60.0, help="seconds per window")
     t.add_argument("--replicas", type=int, default=1, help="replicas the load test ran against")
