@@ -43,12 +43,17 @@ FRESH = PlanState()
 
 
 def run(
-    loads: list[Traffic], ready: int, state: PlanState = FRESH, every: float = 15, waiting: float = 0.0
+    loads: list[Traffic],
+    ready: int,
+    state: PlanState = FRESH,
+    every: float = 15,
+    waiting: float = 0.0,
+    slo: api.LatencySLO = SLO,
 ) -> list[Plan]:
     plans = []
     start = T0 if state.updated is None else state.updated + timedelta(seconds=every)  # carries on
     for i, t in enumerate(loads):
-        p = plan(t, ready, SLO, SEED, state, start + timedelta(seconds=every * i), waiting=waiting)
+        p = plan(t, ready, slo, SEED, state, start + timedelta(seconds=every * i), waiting=waiting)
         assert p is not None
         plans.append(p)
         state = p.state
@@ -478,38 +483,27 @@ def decoding(t: Traffic, fast: float) -> Traffic:
     return replace(t, tpot=Histogram.of(counts))
 
 
-def run_slo(loads: list[Traffic], ready: int, slo: api.LatencySLO, state: PlanState = FRESH) -> list[Plan]:
-    plans = []
-    start = T0 if state.updated is None else state.updated + timedelta(seconds=15)
-    for i, t in enumerate(loads):
-        p = plan(t, ready, slo, SEED, state, start + timedelta(seconds=15 * i))
-        assert p is not None
-        plans.append(p)
-        state = p.state
-    return plans
-
-
 def test_a_time_per_output_token_bound_missed_under_load_is_pressure() -> None:
     """Decoding slows as the batch grows: with a TPOT bound, requests whose output came slower than it
     fail a loaded window as late first tokens do; without the bound the same window carried."""
-    carried = run_slo([decoding(traffic(1.5), 1.0)] * SETTLED, 3, TPOT_SLO)[-1]  # 0.5 each, all fast
+    carried = run([decoding(traffic(1.5), 1.0)] * SETTLED, 3, slo=TPOT_SLO)[-1]  # 0.5 each, all fast
     assert not carried.pressure
     assert carried.decode_attainment == 1.0
     slow = [decoding(traffic(1.8), 0.9)] * 2  # 0.6 each: first tokens fast, 10% decode slower than 0.1 s
-    failing = run_slo(slow, 3, TPOT_SLO, carried.state)[-1]
+    failing = run(slow, 3, carried.state, slo=TPOT_SLO)[-1]
     assert failing.pressure
     assert failing.state.failed == pytest.approx(0.6, rel=0.01)
     assert 0.5 <= failing.scale < 0.6, "between what was carried and what failed"
     assert "TTFT <= 2 s for 100%, TPOT <= 0.05 s for 90% (SLO 99%, under pressure)" in failing.message
     assert failing.decode_attainment == pytest.approx(0.9)
-    unbound = run_slo(slow, 3, SLO, run_slo([decoding(traffic(1.5), 1.0)] * SETTLED, 3, SLO)[-1].state)[-1]
+    unbound = run(slow, 3, run([decoding(traffic(1.5), 1.0)] * SETTLED, 3)[-1].state)[-1]
     assert not unbound.pressure, "without a TPOT bound only first tokens are judged"
     assert unbound.decode_attainment is None
     assert "TPOT" not in unbound.message
 
 
 def test_slow_decoding_at_light_load_is_the_models_own_speed() -> None:
-    light = run_slo([decoding(traffic(0.3), 0.5)] * SETTLED, 3, TPOT_SLO)[-1]  # 0.1 each
+    light = run([decoding(traffic(0.3), 0.5)] * SETTLED, 3, slo=TPOT_SLO)[-1]  # 0.1 each
     assert not light.pressure
     assert light.state.failed is None
     assert light.need < 1
