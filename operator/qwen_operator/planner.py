@@ -189,6 +189,11 @@ class Evidence:
         queued = 0.0 if waited is None else 1 - waited
         return Evidence(ttft.count, within, 1 - by_bucket, queued, decode, decode_beyond)
 
+    @property
+    def slow(self) -> float:
+        """The share of finished requests slower than the TPOT bound (0 when not judged)."""
+        return 0.0 if self.decode is None else 1 - self.decode
+
     def misses(self, loaded: bool) -> tuple[float, float]:
         """The shares that missed for want of capacity, likely and surely: waiting in the queue is the
         load's doing at any load; a late first token or slow output only under load (at light load it
@@ -196,8 +201,7 @@ class Evidence:
         help). Each request is counted once, at the worse of the two bounds: the larger share."""
         if not loaded:
             return self.queued, self.queued
-        slow = 0.0 if self.decode is None else 1 - self.decode
-        return max(self.queued, 1 - self.within, slow), max(self.queued, self.beyond, self.decode_beyond)
+        return max(self.queued, 1 - self.within, self.slow), max(self.queued, self.beyond, self.decode_beyond)
 
 
 def _by_chance(misses: float, requests: float, share: float) -> float:
@@ -458,7 +462,7 @@ def plan(
     elif brink == "margin":
         margin = _percent(1 - BRINK_MARGIN)
         message += f", {_percent(kv_mean)} on average: the aim stays {margin} under this load"
-    slow = 0.0 if evidence is None or evidence.decode is None else 1 - evidence.decode
+    slow = 0.0 if evidence is None else evidence.slow
     if (
         evidence is not None
         and not failed_now
