@@ -67,8 +67,13 @@ class Load:
     kv: float = 0
     engines: int = 1
     old_kv_name: bool = False
-    mode: str = "ok"  # ok, html, nan, slow, error
+    mode: str = "ok"  # ok, html, nan, slow, error, redirect (to ``location``), garbage, huge, announced
     busy: bool = False  # serve the under-load capture, its counters growing with every scrape
+    location: str = ""  # where mode "redirect" sends the client
+
+
+GARBAGE = 'vllm:num_requests_running{model_name="SECRET-FROM-THE-POD" 1\n'
+HUGE_MIB = 64  # mode "huge" streams this much (no Content-Length); "announced" only says it would
 
 
 class FakeVLLM:
@@ -77,9 +82,26 @@ class FakeVLLM:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.load = Load()
         self.scrapes = 0
+        self.sent = 0  # bytes of the last "huge" answer the client read before it hung up
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            def _huge(self, announce: bool) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                if announce:
+                    self.send_header("Content-Length", str(HUGE_MIB * 1024 * 1024))
+                self.end_headers()
+                line = b'vllm:num_requests_running{model_name="m",engine="0"} 1\n' * 1000
+                owner.sent = 0
+                try:
+                    while owner.sent < HUGE_MIB * 1024 * 1024:
+                        self.wfile.write(line)
+                        owner.sent += len(line)
+                except OSError:  # the client hung up
+                    pass
+                self.close_connection = True
+
             def do_GET(self) -> None:
                 owner.scrapes += 1
                 load = owner.load
@@ -88,9 +110,20 @@ class FakeVLLM:
                 if load.mode == "error":
                     self.send_error(500)
                     return
+                if load.mode in ("huge", "announced"):
+                    self._huge(load.mode == "announced")
+                    return
+                if load.mode == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", load.location)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if load.mode == "html":
                     body = b"<html><body>Bad Gateway</body></html>"
                     ctype = "text/html"
+                elif load.mode == "garbage":
+                    body, ctype = GARBAGE.encode(), "text/plain; version=0.0.4"
                 elif load.mode == "nan":
                     body = render(float("nan"), float("nan"), float("nan")).encode()
                     ctype = "text/plain; version=0.0.4"
@@ -132,30 +165,59 @@ class FakeVLLM:
         self.server.server_close()
 
 
+SECRET_BODY = b"TOP-SECRET-ANSWER-BODY"
+
+
 class FakePrometheusAPI:
     """Something at a Prometheus URL: it misbehaves (answers HTML, or too slowly), or, in mode
     ``record``, answers every query with an empty result and records who asked with what credentials
-    (``seen``: the path and the Authorization header of each request)."""
+    (``seen``: the path and the Authorization header of each request, with the time it came).
 
-    def __init__(self, mode: str) -> None:
+    More modes: ``forbidden`` (HTTP 403 with :data:`SECRET_BODY`), ``redirect`` (307 to ``location``),
+    ``trickle`` (200, then one byte every half second for as long as the client listens)."""
+
+    def __init__(self, mode: str, host: str = "127.0.0.1", port: int = 0) -> None:
         self.mode = mode
+        self.location = ""
         self.seen: list[tuple[str, str | None]] = []
-        self.vllm = FakeVLLM()  # reuse the server; its handler is replaced below
+        self.times: list[float] = []
+        self.stopped = threading.Event()
+        self.vllm = FakeVLLM(host, port)  # reuse the server; its handler is replaced below
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            def _trickle(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                try:
+                    while not owner.stopped.wait(0.5):
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                except OSError:  # the client gave up
+                    pass
+                self.close_connection = True
+
             def do_GET(self) -> None:
                 owner.seen.append((self.path, self.headers.get("Authorization")))
+                owner.times.append(time.monotonic())
+                if owner.mode == "trickle":
+                    self._trickle()
+                    return
                 if owner.mode == "slow":
                     time.sleep(3)
+                status, kind = 200, "text/html"
                 body = b"<html><head><title>502 Bad Gateway</title></head></html>"
-                kind = "text/html"
                 if owner.mode == "record":
                     body, kind = (
                         b'{"status":"success","data":{"resultType":"vector","result":[]}}',
                         "application/json",
                     )
-                self.send_response(200)
+                elif owner.mode == "forbidden":
+                    status, body, kind = 403, SECRET_BODY, "text/plain"
+                self.send_response(307 if owner.mode == "redirect" else status)
+                if owner.mode == "redirect":
+                    self.send_header("Location", owner.location)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -168,4 +230,5 @@ class FakePrometheusAPI:
         self.url = f"http://{self.vllm.address}"
 
     def close(self) -> None:
+        self.stopped.set()
         self.vllm.close()

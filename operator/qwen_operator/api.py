@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from qwen_operator import labels, vllm_flags
+from qwen_operator import labels, urls, vllm_flags
 from qwen_operator.gpu_targets import (
     DEFAULT_CAPACITY,
     DEFAULT_CONCURRENCY,
@@ -756,7 +756,7 @@ class PrometheusSpec(_Model):
     url: str | None = Field(
         default=None,
         max_length=1024,
-        pattern=r"^https?://[^\s@/?#]+(/[^\s?#]*)?$",
+        pattern=urls.URL_PATTERN,
         description=(
             "This service's own Prometheus, instead of the operator-wide QWEN_OPERATOR_PROMETHEUS_URL. "
             "Used only if the operator's admin allows it (QWEN_OPERATOR_PROMETHEUS_ALLOWED_URLS), and "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import kopf
@@ -78,8 +78,9 @@ async def _resync(memo: kopf.Memo) -> None:
                 )
 
 
-def cluster_for(info: kopf.ConnectionInfo) -> kube.Cluster:
-    """Our client, with the credentials kopf logged in with."""
+def cluster_for(info: kopf.ConnectionInfo, fence: Callable[[], float] | None = None) -> kube.Cluster:
+    """Our client, with the credentials kopf logged in with (and, under leader election, the fence
+    every write checks)."""
     return kube.Cluster(
         ApiClient(
             kube.configuration(
@@ -96,7 +97,8 @@ def cluster_for(info: kopf.ConnectionInfo) -> kube.Cluster:
                 private_key_path=info.private_key_path,
                 private_key_data=info.private_key_data,
             )
-        )
+        ),
+        fence,
     )
 
 
@@ -115,7 +117,7 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
     if info is None:
         return None
     old: kube.Cluster | None = memo.get("cluster")
-    memo.cluster = cluster_for(info)
+    memo.cluster = cluster_for(info, memo.get("fence"))
     memo.fleet.use(memo.cluster)
     if old is not None:
         await old.close()

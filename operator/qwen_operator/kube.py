@@ -11,7 +11,7 @@ import atexit
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -152,11 +152,23 @@ class ClusterAPI(Protocol):
     ) -> list[dict[str, Any]]: ...
 
 
-class Cluster:
-    """Plain-dict CRUD against the API server. It deletes only what the reconcile created and owns."""
+class NotLeading(Exception):
+    """A write refused before it was sent: this replica's leadership has ended (or not begun)."""
 
-    def __init__(self, client: ApiClient) -> None:
+
+WRITES = ("POST", "PATCH", "PUT", "DELETE")
+REQUEST_TIMEOUT_SECONDS = 30.0
+
+
+class Cluster:
+    """Plain-dict CRUD against the API server. It deletes only what the reconcile created and owns.
+
+    With a ``fence`` (the seconds this replica may still act as the leader), every write first asks
+    it: none is sent at 0, and none is given longer than the time left to complete."""
+
+    def __init__(self, client: ApiClient, fence: Callable[[], float] | None = None) -> None:
         self.client = client
+        self.fence = fence
 
     async def _call(
         self,
@@ -166,6 +178,12 @@ class Cluster:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
+        timeout = REQUEST_TIMEOUT_SECONDS
+        if self.fence is not None and method in WRITES:
+            left = self.fence()
+            if left <= 0:
+                raise NotLeading(f"{method} {path} not sent: this replica no longer leads")
+            timeout = min(timeout, left)
         result = await self.client.call_api(
             path,
             method,
@@ -175,7 +193,7 @@ class Cluster:
             response_types_map={200: "object", 201: "object", 202: "object"},
             auth_settings=["BearerToken"],
             _return_http_data_only=True,
-            _request_timeout=30,
+            _request_timeout=timeout,
         )
         return dict(result or {})
 

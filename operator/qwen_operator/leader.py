@@ -10,6 +10,11 @@ The rules are client-go's ``leaderelection`` package's (read there, written here
   other).
 - The leader renews every ``retry`` seconds; when no renewal has succeeded for ``renew_deadline``
   seconds (less than the lease duration) it stops acting *before* any other candidate may take over.
+  The deadline counts from the moment its last successful renewal *began* (the write landed after
+  that, so a candidate saw it change after that too), every attempt and every wait is cut at the
+  deadline (an API server that answers slowly cannot stretch it), and :meth:`LeaderElector.time_left`
+  fences every write the operator makes: past the deadline, none is sent, and none is given longer
+  than the time left to complete (``kube.Cluster``'s fence).
 - A leader that stops on purpose releases the Lease (no holder, duration 1 s), so its successor need
   not wait out the lease; one that crashes leaves it to expire.
 
@@ -36,6 +41,11 @@ from qwen_operator.kube import LEASES, ClusterAPI, is_conflict
 log = logging.getLogger(__name__)
 
 
+# Between the renew deadline (the old leader's last write) and the lease's end (the new leader's first):
+# a write the old leader sent just before its deadline, and clock rates that differ a little.
+MIN_MARGIN_SECONDS = 1.0
+
+
 @dataclass(frozen=True)
 class Timings:
     lease_seconds: float = 15.0  # how long a holder's claim lasts without renewal
@@ -47,6 +57,12 @@ class Timings:
             raise ValueError(
                 "leader election needs 0 < retry < renew deadline < lease duration, got "
                 f"{self.retry_seconds} / {self.renew_deadline_seconds} / {self.lease_seconds}"
+            )
+        if self.lease_seconds - self.renew_deadline_seconds < MIN_MARGIN_SECONDS:
+            raise ValueError(
+                f"leader election needs the lease duration at least {MIN_MARGIN_SECONDS:g} s longer than the "
+                "renew deadline (the margin for a write already in flight and for clocks that run at "
+                f"slightly different rates), got {self.lease_seconds} / {self.renew_deadline_seconds}"
             )
 
 
@@ -108,6 +124,13 @@ class LeaderElector:
     def where(self) -> str:
         return f"Lease {self.namespace}/{self.name}"
 
+    def time_left(self) -> float:
+        """Seconds this process may still act as the leader (0 once its renew deadline has passed, or
+        before it ever held the Lease): the fence every write checks."""
+        if self._renewed_at is None:
+            return 0.0
+        return max(0.0, self._renewed_at + self.timings.renew_deadline_seconds - self.monotonic())
+
     async def try_acquire_or_renew(self) -> bool:
         """One attempt: True when this process holds the Lease afterwards."""
         now = self.monotonic()
@@ -155,11 +178,18 @@ class LeaderElector:
         """Our write succeeded: what we wrote is the claim we last saw."""
         self._seen, self._seen_at, self._renewed_at = record_of({"spec": spec}), now, now
 
-    async def _attempt(self) -> bool:
+    async def _attempt(self, limit: float | None = None) -> bool:
+        """One attempt, cut at ``limit`` seconds (a leader's time left) or twice the retry period."""
+        timeout = (
+            self.timings.retry_seconds * 2 if limit is None else min(limit, self.timings.retry_seconds * 2)
+        )
         try:
-            return await asyncio.wait_for(self.try_acquire_or_renew(), self.timings.retry_seconds * 2)
+            return await asyncio.wait_for(self.try_acquire_or_renew(), timeout)
         except asyncio.CancelledError:
             raise
+        except TimeoutError:
+            log.warning("%s: no answer within %.1f s", self.where, timeout)
+            return False
         except Exception as exc:  # the API server is away or busy: try again next period
             log.warning("%s: could not read or write it: %s", self.where, _short(exc))
             return False
@@ -172,24 +202,29 @@ class LeaderElector:
         log.info("%s: %s is the leader", self.where, self.identity)
 
     async def keep(self) -> None:
-        """Renew the Lease while leading; return once leadership is lost (no renewal within the
-        renew deadline, or another holder): the caller must stop acting at once."""
+        """Renew the Lease while leading; return once leadership is lost (another holder, or no
+        renewal within the renew deadline): the caller must stop acting at once. It returns at the
+        deadline at the latest, however slowly the API server answers."""
         while True:
-            await asyncio.sleep(self.timings.retry_seconds)
-            if await self._attempt():
-                continue
-            since = self.monotonic() - (self._renewed_at or 0.0)
-            if self._seen is not None and self._seen[0] not in (None, "", self.identity):
-                log.error("%s: %s now holds it; %s stops", self.where, self._seen[0], self.identity)
-                return
-            if since >= self.timings.renew_deadline_seconds:
+            left = self.time_left()
+            if left > 0:
+                await asyncio.sleep(min(self.timings.retry_seconds, left))
+                left = self.time_left()
+            if left <= 0:
+                since = self.monotonic() - (self._renewed_at or 0.0)
                 log.error(
-                    "%s: not renewed for %.0f s (deadline %.0f s); %s stops",
+                    "%s: not renewed for %.1f s (deadline %.1f s); %s stops",
                     self.where,
                     since,
                     self.timings.renew_deadline_seconds,
                     self.identity,
                 )
+                return
+            if await self._attempt(left):
+                continue
+            if self._seen is not None and self._seen[0] not in (None, "", self.identity):
+                log.error("%s: %s now holds it; %s stops", self.where, self._seen[0], self.identity)
+                self._renewed_at = None  # the fence closes now
                 return
 
     async def release(self) -> None:

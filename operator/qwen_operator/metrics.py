@@ -13,7 +13,11 @@ Every series carries ``model_name`` and ``engine``; a pod's figures are summed o
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import json
+import logging
 import math
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -21,14 +25,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import aiohttp
-import requests
-from prometheus_api_client import PrometheusConnect
 from prometheus_client.parser import text_string_to_metric_families
-from urllib3.util.retry import Retry
 
 from qwen_operator import telemetry
 from qwen_operator.scaling import Observation, PodSample
 from qwen_operator.traffic import TRAFFIC_WINDOW, TRAFFIC_WINDOW_SECONDS, Histogram, Totals, Traffic
+from qwen_operator.urls import Endpoint
 
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
@@ -41,6 +43,58 @@ REQUESTS = "vllm:request_success_total"  # one series per finished_reason
 TTFT = "vllm:time_to_first_token_seconds"
 QUEUE_TIME = "vllm:request_queue_time_seconds"
 TPOT = "vllm:request_time_per_output_token_seconds"  # per request (not the per-token inter-token one)
+
+# What a source reads and parses is bounded: a pod or a Prometheus answers with what it likes (a tenant
+# runs both), and the operator must neither run out of memory nor stall its event loop (where the
+# Lease is renewed) on it. vLLM's /metrics is ~100 KB; a Prometheus answer for 1,000 services a few MB.
+POD_METRICS_MAX_BYTES = 4 * 1024 * 1024
+PROMETHEUS_MAX_BYTES = 32 * 1024 * 1024
+# Parsing runs off the event loop, in these threads (shared by every source), within the deadline.
+PARSERS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="qwen-metrics-parse")
+
+log = logging.getLogger(__name__)
+
+
+class Refused(Exception):
+    """An answer the operator will not read; the message says what went wrong in words that are safe
+    to show (never the answer's content)."""
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """The body, or Refused when it is (announced or found to be) larger than ``limit`` bytes."""
+    if response.content_length is not None and response.content_length > limit:
+        raise Refused(f"{what} larger than {limit // 1024 // 1024} MiB")
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise Refused(f"{what} larger than {limit // 1024 // 1024} MiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def http_failure(status: int) -> str:
+    return f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
+
+
+def client_failure(exc: BaseException, timeout: float) -> str:
+    """What a failed request says to the user: the kind of failure, never what the server sent."""
+    if isinstance(exc, Refused):
+        return str(exc)
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return "its TLS certificate is not trusted"
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+        return "TLS failed"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = exc.os_error.strerror if exc.os_error and exc.os_error.strerror else "unreachable"
+        return f"cannot connect ({reason})"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return http_failure(exc.status)
+    if isinstance(exc, aiohttp.ClientError):
+        return f"the connection failed ({type(exc).__name__})"
+    return f"failed ({type(exc).__name__})"
 
 
 @dataclass(frozen=True)
@@ -154,14 +208,27 @@ def parse_vllm_totals(text: str, model_name: str | None = None) -> tuple[PodSamp
     return acc.sample(0.0), acc.totals()
 
 
+VLLM_PREFIXES = ("vllm:", "# HELP vllm:", "# TYPE vllm:")
+
+
+def vllm_lines(text: str) -> str:
+    """Only vLLM's families (the page's other families, and anything that is not a metric, are not
+    parsed at all)."""
+    return "\n".join(line for line in text.splitlines() if line.startswith(VLLM_PREFIXES)) + "\n"
+
+
 def _parse(text: str, model_name: str | None) -> _PodTotals:
     acc = _PodTotals()
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(vllm_lines(text)):
         for sample in family.samples:
             if model_name is not None and sample.labels.get("model_name", model_name) != model_name:
                 continue
             _accumulate(acc, sample.name, float(sample.value), sample.labels.get("le"))
     return acc
+
+
+def _parse_page(body: bytes) -> tuple[PodSample | None, Totals | None]:
+    return parse_vllm_totals(body.decode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------- pods
@@ -181,11 +248,13 @@ class PodsSource:
         timeout: float = 2.0,
         concurrency: int = 32,
         monotonic: Callable[[], float] = time.monotonic,
+        max_bytes: int = POD_METRICS_MAX_BYTES,
     ) -> None:
         self.port = port
         self.timeout = timeout
         self.limit = asyncio.Semaphore(concurrency)
         self.monotonic = monotonic
+        self.max_bytes = max_bytes
         # Each pod's last counters (by name and IP: a new pod of the same name starts afresh), and when
         # they were read: the next scrape's increase over them is its traffic.
         self.previous: dict[tuple[str, str], tuple[float, Totals]] = {}
@@ -195,13 +264,17 @@ class PodsSource:
             return "no pod IP"
         url = f"http://{pod.ip}:{self.port}/metrics"
         try:
-            async with self.limit, session.get(url) as response:
+            async with self.limit, session.get(url, allow_redirects=False) as response:
                 if response.status != 200:
-                    return f"HTTP {response.status}"
-                text = await response.text()
-            sample, totals = parse_vllm_totals(text)
-        except (aiohttp.ClientError, TimeoutError, ValueError, UnicodeDecodeError) as exc:
-            return f"{type(exc).__name__}: {exc}"[:200]
+                    return http_failure(response.status)
+                body = await read_capped(response, self.max_bytes, "/metrics")
+            loop = asyncio.get_running_loop()
+            sample, totals = await loop.run_in_executor(PARSERS, _parse_page, body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.debug("pod %s: malformed /metrics: %.200s", pod.name, exc)
+            return "malformed /metrics"
+        except (aiohttp.ClientError, TimeoutError, Refused) as exc:
+            return client_failure(exc, self.timeout)
         if sample is None:
             return "no vLLM metrics"
         return self._with_traffic(pod, sample, totals)
@@ -265,12 +338,27 @@ class PodsSource:
 class PrometheusConfig:
     """How to reach one Prometheus. Services that share a config share its queries."""
 
-    url: str
+    endpoint: Endpoint
     bearer_token: str | None = None
     username: str | None = None
     password: str | None = None
-    ca_file: str | None = None
+    ca_file: str | None = None  # a PEM bundle's path (the operator-wide setting)
+    ca_data: str | None = None  # or the PEM bundle itself (a service's caSecretRef)
     insecure_skip_verify: bool = False
+
+    @property
+    def url(self) -> str:
+        return str(self.endpoint)
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """What aiohttp verifies the server with (False: nothing; True: the system's CAs)."""
+        if self.endpoint.scheme != "https":
+            return True
+        if self.insecure_skip_verify:
+            return False
+        if self.ca_file is None and self.ca_data is None:
+            return True
+        return ssl.create_default_context(cafile=self.ca_file, cadata=self.ca_data)
 
 
 def queries(service_label: str, window: str = TRAFFIC_WINDOW, match: str = "") -> dict[str, str]:
@@ -315,8 +403,37 @@ def _number(text: Any) -> float:
         return math.nan
 
 
+# Prometheus' own error types (web/api/v1/api.go): a fixed vocabulary, safe to repeat in a status.
+PROMETHEUS_ERROR_TYPES = {
+    "timeout", "canceled", "execution", "bad_data", "internal", "unavailable", "not_found",
+}  # fmt: skip
+
+
+def decode_vector(body: bytes) -> list[dict[str, Any]]:
+    """The result of an instant query's JSON answer; Refused for anything else."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        raise Refused("a malformed answer (not JSON)") from None
+    data = answer.get("data") if isinstance(answer, dict) else None
+    if not isinstance(data, dict) or answer.get("status") != "success":
+        error_type = answer.get("errorType") if isinstance(answer, dict) else None
+        said = f" ({error_type})" if error_type in PROMETHEUS_ERROR_TYPES else ""
+        raise Refused(f"an error{said} instead of a query result")
+    result = data.get("result")
+    if data.get("resultType") != "vector" or not isinstance(result, list):
+        raise Refused("a malformed answer (not an instant vector)")
+    return result
+
+
 class PrometheusSource:
-    """Batched PromQL: the number of queries per evaluation does not grow with the number of services."""
+    """Batched PromQL: the number of queries per evaluation does not grow with the number of services.
+
+    Asynchronous (aiohttp, like the rest of the operator): the evaluation's deadline cancels every
+    request still open, however slowly a server trickles its answer, so a slow Prometheus costs its own
+    services an evaluation and nobody else anything. Redirects are not followed (the credentials stay
+    with the URL they were given for), answers are capped and parsed off the event loop, and what goes
+    into a status says what failed, never what the server answered."""
 
     name = "prometheus"
 
@@ -325,38 +442,80 @@ class PrometheusSource:
         config: PrometheusConfig,
         service_label: str = "serving_qwenops_io_service",
         timeout: float = 5.0,
-        connect: Callable[[PrometheusConfig, float], PrometheusConnect] | None = None,
+        *,
+        who: str = "Prometheus",
+        concurrency: int = 4,
+        max_bytes: int = PROMETHEUS_MAX_BYTES,
+        connector: Callable[[], aiohttp.BaseConnector] | None = None,
     ) -> None:
         self.config = config
         self.service_label = service_label
         self.timeout = timeout
+        self.who = who  # how messages name it: "the operator's Prometheus", "this service's Prometheus (URL)"
+        self.concurrency = concurrency
+        self.max_bytes = max_bytes
         self.queries = queries(service_label)
-        self.client = (connect or connect_prometheus)(config, timeout)
+        self.ssl = config.ssl_context()  # built once: reading a CA bundle is not free
+        self.connector = connector or (lambda: aiohttp.TCPConnector(limit=self.concurrency, ssl=self.ssl))
+        self.busy = False  # an evaluation is running (the next one is skipped, never stacked)
 
-    def _query(self, promql: str) -> list[dict[str, Any]]:
-        result = self.client.custom_query(promql, params={"timeout": f"{max(1, int(self.timeout * 1000))}ms"})
-        if not isinstance(result, list):
-            raise ValueError(f"unexpected answer: {str(result)[:100]}")
-        return result
+    def _session(self) -> aiohttp.ClientSession:
+        cfg = self.config
+        headers = {}
+        if cfg.bearer_token:
+            headers["Authorization"] = f"Bearer {cfg.bearer_token}"
+        elif cfg.username:
+            headers["Authorization"] = aiohttp.BasicAuth(cfg.username, cfg.password or "").encode()
+        return aiohttp.ClientSession(
+            connector=self.connector(),
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            headers=headers,
+            trust_env=False,  # no proxy from the environment: the credentials go to this URL only
+        )
 
-    async def _all(self) -> dict[str, list[dict[str, Any]]]:
+    async def _query(self, session: aiohttp.ClientSession, promql: str) -> bytes:
+        params = {"query": promql, "timeout": f"{max(1, int(self.timeout * 1000))}ms"}
+        url = self.config.endpoint.url("/api/v1/query").with_query(params)
+        async with session.get(url, allow_redirects=False, ssl=self.ssl) as response:
+            if response.status != 200:
+                detail = await response.content.read(300)
+                log.debug("%s answered HTTP %s: %r", self.who, response.status, detail[:200])
+                raise Refused(http_failure(response.status))
+            return await read_capped(response, self.max_bytes, "an answer")
+
+    async def _all(self) -> dict[tuple[str, str], dict[str, PodSample]]:
         names = list(self.queries)
-        answers = await asyncio.gather(*(asyncio.to_thread(self._query, self.queries[n]) for n in names))
-        return dict(zip(names, answers, strict=True))
+        async with self._session() as session:
+            tasks = [asyncio.ensure_future(self._query(session, self.queries[n])) for n in names]
+            try:
+                bodies = await asyncio.gather(*tasks)
+            finally:  # the first failure (or the deadline) ends the others: none outlives the session
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(PARSERS, self._parse, dict(zip(names, bodies, strict=True)))
+
+    def _parse(self, bodies: Mapping[str, bytes]) -> dict[tuple[str, str], dict[str, PodSample]]:
+        return self._split({name: decode_vector(body) for name, body in bodies.items()})
 
     async def observe(self, targets: Sequence[Target]) -> dict[tuple[str, str], Observation]:
+        if self.busy:  # the scaler never asks twice at once; should a caller, it waits for its turn
+            skipped = f"{self.who} skipped: its previous evaluation still runs"
+            return {t.key: t.observation({}, skipped) for t in targets}
         started = time.monotonic()
         telemetry.QUERIES.labels(self.name).inc(len(self.queries))
+        self.busy = True
         try:
-            answers = await asyncio.wait_for(self._all(), self.timeout)
+            by_pod = await asyncio.wait_for(self._all(), self.timeout)
         except Exception as exc:  # any failure of the source holds replicas; it never stops the scaler
             telemetry.QUERY_ERRORS.labels(self.name).inc()
-            reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
-            error = f"Prometheus at {self.config.url} failed: {reason}"[:300]
-            return {t.key: t.observation({}, error) for t in targets}
+            reason = client_failure(exc, self.timeout)
+            log.debug("%s failed: %s: %.200s", self.who, reason, exc)
+            return {t.key: t.observation({}, f"{self.who} failed: {reason}") for t in targets}
         finally:
+            self.busy = False
             telemetry.QUERY_SECONDS.labels(self.name).observe(time.monotonic() - started)
-        by_pod = self._split(answers)
         return {t.key: t.observation(by_pod.get(t.key, {})) for t in targets}
 
     def _split(
@@ -394,19 +553,3 @@ class PrometheusSource:
             if sample is not None:
                 out[namespace, service][pod] = sample
         return out
-
-
-def connect_prometheus(config: PrometheusConfig, timeout: float) -> PrometheusConnect:
-    session = requests.Session()  # PrometheusConnect ignores disable_ssl when given a session
-    session.verify = False if config.insecure_skip_verify else (config.ca_file or True)
-    session.max_redirects = 0  # never follow Prometheus elsewhere (with or without its credentials)
-    headers = {"Authorization": f"Bearer {config.bearer_token}"} if config.bearer_token else None
-    auth = (config.username, config.password or "") if config.username else None
-    return PrometheusConnect(
-        url=config.url,
-        headers=headers,
-        retry=Retry(total=0),  # the next evaluation is the retry; a deadline is a deadline
-        auth=auth,
-        session=session,
-        timeout=math.ceil(timeout),
-    )

@@ -72,6 +72,7 @@ async def run(
             await asyncio.wait({acquiring, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if stopped.done():
             return 0
+        memo.fence = elector.time_left  # every write our client makes checks it (kube.Cluster)
         inner_stop = asyncio.Event()
         # The keeper first: kopf cancels, when it stops, every task created after it started.
         keeper = asyncio.create_task(elector.keep())

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from qwen_operator import leader, validation
+from qwen_operator import leader, urls, validation
 
 
 class OperatorSettings(BaseSettings):
@@ -43,7 +43,8 @@ class OperatorSettings(BaseSettings):
         description=(
             "Prometheus URLs a QwenService may name in spec.autoscaling.metrics.prometheus.url, "
             "comma-separated: a URL prefix (https://prom.team-a.svc:9090/) or a host name (prom.example.com, "
-            "*.monitoring.svc). Empty: none, every service uses the operator-wide URL. Such a service gets "
+            "*.monitoring.svc), each for every namespace or, written NAMESPACE=ENTRY, for that namespace's "
+            "services only. Empty: none, every service uses the operator-wide URL. Such a service gets "
             "only its own credentials, never the operator's."
         ),
     )
@@ -134,6 +135,18 @@ class OperatorSettings(BaseSettings):
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _safe_url(cls, value: str) -> str:
+        urls.parse(value)  # UnsafeURL is a ValueError: pydantic reports it with the setting's name
+        return value
+
+    @field_validator("prometheus_allowed_urls")
+    @classmethod
+    def _allow_list(cls, value: list[str]) -> list[str]:
+        urls.rules(value)
         return value
 
 

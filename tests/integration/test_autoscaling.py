@@ -44,6 +44,7 @@ class PodPlayer:
         self.total = 0.0  # requests in flight, spread evenly over ready pods
         self.pinned: dict[str, float] = {}  # or per pod
         self.mode = "ok"
+        self.location = ""  # where mode "redirect" sends the scraper
         self.busy = False  # serve the under-load capture, counters growing with every scrape
         self.serial = 0
         self.deleted: list[str] = []
@@ -107,7 +108,13 @@ class PodPlayer:
                 )
             for name, server in self.servers.items():
                 each = self.pinned.get(name, self.total / len(ready) if ready and name in ready else 0)
-                server.set(running=each, kv=min(1.0, each / 40), mode=self.mode, busy=self.busy)
+                server.set(
+                    running=each,
+                    kv=min(1.0, each / 40),
+                    mode=self.mode,
+                    busy=self.busy,
+                    location=self.location,
+                )
             await asyncio.sleep(0.05)
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from qwen_operator import metrics
 from qwen_operator.metrics import PodRef, PodsSource, Target, parse_vllm_metrics, queries
 from qwen_operator.scaling import PodSample
 from tests.conftest import DATA
@@ -47,9 +48,16 @@ def test_model_filter_and_missing_families() -> None:
     assert parse_vllm_metrics("# nothing from vLLM here\nup 1\n") is None
 
 
-def test_not_the_exposition_format_is_an_error() -> None:
+def test_only_vllm_s_families_are_parsed() -> None:
+    """Anything else on the page (an HTML error page, other families, junk) is not parsed at all; a
+    malformed vLLM line is an error."""
+    assert parse_vllm_metrics("<html><body>502 Bad Gateway</body></html>") is None
+    page = "junk {{{\n" + render(running=3, waiting=1, kv=0.2) + "other_family{a=} x y z\n"
+    sample = parse_vllm_metrics(page)
+    assert sample is not None
+    assert (sample.running, sample.waiting) == (3, 1)
     with pytest.raises(ValueError, match=r"."):
-        parse_vllm_metrics("<html><body>502 Bad Gateway</body></html>")
+        parse_vllm_metrics('vllm:num_requests_running{model_name="x" 1\n')
 
 
 def test_one_query_per_signal_grouped_by_namespace_pod_and_service() -> None:
@@ -99,3 +107,47 @@ async def test_the_pods_source_has_one_deadline_per_evaluation_however_many_pods
     assert loop.time() - started == pytest.approx(0.5)
     assert set(obs.samples) == {"fast"}
     assert obs.error is None, "one pod answered: the decision uses it and the silent pods are missing"
+
+
+async def test_a_large_page_is_parsed_off_the_event_loop() -> None:
+    """A pod serving a page just under the 4 MiB bound, of valid vLLM lines: the event loop (which also
+    renews the Lease) keeps turning while it is parsed."""
+    from aiohttp import web
+
+    line = 'vllm:num_requests_running{model_name="m",engine="%d"} 1\n'
+    lines = 60_000
+    page = "".join(line % i for i in range(lines))
+    assert 3 * 2**20 < len(page) < metrics.POD_METRICS_MAX_BYTES
+
+    async def serve(_request: web.Request) -> web.Response:
+        return web.Response(text=page)
+
+    app = web.Application()
+    app.router.add_get("/metrics", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.01)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        source = PodsSource(port=port, timeout=30)
+        target = Target("ml", "big", 1, (PodRef("big-0", "127.0.0.1"),))
+        obs = (await source.observe([target]))[target.key]
+    finally:
+        ticking.cancel()
+        await runner.cleanup()
+    assert obs.error is None
+    assert obs.samples["big-0"].running == lines
+    assert max(gaps) < 0.3, f"the event loop stalled {max(gaps):.2f} s"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from qwen_operator import api, sources, validation, vllm_flags
+from qwen_operator import api, urls, validation, vllm_flags
 from tests.k8s import is_quantity
 
 # --------------------------------------------------------------------------------- URLs and credentials
@@ -40,7 +40,7 @@ from tests.k8s import is_quantity
     ],
 )
 def test_the_allow_list_admits_only_what_it_names(url: str, allowed: list[str], expect: bool) -> None:
-    assert sources.url_allowed(url, allowed) is expect
+    assert urls.url_allowed(url, allowed) is expect
 
 
 def test_the_crd_refuses_user_info_in_a_service_url() -> None:

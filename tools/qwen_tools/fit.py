@@ -37,10 +37,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import requests
+from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.util.retry import Retry
 
+from qwen_operator import urls
 from qwen_operator.gpu_targets import seed_capacity
-from qwen_operator.metrics import PrometheusConfig, connect_prometheus, queries
+from qwen_operator.metrics import PrometheusConfig, queries
 from qwen_operator.traffic import Histogram
 
 MIN_REQUESTS = 20  # a window with fewer requests says nothing about a percentile
@@ -164,6 +168,24 @@ def from_prometheus(
     return out
 
 
+def connect_prometheus(config: PrometheusConfig, timeout: float) -> PrometheusConnect:
+    """A range-query client (the operator's own source makes instant queries only)."""
+    session = requests.Session()  # PrometheusConnect ignores disable_ssl when given a session
+    session.verify = False if config.insecure_skip_verify else (config.ca_file or True)
+    session.max_redirects = 0  # never follow Prometheus elsewhere (with or without its credentials)
+    session.trust_env = False
+    headers = {"Authorization": f"Bearer {config.bearer_token}"} if config.bearer_token else None
+    auth = (config.username, config.password or "") if config.username else None
+    return PrometheusConnect(
+        url=config.url,
+        headers=headers,
+        retry=Retry(total=0),
+        auth=auth,
+        session=session,
+        timeout=math.ceil(timeout),
+    )
+
+
 def query_prometheus(
     config: PrometheusConfig,
     namespace: str,
@@ -245,7 +267,7 @@ def _found(args: argparse.Namespace, seed: tuple[float, float]) -> list[Window]:
     if not namespace or not name:
         raise ValueError("--prometheus needs --service NAMESPACE/NAME")
     token = Path(args.bearer_token_file).read_text().strip() if args.bearer_token_file else None
-    config = PrometheusConfig(url=args.prometheus, bearer_token=token, ca_file=args.ca_file)
+    config = PrometheusConfig(urls.parse(args.prometheus), bearer_token=token, ca_file=args.ca_file)
     until = time.time()
     answers = query_prometheus(
         config, namespace, name, until - args.since, until, args.window, tpot=args.tpot is not None
