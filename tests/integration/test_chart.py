@@ -16,7 +16,7 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
-from qwen_operator import api, cli, crd, kube, validation
+from qwen_operator import api, cli, crd, kube, urls, validation
 from qwen_operator.settings import OperatorSettings
 from qwen_tools import install
 from tests.conftest import ROOT
@@ -52,6 +52,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "bearerTokenSecret": {"name": "prom-token"},
             "ca": {"configMap": "prom-ca"},
             "allowedServiceURLs": ["https://prom.research.svc:9090/", "*.monitoring.svc"],
+            "allowedServiceURLsByNamespace": {"team-a": ["https://prom.team-a.svc:9090/", "*.team-a.svc"]},
         },
         "podSecurity": {"allowHostPath": True},
         "verbose": True,
@@ -366,7 +367,15 @@ def test_operator_settings_come_from_values() -> None:
     assert not unknown, f"the chart sets variables the operator ignores: {unknown}"
     settings = OperatorSettings(**{k.removeprefix("QWEN_OPERATOR_").lower(): v for k, v in plain.items()})
     assert settings.prometheus_url == "https://prometheus.monitoring.svc:9091"
-    assert settings.prometheus_allowed_urls == ["https://prom.research.svc:9090/", "*.monitoring.svc"]
+    assert settings.prometheus_allowed_urls == [
+        "https://prom.research.svc:9090/",
+        "*.monitoring.svc",
+        "team-a=https://prom.team-a.svc:9090/",
+        "team-a=*.team-a.svc",
+    ]
+    team_a_only = urls.rules(settings.prometheus_allowed_urls)
+    assert urls.allowed(urls.parse("https://prom.team-a.svc:9090/"), team_a_only, "team-a")
+    assert not urls.allowed(urls.parse("https://prom.team-a.svc:9090/"), team_a_only, "team-b")
     assert settings.policy() == validation.Policy(allow_host_path=True, allow_root=False)
     defaults = OperatorSettings(
         **{

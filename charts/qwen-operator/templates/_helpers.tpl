@@ -101,3 +101,17 @@ app.kubernetes.io/part-of: qwen-operator
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
 {{- end -}}
+
+{{/* QWEN_OPERATOR_PROMETHEUS_ALLOWED_URLS: the entries for every namespace, then NAMESPACE=ENTRY. */}}
+{{- define "qwen-operator.allowedServiceURLs" -}}
+{{- $entries := list -}}
+{{- range .Values.prometheus.allowedServiceURLs -}}
+{{- $entries = append $entries . -}}
+{{- end -}}
+{{- range $namespace, $urls := .Values.prometheus.allowedServiceURLsByNamespace -}}
+{{- range $urls -}}
+{{- $entries = append $entries (printf "%s=%s" $namespace .) -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $entries -}}
+{{- end -}}
