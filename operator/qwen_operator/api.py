@@ -489,11 +489,17 @@ class Toleration(_Model):
         return self
 
 
+LABEL_KEY_MAX = 253 + 1 + 63  # a DNS-subdomain prefix, '/', a name
+
+
 def _label_keys(value: dict[str, str]) -> dict[str, str]:
     for key in value:
+        shown = repr(key) if len(key) <= 80 else f"{key[:60]!r}... ({len(key)} characters)"
+        if len(key) > LABEL_KEY_MAX:  # before any pattern: a megabyte key costs nothing more than this
+            raise ValueError(f"{shown} is not a label key: longer than {LABEL_KEY_MAX} characters")
         prefix_too_long = "/" in key and key.index("/") > 253
         if prefix_too_long or not re.match(QUALIFIED_NAME_PATTERN, key):
-            raise ValueError(f"{key!r} is not a label key (an optional DNS-subdomain prefix and '/', a name)")
+            raise ValueError(f"{shown} is not a label key (an optional DNS-subdomain prefix and '/', a name)")
     return value
 
 

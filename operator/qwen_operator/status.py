@@ -30,6 +30,17 @@ class Problem:
     message: str
 
 
+MESSAGE_MAX = 2048  # characters of a condition's or the scaler's message (what a spec puts in it, too)
+
+
+def brief(message: str, limit: int = MESSAGE_MAX) -> str:
+    """``message``, cut to ``limit`` characters with a note of how much was left out."""
+    if len(message) <= limit:
+        return message
+    kept = limit - 40  # room for the note
+    return message[:kept] + f"... ({len(message) - kept} more characters)"
+
+
 def set_condition(
     conditions: Sequence[api.Condition],
     type_: str,
@@ -50,7 +61,7 @@ def set_condition(
         type=type_,
         status=value,
         reason=reason,
-        message=message,
+        message=brief(message),
         last_transition_time=since,
         observed_generation=generation,
     )
@@ -263,7 +274,7 @@ def scaling_status(
     )
     auto = api.AutoscalingStatus(
         reason=decision.reason.value,
-        message=decision.message,
+        message=brief(decision.message),
         recommendation=decision.recommendation,
         observation=obs,
         state=api.ScalerState(

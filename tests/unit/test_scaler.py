@@ -327,3 +327,95 @@ async def test_every_service_exports_its_status_whether_it_autoscales_or_not() -
     await scaler.tick()
     assert value("qwen_operator_service_phase", {**fixed_labels, "phase": "Degraded"}) is None
     assert value("qwen_operator_service_replicas", fixed_labels) is None
+
+
+class Counting(Source):
+    """A Source that counts its calls, and the most it ever had in flight at once."""
+
+    def __init__(self, name: str, delay: float) -> None:
+        super().__init__(name, delay)
+        self.calls = self.inflight = self.most = 0
+
+    async def observe(self, targets: Sequence[Target]) -> dict[tuple[str, str], Observation]:
+        self.calls += 1
+        self.inflight += 1
+        self.most = max(self.most, self.inflight)
+        try:
+            return await super().observe(targets)
+        finally:
+            self.inflight -= 1
+
+
+@pytest.mark.looptime
+async def test_a_source_still_answering_is_skipped_and_never_delays_the_next_tick() -> None:
+    """Ticks every second, every service due every second: a source that takes 8 s to answer is asked
+    again only once it has answered (never twice at once), and the fast one meanwhile every second."""
+
+    class EverySecond(Fleet):
+        async def services(self) -> list[dict[str, Any]]:
+            bodies = await super().services()
+            for body in bodies:
+                body["spec"]["autoscaling"]["evaluationIntervalSeconds"] = 1
+            return bodies
+
+    config = OperatorSettings(scaler_tick_seconds=1)
+    clock = asyncio.get_running_loop()
+
+    def now() -> datetime.datetime:
+        return NOW + datetime.timedelta(seconds=clock.time())
+
+    scaler = Autoscaler(Cluster(), config, clock=now, fleet=EverySecond(["fast", "slow"]))  # type: ignore[arg-type]
+    fast, slow = Counting("fast", 0.1), Counting("slow", 8.0)
+
+    async def for_service(svc: Any, _cluster: Any) -> Source:
+        return fast if svc.name == "fast" else slow
+
+    scaler.sources.for_service = for_service  # type: ignore[method-assign]
+    running = asyncio.create_task(scaler.run())
+    await asyncio.sleep(12.05)
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+    assert slow.most == 1, "the slow source was asked again while it still answered"
+    assert slow.calls == 2  # at 0 s, and at 8 s once it had answered
+    assert fast.calls >= 11, f"the fast source was asked {fast.calls} times in 12 s"
+
+
+async def test_a_deleted_service_is_forgotten() -> None:
+    fleet = Fleet(["kept", "gone"])
+    scaler = Autoscaler(Cluster(), OperatorSettings(), clock=lambda: NOW, fleet=fleet)  # type: ignore[arg-type]
+    fast = Source("fast", 0.0)
+
+    async def for_service(svc: Any, _cluster: Any) -> Source:
+        return fast
+
+    scaler.sources.for_service = for_service  # type: ignore[method-assign]
+    await scaler.tick()
+    scaler.actuator.locks[("ml", "gone")] = asyncio.Lock()  # as the reconcile leaves one
+    assert {"uid-kept", "uid-gone"} <= set(scaler.states)
+    fleet.names = ["kept"]
+    await scaler.tick()
+    assert set(scaler.states) == {"uid-kept"}
+    assert set(scaler.actuator.refreshed) <= {"uid-kept"}
+    assert ("ml", "gone") not in scaler.actuator.locks
+    assert ("ml", "gone") not in scaler.known
+
+
+def test_a_prometheus_connection_nobody_asks_for_is_forgotten() -> None:
+    from qwen_operator import validation
+    from qwen_operator.metrics import PodsSource
+    from qwen_operator.sources import IDLE_SOURCE_SECONDS, Sources
+
+    clock = [0.0]
+    sources = Sources(OperatorSettings(), PodsSource(), monotonic=lambda: clock[0])
+    body = service("chat")
+    body["spec"]["autoscaling"]["metrics"] = {"source": "prometheus"}
+    svc = validation.parse(body)
+    asyncio.run(sources.for_service(svc, None))  # type: ignore[arg-type]
+    assert len(sources.prometheus) == 1
+    clock[0] = IDLE_SOURCE_SECONDS - 1
+    sources.forget_idle()
+    assert len(sources.prometheus) == 1
+    clock[0] = IDLE_SOURCE_SECONDS + 1
+    sources.forget_idle()
+    assert sources.prometheus == {}
+    assert sources.used == {}

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from qwen_operator import api, urls, validation, vllm_flags
+from qwen_operator import api, status, urls, validation, vllm_flags
 from tests.k8s import is_quantity
 
 # --------------------------------------------------------------------------------- URLs and credentials
@@ -208,3 +208,17 @@ def test_render_still_reads_plain_multi_document_files(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert "kind: Deployment" in run.stdout
+
+
+def test_a_huge_label_key_is_refused_in_a_few_words() -> None:
+    """A 1.4 MB nodeSelector key (the CRD cannot bound a map key's length): the refusal, and the status
+    it becomes, stay small (it used to quote the key: a 2.8 MB status patch on every reconcile)."""
+    key = "k" * 1_400_000
+    with pytest.raises(validation.InvalidSpec) as caught:
+        validation.parse(_body(scheduling={"nodeSelector": {key: "v"}}))
+    (message,) = caught.value.messages
+    assert "longer than 317 characters" in message
+    assert len(message) < 300
+    new = status.invalid_status(api.QwenServiceStatus(), 1, ["x" * 100_000], "2026-12-06T00:00:00Z")
+    assert all(len(c.message) <= status.MESSAGE_MAX for c in new.conditions)
+    assert "more characters" in new.conditions[0].message
