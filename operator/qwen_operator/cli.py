@@ -12,10 +12,15 @@ import yaml
 
 from qwen_operator import api, crd, render, settings, validation
 
+MAX_DEPTH = 100  # a QwenService nests a dozen levels; PyYAML recurses once per level
+
 
 class NoAliasLoader(yaml.SafeLoader):
     """YAML without aliases (``*ref``): a QwenService never needs them, and nested aliases expand
-    exponentially (a "billion laughs" file of a few hundred bytes takes minutes and gigabytes)."""
+    exponentially (a "billion laughs" file of a few hundred bytes takes minutes and gigabytes); and
+    nested at most MAX_DEPTH levels (deeper, PyYAML runs out of stack)."""
+
+    depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -23,7 +28,16 @@ class NoAliasLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(
                 None, None, "YAML aliases (*name) are not accepted in QwenService files", event.start_mark
             )
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_DEPTH:
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark
+            )
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def documents(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -33,6 +47,8 @@ def documents(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
             docs = list(yaml.load_all(text, Loader=NoAliasLoader))
         except yaml.YAMLError as exc:
             raise SystemExit(f"{path}: not a usable YAML file: {exc}") from None
+        except RecursionError:  # the scanner's own recursion, on thousands of '[' in a row
+            raise SystemExit(f"{path}: not a usable YAML file: nested too deeply") from None
         for doc in docs:
             if isinstance(doc, dict) and doc.get("kind") == api.KIND:
                 yield path, doc

@@ -222,3 +222,22 @@ def test_a_huge_label_key_is_refused_in_a_few_words() -> None:
     new = status.invalid_status(api.QwenServiceStatus(), 1, ["x" * 100_000], "2026-12-06T00:00:00Z")
     assert all(len(c.message) <= status.MESSAGE_MAX for c in new.conditions)
     assert "more characters" in new.conditions[0].message
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 5000, "kind: QwenService\na:\n" + "".join(" " * i + "b:\n" for i in range(1, 3000))],
+    ids=["flow", "block"],
+)
+def test_render_refuses_deeply_nested_yaml_with_a_message(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    run = subprocess.run(
+        [sys.executable, "-m", "qwen_operator", "render", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert "nested deeper than 100 levels" in run.stderr
+    assert "Traceback" not in run.stderr
