@@ -38,6 +38,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     for plural in ("deployments", "pods"):
         settings.watching.label_selectors[plural] = MANAGED_SELECTOR
     memo.config = config = OperatorSettings()
+    if config.namespaces:
+        # Listed namespaces are used as they are. Scanning would first list all namespaces, which the
+        # chart's RBAC does not grant: kopf retries that 403 for about a minute before it falls back to
+        # the same list. (Without scanning, a CRD installed after the operator starts needs a restart;
+        # the chart installs it first.)
+        settings.scanning.disabled = True
     memo.locks = {}
     # The scaler's view of the fleet, kept by the watch events below (the client comes at login).
     memo.fleet = WatchedFleet(None, config.namespaces, relist_seconds=config.cache_relist_seconds)

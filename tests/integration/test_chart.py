@@ -407,6 +407,34 @@ def test_probes_hit_the_endpoint_the_operator_serves() -> None:
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
 
 
+def test_only_the_monitoring_namespaces_may_read_the_operator_s_metrics() -> None:
+    """The operator's /metrics names every tenant's services: a NetworkPolicy admits the monitoring
+    namespaces to its metrics port only, and anyone (the kubelet) to its health port."""
+    objects = render({})
+    (policy,) = only(objects, "NetworkPolicy")
+    container = operator_container(objects)
+    (deployment,) = only(objects, "Deployment")
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    metrics, health = policy["spec"]["ingress"]
+    names = {p["name"] for p in container["ports"]}
+    assert [p["port"] for p in metrics["ports"]] == ["metrics"]
+    assert [p["port"] for p in health["ports"]] == ["health"]
+    assert {"metrics", "health"} <= names
+    assert metrics["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    assert "from" not in health
+    closed = render({"networkPolicy": {"enabled": True, "monitoringNamespaces": []}})
+    assert only(closed, "NetworkPolicy")[0]["spec"]["ingress"][0]["from"] == []
+    assert not only(
+        render({"networkPolicy": {"enabled": False, "monitoringNamespaces": []}}), "NetworkPolicy"
+    )
+
+
 def test_custom_image_and_pull_secrets() -> None:
     pod = only(render(VALUE_SETS["custom-image"]), "Deployment")[0]["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "registry.example.com/ml/qwen-operator@sha256:" + "ab" * 32

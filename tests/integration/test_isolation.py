@@ -11,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import kopf
 import pytest
 
-from qwen_tools.emulator import SECRETS, Emulator
+from qwen_operator import kube
+from qwen_tools.emulator import SECRETS, Emulator, run_operator
 from tests.fakevllm import GARBAGE, SECRET_BODY, FakePrometheusAPI, free_port
-from tests.integration.conftest import EVENTS, QSVC, eventually
+from tests.integration.conftest import DEPLOY, EVENTS, OPERATOR_ENV, QSVC, OperatorThread, eventually
 from tests.integration.test_autoscaling import PodPlayer, _playing, autoscaled
 from tests.integration.test_credentials import autoscaled as with_prometheus
 from tests.integration.test_operator import NS, condition
@@ -265,3 +268,48 @@ async def test_a_trickling_prometheus_never_delays_another_source_s_evaluation(
     asked = [t for t in slow.times if t >= started]
     assert asked, "the slow source was not asked again"
     assert len(asked) <= 10 * (12 / 2 + 1), "evaluations of the slow source stacked up"
+
+
+# ------------------------------------------------------------------------- an operator for listed namespaces
+
+
+@pytest.fixture
+async def namespaced(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[OperatorThread]:
+    """The operator as the chart runs it with watchNamespaces: [NS, "team-x"], on a cluster whose RBAC
+    refuses it the namespaces (the emulator answers 403, as such a cluster does)."""
+    for key, value in OPERATOR_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("QWEN_OPERATOR_NAMESPACES", f"{NS},team-x")
+
+    async def main(stop: threading.Event, ready: threading.Event) -> None:
+        settings = kopf.OperatorSettings()
+        settings.queueing.idle_timeout = 0.5
+        await run_operator(settings, stop, ready, namespaces=[NS, "team-x"])
+
+    running = OperatorThread(main, "namespaced-operator")
+    await running.start(10)
+    yield running
+    await running.stop()
+    assert running.error is None, f"the operator crashed: {running.error!r}"
+
+
+async def test_an_operator_restricted_to_listed_namespaces_acts_there_only(
+    emulator: Emulator, namespaced: OperatorThread
+) -> None:
+    await emulator.put(QSVC, autoscaled())
+    outside = autoscaled() | {"metadata": {"name": "qwen", "namespace": "elsewhere"}}
+    await emulator.put(QSVC, outside)
+    await eventually(
+        lambda: emulator.get(DEPLOY, NS, "qwen"), within=15, what="the listed namespace's Deployment"
+    )
+    await eventually(
+        lambda: (emulator.get(QSVC, NS, "qwen") or {}).get("status", {}).get("autoscaling"),
+        within=15,
+        what="the scaler's first decision in the listed namespace",
+    )
+    await asyncio.sleep(2)
+    assert emulator.get(DEPLOY, "elsewhere", "qwen") is None, "it acted outside its namespaces"
+    assert not (emulator.get(QSVC, "elsewhere", "qwen") or {}).get("status")
+    assert not emulator.denied, "it asked for what its RBAC does not grant (kopf retries a 403 for a minute)"
+    granted = {(c.group, c.resource, verb) for c in kube.API_CALLS for verb in c.verbs}
+    assert emulator.audit <= granted

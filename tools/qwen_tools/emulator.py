@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp.web
 import attrs
 import jsonpatch
 import kmock
@@ -128,6 +129,10 @@ class Emulator(kmock.KubernetesEmulator):
     admission: Callable[[str, dict[str, Any]], list[str]] | None = attrs.field(default=None, init=False)
     # Injected faults (see Fault), tried in order; and a counter that ends every open watch stream.
     faults: list[Fault] = attrs.field(factory=list, init=False)
+    # What RBAC refuses (group, resource, verb): answered 403 and kept in ``denied``, not in ``audit``.
+    # install() refuses namespaces, as a cluster does where the operator has only its chart's RBAC.
+    forbidden: set[tuple[str, str, str]] = attrs.field(factory=set, init=False)
+    denied: collections.Counter[tuple[str, str, str]] = attrs.field(factory=collections.Counter, init=False)
     _watch_epoch: int = attrs.field(default=0, init=False)
 
     def inject(
@@ -208,12 +213,31 @@ class Emulator(kmock.KubernetesEmulator):
         await self._notify()
         return result
 
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # kmock cannot parse /api/v1/namespaces[/NAME] (it reads "namespaces" as the start of a
+        # namespaced path): answer those here, 403 where RBAC refuses them, as a cluster does.
+        parts = raw_request.path.strip("/").split("/")
+        if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
+            verb = {"GET": "get" if len(parts) == 4 else "list"}.get(raw_request.method, "")
+            if raw_request.query.get("watch") in ("true", "1"):
+                verb = "watch"
+            call = ("", "namespaces", verb)
+            if call in self.forbidden or not verb:
+                self.denied[call] += 1
+                status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden"}
+                message = f'namespaces is forbidden: cannot {verb or raw_request.method} resource "namespaces"'
+                return aiohttp.web.json_response({**status, "code": 403, "message": message}, status=403)
+        return await super().__call__(raw_request)
+
     async def _handle(self, request: rendering.Request) -> Any:
         # kmock keeps every request for its DSL, and finds a request's reaction by scanning that list
         # through each reaction's filters (`request in payload._source`): a cost per request that grows
         # with the requests kept, quadratic in a long run (a demo) or a burst (1,000 services created
         # at once, hundreds in flight). We use no request assertions: before each dispatch, the list
         # holds this request only, and each reaction keeps none. Results are keyed by request object.
+        if (call := self._rbac_key(request)) in self.forbidden:
+            self.denied[call] += 1
+            raise kmock.KubernetesError(403, "Forbidden", f"{call[2]} {call[1]} is forbidden")
         self._audit(request)
         await self._fault(request)
         if request.resource is not None and request.action in MUTATING:
@@ -546,6 +570,7 @@ def kubeconfig(url: str) -> dict[str, Any]:
 async def install(emulator: Emulator, url: str, path: Path) -> Path:
     """Make the emulator a cluster with our CRD installed, and write a kubeconfig for it at ``path``."""
     declare(emulator)
+    emulator.forbidden |= {("", "namespaces", verb) for verb in ("get", "list", "watch")}
     await emulator.put("apiextensions.k8s.io/v1/customresourcedefinitions", crd.crd())
     await asyncio.to_thread(path.write_text, yaml.safe_dump(kubeconfig(url)))
     return path
@@ -560,15 +585,19 @@ async def start_operator(settings: Any, within: float) -> tuple[asyncio.Task[Any
     return task, stop
 
 
-async def run_operator(settings: Any, stop_flag: Any, ready_flag: Any) -> None:
-    """kopf with the operator's real handlers, cluster-wide and standalone, until ``stop_flag`` (an
-    asyncio or threading Event) is set; ``ready_flag`` is set once it runs."""
+async def run_operator(
+    settings: Any, stop_flag: Any, ready_flag: Any, namespaces: list[str] | None = None
+) -> None:
+    """kopf with the operator's real handlers, standalone, cluster-wide or in ``namespaces`` (as
+    QWEN_OPERATOR_NAMESPACES does), until ``stop_flag`` (an asyncio or threading Event) is set;
+    ``ready_flag`` is set once it runs."""
     import kopf
 
     from qwen_operator import handlers  # noqa: F401  (registers the real handlers)
 
     await kopf.operator(
-        clusterwide=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces or [],
         standalone=True,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
