@@ -112,6 +112,18 @@ def _no_cluster() -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from qwen_operator.settings import OperatorSettings
+
+    try:
+        config = OperatorSettings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = error["loc"]
+            name = f"QWEN_OPERATOR_{str(loc[0]).upper()}" if loc else "QWEN_OPERATOR_* settings"
+            print(f"qwen-operator run: {name}: {error['msg']}", file=sys.stderr)
+        return 2
     if (missing := _no_cluster()) is not None:
         print(missing, file=sys.stderr)
         return 2
@@ -122,9 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import kopf
 
     from qwen_operator import runner
-    from qwen_operator.settings import OperatorSettings
 
-    config = OperatorSettings()
     if os.environ.get("QWEN_OPERATOR_PEERING"):
         print(
             "qwen-operator run: QWEN_OPERATOR_PEERING is no longer used; for several replicas set "

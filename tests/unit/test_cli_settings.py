@@ -106,3 +106,22 @@ def test_run_without_a_cluster_says_so_in_one_line(
     assert len(err.splitlines()) == 1
     assert "KUBECONFIG" in err
     assert "make demo" in err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("QWEN_OPERATOR_PROMETHEUS_ALLOWED_URLS", "https://gw/team-a/../team-b", "'..' segment"),
+        ("QWEN_OPERATOR_PROMETHEUS_ALLOWED_URLS", "Team-A=https://gw/", "not a namespace name"),
+        ("QWEN_OPERATOR_PROMETHEUS_URL", "http://prom\\x.monitoring.svc", "backslash"),
+    ],
+)
+def test_run_refuses_a_setting_it_cannot_read_exactly_in_one_line(
+    variable: str, value: str, said: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert cli.main(["run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"qwen-operator run: {variable}: ")
+    assert said in err

@@ -225,7 +225,9 @@ class Emulator(kmock.KubernetesEmulator):
             if call in self.forbidden or not verb:
                 self.denied[call] += 1
                 status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden"}
-                message = f'namespaces is forbidden: cannot {verb or raw_request.method} resource "namespaces"'
+                message = (
+                    f'namespaces is forbidden: cannot {verb or raw_request.method} resource "namespaces"'
+                )
                 return aiohttp.web.json_response({**status, "code": 403, "message": message}, status=403)
         return await super().__call__(raw_request)
 
