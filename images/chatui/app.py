@@ -7,21 +7,88 @@ Settings (environment; the operator sets them):
 - ``QWEN_CHAT_USERNAME``, ``QWEN_CHAT_PASSWORD``: the login (from the Secret the QwenService names);
 - ``QWEN_CHAT_API_KEY``: the service's API key, when it has one (sent as a bearer token);
 - ``QWEN_CHAT_TITLE``; ``QWEN_CHAT_MAX_TOKENS`` (default 1024); ``QWEN_CHAT_TIMEOUT`` seconds (300);
+- ``QWEN_CHAT_TLS_CERT``, ``QWEN_CHAT_TLS_KEY``: a certificate and its key, to serve HTTPS;
+- ``QWEN_CHAT_LOGIN_ATTEMPTS`` (default 5): failed logins a client may make per minute, after which it
+  is answered 429 until the minute has passed;
 - Gradio's own: ``GRADIO_SERVER_NAME``, ``GRADIO_SERVER_PORT``.
 
-It refuses to start without a user name and password: the page is never served open.
+It refuses to start without a user name and password: the page is never served open. Secret values
+lose one trailing line end (``echo secret > file`` adds one).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from typing import Any
 
 import gradio as gr
 import httpx
+from starlette.middleware import Middleware
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+SECRETS = ("QWEN_CHAT_USERNAME", "QWEN_CHAT_PASSWORD", "QWEN_CHAT_API_KEY")
+
+
+class LoginLimiter:
+    """ASGI middleware: a client (by address) that failed ``attempts`` logins within ``window`` seconds
+    is answered 429, with Retry-After, until the oldest of them is that old; a success forgets its
+    failures. Other clients are not affected."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        attempts: int = 5,
+        window: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.app, self.attempts, self.window, self.clock = app, attempts, window, clock
+        self.failures: dict[str, collections.deque[float]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != "/login":
+            await self.app(scope, receive, send)
+            return
+        client = (scope.get("client") or ("?", 0))[0]
+        now = self.clock()
+        failed = self.failures.setdefault(client, collections.deque())
+        while failed and failed[0] <= now - self.window:
+            failed.popleft()
+        if len(failed) >= self.attempts:
+            wait = max(1, int(failed[0] + self.window - now + 0.999))
+            body = json.dumps({"detail": f"Too many failed logins: try again in {wait} s."}).encode()
+            headers = [(b"content-type", b"application/json"), (b"retry-after", str(wait).encode())]
+            await send({"type": "http.response.start", "status": 429, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        status: list[int] = []
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(int(message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, sending)
+        if status and status[0] == 200:
+            self.failures.pop(client, None)
+        else:
+            failed.append(now)
+        if len(self.failures) > 10_000:  # many clients: forget those with nothing recent
+            for key in [k for k, v in self.failures.items() if not v or v[-1] <= now - self.window]:
+                del self.failures[key]
+
+
+def secret_value(text: str) -> str:
+    """A value from a Secret, without the one line end a file written by ``echo`` ends in."""
+    return text.removesuffix("\n").removesuffix("\r")
 
 
 def _messages(message: str, history: Sequence[Any]) -> list[dict[str, str]]:
@@ -86,6 +153,9 @@ def build(settings: dict[str, str]) -> gr.ChatInterface:
 
 def main() -> int:
     settings = dict(os.environ)
+    for key in SECRETS:
+        if key in settings:
+            settings[key] = secret_value(settings[key])
     missing = [k for k in ("QWEN_CHAT_BASE_URL", "QWEN_CHAT_MODEL") if not settings.get(k)]
     user, password = settings.get("QWEN_CHAT_USERNAME", ""), settings.get("QWEN_CHAT_PASSWORD", "")
     if not user or not password:
@@ -93,6 +163,8 @@ def main() -> int:
     if missing:
         print(f"qwen chat: missing settings: {', '.join(missing)}", file=sys.stderr)
         return 2
+    cert, key = settings.get("QWEN_CHAT_TLS_CERT") or None, settings.get("QWEN_CHAT_TLS_KEY") or None
+    attempts = int(settings.get("QWEN_CHAT_LOGIN_ATTEMPTS", "5"))
     build(settings).queue().launch(
         auth=(user, password),
         auth_message="Sign in with the user name and password your administrator gave you.",
@@ -100,6 +172,10 @@ def main() -> int:
         server_port=int(settings.get("GRADIO_SERVER_PORT", "7860")),
         ssr_mode=False,
         show_error=True,
+        ssl_certfile=cert,
+        ssl_keyfile=key,
+        ssl_verify=False,  # Gradio's own check of its local URL (the certificate names the Service)
+        app_kwargs={"middleware": [Middleware(LoginLimiter, attempts=attempts)]},
     )
     return 0
 

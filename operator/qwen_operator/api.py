@@ -944,6 +944,13 @@ class NetworkPolicySpec(_Model):
     )
 
 
+CHAT_UI_PLAIN_HTTP = (
+    "chatUI.serviceType NodePort or LoadBalancer puts the login page outside the cluster: set "
+    "chatUI.tlsSecretRef (a kubernetes.io/tls Secret) so that it is served over HTTPS, or keep ClusterIP "
+    "behind an Ingress or Gateway that terminates TLS"
+)
+
+
 class ChatUISpec(_Model):
     """A small Gradio chat page in front of the model, for people who do not use the API."""
 
@@ -952,7 +959,8 @@ class ChatUISpec(_Model):
             (
                 "!self.enabled || has(self.credentialsSecretRef)",
                 "chatUI.enabled needs credentialsSecretRef (the page's user name and password)",
-            )
+            ),
+            ("self.serviceType == 'ClusterIP' || has(self.tlsSecretRef)", CHAT_UI_PLAIN_HTTP),
         )
     )
     enabled: bool = Field(default=False, description="Deploy the chat page (a Deployment and a Service).")
@@ -969,13 +977,27 @@ class ChatUISpec(_Model):
     )
     title: str = Field(default="Qwen chat", min_length=1, max_length=100, description="The page's title.")
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
-        default="ClusterIP", description="Type of the page's Service (port 80)."
+        default="ClusterIP",
+        description=(
+            "Type of the page's Service (port 80, or 443 with tlsSecretRef). NodePort and LoadBalancer "
+            "need tlsSecretRef: the login is never offered outside the cluster in plain HTTP."
+        ),
+    )
+    tls_secret_ref: ObjectName | None = Field(
+        default=None,
+        description=(
+            "A kubernetes.io/tls Secret (this namespace; keys tls.crt and tls.key): the page serves HTTPS "
+            "with it. Without it, it serves plain HTTP, for a ClusterIP Service behind an Ingress or "
+            "Gateway that terminates TLS."
+        ),
     )
 
     @model_validator(mode="after")
     def _credentials(self) -> ChatUISpec:
         if self.enabled and self.credentials_secret_ref is None:
             raise ValueError("chatUI.enabled needs credentialsSecretRef (the page's user name and password)")
+        if self.service_type != "ClusterIP" and self.tls_secret_ref is None:
+            raise ValueError(CHAT_UI_PLAIN_HTTP)
         return self
 
 

@@ -578,17 +578,27 @@ def render_chat_ui(svc: api.QwenService) -> tuple[dict[str, Any], dict[str, Any]
     ]
     if spec.api_key_secret_ref is not None:
         env.append(_secret_env("QWEN_CHAT_API_KEY", spec.api_key_secret_ref))
+    port_name = "https" if chat.tls_secret_ref else "http"
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
+    if chat.tls_secret_ref is not None:  # HTTPS with the named certificate (NodePort, LoadBalancer)
+        env += [
+            {"name": "QWEN_CHAT_TLS_CERT", "value": f"{CHAT_UI_TLS_DIR}/tls.crt"},
+            {"name": "QWEN_CHAT_TLS_KEY", "value": f"{CHAT_UI_TLS_DIR}/tls.key"},
+        ]
+        mounts.append({"name": "tls", "mountPath": CHAT_UI_TLS_DIR, "readOnly": True})
+        volumes.append({"name": "tls", "secret": {"secretName": chat.tls_secret_ref, "defaultMode": 0o440}})
     pod: dict[str, Any] = {
         "containers": [
             {
                 "name": "chat",
                 "image": chat.image,
                 "imagePullPolicy": spec.engine.image_pull_policy,
-                "ports": [{"name": "http", "containerPort": api.CHAT_UI_PORT, "protocol": "TCP"}],
+                "ports": [{"name": port_name, "containerPort": api.CHAT_UI_PORT, "protocol": "TCP"}],
                 "env": env,
-                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                "volumeMounts": mounts,
                 "readinessProbe": {
-                    "httpGet": {"path": "/", "port": "http"},
+                    "httpGet": {"path": "/", "port": port_name, "scheme": port_name.upper()},
                     "periodSeconds": 10,
                     "timeoutSeconds": 5,
                 },
@@ -596,7 +606,7 @@ def render_chat_ui(svc: api.QwenService) -> tuple[dict[str, Any], dict[str, Any]
                 "securityContext": _container_security(spec),
             }
         ],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+        "volumes": volumes,
         **_pod_basics(spec),
     }
     meta = _metadata(svc, name=name, object_labels=labels.chat_ui_labels(svc.name))
@@ -617,16 +627,27 @@ def render_chat_ui(svc: api.QwenService) -> tuple[dict[str, Any], dict[str, Any]
         "spec": {
             "type": chat.service_type,
             "selector": labels.chat_ui_selector(svc.name),
-            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {
+                    "name": port_name,
+                    "port": 443 if chat.tls_secret_ref else 80,
+                    "targetPort": port_name,
+                    "protocol": "TCP",
+                }
+            ],
         },
     }
     return deployment, service
 
 
+CHAT_UI_TLS_DIR = "/etc/qwen-chat/tls"
+
+
 def chat_ui_url(svc: api.QwenService) -> str | None:
     if not svc.spec.chat_ui.enabled:
         return None
-    return f"http://{labels.chat_ui_name(svc.name)}.{svc.namespace}.svc"
+    scheme = "https" if svc.spec.chat_ui.tls_secret_ref else "http"
+    return f"{scheme}://{labels.chat_ui_name(svc.name)}.{svc.namespace}.svc"
 
 
 def endpoint(svc: api.QwenService) -> str:

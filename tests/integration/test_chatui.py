@@ -4,11 +4,15 @@ OpenAI chat completions as vLLM does, driven in Debian's headless Chromium throu
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,9 +58,9 @@ def model() -> Iterator[ChatServer]:
     server.close()
 
 
-@pytest.fixture
-def page(model: ChatServer, tmp_path: Path) -> Iterator[str]:
-    """The chat page on 127.0.0.1, configured as the operator renders it; its URL."""
+@contextlib.contextmanager
+def _page(model: ChatServer, tmp_path: Path, **more: str) -> Iterator[str]:
+    """The chat page on 127.0.0.1, configured as the operator renders it (and ``more``); its URL."""
     assert PYTHON.exists(), f"{PYTHON} not found: make test builds it (make chatui-env)"
     port = free_port()
     env = {
@@ -68,19 +72,22 @@ def page(model: ChatServer, tmp_path: Path) -> Iterator[str]:
         "QWEN_CHAT_MODEL": "tiny-qwen",
         "QWEN_CHAT_TITLE": "Qwen chat",
         "QWEN_CHAT_USERNAME": USER,
-        "QWEN_CHAT_PASSWORD": PASSWORD,
+        # As a Secret made with `kubectl create secret --from-file` of an `echo`ed file holds it.
+        "QWEN_CHAT_PASSWORD": PASSWORD + "\n",
         "QWEN_CHAT_API_KEY": KEY,
         "QWEN_CHAT_MAX_TOKENS": str(TOKENS),
         "GRADIO_SERVER_NAME": "127.0.0.1",
         "GRADIO_SERVER_PORT": str(port),
         "GRADIO_ANALYTICS_ENABLED": "False",
+        **more,
     }
     log = tmp_path / "app.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([str(PYTHON), str(APP)], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_for_port(port, proc, log)
-        yield f"http://127.0.0.1:{port}/"
+        scheme = "https" if more.get("QWEN_CHAT_TLS_CERT") else "http"
+        yield f"{scheme}://127.0.0.1:{port}/"
     finally:
         proc.terminate()
         try:
@@ -88,6 +95,12 @@ def page(model: ChatServer, tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def page(model: ChatServer, tmp_path: Path) -> Iterator[str]:
+    with _page(model, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
@@ -178,3 +191,51 @@ def test_a_person_logs_in_asks_and_sees_the_answer_stream_in(
     shot = Path(os.environ.get("QWEN_CHATUI_SCREENSHOT", tmp_path / "chat-ui.png"))
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
+
+
+def _login(url: str, password: str, source: str = "127.0.0.1", context: ssl.SSLContext | None = None) -> int:
+    """POST the login form as the page does, from ``source``; the HTTP status."""
+    parts = urllib.parse.urlsplit(url)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(
+            parts.hostname, parts.port, source_address=(source, 0), context=context
+        )
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, source_address=(source, 0))
+    body = urllib.parse.urlencode({"username": USER, "password": password})
+    conn.request("POST", "/login", body, {"Content-Type": "application/x-www-form-urlencoded"})
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return response.status
+
+
+def test_failed_logins_are_limited_per_client(page: str, model: ChatServer) -> None:
+    """Five wrong passwords in a minute, then the client is answered 429 (even with the right one);
+    another client still logs in. The Secret's trailing line end is not part of the password."""
+    assert [_login(page, "wrong") for _ in range(5)] == [400] * 5
+    assert _login(page, "wrong") == 429
+    assert _login(page, PASSWORD) == 429, "the right password does not lift the limit"
+    assert _login(page, PASSWORD, source="127.0.0.2") == 200, "another client is not affected"
+    assert model.bodies == []
+
+
+def test_the_page_serves_https_with_its_certificate(model: ChatServer, tmp_path: Path) -> None:
+    """With QWEN_CHAT_TLS_CERT/KEY (spec.chatUI.tlsSecretRef), the login is offered over HTTPS only."""
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    with _page(model, tmp_path, QWEN_CHAT_TLS_CERT=str(cert), QWEN_CHAT_TLS_KEY=str(key)) as url:
+        assert url.startswith("https://")
+        trusted = ssl.create_default_context(cafile=str(cert))
+        assert _login(url, PASSWORD, context=trusted) == 200
+        plain = url.replace("https://", "http://")
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            _login(plain, PASSWORD)

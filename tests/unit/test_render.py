@@ -483,3 +483,33 @@ def test_the_chat_page_calls_its_own_service_with_its_key_and_asks_for_a_login(m
     with pytest.raises(InvalidSpec, match=r"chatUI\.enabled needs credentialsSecretRef"):
         make(minimal, chatUI={"enabled": True})
     assert len(labels.chat_ui_name("q" * 63)) <= 63
+
+
+@pytest.mark.parametrize("service_type", ["NodePort", "LoadBalancer"])
+def test_a_chat_page_outside_the_cluster_needs_tls(minimal, service_type: str) -> None:
+    """NodePort and LoadBalancer put the login page outside the cluster: refused in plain HTTP (by the
+    operator and by the CRD's rule), served over HTTPS with a TLS Secret."""
+    login = {"enabled": True, "credentialsSecretRef": {"name": "chat-login"}, "serviceType": service_type}
+    with pytest.raises(InvalidSpec, match=r"set chatUI\.tlsSecretRef"):
+        make(minimal, chatUI=login)
+    rule = api.ChatUISpec.model_json_schema()["x-kubernetes-validations"][1]
+    assert rule["rule"] == "self.serviceType == 'ClusterIP' || has(self.tlsSecretRef)"
+    svc = make(minimal, chatUI={**login, "tlsSecretRef": "chat-tls"})
+    for obj in render.render_all(svc):
+        validate_k8s(obj)
+    chat = render.render_chat_ui(svc)
+    assert chat is not None
+    deployment, service = chat
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounted = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert env["QWEN_CHAT_TLS_CERT"] == f"{mounted['tls']}/tls.crt"
+    assert env["QWEN_CHAT_TLS_KEY"] == f"{mounted['tls']}/tls.key"
+    assert {"name": "tls", "secret": {"secretName": "chat-tls", "defaultMode": 0o440}} in pod["volumes"]
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert service["spec"]["type"] == service_type
+    assert service["spec"]["ports"] == [
+        {"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}
+    ]
+    assert render.chat_ui_url(svc) == "https://qwen-chat.ml.svc"
