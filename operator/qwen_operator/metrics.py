@@ -500,7 +500,7 @@ class PrometheusSource:
         return self._split({name: decode_vector(body) for name, body in bodies.items()})
 
     async def observe(self, targets: Sequence[Target]) -> dict[tuple[str, str], Observation]:
-        if self.busy:  # the scaler never asks twice at once; should a caller, it waits for its turn
+        if self.busy:  # the scaler never asks twice at once; a caller that does is told so, not queued
             skipped = f"{self.who} skipped: its previous evaluation still runs"
             return {t.key: t.observation({}, skipped) for t in targets}
         started = time.monotonic()

@@ -334,7 +334,10 @@ async def test_scaling_through_a_real_prometheus(
         prometheus.stop()  # Prometheus goes away: replicas hold, the user is told
         player.total = 0
         await eventually(
-            lambda: "Prometheus at" in (scaling_status(emulator).get("message") or ""),
+            lambda: (
+                f"this service's Prometheus ({prometheus.url}) failed: cannot connect"
+                in (scaling_status(emulator).get("message") or "")
+            ),
             within=10,
             what="the scaler to report Prometheus down",
         )
