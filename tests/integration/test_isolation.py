@@ -50,6 +50,12 @@ def invalid(emulator: Emulator, name: str) -> dict[str, Any] | None:
     return cond if cond and cond["status"] == "True" else None
 
 
+def allow(monkeypatch: pytest.MonkeyPatch, entries: str) -> None:
+    """Before the operator starts: the Prometheus source, and the admin's allow-list."""
+    monkeypatch.setenv("QWEN_OPERATOR_METRICS_SOURCE", "prometheus")
+    monkeypatch.setenv("QWEN_OPERATOR_PROMETHEUS_ALLOWED_URLS", entries)
+
+
 @pytest.fixture
 def listener() -> Iterator[FakePrometheusAPI]:
     """A recording listener at a URL the admin allows (tests point services at it, or near it)."""
@@ -70,8 +76,7 @@ async def secret(emulator: Emulator) -> dict[str, Any]:
 @pytest.fixture
 def dot_segments(listener: FakePrometheusAPI, monkeypatch: pytest.MonkeyPatch) -> str:
     """Allow only the listener's /team-a/; give a URL that climbs out of it."""
-    monkeypatch.setenv("QWEN_OPERATOR_METRICS_SOURCE", "prometheus")
-    monkeypatch.setenv("QWEN_OPERATOR_PROMETHEUS_ALLOWED_URLS", f"{listener.url}/team-a/")
+    allow(monkeypatch, f"{listener.url}/team-a/")
     return f"{listener.url}/team-a/../team-b"
 
 
@@ -95,8 +100,7 @@ async def test_a_url_that_climbs_out_of_an_allowed_prefix_is_never_contacted(
 def port_80(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePrometheusAPI]:
     """A listener at 127.0.0.3:80, where an HTTP client that ends the host at a backslash connects;
     ``*.allowed.test`` is allowed."""
-    monkeypatch.setenv("QWEN_OPERATOR_METRICS_SOURCE", "prometheus")
-    monkeypatch.setenv("QWEN_OPERATOR_PROMETHEUS_ALLOWED_URLS", "*.allowed.test")
+    allow(monkeypatch, "*.allowed.test")
     try:
         rec = FakePrometheusAPI("record", host="127.0.0.3", port=80)
     except PermissionError:
@@ -130,8 +134,7 @@ async def test_a_backslash_never_takes_a_request_to_another_host(
 @pytest.fixture
 def forbidding(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePrometheusAPI]:
     rec = FakePrometheusAPI("forbidden")
-    monkeypatch.setenv("QWEN_OPERATOR_METRICS_SOURCE", "prometheus")
-    monkeypatch.setenv("QWEN_OPERATOR_PROMETHEUS_ALLOWED_URLS", f"{rec.url}/")
+    allow(monkeypatch, f"{rec.url}/")
     yield rec
     rec.close()
 
@@ -154,8 +157,7 @@ def redirecting(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakePrometheu
     """(an allowed Prometheus that redirects every query, the listener it redirects to)."""
     there, elsewhere = FakePrometheusAPI("redirect"), FakePrometheusAPI("record")
     there.location = f"{elsewhere.url}/api/v1/query?query=up"
-    monkeypatch.setenv("QWEN_OPERATOR_METRICS_SOURCE", "prometheus")
-    monkeypatch.setenv("QWEN_OPERATOR_PROMETHEUS_ALLOWED_URLS", f"{there.url}/")
+    allow(monkeypatch, f"{there.url}/")
     yield there, elsewhere
     there.close()
     elsewhere.close()
@@ -239,9 +241,8 @@ async def test_a_pod_s_metrics_are_read_only_up_to_a_bound(
 def trickling(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakePrometheusAPI, FakePrometheusAPI]]:
     """(a tenant's Prometheus that answers one byte every half second, the operator's own one)."""
     slow, healthy = FakePrometheusAPI("trickle"), FakePrometheusAPI("record")
-    monkeypatch.setenv("QWEN_OPERATOR_METRICS_SOURCE", "prometheus")
     monkeypatch.setenv("QWEN_OPERATOR_PROMETHEUS_URL", healthy.url)
-    monkeypatch.setenv("QWEN_OPERATOR_PROMETHEUS_ALLOWED_URLS", f"{slow.url}/")
+    allow(monkeypatch, f"{slow.url}/")
     monkeypatch.setenv("QWEN_OPERATOR_METRICS_TIMEOUT_SECONDS", "2")
     yield slow, healthy
     slow.close()
