@@ -465,7 +465,7 @@ class PrometheusSource:
         if cfg.bearer_token:
             headers["Authorization"] = f"Bearer {cfg.bearer_token}"
         elif cfg.username:
-            headers["Authorization"] = aiohttp.BasicAuth(cfg.username, cfg.password or "").encode()
+            headers["Authorization"] = aiohttp.encode_basic_auth(cfg.username, cfg.password or "")
         return aiohttp.ClientSession(
             connector=self.connector(),
             timeout=aiohttp.ClientTimeout(total=self.timeout),
