@@ -19,7 +19,9 @@ lose one trailing line end (``echo secret > file`` adds one).
 from __future__ import annotations
 
 import collections
+import html
 import json
+import logging
 import os
 import sys
 import time
@@ -36,6 +38,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 SECRETS = ("QWEN_CHAT_USERNAME", "QWEN_CHAT_PASSWORD", "QWEN_CHAT_API_KEY")
+NOTICE = "Not answered"  # the title of the page's own notes in the conversation (never sent to the model)
+log = logging.getLogger("qwen-chat")
 
 
 class LoginLimiter:
@@ -86,20 +90,91 @@ class LoginLimiter:
                 del self.failures[key]
 
 
+class TitledPages:
+    """ASGI middleware: an HTML page without a ``<title>`` gets one (Gradio's login page has none: it
+    titles a page from its config, which it withholds until the person has logged in)."""
+
+    def __init__(self, app: ASGIApp, title: str) -> None:
+        self.app, self.title = app, f"<title>{html.escape(title)}</title>".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        body: list[bytes] = []
+
+        async def sending(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers") or [])
+                if headers.get(b"content-type", b"").startswith(b"text/html"):
+                    start = message  # held until the body is complete
+                    return
+            elif start is not None and message["type"] == "http.response.body":
+                body.append(message.get("body", b""))
+                if message.get("more_body"):
+                    return
+                page = b"".join(body)
+                if b"<title>" not in page:
+                    page = page.replace(b"<head>", b"<head>" + self.title, 1)
+                headers = [(k, v) for k, v in start.get("headers") or [] if k.lower() != b"content-length"]
+                await send({**start, "headers": [*headers, (b"content-length", str(len(page)).encode())]})
+                await send({"type": "http.response.body", "body": page})
+                return
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
 def secret_value(text: str) -> str:
     """A value from a Secret, without the one line end a file written by ``echo`` ends in."""
     return text.removesuffix("\n").removesuffix("\r")
 
 
-def _messages(message: str, history: Sequence[Any]) -> list[dict[str, str]]:
-    """The conversation as OpenAI messages: Gradio's history (role/content dicts) and the new message."""
+def _text(content: Any) -> str | None:
+    """The text of a message's content as Gradio hands it over: a string, a part
+    (``{"type": "text", "text": ...}``), or a list of parts (Gradio 6); files and images have none."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        text = content.get("text") if content.get("type", "text") == "text" else None
+        return text if isinstance(text, str) else None
+    if isinstance(content, list | tuple):
+        texts = [t for t in (_text(part) for part in content) if t]
+        return "\n".join(texts) if texts else None
+    return None
+
+
+def _messages(message: Any, history: Sequence[Any]) -> list[dict[str, str]]:
+    """The conversation as OpenAI messages: Gradio's history (role/content dicts) and the new message.
+    The page's own notes (a message it could not get answered) are left out."""
     out = []
     for turn in history:
-        role, content = turn.get("role"), turn.get("content")
-        if role in ("user", "assistant") and isinstance(content, str):
-            out.append({"role": role, "content": content})
-    out.append({"role": "user", "content": message})
+        role, text = turn.get("role"), _text(turn.get("content"))
+        if (turn.get("metadata") or {}).get("title") == NOTICE:
+            continue
+        if role in ("user", "assistant") and text:
+            out.append({"role": role, "content": text})
+    out.append({"role": "user", "content": _text(message) or ""})
     return out
+
+
+class NotAnswered(Exception):
+    """The model did not answer; the message says what the person at the page can do."""
+
+
+def _not_answered(exc: Exception) -> NotAnswered:
+    if isinstance(exc, httpx.HTTPStatusError):
+        status = exc.response.status_code
+        if status >= 500:
+            return NotAnswered(f"The model is busy or restarting (HTTP {status}). Try again in a minute.")
+        return NotAnswered(f"The model refused the question (HTTP {status}). Tell your administrator.")
+    if isinstance(exc, httpx.TimeoutException):
+        return NotAnswered("The model took too long to answer. Try again in a minute.")
+    return NotAnswered(
+        "The model is not answering yet: it may be starting, or adding a replica. Try again in a minute."
+    )
 
 
 def stream(
@@ -117,9 +192,7 @@ def stream(
     with httpx.stream(
         "POST", f"{base_url.rstrip('/')}/chat/completions", json=payload, headers=headers, timeout=timeout
     ) as response:
-        if response.status_code != 200:
-            response.read()
-            raise gr.Error(f"the model answered HTTP {response.status_code}: {response.text[:300]}")
+        response.raise_for_status()
         for line in response.iter_lines():
             if not line.startswith("data:"):
                 continue
@@ -131,27 +204,36 @@ def stream(
             yield answer
 
 
-def build(settings: dict[str, str]) -> gr.ChatInterface:
+def build(settings: dict[str, str]) -> gr.Blocks:
     base_url, model = settings["QWEN_CHAT_BASE_URL"], settings["QWEN_CHAT_MODEL"]
     api_key = settings.get("QWEN_CHAT_API_KEY") or None
     max_tokens = int(settings.get("QWEN_CHAT_MAX_TOKENS", "1024"))
     timeout = float(settings.get("QWEN_CHAT_TIMEOUT", "300"))
+    title = settings.get("QWEN_CHAT_TITLE", "Qwen chat")
 
-    def respond(message: str, history: list[Any]) -> Iterator[str]:
+    def respond(message: Any, history: list[Any]) -> Iterator[Any]:
+        answer = ""
         try:
-            yield from stream(base_url, model, _messages(message, history), api_key, max_tokens, timeout)
-        except httpx.HTTPError as exc:
-            raise gr.Error(f"the model at {base_url} did not answer: {exc}") from exc
+            for answer in stream(base_url, model, _messages(message, history), api_key, max_tokens, timeout):
+                yield answer
+        except (httpx.HTTPError, ValueError) as exc:  # ValueError: a malformed event
+            log.warning("the model at %s did not answer: %s", base_url, str(exc).splitlines()[0][:200])
+            note = gr.ChatMessage(
+                role="assistant", content=str(_not_answered(exc)), metadata={"title": NOTICE}
+            )
+            yield [answer, note] if answer else note
 
-    return gr.ChatInterface(
-        respond,
-        title=settings.get("QWEN_CHAT_TITLE", "Qwen chat"),
-        description=f"{model}, served by vLLM",
-        analytics_enabled=False,
-    )
+    with gr.Blocks(title=title, analytics_enabled=False) as page:
+        with gr.Row(equal_height=True):
+            gr.Markdown(f"## {title}")
+            # This session only: the page has one login, which other people may be using elsewhere.
+            gr.Button("Log out", link="/logout?all_session=false", size="sm", scale=0, min_width=100)
+        gr.ChatInterface(respond, description=f"{model}, served by vLLM", analytics_enabled=False)
+    return page
 
 
 def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = dict(os.environ)
     for key in SECRETS:
         if key in settings:
@@ -175,7 +257,12 @@ def main() -> int:
         ssl_certfile=cert,
         ssl_keyfile=key,
         ssl_verify=False,  # Gradio's own check of its local URL (the certificate names the Service)
-        app_kwargs={"middleware": [Middleware(LoginLimiter, attempts=attempts)]},
+        app_kwargs={
+            "middleware": [
+                Middleware(LoginLimiter, attempts=attempts),
+                Middleware(TitledPages, title=settings.get("QWEN_CHAT_TITLE", "Qwen chat")),
+            ]
+        },
     )
     return 0
 

@@ -15,6 +15,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from selenium import webdriver
@@ -149,6 +150,20 @@ def _log_in(browser: WebDriver, url: str, user: str, password: str) -> None:
     browser.find_element(By.XPATH, "//button[normalize-space()='Login']").click()
 
 
+def _input(browser: WebDriver) -> Any:
+    """The chat box, once it takes input again (it is disabled while an answer streams)."""
+    boxes = _until(
+        lambda: [
+            b
+            for b in browser.find_elements(By.CSS_SELECTOR, "textarea")
+            if b.is_displayed() and b.is_enabled()
+        ],
+        30,
+        "the chat box to take input",
+    )
+    return boxes[0]  # type: ignore[index]
+
+
 def _answer(browser: WebDriver) -> str:
     bots = browser.find_elements(By.CSS_SELECTOR, "[data-testid=bot]")
     return bots[-1].text if bots else ""
@@ -187,10 +202,67 @@ def test_a_person_logs_in_asks_and_sees_the_answer_stream_in(
     (body,) = model.bodies
     assert body["model"] == "tiny-qwen"
     assert body["stream"] is True
-    assert body["messages"][-1] == {"role": "user", "content": "What is vLLM?"}
+    assert body["messages"] == [{"role": "user", "content": "What is vLLM?"}]
+    # Two more turns: each reaches the model with the whole conversation so far.
+    answer = final + " "  # as streamed, with the last token's space
+    for question in ("And who made you?", "Say that again, shorter."):
+        _input(browser).send_keys(question, Keys.ENTER)
+        _until(
+            lambda q=question: len(model.bodies) == 1 + TURNS.index(q), 15, f"the request for {question!r}"
+        )
+        _until(lambda: len(browser.find_elements(By.CSS_SELECTOR, "[data-testid=bot]")) == len(model.bodies)
+               and _answer(browser).strip() == final, 30, "the answer")  # fmt: skip
+    said = [body["messages"] for body in model.bodies]
+    first, second, third = TURNS
+    assert said[1] == [
+        {"role": "user", "content": first},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": second},
+    ]
+    assert said[2] == [*said[1], {"role": "assistant", "content": answer}, {"role": "user", "content": third}]
     shot = Path(os.environ.get("QWEN_CHATUI_SCREENSHOT", tmp_path / "chat-ui.png"))
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
+
+
+TURNS = ("What is vLLM?", "And who made you?", "Say that again, shorter.")
+
+
+def test_the_login_page_is_titled_and_a_person_can_log_out(page: str, browser: WebDriver) -> None:
+    browser.get(page)
+    _until(lambda: browser.find_elements(By.CSS_SELECTOR, "input[type=password]"), 30, "the login form")
+    assert browser.title == "Qwen chat"
+    _log_in(browser, page, USER, PASSWORD)
+    _until(lambda: browser.find_elements(By.CSS_SELECTOR, "textarea"), 30, "the chat box")
+    browser.find_element(
+        By.XPATH, "//a[normalize-space()='Log out'] | //button[normalize-space()='Log out']"
+    ).click()
+    _until(lambda: browser.find_elements(By.CSS_SELECTOR, "input[type=password]"), 15, "the login form again")
+    browser.get(page)  # the session is gone, not only the page
+    _until(
+        lambda: browser.find_elements(By.CSS_SELECTOR, "input[type=password]"), 15, "the login form on reload"
+    )
+    assert not browser.find_elements(By.CSS_SELECTOR, "textarea")
+
+
+def test_a_model_that_is_down_is_explained_and_the_question_kept(
+    browser: WebDriver, model: ChatServer, tmp_path: Path
+) -> None:
+    """The model does not answer (nothing listens at its URL): the page says what to do, keeps the
+    question in the conversation, and logs one line, with no traceback."""
+    nobody = f"http://127.0.0.1:{free_port()}/v1"
+    with _page(model, tmp_path, QWEN_CHAT_BASE_URL=nobody) as url:
+        _log_in(browser, url, USER, PASSWORD)
+        box = _until(lambda: browser.find_elements(By.CSS_SELECTOR, "textarea"), 30, "the chat box")
+        box[0].send_keys("Are you there?", Keys.ENTER)  # type: ignore[index]
+        _until(lambda: "Try again in a minute" in browser.page_source, 30, "the explanation")
+        users = browser.find_elements(By.CSS_SELECTOR, "[data-testid=user]")
+        assert [u.text.strip() for u in users] == ["Are you there?"], "the question is kept"
+        assert "127.0.0.1" not in _answer(browser), "the page does not show the internal URL"
+        assert "Errno" not in browser.page_source
+    log = (tmp_path / "app.log").read_text()
+    assert "Traceback" not in log
+    assert len([line for line in log.splitlines() if "did not answer" in line]) == 1
 
 
 def _login(url: str, password: str, source: str = "127.0.0.1", context: ssl.SSLContext | None = None) -> int:
