@@ -142,6 +142,16 @@ def _fmt(x: float) -> str:
     return f"{x:.2f}".rstrip("0").rstrip(".")
 
 
+def _tokens(x: float) -> str:
+    """A rate of tokens, as a person reads it: whole tokens from 10 up."""
+    return f"{x:.0f}" if x >= 10 else _one(x)
+
+
+def _one(x: float) -> str:
+    """One decimal at most: 1.15 reads 1.2, 2.0 reads 2."""
+    return f"{x:.1f}".rstrip("0").rstrip(".")
+
+
 def _pct(x: float) -> str:
     return "none" if not math.isfinite(100 * x) else f"{round(100 * x):+d}%"
 
@@ -442,17 +452,17 @@ def plan(
     new_state = PlanState(
         scale, level, trend, now, peaks, measured, carried, failed, ready, fleet_since, pool
     )
-    within = "n/a" if evidence is None else f"{_fmt(100 * evidence.within)}%"
+    within = "n/a" if evidence is None else f"{_one(100 * evidence.within)}%"
     tpot_bound = slo.time_per_output_token_seconds
     if tpot_bound is not None:
-        decode = "n/a" if evidence is None or evidence.decode is None else f"{_fmt(100 * evidence.decode)}%"
+        decode = "n/a" if evidence is None or evidence.decode is None else f"{_one(100 * evidence.decode)}%"
         within += f", TPOT <= {_fmt(tpot_bound)} s for {decode}"
     headroom = ready * scale / work - 1 if work > 0 else math.inf
     message = (
-        f"tokens {_fmt(traffic.prompt_tokens_per_second)} prompt + "
-        f"{_fmt(traffic.generation_tokens_per_second)} generated /s = {_fmt(work / scale)} replicas' worth "
-        f"at {_fmt(scale)} seed-replica each (headroom {_pct(headroom)}); "
-        f"TTFT <= {_fmt(bound)} s for {within} (SLO {_fmt(slo.percentile)}%"
+        f"load {_tokens(traffic.prompt_tokens_per_second)} prompt + "
+        f"{_tokens(traffic.generation_tokens_per_second)} generated tokens/s = {_one(work / scale)} "
+        f"replicas' worth, a replica carrying {_percent(scale)} of its GPU's nominal rate at this SLO "
+        f"(headroom {_pct(headroom)}); TTFT <= {_fmt(bound)} s for {within} (SLO {_fmt(slo.percentile)}%"
         f"{', under pressure' if failed_now else ''})"
     )
     if kv_full or brink:
@@ -480,9 +490,9 @@ def plan(
         else:
             message += "; not judged: the ready count just changed, or a burst just ended"
     if forecast > work * 1.05:
-        message += f"; forecast {_fmt(forecast / scale)} in {_fmt(cold)} s"
+        message += f"; forecast {_one(forecast / scale)} replicas' worth in {cold:.0f} s"
     if hold > forecast:
-        message += f"; bursts shorter than a cold start: holding {_fmt(hold / scale)}"
+        message += f"; bursts shorter than a cold start: holding {_one(hold / scale)} replicas' worth"
     return Plan(
         need,
         work,

@@ -278,7 +278,7 @@ async def test_slo_mode_scales_on_the_token_load_and_latency_the_pods_report(
 
     player.busy, player.total = False, 0  # idle: counters stop moving
     await eventually(lambda: replicas(emulator) == 1, within=30, what="the scale-down once idle")
-    assert "tokens 0 prompt + 0 generated /s" in scaling_status(emulator)["message"]
+    assert "load 0 prompt + 0 generated tokens/s" in scaling_status(emulator)["message"]
 
 
 async def test_autoscaling_off_hands_replicas_back_to_the_spec(emulator: Emulator, player: PodPlayer) -> None:

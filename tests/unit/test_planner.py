@@ -64,8 +64,9 @@ def test_replicas_follow_the_token_load_at_the_seeded_capacity() -> None:
     (p,) = run([traffic(1.2)], ready=4)  # 0.3 seed replicas on each: no evidence above the seed's 60%
     assert p.work == pytest.approx(1.2)
     assert p.need == pytest.approx(1.2 / 0.6, rel=1e-3), "a fresh service assumes 60% of the GPU's peak"
-    assert p.message.startswith("tokens 3600 prompt + 492 generated /s = 2 replicas' worth")
-    assert "at 0.6 seed-replica each (headroom +100%); TTFT <= 2 s for 100% (SLO 99%)" in p.message
+    assert p.message.startswith("load 3600 prompt + 492 generated tokens/s = 2 replicas' worth")
+    assert "a replica carrying 60% of its GPU's nominal rate at this SLO (headroom +100%)" in p.message
+    assert "TTFT <= 2 s for 100% (SLO 99%)" in p.message
 
 
 def test_the_seed_share_is_where_the_prefill_queue_keeps_the_slo() -> None:
@@ -239,7 +240,10 @@ def test_bursts_are_held_not_chased() -> None:
     assert plans[6].hold == pytest.approx(5.0), "a burst may recur: its size is kept"
     assert plans[-2].hold == pytest.approx(5.0)
     assert plans[-2].need >= 5.0 / plans[-2].scale
-    assert f"bursts shorter than a cold start: holding {5.0 / plans[-2].scale:.2f}" in plans[-2].message
+    assert (
+        f"bursts shorter than a cold start: holding {5.0 / plans[-2].scale:.1f} replicas' worth"
+        in plans[-2].message
+    )
     later = run([quiet] * 31, ready=2, state=plans[-1].state, every=60)[-1]
     assert later.hold == 0, "half an hour without a burst lets it go"
     noisy = [(T0 + timedelta(minutes=i), 1.0 + 0.3 * (i % 3)) for i in range(20)]
@@ -310,7 +314,7 @@ def test_decide_scales_on_the_slo_plan_and_says_why() -> None:
     # 0.9 served, plus 90 waiting at 0.356 each to serve within 60 s: 1.434 seed replicas, 2.39 at 0.6.
     assert decision.replicas == 3
     assert decision.reason is scaling.Reason.AT_TARGET
-    assert decision.message.startswith("tokens 2700 prompt + 369 generated /s = 2.39 replicas' worth")
+    assert decision.message.startswith("load 2700 prompt + 369 generated tokens/s = 2.4 replicas' worth")
     more = scaling.decide(obs(3, per_pod, waiting=100), spec, WARM, T0)
     assert more.replicas == 5, "300 waiting: 2.68 seed replicas, 4.47 at 0.6"
     assert more.reason is scaling.Reason.ABOVE_TARGET

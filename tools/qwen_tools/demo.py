@@ -4,9 +4,11 @@ No cluster, GPU or Prometheus: kopf runs the operator's real handlers against km
 emulator (in this process, over HTTP). A stand-in for the ReplicaSet and the kubelet backs the
 Deployment with simulated vLLM pods (``qwen_tools.sim``), each serving vLLM's ``/metrics`` on its
 own loopback address, which the operator scrapes (the ``pods`` metrics source). A slice of the real
-Azure conversation trace is replayed ``--speed`` times faster than real time. The QwenService is the
+Azure conversation trace is replayed ``--speed`` times faster than real time, quiet, then busy, then
+quiet again (its own requests, a third of them kept in the quiet parts). The QwenService is the
 recommended one (SLO mode), and the operator's scaler runs on the simulation's clock, so its windows,
-cooldowns and time constants see what they would see in a cluster, only faster.
+cooldowns and time constants see what they would see in a cluster, only faster: it scales up as the
+load rises and down once it has stayed low.
 """
 
 from __future__ import annotations
@@ -47,7 +49,11 @@ from qwen_tools.sim.policies import View
 NS, NAME = "demo", "qwen-chat"
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 TRACE = Path("bench/traces/AzureLLMInferenceTrace_conv.csv")
-WARMUP = 300.0  # simulated seconds: the scale-up from one replica
+# The load: the trace's own requests, a third of them kept in the quiet parts, all of them at the peak,
+# with a rise and a fall in between (as a day's traffic does, faster): the shares of the run where the
+# rise starts, the peak starts, the peak ends and the fall ends.
+QUIET = 0.35
+RISE, PEAK, PEAK_END, FALL = 0.17, 0.4, 0.65, 0.8
 # The operator's settings for the demo: scrape the simulated pods directly, no ports of its own.
 OPERATOR_ENV = {
     "QWEN_OPERATOR_METRICS_SOURCE": "pods",
@@ -182,14 +188,14 @@ class OperatorReplicas:
     interval = 1.0
     deletion_cost = True  # the operator annotates pod-deletion-cost; the ReplicaSet honours it
 
-    def __init__(self) -> None:
-        self.replicas = 1
+    def __init__(self, replicas: int) -> None:
+        self.replicas = replicas  # the warm start, until the operator's Deployment says otherwise
 
     def desired(self, view: View) -> int:
         return self.replicas
 
 
-MAX_REPLICAS = 5
+MIN_REPLICAS, MAX_REPLICAS = 2, 8
 SLO_SECONDS = 2.0  # the demo's SLO: a first token within 2 s for 99% of requests, as the summary scores
 # The scaler's reasons, as a person reads them at a glance.
 REASONS = {
@@ -219,8 +225,9 @@ def describe(auto: dict[str, Any], max_replicas: int) -> str:
 
 def qwen_service(gpu_product: str) -> dict[str, Any]:
     """The demo's QwenService: the recommended autoscaling (examples/qwen2.5-7b-instruct-slo.yaml: SLO
-    mode, a first token within 2 s for 99% of requests) on the simulated GPU, up to MAX_REPLICAS, its
-    pods scraped directly. Its windows are as a user writes them: the operator runs on simulated time."""
+    mode, a first token within 2 s for 99% of requests) on the simulated GPU, MIN_REPLICAS to
+    MAX_REPLICAS, its pods scraped directly. Its windows are as a user writes them: the operator runs on
+    simulated time."""
     return {
         "apiVersion": f"{api.GROUP}/{api.VERSION}",
         "kind": api.KIND,
@@ -230,7 +237,7 @@ def qwen_service(gpu_product: str) -> dict[str, Any]:
             "scheduling": {"nodeSelector": {GPU_PRODUCT_LABEL: gpu_product}},
             "autoscaling": {
                 "enabled": True,
-                "minReplicas": 1,
+                "minReplicas": MIN_REPLICAS,
                 "maxReplicas": MAX_REPLICAS,
                 "slo": {"timeToFirstTokenSeconds": SLO_SECONDS, "percentile": 99},
                 "metrics": {"source": "pods"},
@@ -331,20 +338,49 @@ async def run_demo(args: argparse.Namespace) -> int:
     from qwen_operator.settings import OperatorSettings
     from qwen_tools.emulator import DEPLOY, QSVC, Emulator, install, start_operator
 
-    requests = trace.load(args.trace, "conv").window(args.start_minute * 60, args.minutes * 60)
-    policy = OperatorReplicas()
-    settings = Settings(GPUS[args.gpu], 1, 5, 1, scrape_interval=15, seed=args.seed, tail=60.0)
+    length = args.minutes * 60.0
+    rise, peak, peak_end, fall = (share * length for share in (RISE, PEAK, PEAK_END, FALL))
+
+    def level(t: float) -> float:
+        if t < rise or t >= fall:
+            return QUIET
+        if t < peak:
+            return QUIET + (1 - QUIET) * (t - rise) / (peak - rise)
+        if t < peak_end:
+            return 1.0
+        return 1 - (1 - QUIET) * (t - peak_end) / (fall - peak_end)
+
+    whole = trace.load(args.trace, "conv").window(args.start_minute * 60, length)
+    requests = whole.thinned(level, args.seed)
+    policy = OperatorReplicas(MIN_REPLICAS)
+    # The service has run at its minimum for a while (warm pods, the quiet load they served before t=0).
+    settings = Settings(
+        GPUS[args.gpu],
+        MIN_REPLICAS,
+        MAX_REPLICAS,
+        MIN_REPLICAS,
+        scrape_interval=15,
+        seed=args.seed,
+        tail=60.0,
+    )
     cluster = Cluster(requests, policy, settings)
     port = free_port("127.0.1.2")
     logging.getLogger().setLevel(logging.ERROR)
     for name in ("kopf", "aiohttp", "qwen_operator"):
         logging.getLogger(name).setLevel(logging.ERROR)
     print(
-        f"qwen-operator demo: {len(requests)} requests of the Azure conversation trace (minutes "
-        f"{args.start_minute}-{args.start_minute + args.minutes}), replayed {args.speed:g}x faster on "
-        f"simulated {args.gpu.upper()} vLLM pods; QwenService {NS}/{NAME} autoscales 1..{MAX_REPLICAS} "
-        f"on a latency SLO (first token within {SLO_SECONDS:g} s for 99% of requests), the operator's "
-        f"scaler on simulated time.\n"
+        f"qwen-operator demo: QwenService {NS}/{NAME} autoscales {MIN_REPLICAS} to {MAX_REPLICAS} replicas "
+        f"on a latency SLO (a first token within {SLO_SECONDS:g} s for 99% of requests), on simulated "
+        f"{args.gpu.upper()} vLLM pods, {args.speed:g}x faster than real time.\n\n"
+        f"The load is {len(requests)} requests of the Azure conversation trace (its minutes "
+        f"{args.start_minute}-{args.start_minute + args.minutes}): a third of them until minute "
+        f"{rise / 60:.0f}, rising to all of them by minute {peak / 60:.0f}, falling from minute "
+        f"{peak_end / 60:.0f} to a third again by minute {fall / 60:.0f}. The service starts "
+        f"with {MIN_REPLICAS} warm replicas. Watch 'desired': the scaler adds replicas when the token load "
+        f"would push first tokens past {SLO_SECONDS:g} s, and removes them once the load has stayed low "
+        f"for its 5-minute window. New replicas take minutes to become ready (the model loads).\n\n"
+        f"Columns: simulated time, requests arriving per second, replicas desired and ready, requests "
+        f"running and waiting on the pods, their mean KV-cache use, and the scaler's reason.\n"
     )
     # The scaler reads the time from the simulation, not the wall clock: its windows, cooldowns, the
     # traffic between two scrapes and the planner's time constants are the ones a cluster would see,
@@ -372,6 +408,10 @@ async def run_demo(args: argparse.Namespace) -> int:
             kopf_settings.posting.enabled = False
             operator, stop = await start_operator(kopf_settings, 30)
             await emulator.put(QSVC, qwen_service(GPUS[args.gpu].product))
+            for _ in range(200):  # the simulation starts once the operator has made the Deployment
+                if emulator.get(DEPLOY, NS, NAME) is not None:
+                    break
+                await asyncio.sleep(0.05)
             kubelet = Kubelet(emulator, cluster, port)
             columns = (
                 ("sim time", 8),
@@ -429,12 +469,14 @@ async def run_demo(args: argparse.Namespace) -> int:
             status = (emulator.get(QSVC, NS, NAME) or {}).get("status") or {}
             last_word = (status.get("autoscaling") or {}).get("message", "-")
     result = cluster.result()
-    whole = score.summarize(result)
-    warm = dataclasses.replace(result, requests=[r for r in result.requests if r.arrival >= WARMUP])
-    settled = dataclasses.replace(score.summarize(warm), policy=f"from minute {WARMUP // 60:.0f}")
-    print("\nSummary (simulated time; SLO: first token within 2 s, no timeout, not killed). The service")
-    print("starts at minReplicas=1 under full traffic: the first minutes are its cold start.")
-    print(report.table([whole, settled]))
+    summary = score.summarize(result)
+    busy = dataclasses.replace(result, requests=[r for r in result.requests if rise <= r.arrival < fall])
+    busy_part = dataclasses.replace(score.summarize(busy), policy=f"minutes {rise / 60:.0f}-{fall / 60:.0f}")
+    print(
+        f"\nSummary, in simulated time: the share of requests whose first token came within "
+        f"{SLO_SECONDS:g} s (none timed out or killed), and the GPU-hours the replicas cost."
+    )
+    print(report.table([summary, busy_part]))
     print(f"\nScaling events the operator posted ({len(events)}):")
     for e in events:
         print(f"  {e.get('reason')}: {e.get('message')}")

@@ -56,6 +56,7 @@ def timeline_png(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     path = Path(path)
     cols = len(results)
@@ -78,19 +79,22 @@ def timeline_png(
         top = max(
             [max_replicas or 0, *(p.desired for p in result.timeline), *(p.pods for p in result.timeline)]
         )
-        ax.set_ylim(0, top + 1)
+        # Room above the lines for the legend, in one row: it never covers them.
+        ax.set_ylim(0, top * 1.45 + 1)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("replicas")
-        ax.legend(loc="upper left", fontsize=8)
+        ax.legend(loc="upper left", fontsize=8, ncol=3, frameon=False)
         ax = axes[2][c]
         ax.plot(t, [p.waiting for p in result.timeline], lw=0.8, color="tab:red", label="waiting")
         ax.plot(t, [p.running for p in result.timeline], lw=0.8, color="tab:purple", label="running")
         ax.set_ylabel("requests")
-        ax.legend(loc="upper left", fontsize=8)
+        ax.set_ylim(0, max([1, *(max(p.waiting, p.running) for p in result.timeline)]) * 1.45)
+        ax.legend(loc="upper left", fontsize=8, ncol=2, frameon=False)
         kv = ax.twinx()
         kv.plot(t, [p.kv for p in result.timeline], lw=0.6, color="tab:olive", label="KV usage")
-        kv.set_ylim(0, 1.05)
+        kv.set_ylim(0, 1.45)
         kv.set_ylabel("KV-cache usage", fontsize=8)
-        kv.legend(loc="upper right", fontsize=8)
+        kv.legend(loc="upper right", fontsize=8, frameon=False)
         ax = axes[3][c]
         done = [r for r in result.requests if r.ttft is not None]
         ax.scatter([r.arrival / 60 for r in done], [r.ttft for r in done], s=1, alpha=0.3, color="tab:orange")

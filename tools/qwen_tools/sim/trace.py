@@ -44,6 +44,13 @@ class Trace:
         rows = [(t / speed, p, o) for t, p, o in self.rows()]
         return _from_rows(f"{self.name}x{speed:g}", rows, self.synthetic)
 
+    def thinned(self, keep: Callable[[float], float], seed: int) -> Trace:
+        """The trace's own requests, each kept with probability ``keep(t)``: a chosen level of load over
+        time, with the trace's own bursts and request sizes."""
+        rng = random.Random(f"{seed}:thinned")
+        rows = [(t, p, o) for t, p, o in self.rows() if rng.random() < keep(t)]
+        return _from_rows(f"{self.name}-thinned", rows, True)
+
     def overlaid(self, copies: int, shift: float) -> Trace:
         """Heavier load: ``copies`` copies, each shifted by ``shift`` more seconds (wrapping around)."""
         span = self.duration + 1e-9
