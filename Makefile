@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := help
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml tools/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,9 @@ chart-push: $(STAMP) ## Package and push the chart as an OCI artifact: CHART_REG
 
 image-chatui: ## Build the chat page's image (spec.chatUI): CHATUI_IMAGE=registry/name:tag
 	docker build -f images/chatui/Dockerfile -t $(CHATUI_IMAGE) .
+
+image-chatui-push: image-chatui ## Build and push the chat page's image: make image-chatui-push CHATUI_IMAGE=registry/qwen-chat-ui:TAG
+	docker push $(CHATUI_IMAGE)
 
 image-loadtest: ## Build the load kit's image for in-cluster runs (examples/loadtest/job.yaml): LOADTEST_IMAGE=registry/name:tag
 	docker build -f images/loadtest/Dockerfile -t $(LOADTEST_IMAGE) .
@@ -142,4 +145,4 @@ lock: ## Re-resolve constraints.txt from pyproject.toml (after changing a pin)
 clean: ## Remove the virtual environments, caches and e2e artifacts
 	rm -rf $(VENV) $(VLLM_VENV) $(CHATUI_VENV) build/e2e .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-.PHONY: help install chatui-env image-chatui test lint format crds manifests image image-push chart chart-push image-loadtest demo bench bench-tune bench-slo-train bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean
+.PHONY: help install chatui-env image-chatui image-chatui-push test lint format crds manifests image image-push chart chart-push image-loadtest demo bench bench-tune bench-slo-train bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean

@@ -968,12 +968,15 @@ class ChatUISpec(_Model):
         default=None,
         description="Secret (this namespace) with the user name and password the page asks for.",
     )
-    image: str = Field(
-        default=DEFAULT_CHAT_UI_IMAGE,
+    image: str | None = Field(
+        default=None,
         min_length=1,
         max_length=512,
         pattern=r"^[^\s]+$",
-        description="The chat page's image (images/chatui; no whitespace).",
+        description=(
+            "The chat page's image (images/chatui; no whitespace). Unset: the operator's default, "
+            "QWEN_OPERATOR_CHAT_UI_IMAGE (chart value chatUI.image)."
+        ),
     )
     title: str = Field(default="Qwen chat", min_length=1, max_length=100, description="The page's title.")
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(

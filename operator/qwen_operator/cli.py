@@ -62,8 +62,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     for path, doc in documents(args.files):
         found = True
         doc.setdefault("metadata", {}).setdefault("namespace", args.namespace)
+        config = settings.OperatorSettings()
         try:
-            svc = validation.parse(doc, settings.OperatorSettings().policy())
+            svc = validation.parse(doc, config.policy())
         except validation.InvalidSpec as exc:
             name = doc.get("metadata", {}).get("name", "?")
             print(f"{path}: QwenService {name} is invalid:", file=sys.stderr)
@@ -71,7 +72,7 @@ def cmd_render(args: argparse.Namespace) -> int:
                 print(f"  - {message}", file=sys.stderr)
             failed = True
             continue
-        objects += render.render_all(svc)
+        objects += render.render_all(svc, config.render_defaults())
     if not found:
         print("no QwenService found in " + ", ".join(args.files), file=sys.stderr)
         return 1

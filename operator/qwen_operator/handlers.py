@@ -171,7 +171,10 @@ async def _reconcile(
         fresh = await memo.cluster.get(kube.QWENSERVICES, key[0] or "default", key[1])
         if fresh is None or fresh["metadata"].get("uid") != meta.get("uid"):
             return Outcome()
-        outcome = await reconcile.reconcile(memo.cluster, fresh, rfc3339(utcnow()), memo.config.policy())
+        config = memo.config
+        outcome = await reconcile.reconcile(
+            memo.cluster, fresh, rfc3339(utcnow()), config.policy(), config.render_defaults()
+        )
     if in_handler:
         _post(body, outcome, logger)
     elif outcome.writes:  # a resync: kopf posts events from its handlers only, so write them as the

@@ -126,11 +126,15 @@ async def _optional(
 
 
 async def _chat_ui(
-    cluster: ClusterAPI, svc: api.QwenService, outcome: Outcome, problems: list[status.Problem]
+    cluster: ClusterAPI,
+    svc: api.QwenService,
+    outcome: Outcome,
+    problems: list[status.Problem],
+    defaults: render.Defaults,
 ) -> None:
     """The chat page's Deployment and Service while ``chatUI.enabled``; the ones this service made are
     deleted when it is turned off."""
-    chat = render.render_chat_ui(svc)
+    chat = render.render_chat_ui(svc, defaults)
     if chat is not None:
         await _apply(cluster, DEPLOYMENTS, chat[0], svc, outcome, problems)
         await _apply(cluster, SERVICES, chat[1], svc, outcome, problems)
@@ -271,7 +275,11 @@ async def _report_api_error(
 
 
 async def reconcile(
-    cluster: ClusterAPI, body: Mapping[str, Any], now: str, policy: validation.Policy | None = None
+    cluster: ClusterAPI,
+    body: Mapping[str, Any],
+    now: str,
+    policy: validation.Policy | None = None,
+    defaults: render.Defaults = render.DEFAULTS,
 ) -> Outcome:
     """Bring one QwenService's workload in line with its spec; return what happened.
 
@@ -305,7 +313,7 @@ async def reconcile(
             cluster, PODDISRUPTIONBUDGETS, step, render.render_disruption_budget(svc), svc, outcome, problems
         )
         step = "chat UI"
-        await _chat_ui(cluster, svc, outcome, problems)
+        await _chat_ui(cluster, svc, outcome, problems, defaults)
     except Exception as exc:
         message = refusal(exc)
         if message is None:  # busy, failing or away: say so, and let the caller retry

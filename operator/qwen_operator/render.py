@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from qwen_operator import api, labels
@@ -556,7 +557,19 @@ def render_disruption_budget(svc: api.QwenService) -> dict[str, Any] | None:
     }
 
 
-def render_chat_ui(svc: api.QwenService) -> tuple[dict[str, Any], dict[str, Any]] | None:
+@dataclass(frozen=True)
+class Defaults:
+    """What the operator's admin chose for what a spec leaves out (operator settings, chart values)."""
+
+    chat_ui_image: str = api.DEFAULT_CHAT_UI_IMAGE
+
+
+DEFAULTS = Defaults()  # an operator with no settings of its own
+
+
+def render_chat_ui(
+    svc: api.QwenService, defaults: Defaults = DEFAULTS
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """The chat page's Deployment and Service (``spec.chatUI``), or None. One replica of the Gradio app
     in images/chatui: it asks for the user name and password of the named Secret, and streams chat
     completions from this service's own endpoint (with its API key when it has one)."""
@@ -592,7 +605,7 @@ def render_chat_ui(svc: api.QwenService) -> tuple[dict[str, Any], dict[str, Any]
         "containers": [
             {
                 "name": "chat",
-                "image": chat.image,
+                "image": chat.image or defaults.chat_ui_image,
                 "imagePullPolicy": spec.engine.image_pull_policy,
                 "ports": [{"name": port_name, "containerPort": api.CHAT_UI_PORT, "protocol": "TCP"}],
                 "env": env,
@@ -654,7 +667,7 @@ def endpoint(svc: api.QwenService) -> str:
     return f"http://{svc.name}.{svc.namespace}.svc:{svc.spec.service.port}/v1"
 
 
-def render_all(svc: api.QwenService) -> list[dict[str, Any]]:
+def render_all(svc: api.QwenService, defaults: Defaults = DEFAULTS) -> list[dict[str, Any]]:
     optional = (render_network_policy(svc), render_disruption_budget(svc), render_download_job(svc))
-    chat = render_chat_ui(svc) or ()
+    chat = render_chat_ui(svc, defaults) or ()
     return [render_deployment(svc), render_service(svc), *(o for o in optional if o is not None), *chat]

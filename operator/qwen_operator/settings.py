@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from qwen_operator import leader, urls, validation
+from qwen_operator import api, leader, render, urls, validation
 
 
 class OperatorSettings(BaseSettings):
@@ -47,6 +47,12 @@ class OperatorSettings(BaseSettings):
             "services only. Empty: none, every service uses the operator-wide URL. Such a service gets "
             "only its own credentials, never the operator's."
         ),
+    )
+    chat_ui_image: str = Field(
+        default=api.DEFAULT_CHAT_UI_IMAGE,
+        min_length=1,
+        pattern=r"^[^\s]+$",
+        description="The chat page's image for a QwenService whose spec.chatUI.image is unset.",
     )
     allow_host_path: bool = Field(
         default=False,
@@ -125,6 +131,10 @@ class OperatorSettings(BaseSettings):
             renew_deadline_seconds=self.leader_election_renew_deadline_seconds,
             retry_seconds=self.leader_election_retry_seconds,
         )
+
+    def render_defaults(self) -> render.Defaults:
+        """What a spec leaves out, as this operator's admin chose it."""
+        return render.Defaults(chat_ui_image=self.chat_ui_image)
 
     def policy(self) -> validation.Policy:
         """What QwenServices may ask for beyond the safe defaults."""

@@ -7,12 +7,15 @@ need more than CEL. Every message names the field and says what to do.
 
 from __future__ import annotations
 
+import difflib
 import re
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from qwen_operator import api, vllm_flags
 
@@ -32,11 +35,61 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class that holds the field at ``loc`` (its last part), walking the QwenService's
+    annotations: lists by index, optional fields by their model."""
+    node: Any = api.QwenService
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue  # an item of a list: its type is already the list's item
+        if not (isinstance(node, type) and issubclass(node, BaseModel)):
+            return None
+        field = next((f for name, f in node.model_fields.items() if part in (name, f.alias)), None)
+        if field is None:
+            return None
+        node = _item(field.annotation)
+    return node if isinstance(node, type) and issubclass(node, BaseModel) else None
+
+
+def _item(annotation: Any) -> Any:
+    """The model inside an annotation: ``X | None``, ``list[X]``, ``Annotated[X, ...]``."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = args[0] if len(args) == 1 else annotation
+            if len(args) != 1:
+                return annotation
+        elif origin in (list, tuple):
+            annotation = typing.get_args(annotation)[0]
+        else:
+            return annotation
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """For a field the model does not have: the closest one it has."""
+    model, name = _model_at(loc), loc[-1] if loc else None
+    if model is None or not isinstance(name, str):
+        return ""
+    fields = [f.alias or n for n, f in model.model_fields.items()]
+    close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
+    if close:
+        return f": did you mean {close[0]}?"
+    return f" (the fields here: {', '.join(sorted(fields))})" if len(fields) <= 12 else ""
+
+
 def _pydantic_messages(exc: ValidationError) -> list[str]:
     messages = []
     for err in exc.errors(include_url=False):
-        where = _loc(tuple(err["loc"]))
-        messages.append(f"{where}: {err['msg']}" if where else err["msg"])
+        loc = tuple(err["loc"])
+        where = _loc(loc)
+        if err["type"] == "extra_forbidden":
+            message = f"{where}: no such field{_did_you_mean(loc)}"
+        else:
+            message = f"{where}: {err['msg']}" if where else err["msg"]
+        messages.append(message)
     return messages
 
 

@@ -435,6 +435,23 @@ def test_only_the_monitoring_namespaces_may_read_the_operator_s_metrics() -> Non
     )
 
 
+def test_the_chat_page_s_default_image_follows_the_chart() -> None:
+    """QWEN_OPERATOR_CHAT_UI_IMAGE: released with the chart (appVersion), or the admin's registry."""
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    default = env(operator_container(render({})))["QWEN_OPERATOR_CHAT_UI_IMAGE"]
+    assert default == f"ghcr.io/qwenops/qwen-chat-ui:{app_version}"
+    assert OperatorSettings(chat_ui_image=default).render_defaults().chat_ui_image == default
+    mirrored = {
+        "chatUI": {"image": {"repository": "registry.example.com/qwen-chat-ui", "tag": "", "digest": ""}}
+    }
+    assert env(operator_container(render(mirrored)))["QWEN_OPERATOR_CHAT_UI_IMAGE"] == (
+        f"registry.example.com/qwen-chat-ui:{app_version}"
+    )
+    digest = "sha256:" + "cd" * 32
+    pinned = {"chatUI": {"image": {"repository": "r/chat", "tag": "9", "digest": digest}}}
+    assert env(operator_container(render(pinned)))["QWEN_OPERATOR_CHAT_UI_IMAGE"] == f"r/chat@{digest}"
+
+
 def test_custom_image_and_pull_secrets() -> None:
     pod = only(render(VALUE_SETS["custom-image"]), "Deployment")[0]["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "registry.example.com/ml/qwen-operator@sha256:" + "ab" * 32

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,74 @@ def test_run_refuses_a_setting_it_cannot_read_exactly_in_one_line(
     assert len(err.splitlines()) == 1
     assert err.startswith(f"qwen-operator run: {variable}: ")
     assert said in err
+
+
+def _opening_comment(path: Path) -> str:
+    """An example's first comment paragraph, without the `kubectl apply` line."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("# ").rstrip()
+        if not text.startswith("kubectl "):
+            lines.append(text)
+    return " ".join(lines)
+
+
+def test_readme_examples_table_is_each_example_s_opening_comment() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Examples", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `(examples/[^`]+\.yaml)` \| (.+) \|$", section, re.M))
+    files = sorted(p.relative_to(ROOT).as_posix() for p in EXAMPLES)
+    assert sorted(rows) == files, "every example has a row, and every row an example"
+    for name, what in rows.items():
+        assert what == _opening_comment(ROOT / name), f"{name}: the README says something else"
+
+
+def test_readme_kubectl_get_sample_shows_replicas_each_example_can_have() -> None:
+    readme = (ROOT / "README.md").read_text()
+    sample = readme.split("$ kubectl get qsvc\n", 1)[1].split("```", 1)[0].splitlines()[1:]
+    specs = {}
+    for path in EXAMPLES:
+        doc = yaml.safe_load(path.read_text())
+        specs[doc["metadata"]["name"]] = doc["spec"]
+    assert sample
+    for row in sample:
+        name, model, ready, replicas = row.split()[:4]
+        spec = specs[name]
+        assert model == spec["model"]["name"]
+        auto = spec.get("autoscaling") or {}
+        if auto.get("enabled"):
+            assert auto.get("minReplicas", 1) <= int(replicas) <= auto["maxReplicas"], row
+        else:
+            assert int(replicas) == spec.get("replicas", 1), (
+                f"{name} is fixed at {spec.get('replicas', 1)}: {row}"
+            )
+        assert int(ready) <= int(replicas)
+
+
+def test_a_misspelt_field_gets_the_closest_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = {
+        "model": {"name": "Q"},
+        "engine": {"maxModelLenn": 100},
+        "autoscaling": {"enabled": True, "minReplica": 1},
+        "networkPolicy": {"allowFrom": [{"podSelectr": {"app": "gw"}}]},
+        "zzz": 1,
+    }
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {"apiVersion": api_version(), "kind": "QwenService", "metadata": {"name": "q"}, "spec": spec}
+        )
+    )
+    assert cli.main(["render", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "spec.engine.maxModelLenn: no such field: did you mean maxModelLen?" in err
+    assert "spec.autoscaling.minReplica: no such field: did you mean minReplicas?" in err
+    assert "spec.networkPolicy.allowFrom[0].podSelectr: no such field: did you mean podSelector?" in err
+    assert "spec.zzz: no such field" in err
+    assert "Extra inputs are not permitted" not in err
+
+
+def api_version() -> str:
+    return "serving.qwenops.io/v1alpha1"

@@ -3,6 +3,7 @@ its CLI says where the tooling verbs are when they are absent."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -76,3 +77,15 @@ def test_without_the_tooling_its_verbs_say_where_to_get_them(
 def test_with_the_tooling_installed_its_verbs_are_on_the_cli() -> None:
     verbs = cli.parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert {"run", "render", "crds", "simulate", "manifests"} <= set(verbs)
+
+
+def test_make_help_lists_every_target() -> None:
+    """Every target the Makefile declares (.PHONY) is in `make help`, with its line of help (a target
+    name with a digit, such as e2e, was left out)."""
+    makefile = (ROOT / "Makefile").read_text()
+    phony = next(line for line in makefile.splitlines() if line.startswith(".PHONY:")).split()[1:]
+    shown = subprocess.run(["make", "--no-print-directory", "help"], cwd=ROOT, capture_output=True, text=True)
+    listed = [
+        re.sub(r"\x1b\[[0-9;]*m", "", line).split()[0] for line in shown.stdout.splitlines() if line.strip()
+    ]
+    assert sorted(listed) == sorted(phony)

@@ -513,3 +513,20 @@ def test_a_chat_page_outside_the_cluster_needs_tls(minimal, service_type: str) -
         {"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}
     ]
     assert render.chat_ui_url(svc) == "https://qwen-chat.ml.svc"
+
+
+def test_the_chat_page_s_image_is_the_operator_s_default_unless_the_spec_names_one(minimal) -> None:
+    login = {"enabled": True, "credentialsSecretRef": {"name": "chat-login"}}
+    ours = render.Defaults(chat_ui_image="registry.example.com/qwen-chat-ui:0.1.0")
+
+    def image(svc: api.QwenService, defaults: render.Defaults) -> str:
+        chat = render.render_chat_ui(svc, defaults)
+        assert chat is not None
+        return str(chat[0]["spec"]["template"]["spec"]["containers"][0]["image"])
+
+    plain = make(minimal, chatUI=login)
+    assert plain.spec.chat_ui.image is None, "the CRD no longer fills in a default the admin cannot change"
+    assert image(plain, render.Defaults()) == api.DEFAULT_CHAT_UI_IMAGE
+    assert image(plain, ours) == "registry.example.com/qwen-chat-ui:0.1.0"
+    named = make(minimal, chatUI={**login, "image": "mine/chat:1"})
+    assert image(named, ours) == "mine/chat:1"

@@ -37,7 +37,7 @@ def body(minimal: dict[str, Any], **spec: Any) -> dict[str, Any]:
         ({"model": {"name": "../etc", "source": {"pvc": {"claimName": "w"}}}}, "must not contain '..'"),
         (
             {"engine": {"tensorParalelSize": 2}},
-            "spec.engine.tensorParalelSize: Extra inputs are not permitted",
+            "spec.engine.tensorParalelSize: no such field: did you mean tensorParallelSize?",
         ),
         ({"model": {}}, "spec.model.name: Field required"),
     ],

@@ -115,3 +115,14 @@ app.kubernetes.io/part-of: qwen-operator
 {{- end -}}
 {{- join "," $entries -}}
 {{- end -}}
+
+{{/* The chat page's default image (QWEN_OPERATOR_CHAT_UI_IMAGE), pinned like the operator's. */}}
+{{- define "qwen-operator.chatUIImage" -}}
+{{- with .Values.chatUI.image -}}
+{{- if .digest -}}
+{{- printf "%s@%s" .repository .digest -}}
+{{- else -}}
+{{- printf "%s:%s" .repository (default $.Chart.AppVersion .tag) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
