@@ -669,3 +669,22 @@ def test_make_chart_packages_the_chart_with_its_readme(tmp_path: Path) -> None:
         assert (chart.metadata["version"], chart.metadata["appVersion"]) == ("0.1.0", "0.1.0")
         files = {f["name"]: f["data"] for f in chart.files}
     assert files["README.md"] == (CHART / "README.md").read_text()
+
+
+def test_the_install_guide_s_helm_command_labels_every_monitor_for_its_prometheus() -> None:
+    """docs/install.md's main Helm command: the PodMonitor, ServiceMonitor and PrometheusRule carry the
+    release label kube-prometheus-stack selects on (without it nothing is scraped)."""
+    guide = (ROOT / "docs" / "install.md").read_text()
+    command = guide.split("## Helm", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    values: dict[str, Any] = {}
+    for key, value in re.findall(r"--set ([\w.]+)=(\S+)", command):
+        *path, last = key.split(".")
+        node = values
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = {"true": True, "false": False}.get(value, value)
+    objects = render(values)
+    for kind in ("PodMonitor", "ServiceMonitor", "PrometheusRule"):
+        (monitor,) = only(objects, kind)
+        assert monitor["metadata"]["labels"].get("release") == "kube-prometheus-stack", kind
+    assert only(objects, "ConfigMap"), "the dashboard"
