@@ -29,18 +29,40 @@ pytestmark = pytest.mark.integration
 DOCKERFILE = ROOT / "images" / "operator" / "Dockerfile"
 
 
-def instructions() -> list[tuple[str, str]]:
+def instructions(dockerfile: Path = DOCKERFILE) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) of the final stage, continuation lines joined."""
-    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
+    text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     parsed = [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
     last_from = max(i for i, (op, _) in enumerate(parsed) if op == "FROM")
     return [(op, args) for op, args in parsed if op == "ARG"] + parsed[last_from:]
 
 
-def one(op: str) -> str:
-    (args,) = [a for o, a in instructions() if o == op]
+def one(op: str, dockerfile: Path = DOCKERFILE) -> str:
+    (args,) = [a for o, a in instructions(dockerfile) if o == op]
     return args
+
+
+def test_the_chat_page_s_image_is_pinned_non_root_and_runs_the_app() -> None:
+    """The chat page's image (spec.chatUI) is held to the operator image's rules: a pinned base, every
+    package pinned, a numeric non-root user, the port the operator's Service targets."""
+    from qwen_operator import api
+
+    chat = ROOT / "images" / "chatui"
+    text = (chat / "Dockerfile").read_text()
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
+    assert base, "the base image is an ARG with a default"
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base[1]), base[1]
+    assert int(one("USER", chat / "Dockerfile").split(":")[0]) != 0
+    assert "-c /app/requirements.lock -r /app/requirements.txt" in text
+    for name in ("requirements.txt", "requirements.lock"):
+        pins = [line for line in (chat / name).read_text().splitlines() if line and not line.startswith("#")]
+        assert pins, name
+        assert all(re.fullmatch(r"[A-Za-z0-9_.\[\],-]+==\S+", p) for p in pins), (
+            f"{name}: every package pinned"
+        )
+    assert one("EXPOSE", chat / "Dockerfile").split() == [str(api.CHAT_UI_PORT)]
+    assert json.loads(one("ENTRYPOINT", chat / "Dockerfile"))[-1] == "/app/app.py"
 
 
 def test_image_is_pinned_non_root_and_installs_only_the_operator() -> None:
