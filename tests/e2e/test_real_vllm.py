@@ -587,7 +587,7 @@ async def test_slo_mode_scales_real_vllm_on_queue_time(
     assert "under pressure" in message, message
     assert f"TTFT <= {SLO_BOUND:g} s" in message, message
     # The token load alone was within the tolerance of one replica at the stated capacity: the miss scaled.
-    tokens = re.search(r"tokens ([\d.]+) prompt \+ ([\d.]+) generated", message)
+    tokens = re.search(r"load ([\d.]+) prompt \+ ([\d.]+) generated", message)
     assert tokens is not None, message
     load = float(tokens[1]) / SLO_CAPACITY[0] + float(tokens[2]) / SLO_CAPACITY[1]
     tolerance = 0.1  # spec.autoscaling.tolerance's default: a need within 10% of 1 replica keeps 1

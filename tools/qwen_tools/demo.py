@@ -338,8 +338,8 @@ async def run_demo(args: argparse.Namespace) -> int:
     from qwen_operator.settings import OperatorSettings
     from qwen_tools.emulator import DEPLOY, QSVC, Emulator, install, start_operator
 
-    length = args.minutes * 60.0
-    rise, peak, peak_end, fall = (share * length for share in (RISE, PEAK, PEAK_END, FALL))
+    length: float = args.minutes * 60.0
+    rise, peak, peak_end, fall = RISE * length, PEAK * length, PEAK_END * length, FALL * length
 
     def level(t: float) -> float:
         if t < rise or t >= fall:
