@@ -20,8 +20,8 @@ def test_a_short_demo_scales_up_and_prints_the_story(
     monkeypatch.chdir(ROOT)
     before = dict(os.environ)
     png = tmp_path / "demo.png"
-    # Four minutes of the conversation trace at 30x: cold starts of 150 s take 5 s.
-    code = demo.main(["--minutes", "4", "--speed", "30", "--row-seconds", "1", "--png", str(png)])
+    # Eight minutes of the conversation trace at 40x (its rise in about two): a 150 s cold start takes 4 s.
+    code = demo.main(["--minutes", "8", "--speed", "40", "--row-seconds", "1", "--png", str(png)])
     out = capsys.readouterr().out
     assert code == 0
     assert "desired" in out
@@ -29,7 +29,7 @@ def test_a_short_demo_scales_up_and_prints_the_story(
     assert "TooManyReplicas" not in out, "reasons in words"
     assert "AboveTarget" not in out, "reasons in words"
     assert "scaling up" in out or "at max" in out or "pods starting" in out
-    assert "ScaledUp: 2 -> " in out, out[-3000:]
+    assert "ScaledUp: 2 -> 3: load " in out, out[-3000:]  # SLO mode's decision, on the token load
     # What the first rows show is told before they appear: a warm start, and the load's shape.
     assert out.index("starts with 2 warm replicas") < out.index("sim time")
     assert out.index("a third of them until minute") < out.index("sim time")
