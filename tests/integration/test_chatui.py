@@ -169,13 +169,6 @@ def _answer(browser: WebDriver) -> str:
     return bots[-1].text if bots else ""
 
 
-def test_wrong_credentials_are_refused(page: str, browser: WebDriver, model: ChatServer) -> None:
-    _log_in(browser, page, USER, "wrong")
-    _until(lambda: "Incorrect Credentials" in browser.page_source, 15, "the refusal")
-    assert not browser.find_elements(By.CSS_SELECTOR, "textarea"), "the chat is not shown"
-    assert model.bodies == [], "nothing reached the model"
-
-
 def test_a_person_logs_in_asks_and_sees_the_answer_stream_in(
     page: str, browser: WebDriver, model: ChatServer, tmp_path: Path
 ) -> None:
@@ -228,7 +221,13 @@ def test_a_person_logs_in_asks_and_sees_the_answer_stream_in(
 TURNS = ("What is vLLM?", "And who made you?", "Say that again, shorter.")
 
 
-def test_the_login_page_is_titled_and_a_person_can_log_out(page: str, browser: WebDriver) -> None:
+def test_the_login_refuses_a_wrong_password_is_titled_and_a_person_can_log_out(
+    page: str, browser: WebDriver, model: ChatServer
+) -> None:
+    _log_in(browser, page, USER, "wrong")
+    _until(lambda: "Incorrect Credentials" in browser.page_source, 15, "the refusal")
+    assert not browser.find_elements(By.CSS_SELECTOR, "textarea"), "the chat is not shown"
+    assert model.bodies == [], "nothing reached the model"
     browser.get(page)
     _until(lambda: browser.find_elements(By.CSS_SELECTOR, "input[type=password]"), 30, "the login form")
     assert browser.title == "Qwen chat"
