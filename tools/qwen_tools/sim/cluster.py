@@ -66,6 +66,23 @@ COLD_STARTS = {
 }
 
 
+@dataclass(frozen=True)
+class Nodes:
+    """GPU nodes that a node autoscaler (cluster-autoscaler, Karpenter) adds when pods are Pending: a
+    launch finds a free GPU on a node that exists with probability ``1 - new_node``; otherwise it waits
+    for a node, which holds ``per_node`` GPUs: the pods launched while that node is on its way (and has
+    room) wait for the same node. A node takes ``provision`` (log-normal, heavy-tailed: median 2 min,
+    p95 7 min, as cloud GPU capacity is). Assumptions, not measurements: docs/benchmark.md."""
+
+    new_node: float = 0.6
+    per_node: int = 4
+    provision: ColdStart = ColdStart(120, 420)
+
+
+# The cold start of a pod that also waits for its node: the node's provisioning, then the pod's own.
+NODES = Nodes()
+
+
 @dataclass
 class Pod:
     name: str
@@ -105,15 +122,24 @@ class Result:
     timeline: list[Point]
     end: float  # billing horizon
     reasons: list[tuple[float, str]] = field(default_factory=list)
+    score_from: float = 0.0  # the burn-in: what comes before is neither scored nor billed
+    price: float = 1.0  # a pod-hour's price in GPU-hours (1; a test plants a dearer policy)
 
     @property
     def gpu_hours(self) -> float:
-        return (
-            sum(
-                min(p.deleted if p.deleted is not None else self.end, self.end) - p.created for p in self.pods
-            )
-            / 3600
+        start = self.score_from
+        billed = sum(
+            max(0.0, min(p.deleted if p.deleted is not None else self.end, self.end) - max(p.created, start))
+            for p in self.pods
         )
+        return self.price * billed / 3600
+
+    @property
+    def scored(self) -> list[Request]:
+        """The requests the SLO is judged on: those that arrived after the burn-in."""
+        if self.score_from <= 0:
+            return self.requests
+        return [r for r in self.requests if r.arrival >= self.score_from]
 
 
 @dataclass
@@ -132,6 +158,10 @@ class Settings:
     # The start pods have served the trace's first minutes before t = 0 (neither scored nor billed), so
     # a run starts as a running service does: engines busy, only the controller new.
     warmup: float = 120.0
+    # A burn-in: requests that arrive before this are not scored, and pods are billed from it on, so a
+    # policy is judged on how it runs, not on how it starts.
+    score_from: float = 0.0
+    nodes: Nodes | None = None  # pods may wait for a node to be provisioned (None: a GPU is free)
 
 
 class Cluster:
@@ -158,6 +188,8 @@ class Cluster:
         self._next = 0  # the next arrival
         self._arrivals = 0  # arrivals since the last timeline point
         self.second = 0
+        self.node_rng = random.Random(f"{settings.seed}:nodes")
+        self._coming: list[tuple[float, int]] = []  # nodes on their way: (ready at, GPUs not yet taken)
         warmup = min(settings.warmup, trace.duration if len(trace) else 0.0)
         for _ in range(settings.start_replicas):
             self._create(0.0, warm=True, engine_since=-warmup)
@@ -165,9 +197,24 @@ class Cluster:
 
     # ------------------------------------------------------------------------------ pods
 
+    def _node_wait(self, now: float) -> float:
+        """Seconds a new pod waits for its GPU: none when one is free, else until its node is up (one
+        already on its way, while it has room, or a new one)."""
+        nodes = self.s.nodes
+        if nodes is None or self.node_rng.random() >= nodes.new_node:
+            return 0.0
+        self._coming = [(at, room) for at, room in self._coming if at > now and room > 0]
+        if self._coming:
+            at, room = self._coming[0]
+            self._coming[0] = (at, room - 1)
+            return at - now
+        at = now + nodes.provision.sample(self.node_rng)
+        self._coming.append((at, nodes.per_node - 1))
+        return at - now
+
     def _create(self, now: float, warm: bool = False, engine_since: float | None = None) -> None:
         self._n += 1
-        ready_at = now if warm else now + self.s.cold_start.sample(self.cold_rng)
+        ready_at = now if warm else now + self._node_wait(now) + self.s.cold_start.sample(self.cold_rng)
         pod = Pod(
             f"pod-{self._n}",
             now,
@@ -309,8 +356,17 @@ class Cluster:
         for req in self.gateway:
             req.outcome = req.outcome or TIMEOUT
         reasons = getattr(self.policy, "reasons", [])
+        price = float(getattr(self.policy, "price", 1.0))
         return Result(
-            self.policy.name, self.requests, self.pods, self.actions, self.timeline, self.end, reasons
+            self.policy.name,
+            self.requests,
+            self.pods,
+            self.actions,
+            self.timeline,
+            self.end,
+            reasons,
+            self.s.score_from,
+            price,
         )
 
     def run(self, progress: Callable[[float], None] | None = None) -> Result:

@@ -151,6 +151,12 @@ class Engine:
 
     def _end(self, req: Request, outcome: str, when: float) -> None:
         req.outcome = outcome
+        if req.scheduled is not None:
+            # vLLM observes a request's queue time when it finishes (its finished-request stats), not
+            # when it is scheduled: a scrape sees it only after the request is done.
+            queued = req.scheduled - req.arrival
+            self.queue_counts[bisect.bisect_left(QUEUE_BUCKETS, queued)] += 1
+            self.queue_sum += queued
         if outcome == DONE:
             req.finish = when
             self.requests_done += 1
@@ -259,8 +265,6 @@ class Engine:
                 self.running.append(req)
                 if req.scheduled is None:
                     req.scheduled = self.now
-                    self.queue_counts[bisect.bisect_left(QUEUE_BUCKETS, self.now - req.arrival)] += 1
-                    self.queue_sum += self.now - req.arrival
                 scheduled.append((req, n))
                 budget -= n
                 prefill_tokens += n

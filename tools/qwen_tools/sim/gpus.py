@@ -8,6 +8,7 @@ time at batch 32, both at a 1,000-token context.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -121,8 +122,40 @@ def pessimistic(gpu: GPU) -> GPU:
     )
 
 
-def model(name: str, calibration: str = "nominal") -> GPU:
-    """The card ``name`` at the ``nominal`` or the ``pessimistic`` calibration."""
+def drawn(gpu: GPU, seed: int) -> GPU:
+    """The card a run actually has: every figure drawn, for this seed, uniformly from its calibration
+    band (docs/benchmark.md), independently. A policy's defaults (the operator's GPU table, a peer's
+    target) stay the nominal card's: they do not know the draw, as a user's published figure does not
+    know their cluster's card."""
+    rng = random.Random(f"{seed}:card:{gpu.name}")
+    return replace(
+        gpu,
+        single_stream_tok_s=gpu.single_stream_tok_s * rng.uniform(PESSIMISTIC_DECODE, 1.0),
+        step_b32_s=gpu.step_b32_s * rng.uniform(1.0, PESSIMISTIC_STEP),
+        prefill_tok_s=rng.uniform(*gpu.prefill_band),
+        activation_gib=rng.uniform(ACTIVATION_GIB, PESSIMISTIC_ACTIVATION_GIB),
+        calibration=f"drawn:{seed}",
+    )
+
+
+def card_figures(gpu: GPU) -> dict[str, float | str]:
+    """What a run's card was: the figures a draw sets, and what follows from them."""
+    return {
+        "calibration": gpu.calibration,
+        "prefill_tok_s": round(gpu.prefill_tok_s, 1),
+        "single_stream_tok_s": round(gpu.single_stream_tok_s, 2),
+        "step_b32_s": round(gpu.step_b32_s, 5),
+        "kv_tokens": gpu.kv_tokens,
+        "peak_decode_tok_s": round(gpu.peak_decode_tok_s, 1),
+    }
+
+
+def model(name: str, calibration: str = "nominal", seed: int | None = None) -> GPU:
+    """The card ``name`` at the ``nominal`` or the ``pessimistic`` calibration, or ``drawn`` for a seed."""
+    if calibration == "drawn":
+        if seed is None:
+            raise ValueError("a drawn card needs a seed")
+        return drawn(GPUS[name], seed)
     if calibration not in ("nominal", "pessimistic"):
         raise ValueError(f"unknown calibration {calibration!r}")
     return GPUS[name] if calibration == "nominal" else pessimistic(GPUS[name])

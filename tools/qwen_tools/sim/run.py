@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from qwen_operator import api
 from qwen_tools.sim import oracle, policies
-from qwen_tools.sim.cluster import COLD_STARTS, Cluster, Result, Settings
+from qwen_tools.sim.cluster import COLD_STARTS, NODES, Cluster, Result, Settings
 from qwen_tools.sim.gpus import GPU, model
 from qwen_tools.sim.score import (
     Summary,
@@ -42,15 +42,24 @@ class Scenario:
     cold_start: str = "default"
     scrape_interval: int = 15
     router: str = "random"
-    calibration: str = "nominal"  # or "pessimistic": the slow end of every calibration band
+    # "nominal", "pessimistic" (the slow end of every calibration band), or "drawn": each seed's card
+    # drawn from the bands, unknown to the policies (they know the nominal card).
+    calibration: str = "nominal"
+    burn_in: float = 0.0  # seconds neither scored nor billed (gpus settle; judged on how it runs)
+    nodes: bool = False  # pods may wait for a GPU node to be provisioned (cluster.Nodes)
 
     @property
     def model(self) -> GPU:
-        return model(self.gpu, self.calibration)
+        """The card as the policies know it (a GPU table's figures)."""
+        return model(self.gpu, "nominal" if self.calibration == "drawn" else self.calibration)
+
+    def card(self, seed: int) -> GPU:
+        """The card a run with this seed has."""
+        return model(self.gpu, self.calibration, seed)
 
     def settings(self, seed: int, start_replicas: int) -> Settings:
         return Settings(
-            self.model,
+            self.card(seed),
             self.min_replicas,
             self.max_replicas,
             start_replicas,
@@ -58,6 +67,8 @@ class Scenario:
             self.scrape_interval,
             COLD_STARTS[self.cold_start],
             seed=seed,
+            score_from=self.burn_in,
+            nodes=NODES if self.nodes else None,
         )
 
 

@@ -68,7 +68,7 @@ def reversals(actions: Sequence[tuple[float, int, int]], within: float = REVERSA
 
 def summarize(result: Result, target: TtftTarget | None = None) -> Summary:
     target = target or fixed_target()
-    reqs = result.requests
+    reqs = result.scored
     ok = [r for r in reqs if r.outcome == DONE and r.ttft is not None and r.ttft <= target(r)]
     ttfts = [r.ttft for r in reqs if r.ttft is not None]
     tpots = [t for r in reqs if r.outcome == DONE and (t := r.tpot) is not None]
