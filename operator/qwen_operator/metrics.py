@@ -29,7 +29,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from qwen_operator import telemetry
 from qwen_operator.scaling import Observation, PodSample
-from qwen_operator.traffic import TRAFFIC_WINDOW, TRAFFIC_WINDOW_SECONDS, Histogram, Totals, Traffic
+from qwen_operator.traffic import (
+    TRAFFIC_WINDOW,
+    TRAFFIC_WINDOW_SECONDS,
+    Histogram,
+    StepTotals,
+    Totals,
+    Traffic,
+)
 from qwen_operator.urls import Endpoint
 
 RUNNING = "vllm:num_requests_running"
@@ -43,6 +50,10 @@ REQUESTS = "vllm:request_success_total"  # one series per finished_reason
 TTFT = "vllm:time_to_first_token_seconds"
 QUEUE_TIME = "vllm:request_queue_time_seconds"
 TPOT = "vllm:request_time_per_output_token_seconds"  # per request (not the per-token inter-token one)
+# The engine's steps (perf.stepmodel): each decode token's step time, and the tokens per step.
+ITL = "vllm:inter_token_latency_seconds"
+ITERATION = "vllm:iteration_tokens_total"
+STEP_COUNTERS = (f"{ITL}_sum", f"{ITL}_count", f"{ITERATION}_count", f"{ITERATION}_sum")
 
 # What a source reads and parses is bounded: a pod or a Prometheus answers with what it likes (a tenant
 # runs both), and the operator must neither run out of memory nor stall its event loop (where the
@@ -156,11 +167,14 @@ class _PodTotals:
         kv = self.kv or self.kv_old
         traffic = None
         if window is not None and self.counters:
-            traffic = Traffic(window, *self._counts(), *self._histograms())
+            traffic = Traffic(window, *self._counts(), *self._histograms(), steps=self._steps())
         return PodSample(self.running, self.waiting, sum(kv) / len(kv) if kv else None, age, traffic)
 
     def totals(self) -> Totals | None:
-        return Totals(*self._counts(), *self._histograms()) if self.counters else None
+        return Totals(*self._counts(), *self._histograms(), steps=self._steps()) if self.counters else None
+
+    def _steps(self) -> StepTotals:
+        return StepTotals(*(self.counters.get(name, 0.0) for name in STEP_COUNTERS))
 
     def _counts(self) -> tuple[float, float, float]:
         """Prompt tokens, generated tokens, finished requests."""
@@ -184,7 +198,7 @@ def _accumulate(acc: _PodTotals, name: str, value: float, le: str | None = None)
         acc.kv.append(value)
     elif name == KV_USAGE_OLD:
         acc.kv_old.append(value)
-    elif name in (PROMPT_TOKENS, GENERATION_TOKENS, REQUESTS):
+    elif name in (PROMPT_TOKENS, GENERATION_TOKENS, REQUESTS) or name in STEP_COUNTERS:
         acc.counters[name] = acc.counters.get(name, 0.0) + value
     elif le is not None and name in (f"{TTFT}_bucket", f"{QUEUE_TIME}_bucket", f"{TPOT}_bucket"):
         bounds = acc.buckets.setdefault(name.removesuffix("_bucket"), {})
@@ -393,6 +407,7 @@ def queries(service_label: str, window: str = TRAFFIC_WINDOW, match: str = "") -
         "ttft": increase(f"{TTFT}_bucket", "le"),
         "queue_time": increase(f"{QUEUE_TIME}_bucket", "le"),
         "tpot": increase(f"{TPOT}_bucket", "le"),
+        **{name: increase(name) for name in STEP_COUNTERS},
     }
 
 
@@ -534,6 +549,7 @@ class PrometheusSource:
             "ttft": f"{TTFT}_bucket",
             "queue_time": f"{QUEUE_TIME}_bucket",
             "tpot": f"{TPOT}_bucket",
+            **{name: name for name in STEP_COUNTERS},
         }
         for signal, series in answers.items():
             for item in series:

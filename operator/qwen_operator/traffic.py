@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 INF = math.inf
 # The window the Prometheus source takes increases over (the pods source: the time between scrapes).
@@ -138,6 +138,38 @@ class Histogram:
 
 
 @dataclass(frozen=True)
+class StepTotals:
+    """What vLLM counts of its engine steps: ``vllm:inter_token_latency_seconds`` (sum and count: each
+    decode token's step) and ``vllm:iteration_tokens_total`` (count and sum: the steps and the tokens
+    they computed). Zero where a vLLM does not export them."""
+
+    decode_seconds: float = 0.0
+    decode_tokens: float = 0.0
+    steps: float = 0.0
+    step_tokens: float = 0.0
+
+    def minus(self, earlier: StepTotals) -> StepTotals:
+        """The increase since ``earlier``; zero (unknown) when a count fell or is not finite."""
+        parts = (
+            self.decode_seconds - earlier.decode_seconds,
+            self.decode_tokens - earlier.decode_tokens,
+            self.steps - earlier.steps,
+            self.step_tokens - earlier.step_tokens,
+        )
+        if any(not math.isfinite(v) or v < 0 for v in parts):
+            return StepTotals()
+        return StepTotals(*parts)
+
+    def plus(self, other: StepTotals, scale: float = 1.0) -> StepTotals:
+        return StepTotals(
+            self.decode_seconds + scale * other.decode_seconds,
+            self.decode_tokens + scale * other.decode_tokens,
+            self.steps + scale * other.steps,
+            self.step_tokens + scale * other.step_tokens,
+        )
+
+
+@dataclass(frozen=True)
 class Totals:
     """One pod's cumulative counters at one scrape (the pods source keeps the previous one)."""
 
@@ -147,6 +179,7 @@ class Totals:
     ttft: Histogram = Histogram()
     queue_time: Histogram = Histogram()
     tpot: Histogram = Histogram()  # per finished request: its mean time between output tokens
+    steps: StepTotals = field(default_factory=lambda: StepTotals())
 
     def since(self, earlier: Totals, seconds: float) -> Traffic | None:
         """What was served between ``earlier`` and this scrape; None after a counter reset."""
@@ -157,12 +190,13 @@ class Totals:
         )
         if seconds <= 0 or any(not math.isfinite(c) or c < 0 for c in counts):
             return None
+        steps = self.steps.minus(earlier.steps)
         ttft = self.ttft.minus(earlier.ttft) if self.ttft.buckets else Histogram()
         queue = self.queue_time.minus(earlier.queue_time) if self.queue_time.buckets else Histogram()
         tpot = self.tpot.minus(earlier.tpot) if self.tpot.buckets else Histogram()
         if ttft is None or queue is None or tpot is None:
             return None
-        return Traffic(seconds, *counts, ttft=ttft, queue_time=queue, tpot=tpot)
+        return Traffic(seconds, *counts, ttft=ttft, queue_time=queue, tpot=tpot, steps=steps)
 
 
 @dataclass(frozen=True)
@@ -176,6 +210,7 @@ class Traffic:
     ttft: Histogram = Histogram()
     queue_time: Histogram = Histogram()
     tpot: Histogram = Histogram()  # per finished request: its mean time between output tokens
+    steps: StepTotals = field(default_factory=lambda: StepTotals())
 
     def usable(self) -> bool:
         counts = (self.seconds, self.prompt_tokens, self.generation_tokens, self.requests)
@@ -209,10 +244,13 @@ def combine(parts: Iterable[Traffic]) -> Traffic | None:
     prompt = sum(p.prompt_tokens * k for p, k in scaled)
     generation = sum(p.generation_tokens * k for p, k in scaled)
     requests = sum(p.requests * k for p, k in scaled)
+    steps = StepTotals()
+    for p, k in scaled:
+        steps = steps.plus(p.steps, k)
     ttft, queue, tpot = Histogram(), Histogram(), Histogram()
     try:
         for p in parts:
             ttft, queue, tpot = ttft.plus(p.ttft), queue.plus(p.queue_time), tpot.plus(p.tpot)
     except ValueError:  # pods with other bucket bounds (mixed vLLM versions): latency unknown
         ttft, queue, tpot = Histogram(), Histogram(), Histogram()
-    return Traffic(seconds, prompt, generation, requests, ttft=ttft, queue_time=queue, tpot=tpot)
+    return Traffic(seconds, prompt, generation, requests, ttft=ttft, queue_time=queue, tpot=tpot, steps=steps)

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from qwen_operator import metrics
-from qwen_operator.metrics import PodRef, PodsSource, Target, parse_vllm_metrics, queries
+from qwen_operator.metrics import PodRef, PodsSource, Target, parse_vllm_metrics, parse_vllm_totals, queries
 from qwen_operator.scaling import PodSample
 from tests.conftest import DATA
 from tests.fakevllm import render
@@ -73,6 +73,10 @@ def test_one_query_per_signal_grouped_by_namespace_pod_and_service() -> None:
         "ttft",
         "queue_time",
         "tpot",
+        "vllm:inter_token_latency_seconds_sum",
+        "vllm:inter_token_latency_seconds_count",
+        "vllm:iteration_tokens_total_count",
+        "vllm:iteration_tokens_total_sum",
     }
     for promql in q.values():
         assert "by (namespace, pod, serving_qwenops_io_service" in promql
@@ -151,3 +155,24 @@ async def test_a_large_page_is_parsed_off_the_event_loop() -> None:
     assert obs.error is None
     assert obs.samples["big-0"].running == lines
     assert max(gaps) < 0.3, f"the event loop stalled {max(gaps):.2f} s"
+
+
+def test_the_engine_steps_are_read_from_a_real_vllm_page() -> None:
+    """vLLM 0.32's inter-token latency and tokens-per-step histograms (their sums and counts) are what
+    the performance model learns from (perf.stepmodel)."""
+    text = (DATA / "vllm-0.32-metrics-under-load.txt").read_text()
+    _, totals = parse_vllm_totals(text)
+    assert totals is not None
+    steps = totals.steps
+    expected = {}
+    for line in text.splitlines():
+        for name in ("inter_token_latency_seconds_sum", "inter_token_latency_seconds_count",
+                     "iteration_tokens_total_count", "iteration_tokens_total_sum"):  # fmt: skip
+            if line.startswith(f"vllm:{name}{{"):
+                expected[name] = expected.get(name, 0.0) + float(line.split()[-1])
+    assert expected["iteration_tokens_total_count"] > 0
+    assert steps.decode_seconds == pytest.approx(expected["inter_token_latency_seconds_sum"])
+    assert steps.decode_tokens == expected["inter_token_latency_seconds_count"]
+    assert steps.steps == expected["iteration_tokens_total_count"]
+    assert steps.step_tokens == expected["iteration_tokens_total_sum"]
+    assert steps.decode_tokens <= totals.generation_tokens

@@ -47,6 +47,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Replay a trace against a simulated vLLM fleet under one scaling policy."""
     try:
         requests = trace.load(args.trace)
+        if args.shared_prompts:
+            requests = requests.with_shared_prompts(args.seed, apps=args.shared_prompts)
     except (OSError, ValueError) as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return 2
@@ -61,6 +63,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         cold_start=args.cold_start,
         scrape_interval=args.scrape_interval,
         router=args.router,
+        clients=args.clients,
+        think=args.think,
     )
     try:
         if args.policy != "oracle":
@@ -77,7 +81,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         if args.policy == "oracle":
             outcome = run.run_all(requests, scenario, args.seed, names=(), spec=spec)
             result, summary = outcome.results["oracle"], outcome.summaries["oracle"]
-            extra["gpu_hours_lower_bound"] = outcome.lower_bound_gpu_hours
+            extra["work_bound_gpu_hours"] = outcome.work_bound_gpu_hours
         else:
             result = run.run_policy(requests, scenario, args.policy, args.seed, spec, progress)
             summary = score.summarize(result)
@@ -137,7 +141,27 @@ def add_simulate(sub: Any) -> None:
     sm.add_argument("--seed", type=int, default=0, help="random seed (cold starts, routing, scrapes)")
     sm.add_argument("--min", type=int, default=1, help="minReplicas (without --spec)")
     sm.add_argument("--max", type=int, default=5, help="maxReplicas (without --spec)")
-    sm.add_argument("--router", choices=["random", "least"], default="random", help="how requests pick a pod")
+    sm.add_argument(
+        "--router",
+        choices=["random", "least", "prefix"],
+        default="random",
+        help="how requests pick a pod: random (a Service), least outstanding requests, or prefix affinity",
+    )
+    sm.add_argument(
+        "--shared-prompts",
+        type=int,
+        default=0,
+        metavar="APPS",
+        help="80%% of requests open with one of APPS applications' system prompts (vLLM's prefix cache)",
+    )
+    sm.add_argument(
+        "--clients",
+        type=int,
+        default=0,
+        help="a closed loop: this many clients, each sending its next request (sizes from the trace) a "
+        "think time after its last answer; 0 replays the trace's arrival times",
+    )
+    sm.add_argument("--think", type=float, default=10.0, help="closed loop: mean think time, seconds")
     sm.add_argument("--scrape-interval", type=int, default=15, help="Prometheus scrape interval, seconds")
     sm.add_argument(
         "--cold-start",

@@ -97,6 +97,17 @@ def _served(model: str, engine: Engine) -> Iterator[Metric]:
     )
     done.add_metric([*values, "length"], totals.requests)  # the simulator ends requests at their length
     yield done
+    # The steps' counts: only the _sum and _count of vLLM's two histograms are read (perf.stepmodel).
+    steps = totals.steps
+    for name, help_, count, total in (
+        ("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+         steps.decode_tokens, steps.decode_seconds),
+        ("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.",
+         steps.steps, steps.step_tokens),
+    ):  # fmt: skip
+        family = HistogramMetricFamily(name, help_, labels=LABELS)
+        family.add_metric(values, [("+Inf", count)], total)
+        yield family
     histograms = (
         ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
          totals.ttft, engine.ttft_sum),

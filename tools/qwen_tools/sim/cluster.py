@@ -9,8 +9,10 @@ up to the grace period; what still runs then is killed). Billing runs from pod c
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,6 +96,7 @@ class Pod:
     deleted: float | None = None
     sample: Sample | None = None
     busy_mark: float = 0.0
+    seen: int = 0  # finished requests already handed back to their closed-loop clients
 
     def ready(self, now: float) -> bool:
         return self.removed is None and self.ready_at <= now
@@ -123,7 +126,6 @@ class Result:
     end: float  # billing horizon
     reasons: list[tuple[float, str]] = field(default_factory=list)
     score_from: float = 0.0  # the burn-in: what comes before is neither scored nor billed
-    price: float = 1.0  # a pod-hour's price in GPU-hours (1; a test plants a dearer policy)
 
     @property
     def gpu_hours(self) -> float:
@@ -132,7 +134,7 @@ class Result:
             max(0.0, min(p.deleted if p.deleted is not None else self.end, self.end) - max(p.created, start))
             for p in self.pods
         )
-        return self.price * billed / 3600
+        return billed / 3600
 
     @property
     def scored(self) -> list[Request]:
@@ -148,7 +150,7 @@ class Settings:
     min_replicas: int = 1
     max_replicas: int = 5
     start_replicas: int = 1
-    router: str = "random"  # or "least"
+    router: str = "random"  # a Service; "least": least outstanding requests; "prefix": prefix affinity
     scrape_interval: int = 15
     cold_start: ColdStart = field(default_factory=ColdStart)
     grace_seconds: float = 150.0  # terminationGracePeriodSeconds of the rendered Deployment
@@ -162,6 +164,15 @@ class Settings:
     # policy is judged on how it runs, not on how it starts.
     score_from: float = 0.0
     nodes: Nodes | None = None  # pods may wait for a node to be provisioned (None: a GPU is free)
+    # A closed loop: this many clients, each sending its next request (sizes from the trace, in order)
+    # an exponential think time (mean ``think``) after its last one ended; 0: the trace's arrival times.
+    clients: int = 0
+    think: float = 10.0
+
+
+# Prefix affinity: a request goes to its prefix's first choice (rendezvous hashing over the ready pods)
+# unless that pod holds more than this many times the mean outstanding requests (bounded load).
+AFFINITY_BOUND = 1.25
 
 
 class Cluster:
@@ -190,7 +201,12 @@ class Cluster:
         self.second = 0
         self.node_rng = random.Random(f"{settings.seed}:nodes")
         self._coming: list[tuple[float, int]] = []  # nodes on their way: (ready at, GPUs not yet taken)
-        warmup = min(settings.warmup, trace.duration if len(trace) else 0.0)
+        self.client_rng = random.Random(f"{settings.seed}:clients")
+        self._due: list[tuple[float, int]] = []  # closed loop: (next send, client)
+        for client in range(settings.clients):
+            self._due.append((self.client_rng.uniform(0, settings.think), client))
+        heapq.heapify(self._due)
+        warmup = 0.0 if settings.clients else min(settings.warmup, trace.duration if len(trace) else 0.0)
         for _ in range(settings.start_replicas):
             self._create(0.0, warm=True, engine_since=-warmup)
         self._warm_up(warmup)
@@ -236,7 +252,10 @@ class Cluster:
             t = at - warmup
             pod = rng.choice(self.live)
             pod.engine.advance(t)
-            pod.engine.add(Request(-1 - i, t, prompt, output, t + self.s.timeout))
+            prefix, prefix_len = self.trace.prefix(i)
+            pod.engine.add(
+                Request(-1 - i, t, prompt, output, t + self.s.timeout, prefix=prefix, prefix_len=prefix_len)
+            )
         for pod in self.live:
             pod.engine.advance(0.0)
             pod.busy_mark = pod.engine.busy_seconds  # the first scrape measures from t = 0
@@ -283,10 +302,12 @@ class Cluster:
         if not ready:
             self.gateway.append(req)
             return
-        if self.s.router == "least":
+        if self.s.router == "least" or (self.s.router == "prefix" and not req.prefix):
             for p in ready:
                 p.engine.advance(req.arrival)
             pod = min(ready, key=lambda p: (p.engine.num_running + p.engine.num_waiting, p.name))
+        elif self.s.router == "prefix":
+            pod = _affine(ready, req)
         else:
             pod = self.route_rng.choice(ready)
             pod.engine.advance(req.arrival)
@@ -298,6 +319,7 @@ class Cluster:
             if req.deadline <= now:
                 self.gateway.popleft()
                 req.outcome = TIMEOUT
+                self._ended(req, now)
                 continue
             ready = self._ready_pods(now)
             if not ready:
@@ -323,20 +345,58 @@ class Cluster:
     def done(self) -> bool:
         return self.second >= math.ceil(self.end)
 
-    def step(self) -> None:
-        """Simulate the next second."""
-        s, rows = self.s, self._rows
-        self.second += 1
-        t1 = float(self.second)
+    def _arrive(self, t1: float) -> None:
+        """Route the requests that arrive before ``t1``."""
+        s, rows, trace = self.s, self._rows, self.trace
+        if s.clients:
+            while self._due and self._due[0][0] < t1 and rows:
+                at, client = heapq.heappop(self._due)
+                _, prompt, output = rows[self._next % len(rows)]
+                prefix, prefix_len = trace.prefix(self._next % len(rows))
+                req = Request(
+                    self._next, at, prompt, output, at + s.timeout, prefix=prefix, prefix_len=prefix_len
+                )
+                req.user = client
+                self._route(req)
+                self._next += 1
+                self._arrivals += 1
+            return
         while self._next < len(rows) and rows[self._next][0] < t1:
             at, prompt, output = rows[self._next]
-            self._route(Request(self._next, at, prompt, output, at + s.timeout))
+            prefix, prefix_len = trace.prefix(self._next)
+            self._route(
+                Request(self._next, at, prompt, output, at + s.timeout, prefix=prefix, prefix_len=prefix_len)
+            )
             self._next += 1
             self._arrivals += 1
+
+    def _ended(self, req: Request, now: float) -> None:
+        """A closed-loop client whose request ended thinks, then sends its next one (until the trace's
+        duration)."""
+        if req.user < 0:
+            return
+        ended = req.finish if req.finish is not None else now
+        at = max(now, ended + self.client_rng.expovariate(1 / self.s.think))
+        if at < self.trace.duration:
+            heapq.heappush(self._due, (at, req.user))
+
+    def _hand_back(self, now: float) -> None:
+        for pod in self.pods if self.s.clients else ():
+            finished = pod.engine.finished
+            for req in finished[pod.seen :]:
+                self._ended(req, now)
+            pod.seen = len(finished)
+
+    def step(self) -> None:
+        """Simulate the next second."""
+        self.second += 1
+        t1 = float(self.second)
+        self._arrive(t1)
         for pod in self.live:
             pod.engine.advance(t1)
         self._lifecycle(t1)
         self._flush_gateway(t1)
+        self._hand_back(t1)
         self._scrape(self.second)
         if self._observe is not None:  # what the activator and queue-proxies report each second
             ready = self._ready_pods(t1)
@@ -356,7 +416,6 @@ class Cluster:
         for req in self.gateway:
             req.outcome = req.outcome or TIMEOUT
         reasons = getattr(self.policy, "reasons", [])
-        price = float(getattr(self.policy, "price", 1.0))
         return Result(
             self.policy.name,
             self.requests,
@@ -366,7 +425,6 @@ class Cluster:
             self.end,
             reasons,
             self.s.score_from,
-            price,
         )
 
     def run(self, progress: Callable[[float], None] | None = None) -> Result:
@@ -426,6 +484,17 @@ class Cluster:
                 sum(p.engine.kv_usage for p in ready) / len(ready) if ready else 0.0,
             )
         )
+
+
+def _affine(ready: list[Pod], req: Request) -> Pod:
+    """Prefix affinity with bounded load: the pods in the prefix's rendezvous-hash order, the first one
+    whose outstanding requests stay within ``AFFINITY_BOUND`` x the mean (one more counted)."""
+    for p in ready:
+        p.engine.advance(req.arrival)
+    loads = {p.name: p.engine.num_running + p.engine.num_waiting for p in ready}
+    bound = math.ceil(AFFINITY_BOUND * (sum(loads.values()) + 1) / len(ready))
+    order = sorted(ready, key=lambda p: zlib.crc32(f"{p.name}/{req.prefix}".encode()))
+    return next((p for p in order if loads[p.name] + 1 <= bound), min(order, key=lambda p: loads[p.name]))
 
 
 def simulate(trace: Trace, policy: Policy, settings: Settings) -> Result:

@@ -11,17 +11,24 @@ Each step, as vLLM V1's scheduler does it:
 A step takes ``gpu.step_seconds(seqs, prefill tokens, decode context tokens)``. Stretches where every
 running request decodes and nothing waits are advanced many steps at once (same result, far fewer
 Python operations).
+
+Prefix caching (vLLM's automatic prefix caching, on by default in V1), for requests that name a shared
+prefix (a system prompt): the prefix's full blocks, once one request has computed them, stay in the
+cache while any request uses them and, unused, until their blocks are needed (least recently used
+first). A request whose prefix is cached when it is scheduled computes only the rest of its prompt.
+Only whole blocks are shared, and a request always computes at least one token. KV usage counts blocks
+in use, as vLLM's does (cached blocks no request uses are free).
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from qwen_operator.traffic import INF, Histogram, Totals
+from qwen_operator.traffic import INF, Histogram, StepTotals, Totals
 from qwen_tools.sim.gpus import GPU, KV_BLOCK_TOKENS
 
 DONE, TIMEOUT, KILLED, REJECTED = "done", "timeout", "killed", "rejected"
@@ -67,6 +74,10 @@ class Request:
     finish: float | None = None
     preemptions: int = 0
     outcome: str = ""
+    prefix: int = 0  # a shared prefix's id (0: none) ...
+    prefix_len: int = 0  # ... and its length in tokens (the prompt's first tokens)
+    shared: int = 0  # KV blocks it uses from the prefix cache (not its own)
+    user: int = -1  # a closed-loop client's number (-1: open loop)
 
     @property
     def prefill_len(self) -> int:
@@ -82,6 +93,15 @@ class Request:
         if self.finish is None or self.first_token is None or self.output < 2:
             return None
         return (self.finish - self.first_token) / (self.output - 1)
+
+
+@dataclass(slots=True, eq=False)
+class _Prefix:
+    """A shared prefix's blocks in the cache: filled once its first request computed them."""
+
+    blocks: int
+    users: int = 0
+    filled: bool = False
 
 
 class Engine:
@@ -107,6 +127,14 @@ class Engine:
         self.queue_counts = [0] * (len(QUEUE_BUCKETS) + 1)
         self.tpot_counts = [0] * (len(TPOT_BUCKETS) + 1)
         self.ttft_sum = self.queue_sum = self.tpot_sum = 0.0  # the histograms' _sum (seconds)
+        self.prefixes: OrderedDict[int, _Prefix] = OrderedDict()  # least recently used first
+        self.unused_cached = 0  # blocks of cached prefixes no request uses (free, but hold KV)
+        self.prefix_queries = self.prefix_hits = 0  # tokens (vllm:prefix_cache_queries / _hits)
+        # vllm:inter_token_latency_seconds (each decode token after the first: its step's time) and
+        # vllm:iteration_tokens_total (per step: the tokens it computed).
+        self.itl_sum = 0.0
+        self.itl_count = 0
+        self.step_tokens = 0
 
     # ------------------------------------------------------------------------------ views
 
@@ -120,7 +148,7 @@ class Engine:
 
     @property
     def kv_usage(self) -> float:
-        return 1.0 - self.free / self.gpu.kv_blocks
+        return 1.0 - (self.free + self.unused_cached) / self.gpu.kv_blocks
 
     @property
     def idle(self) -> bool:
@@ -147,6 +175,7 @@ class Engine:
             _cumulative(TTFT_BUCKETS, self.ttft_counts),
             _cumulative(QUEUE_BUCKETS, self.queue_counts),
             _cumulative(TPOT_BUCKETS, self.tpot_counts),
+            StepTotals(self.itl_sum, float(self.itl_count), float(self.steps), float(self.step_tokens)),
         )
 
     def _end(self, req: Request, outcome: str, when: float) -> None:
@@ -166,6 +195,7 @@ class Engine:
                 self.tpot_sum += tpot
         self.free += req.blocks
         req.blocks = 0
+        self._release(req)
         self.finished.append(req)
 
     def abort_all(self, outcome: str) -> list[Request]:
@@ -214,10 +244,72 @@ class Engine:
     def _all_decoding(self) -> bool:
         return all(r.generated > 0 and r.prefill_len - r.computed == 1 for r in self.running)
 
+    # ------------------------------------------------------------------------------ the prefix cache
+
+    def _reserve(self, need: int) -> bool:
+        """Make ``need`` blocks free, evicting unused cached prefixes (least recently used first)."""
+        if need <= self.free:
+            return True
+        if need > self.free + self.unused_cached:
+            return False
+        for pid in [pid for pid, p in self.prefixes.items() if p.users == 0]:
+            entry = self.prefixes.pop(pid)
+            self.unused_cached -= entry.blocks
+            self.free += entry.blocks
+            if need <= self.free:
+                break
+        return True
+
+    def _attach(self, req: Request) -> int:
+        """On leaving the queue: use the request's cached prefix (its tokens count as computed), or
+        become the one that fills it. Returns blocks to allocate for the prefix now (a new entry)."""
+        if req.prefix == 0 or req.computed or req.shared:
+            return 0
+        blocks = min(req.prefix_len, req.prompt - 1) // 16
+        if blocks == 0:
+            return 0
+        entry = self.prefixes.get(req.prefix)
+        if entry is not None and entry.filled:
+            if entry.users == 0:
+                self.unused_cached -= entry.blocks
+            entry.users += 1
+            self.prefixes.move_to_end(req.prefix)
+            req.shared = min(blocks, entry.blocks)
+            req.computed = req.shared * 16
+            return 0
+        if entry is not None:  # another request is computing it: no sharing yet (vLLM hashes full blocks)
+            return 0
+        self.prefixes[req.prefix] = _Prefix(blocks, users=1)
+        req.shared = blocks
+        return blocks
+
+    def _release(self, req: Request) -> None:
+        if not req.shared:
+            return
+        entry = self.prefixes.get(req.prefix)
+        req.shared = 0
+        if entry is None:
+            return
+        entry.users -= 1
+        if entry.users > 0:
+            return
+        if entry.filled:
+            self.unused_cached += entry.blocks
+        else:  # its filler left before computing it: nothing to keep
+            del self.prefixes[req.prefix]
+            self.free += entry.blocks
+
+    def _filled(self, req: Request) -> None:
+        if req.shared and req.computed >= req.shared * 16:
+            entry = self.prefixes.get(req.prefix)
+            if entry is not None:
+                entry.filled = True
+
     def _preempt(self, victim: Request) -> None:
         self.running.remove(victim)
         self.free += victim.blocks
         victim.blocks = 0
+        self._release(victim)
         victim.computed = 0
         victim.preemptions += 1
         self.preemptions += 1
@@ -234,8 +326,8 @@ class Engine:
             req = self.running[i]
             remaining = req.prefill_len - req.computed
             n = min(remaining, budget)
-            need = blocks_for(req.computed + n) - req.blocks
-            while need > self.free:
+            need = max(0, blocks_for(req.computed + n) - req.shared - req.blocks)
+            while not self._reserve(need):
                 victim = self.running[-1]
                 self._preempt(victim)
                 preempted = True
@@ -255,13 +347,24 @@ class Engine:
         if not preempted:
             while self.waiting and budget > 0 and len(self.running) < gpu.max_num_seqs:
                 req = self.waiting[0]
+                fresh = self._attach(req)
                 n = min(req.prefill_len - req.computed, budget)
-                need = blocks_for(req.computed + n) - req.blocks
-                if need > self.free:
+                need = fresh + max(0, blocks_for(req.computed + n) - req.shared - req.blocks)
+                if not self._reserve(need):
+                    # Not scheduled: it looks its prefix up again next time.
+                    if fresh:
+                        del self.prefixes[req.prefix]
+                        req.shared = 0
+                    else:
+                        self._release(req)
+                        req.computed = 0
                     break
                 self.waiting.popleft()
+                if req.prefix:
+                    self.prefix_queries += req.prompt
+                    self.prefix_hits += 0 if fresh else req.computed
                 self.free -= need
-                req.blocks += need
+                req.blocks += need - fresh  # a new prefix's blocks belong to the cache
                 self.running.append(req)
                 if req.scheduled is None:
                     req.scheduled = self.now
@@ -277,7 +380,13 @@ class Engine:
         self.steps += 1
         now = self.now
         for req, n in scheduled:
+            self.step_tokens += n
+            if req.generated > 0 and req.computed + n >= req.prefill_len:  # a decode token (not the first)
+                self.itl_sum += took
+                self.itl_count += 1
             req.computed += n
+            if req.shared:
+                self._filled(req)
             if req.computed >= req.prefill_len:  # a token is sampled at the end of this step
                 req.generated += 1
                 self.generation_tokens += 1
@@ -317,7 +426,7 @@ class Engine:
             self._step()
             return
         took = total(k)
-        if k > 1 and self.free < sum(blocks_for(r.computed + k) - r.blocks for r in running):
+        if k > 1 and self.free < sum(blocks_for(r.computed + k) - r.shared - r.blocks for r in running):
             self._step()  # the conservative bound was not enough; go step by step
             return
         self.now += took
@@ -326,10 +435,13 @@ class Engine:
         now = self.now
         done = []
         self.generation_tokens += k * n
+        self.itl_sum += n * took
+        self.itl_count += n * k
+        self.step_tokens += n * k
         for r in running:
             r.computed += k
             r.generated += k
-            need = blocks_for(r.computed) - r.blocks
+            need = blocks_for(r.computed) - r.shared - r.blocks
             self.free -= need
             r.blocks += need
             if r.generated >= r.output:

@@ -14,10 +14,10 @@ from qwen_tools.sim.score import (
     Summary,
     TtftTarget,
     fixed_target,
-    gpu_hours_lower_bound,
     length_scaled_target,
     summarize,
     window_work,
+    work_bound,
 )
 from qwen_tools.sim.trace import Trace
 
@@ -45,8 +45,16 @@ class Scenario:
     # "nominal", "pessimistic" (the slow end of every calibration band), or "drawn": each seed's card
     # drawn from the bands, unknown to the policies (they know the nominal card).
     calibration: str = "nominal"
-    burn_in: float = 0.0  # seconds neither scored nor billed (gpus settle; judged on how it runs)
+    burn_in: float = 0.0  # seconds neither scored nor billed (judged on how a policy runs, not starts)
     nodes: bool = False  # pods may wait for a GPU node to be provisioned (cluster.Nodes)
+    # The TTFT target: a flat 2 s, or "scaled" (2 s plus twice a prompt's unloaded prefill) where even
+    # the largest fleet cannot serve long prompts' first tokens in 2 s.
+    ttft: str = "fixed"
+    clients: int = 0  # a closed loop of this many clients (cluster.Settings.clients); 0: open loop
+    think: float = 10.0
+
+    def target(self) -> TtftTarget:
+        return length_scaled_target(self.model) if self.ttft == "scaled" else fixed_target()
 
     @property
     def model(self) -> GPU:
@@ -69,6 +77,8 @@ class Scenario:
             seed=seed,
             score_from=self.burn_in,
             nodes=NODES if self.nodes else None,
+            clients=self.clients,
+            think=self.think,
         )
 
 
@@ -100,7 +110,7 @@ class Outcome:
     summaries: dict[str, Summary]
     best_static: int
     plan: list[int]
-    lower_bound_gpu_hours: float
+    work_bound_gpu_hours: float  # a true lower bound (score.work_bound)
     length_scaled: bool
     results: dict[str, Result]
     statics: dict[int, Summary]  # every static fleet size of the sweep
@@ -121,18 +131,29 @@ def run_all(
     names: Sequence[str] = policies.POLICIES,
     spec: api.AutoscalingSpec | None = None,
     length_scaled: bool | None = None,
+    beyond_best: int | None = None,
 ) -> Outcome:
-    """Every policy, the static sweep (best static N), the oracle, the reference and the lower bound,
-    for one seed."""
-    statics = {
-        n: run_policy(trace, scenario, f"static:{n}", seed)
-        for n in range(scenario.min_replicas, scenario.max_replicas + 1)
-    }
-    top = statics[scenario.max_replicas]
+    """Every policy, the static sweep (best static N), the oracle, the reference and the work bound,
+    for one seed. With ``beyond_best`` (and a known target), the sweep stops that many sizes past the
+    smallest fleet that meets the SLO (the clairvoyant schedules rarely need more than one or two more
+    replicas in a window than the whole run needs)."""
+    sizes = range(scenario.min_replicas, scenario.max_replicas + 1)
+    statics: dict[int, Result] = {}
     if length_scaled is None:
-        target, length_scaled = target_for(top, scenario)
+        statics[scenario.max_replicas] = run_policy(trace, scenario, f"static:{scenario.max_replicas}", seed)
+        target, length_scaled = target_for(statics[scenario.max_replicas], scenario)
     else:
         target = length_scaled_target(scenario.model) if length_scaled else fixed_target()
+    first_met: int | None = None
+    for n in sizes:
+        if beyond_best is not None and first_met is not None and n > first_met + beyond_best:
+            break
+        if n not in statics:
+            statics[n] = run_policy(trace, scenario, f"static:{n}", seed)
+        if first_met is None and summarize(statics[n], target).slo_attainment >= GOAL:
+            first_met = n
+    statics = dict(sorted(statics.items()))
+    top = statics[max(statics)]
     results: dict[str, Result] = {}
     summaries: dict[str, Summary] = {}
     scored = {n: summarize(r, target) for n, r in statics.items()}
@@ -140,9 +161,7 @@ def run_all(
     results["static-best"] = statics[best]
     summaries["static-best"] = replace(scored[best], policy=f"static-best ({best})")
     results["static-max"] = top
-    summaries["static-max"] = replace(
-        scored[scenario.max_replicas], policy=f"static-max ({scenario.max_replicas})"
-    )
+    summaries["static-max"] = replace(scored[max(statics)], policy=f"static-max ({max(statics)})")
     for name in names:
         results[name] = run_policy(trace, scenario, name, seed, spec)
         summaries[name] = summarize(results[name], target)
@@ -161,7 +180,7 @@ def run_all(
         (oracle.plan(statics, target, windows, goal) for goal in oracle.WINDOW_GOALS), simulate
     )
     summaries["oracle"], results["oracle"], per_window = oracle_run
-    allowed = (1 - GOAL) * len(trace)
+    allowed = (1 - GOAL) * len(top.scored)
     reference = _first_meeting(
         (oracle.budget_plan(statics, target, windows, share * allowed) for share in oracle.BUDGET_SHARES),
         simulate,
@@ -171,7 +190,7 @@ def run_all(
     reference = cheapest_meeting(yardsticks, lambda c: c[0].slo_attainment, lambda c: c[0].gpu_hours)
     summaries["reference"] = replace(reference[0], policy="reference")
     results["reference"] = reference[1]
-    bound = gpu_hours_lower_bound(trace, scenario.model, top.end)
+    bound = work_bound(trace, scenario.card(seed), scenario.burn_in, top.end, scenario.min_replicas)
     return Outcome(summaries, best, per_window, bound, length_scaled, results, scored)
 
 

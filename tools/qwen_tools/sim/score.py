@@ -101,13 +101,18 @@ def window_work(trace: Trace, gpu: GPU, window: float = 60.0) -> list[float]:
     return buckets
 
 
-def gpu_hours_lower_bound(trace: Trace, gpu: GPU, end: float, window: float = 60.0) -> float:
-    """A lower bound on GPU-hours: per window, max(1, the work arriving in it / the window), integrated
-    to the billing horizon ``end`` (at least one replica always runs)."""
-    work = window_work(trace, gpu, window)
-    windows = math.ceil(end / window)
-    total = sum(max(1.0, (work[w] if w < len(work) else 0.0) / window) for w in range(windows))
-    return total * window / 3600
+def work_bound(trace: Trace, gpu: GPU, score_from: float, end: float, min_replicas: int = 1) -> float:
+    """A true lower bound on the GPU-hours billed after ``score_from``: the work of the requests that
+    arrive then, each replica doing at most its peak prefill and batch-decode rates, and at least
+    ``min_replicas`` running all along. (Per-window bounds are not bounds: work can wait for a quieter
+    window.)"""
+    decode_s = 1 / gpu.peak_decode_tok_s
+    work = sum(
+        prompt / gpu.prefill_tok_s + output * decode_s
+        for t, prompt, output in trace.rows()
+        if t >= score_from
+    )
+    return max(work, min_replicas * max(0.0, end - score_from)) / 3600
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,9 @@ class Trace:
     prompts: tuple[int, ...]
     outputs: tuple[int, ...]
     synthetic: bool = False
+    # Per request, a shared prefix: (id, tokens), id 0 for none; empty when no request has one. Only
+    # ``with_shared_prompts`` sets it, and the other transformations drop it (apply it last).
+    prefixes: tuple[tuple[int, int], ...] = ()
 
     def __len__(self) -> int:
         return len(self.arrivals)
@@ -34,6 +37,34 @@ class Trace:
     def rows(self) -> Iterable[tuple[float, int, int]]:
         return zip(self.arrivals, self.prompts, self.outputs, strict=True)
 
+    def prefix(self, i: int) -> tuple[int, int]:
+        """Request ``i``'s shared prefix: (id, tokens), (0, 0) for none."""
+        return self.prefixes[i] if self.prefixes else (0, 0)
+
+    def with_shared_prompts(
+        self,
+        seed: int,
+        apps: int = 200,
+        share: float = 0.8,
+        tokens: tuple[int, int] = (200, 3000),
+    ) -> Trace:
+        """The same requests, a ``share`` of them sent by one of ``apps`` applications (Zipf-popular:
+        the k-th sends 1/k as much as the first) whose prompts open with that application's system
+        prompt (log-uniform in ``tokens`` long; a shorter prompt is all system prompt but its last
+        token). The Azure traces record lengths only: which requests share a prefix is an assumption."""
+        rng = random.Random(f"{seed}:shared-prompts")
+        lo, hi = tokens
+        lengths = [round(math.exp(rng.uniform(math.log(lo), math.log(hi)))) for _ in range(apps)]
+        weights = [1 / (k + 1) for k in range(apps)]
+        prefixes = []
+        for prompt in self.prompts:
+            if rng.random() >= share:
+                prefixes.append((0, 0))
+                continue
+            app = rng.choices(range(apps), weights)[0]
+            prefixes.append((app + 1, min(lengths[app], max(0, prompt - 1))))
+        return Trace(f"{self.name}-shared", self.arrivals, self.prompts, self.outputs, True, tuple(prefixes))
+
     def window(self, start: float, length: float) -> Trace:
         """The requests that arrive in ``[start, start + length)``, re-based to 0."""
         rows = [(t - start, p, o) for t, p, o in self.rows() if start <= t < start + length]
@@ -43,6 +74,12 @@ class Trace:
         """The same requests ``speed`` times faster (for demos only: benchmarks never compress time)."""
         rows = [(t / speed, p, o) for t, p, o in self.rows()]
         return _from_rows(f"{self.name}x{speed:g}", rows, self.synthetic)
+
+    def looped(self, times: int) -> Trace:
+        """The same requests played ``times`` times in a row (a longer run of the same real traffic)."""
+        period = self.duration + 1.0
+        rows = [(t + k * period, p, o) for k in range(times) for t, p, o in self.rows()]
+        return _from_rows(f"{self.name}x{times}", rows, self.synthetic)
 
     def thinned(self, keep: Callable[[float], float], seed: int) -> Trace:
         """The trace's own requests, each kept with probability ``keep(t)``: a chosen level of load over

@@ -34,6 +34,7 @@ from qwen_tools.sim.run import GOAL, Scenario, cheapest_meeting, start_replicas
 from qwen_tools.sim.score import fixed_target, length_scaled_target, summarize
 
 J = TypeVar("J")
+DEFAULT_SEEDS = 3  # seeds 0, 1, 2
 GPU_NAMES = ("a10g", "l4", "a100-80gb")
 MAX_REPLICAS = 8
 TARGETS = (8.0, 12.0, 18.0, 27.0, 40.0, 60.0)  # requests in flight per replica, x1.5 apart
@@ -257,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qwen_tools.sim.tune", description=__doc__)
     parser.add_argument("--traces", default="bench/traces", type=Path)
     parser.add_argument("--out", default="bench/results", type=Path)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--gpus", default=",".join(GPU_NAMES))
     parser.add_argument("--policies", default=",".join(SPACES))
@@ -295,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {
         "training": list(training_traces(trace.load(conv, "conv"), 0)),
         "seeds": args.seeds,
+        "tuning_seeds": list(range(args.seeds)),  # bench.SCORING_SEEDS never meet these
         "budget": len(next(iter(SPACES.values()))),
         "workers": args.workers,
         "wall_seconds": time.monotonic() - started,
