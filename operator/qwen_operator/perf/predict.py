@@ -1,0 +1,120 @@
+"""Time to first token at any fleet size, from the step model and the traffic's mix.
+
+A request's first token comes after its wait in the replica's prefill queue (:mod:`.queueing`) and its
+own prefill, at the rate the batch's decoding leaves (the prompt sizes taken as exponential about their
+mean). The prediction is corrected by the ratio of the
+observed to the predicted quantile at the current fleet, learned only in windows that say something
+(enough first tokens, a replica busy enough for the queue to matter), in log space and bounded: the
+model gives the shape of the knee, the correction its level.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from qwen_operator.perf.queueing import RANDOM, Load, first_token_quantile, wait_quantile
+from qwen_operator.perf.stepmodel import StepModel
+
+CORRECTION_BOUNDS = (0.5, 4.0)
+CORRECTION_WEIGHT = 0.2  # per informative window
+INFORMATIVE_REQUESTS = 100  # first tokens in a window, at least...
+INFORMATIVE_BUSY = 0.3  # ...on replicas at least this busy
+OWN_PREFILL_SHARE = 0.75  # a bound the mean prompt's own prefill eats more of is judged on the wait
+
+
+@dataclass(frozen=True)
+class Mix:
+    """What the service is asked: requests per second, their mean prompt and output (tokens), and the
+    squared coefficients of variation of arrivals and prompt sizes."""
+
+    rate: float
+    prompt: float
+    output: float
+    ca2: float = 1.0
+    cs2: float = 1.0
+
+    def load(self, model: StepModel) -> Load:
+        context = self.prompt + self.output / 2  # a decoding request's mean context
+        return Load(
+            self.rate,
+            model.prefill_seconds(self.prompt),
+            model.decode_seconds(self.output, context),
+            self.ca2,
+            self.cs2,
+        )
+
+    def at(self, rate: float) -> Mix:
+        return Mix(rate, self.prompt, self.output, self.ca2, self.cs2)
+
+
+def ttft_quantile(model: StepModel, mix: Mix, replicas: int, share: float, routing: str = RANDOM) -> float:
+    """The first-token time exceeded by ``share`` of requests at ``replicas`` (inf when they cannot keep
+    up): the wait plus the request's own prefill at the rate decoding leaves (queueing.first_token_beyond)."""
+    return first_token_quantile(mix.load(model), replicas, share, routing)
+
+
+def budget(model: StepModel, mix: Mix, bound: float) -> tuple[str, float]:
+    """What the bound is judged on: ("ttft", bound), or, where the mean prompt's own prefill takes
+    most of it (long prompts: more replicas would not make it shorter), ("wait", the wait allowed)."""
+    own = model.prefill_seconds(mix.prompt)
+    if own > OWN_PREFILL_SHARE * bound:
+        return "wait", (1 - OWN_PREFILL_SHARE) * bound
+    return "ttft", bound
+
+
+def predicted(model: StepModel, mix: Mix, replicas: int, share: float, bound: float, routing: str) -> float:
+    """The predicted figure the bound is compared with (see :func:`budget`)."""
+    kind, _ = budget(model, mix, bound)
+    if kind == "wait":
+        return wait_quantile(mix.load(model), replicas, share, routing)
+    return ttft_quantile(model, mix, replicas, share, routing)
+
+
+def most_rate(
+    model: StepModel,
+    mix: Mix,
+    replicas: int,
+    bound: float,
+    share: float,
+    routing: str = RANDOM,
+    correction: float = 1.0,
+) -> float:
+    """The most requests per second ``replicas`` serve with ``correction`` x the predicted quantile
+    within the bound (0 when not even one request alone does)."""
+    _, allowed = budget(model, mix, bound)
+    if correction * predicted(model, mix.at(1e-9), replicas, share, bound, routing) > allowed:
+        return 0.0
+    per_request = mix.load(model)
+    saturation = replicas / max(per_request.prefill + per_request.decode, 1e-12)
+    lo, hi = 0.0, saturation
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        good = correction * predicted(model, mix.at(mid), replicas, share, bound, routing) <= allowed
+        lo, hi = (mid, hi) if good else (lo, mid)
+    return lo
+
+
+def corrected(
+    current: float,
+    model: StepModel,
+    mix: Mix,
+    replicas: int,
+    share: float,
+    bound: float,
+    observed: float | None,
+    requests: float,
+    routing: str = RANDOM,
+) -> float:
+    """The correction after a window whose observed quantile (of what the bound is judged on) was
+    ``observed`` over ``requests`` first tokens; unchanged when the window says too little."""
+    if observed is None or not math.isfinite(observed) or observed <= 0 or requests < INFORMATIVE_REQUESTS:
+        return current
+    if mix.load(model).busy(replicas) < INFORMATIVE_BUSY:
+        return current
+    expected = predicted(model, mix, replicas, share, bound, routing)
+    if not math.isfinite(expected) or expected <= 0:
+        return current
+    ratio = min(max(observed / expected, CORRECTION_BOUNDS[0]), CORRECTION_BOUNDS[1])
+    blended = (1 - CORRECTION_WEIGHT) * math.log(current) + CORRECTION_WEIGHT * math.log(ratio)
+    return min(max(math.exp(blended), CORRECTION_BOUNDS[0]), CORRECTION_BOUNDS[1])
