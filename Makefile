@@ -11,10 +11,10 @@ STAMP := $(VENV)/.installed
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml tools/pyproject.toml constraints.txt
+$(STAMP): pyproject.toml tools/pyproject.toml router/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,lint]' -e 'tools[loadtest]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,lint]' -e 'tools[loadtest]' -e router
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the operator with its test and lint tools (pinned)
@@ -34,14 +34,14 @@ test: $(STAMP) $(CHATUI_STAMP) ## Run the unit and integration tests (the chat p
 	$(PY) -m pytest
 
 lint: $(STAMP) ## ruff, mypy --strict, and the import contracts that keep the core pure
-	$(BIN)/ruff check operator tools tests bench images
-	$(BIN)/ruff format --check operator tools tests bench images
+	$(BIN)/ruff check operator tools router tests bench images
+	$(BIN)/ruff format --check operator tools router tests bench images
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 format: $(STAMP) ## Format the code with ruff
-	$(BIN)/ruff check --fix operator tools tests bench images
-	$(BIN)/ruff format operator tools tests bench images
+	$(BIN)/ruff check --fix operator tools router tests bench images
+	$(BIN)/ruff format operator tools router tests bench images
 
 crds: $(STAMP) ## Regenerate crds/ and the chart's crds/ from the API model (and the README's tables)
 	$(BIN)/qwen-operator crds --output crds --output charts/qwen-operator/crds --readme README.md
@@ -57,6 +57,11 @@ image: ## Build the operator image (needs a Docker engine): IMAGE=registry/name:
 
 image-push: image ## Build and push the operator image: make image-push IMAGE=registry/qwen-operator:TAG
 	docker push $(IMAGE)
+
+ROUTER_IMAGE ?= ghcr.io/qwenops/qwen-router:$(shell sed -n 's/^version = "\(.*\)"/\1/p' router/pyproject.toml)
+
+image-router: ## Build the router's image (needs a Docker engine): ROUTER_IMAGE=registry/name:tag
+	docker build -f images/router/Dockerfile -t $(ROUTER_IMAGE) .
 
 CHART_REGISTRY ?= oci://ghcr.io/qwenops/charts
 CHATUI_IMAGE ?= ghcr.io/qwenops/qwen-chat-ui:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
@@ -83,8 +88,9 @@ bench: $(STAMP) ## The held-out benchmark (7 scenarios x 6 tuned policies x 4 se
 	$(PY) -m qwen_tools.sim.bench --traces bench/traces --out bench/results --docs docs/benchmark.md
 	$(PY) bench/operator_scale.py --services 10,1000 --interval 5
 
-bench-tune: $(STAMP) ## Tune every policy's knobs on the training split, equal budget (~30 min) -> bench/results/tuned.*
-	$(PY) -m qwen_tools.sim.tune --traces bench/traces --out bench/results
+bench-tune: $(STAMP) ## Tune the benchmark's policies on its cards, training split, equal budget (<30 min) -> bench/results/tuned.*
+	$(PY) -m qwen_tools.sim.tune --traces bench/traces --out bench/results --merge \
+		--gpus a10g,a100-80gb --policies ours,ours-target,hpa,keda,kpa,step
 
 bench-slo-train: $(STAMP) ## SLO mode vs the concurrency target on the training split only, 3 seeds (~1.5 min)
 	$(PY) -m qwen_tools.sim.slotrain --traces bench/traces
@@ -145,4 +151,4 @@ lock: ## Re-resolve constraints.txt from pyproject.toml (after changing a pin)
 clean: ## Remove the virtual environments, caches and e2e artifacts
 	rm -rf $(VENV) $(VLLM_VENV) $(CHATUI_VENV) build/e2e .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-.PHONY: help install chatui-env image-chatui image-chatui-push test lint format crds manifests image image-push chart chart-push image-loadtest demo bench bench-tune bench-slo-train bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean
+.PHONY: help install chatui-env image-chatui image-chatui-push test lint format crds manifests image image-push image-router chart chart-push image-loadtest demo bench bench-tune bench-slo-train bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean

@@ -525,6 +525,7 @@ NETWORKPOLICIES = "networking.k8s.io/v1/networkpolicies"
 PDBS = "policy/v1/poddisruptionbudgets"
 JOBS = "batch/v1/jobs"
 LEASES = "coordination.k8s.io/v1/leases"
+ENDPOINTSLICES = "discovery.k8s.io/v1/endpointslices"
 
 
 def declare(emulator: Emulator) -> None:
@@ -549,6 +550,7 @@ def declare(emulator: Emulator) -> None:
     res[PDBS] = kmock.ResourceInfo(kind="PodDisruptionBudget", namespaced=True, verbs=verbs)
     res[JOBS] = kmock.ResourceInfo(kind="Job", namespaced=True, verbs=verbs, subresources={"status"})
     res[LEASES] = kmock.ResourceInfo(kind="Lease", namespaced=True, verbs=verbs)
+    res[ENDPOINTSLICES] = kmock.ResourceInfo(kind="EndpointSlice", namespaced=True, verbs=verbs)
     res["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock.ResourceInfo(
         kind="CustomResourceDefinition", namespaced=False, verbs={"get", "list", "watch"}
     )

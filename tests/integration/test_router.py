@@ -1,0 +1,310 @@
+"""The router between real HTTP clients and real HTTP engines (aiohttp servers on 127.0.0.1 that speak
+vLLM's OpenAI API): streaming, requests held through a cold start, retries, limits, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from qwen_router.app import Config, Router
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@dataclass
+class Engine:
+    """A fake vLLM engine: streams ``chunks`` SSE events ``delay`` seconds apart."""
+
+    chunks: int = 3
+    delay: float = 0.05
+    status: int = 200
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    url: str = ""
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.seen.append({"body": body, "headers": dict(request.headers), "path": request.path_qs})
+        if self.status != 200:
+            return web.json_response({"error": {"message": "engine says no"}}, status=self.status)
+        if not body.get("stream"):
+            await asyncio.sleep(self.delay)
+            return web.json_response({"choices": [{"message": {"content": "hello"}}]})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for i in range(self.chunks):
+                await response.write(f"data: {json.dumps({'i': i})}\n\n".encode())
+                await asyncio.sleep(self.delay)
+            await response.write(b"data: [DONE]\n\n")
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return response
+
+    async def models(self, _request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "qwen"}]})
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    return runner, f"http://{host}:{port}"
+
+
+@pytest.fixture
+async def engines() -> AsyncIterator[list[Engine]]:
+    made: list[Engine] = []
+    runners = []
+    for _ in range(2):
+        engine = Engine()
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", engine.completions)
+        app.router.add_get("/v1/models", engine.models)
+        runner, engine.url = await serve(app)
+        runners.append(runner)
+        made.append(engine)
+    yield made
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def router() -> AsyncIterator[tuple[Router, str]]:
+    r = Router(
+        Config(
+            hold_seconds=2.0, queue_size=2, keepalive_seconds=0.1, max_body_bytes=64 * 1024, body_seconds=0.5
+        )
+    )
+    runner, url = await serve(r.app())
+    yield r, url
+    await runner.cleanup()
+
+
+def refused_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nothing listens there now
+
+
+CHAT = {"model": "qwen", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_a_stream_comes_through_as_the_engine_writes_it(
+    engines: list[Engine], router: tuple[Router, str]
+) -> None:
+    r, url = router
+    engine = engines[0]
+    engine.chunks, engine.delay = 3, 0.3
+    r.set_engines({"a": engine.url})
+    async with aiohttp.ClientSession() as client:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with client.post(f"{url}/v1/chat/completions?x=1", json={**CHAT, "stream": True}) as resp:
+            assert resp.status == 200
+            first = await resp.content.readline()
+            assert loop.time() - started < 0.25, "the first event before the engine finished"
+            rest = (await resp.read()).decode()
+        assert first == b'data: {"i": 0}\n'
+        assert rest.count("data:") == 3
+        assert rest.endswith("data: [DONE]\n\n")
+        async with client.get(f"{url}/v1/models") as resp:
+            assert (await resp.json())["data"][0]["id"] == "qwen"
+    assert engine.seen[0]["path"] == "/v1/chat/completions?x=1"
+    metrics = await _metrics(url)
+    assert 'qwen_router_picks_total{reason="prefix"} 1.0' in metrics
+    assert 'qwen_router_picks_total{reason="least"} 1.0' in metrics
+
+
+async def test_requests_are_held_until_an_engine_is_ready_with_keepalives_for_streams(
+    engines: list[Engine], router: tuple[Router, str]
+) -> None:
+    r, url = router
+    async with aiohttp.ClientSession() as client:
+        plain = asyncio.ensure_future(client.post(f"{url}/v1/chat/completions", json=CHAT))
+        async with client.post(f"{url}/v1/chat/completions", json={**CHAT, "stream": True}) as stream:
+            assert stream.status == 200, "a held stream starts at once"
+            comment = await stream.content.readline()
+            assert comment == b": waiting for a ready engine\n"
+            await asyncio.sleep(0.3)
+            r.set_engines({"a": engines[0].url})  # the cold start ends
+            body = (await stream.read()).decode()
+        assert body.count('data: {"i"') == 3
+        resp = await plain
+        assert resp.status == 200
+        assert (await resp.json())["choices"][0]["message"]["content"] == "hello"
+        resp.release()
+    assert "qwen_router_waiting 0.0" in await _metrics(url)
+
+
+async def test_a_full_queue_is_told_to_come_back_and_a_long_wait_ends_in_503(
+    router: tuple[Router, str],
+) -> None:
+    _, url = router
+    async with aiohttp.ClientSession() as client:
+        held = [asyncio.ensure_future(client.post(f"{url}/v1/chat/completions", json=CHAT)) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        async with client.post(f"{url}/v1/chat/completions", json=CHAT) as resp:
+            assert resp.status == 429
+            assert resp.headers["Retry-After"] == "5"
+            assert "waiting" in (await resp.json())["error"]["message"]
+        for future in held:
+            resp = await future
+            assert resp.status == 503, "no engine within hold_seconds"
+            assert "within 2 s" in (await resp.json())["error"]["message"]
+            resp.release()
+
+
+async def test_an_engine_that_refuses_is_skipped_but_one_that_answered_is_not_retried(
+    engines: list[Engine], router: tuple[Router, str]
+) -> None:
+    r, url = router
+    r.set_engines({"gone": refused_url(), "a": engines[0].url})
+    r.picker.engines["a"].outstanding = 5  # the least loaded engine is the one that refuses
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(f"{url}/v1/chat/completions", json={"model": "qwen"}) as resp,
+    ):
+        assert resp.status == 200
+    assert "qwen_router_retries_total 1.0" in await _metrics(url)
+    engines[0].status = 500
+    engines[1].status = 200
+    r.set_engines({"a": engines[0].url, "b": engines[1].url})
+    r.picker.engines["b"].outstanding = 5
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(f"{url}/v1/chat/completions", json={"model": "qwen"}) as resp,
+    ):
+        assert resp.status == 500, "the engine may have started on it: not sent again"
+    assert not engines[1].seen
+
+
+async def test_bad_bodies_get_clear_4xx_and_reach_no_engine(
+    engines: list[Engine], router: tuple[Router, str]
+) -> None:
+    r, url = router
+    r.set_engines({"a": engines[0].url})
+    async with aiohttp.ClientSession() as client:
+        for data, status, words in (
+            (b"{not json", 400, "not JSON"),
+            (b"[1, 2]", 400, "not a JSON object"),
+            (b"x" * (65 * 1024), 413, "larger than"),
+        ):
+            async with client.post(f"{url}/v1/chat/completions", data=data) as resp:
+                assert resp.status == status
+                assert words in (await resp.json())["error"]["message"]
+    assert not engines[0].seen
+
+
+async def test_a_slow_client_is_cut_off_after_the_body_timeout(router: tuple[Router, str]) -> None:
+    _, url = router
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), 5)
+    assert status.startswith(b"HTTP/1.1 408")
+    writer.close()
+
+
+async def test_a_client_that_goes_away_cancels_the_engine_request(
+    engines: list[Engine], router: tuple[Router, str]
+) -> None:
+    r, url = router
+    engine = engines[0]
+    engine.chunks, engine.delay = 50, 0.1
+    r.set_engines({"a": engine.url})
+    async with aiohttp.ClientSession() as client:
+        resp = await client.post(f"{url}/v1/chat/completions", json={**CHAT, "stream": True})
+        await resp.content.readline()
+        resp.close()  # the client leaves mid-stream
+    await asyncio.wait_for(engine.cancelled.wait(), 5)
+    await asyncio.sleep(0.1)
+    assert r.picker.engines["a"].outstanding == 0
+
+
+async def test_the_api_key_is_checked_and_the_engines_get_their_own(engines: list[Engine]) -> None:
+    r = Router(Config(api_key="client-key", engine_api_key="engine-key"))
+    runner, url = await serve(r.app())
+    r.set_engines({"a": engines[0].url})
+    try:
+        async with aiohttp.ClientSession() as client:
+            async with client.post(f"{url}/v1/chat/completions", json=CHAT) as resp:
+                assert resp.status == 401
+            headers = {"Authorization": "Bearer client-key"}
+            async with client.post(f"{url}/v1/chat/completions", json=CHAT, headers=headers) as resp:
+                assert resp.status == 200
+    finally:
+        await runner.cleanup()
+    assert engines[0].seen[-1]["headers"]["Authorization"] == "Bearer engine-key"
+
+
+async def _metrics(url: str) -> str:
+    async with aiohttp.ClientSession() as client, client.get(f"{url}/metrics") as resp:
+        return await resp.text()
+
+
+async def test_the_router_follows_the_engines_endpoint_slices(emulator: Any) -> None:
+    """The watcher lists and watches the engines' Service's EndpointSlices on the emulated API: ready
+    endpoints only, across slices, as they change."""
+    from qwen_router.endpoints import watch_slices
+
+    from qwen_tools.emulator import ENDPOINTSLICES
+
+    seen: list[dict[str, str]] = []
+    changed = asyncio.Event()
+
+    def update(engines: dict[str, str]) -> None:
+        seen.append(engines)
+        changed.set()
+
+    def endpoint_slice(name: str, pods: dict[str, bool]) -> dict[str, Any]:
+        return {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": name,
+                "namespace": "team",
+                "labels": {"kubernetes.io/service-name": "qwen-engines"},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8000}],
+            "endpoints": [
+                {
+                    "addresses": [f"10.0.0.{i}"],
+                    "conditions": {"ready": ready},
+                    "targetRef": {"kind": "Pod", "name": pod},
+                }
+                for i, (pod, ready) in enumerate(pods.items())
+            ],
+        }
+
+    async def next_update() -> dict[str, str]:
+        await asyncio.wait_for(changed.wait(), 10)
+        changed.clear()
+        return seen[-1]
+
+    await emulator.put(ENDPOINTSLICES, endpoint_slice("qwen-engines-a", {"qwen-0": True, "qwen-1": False}))
+    other = endpoint_slice("other-a", {"other-0": True})
+    other["metadata"]["labels"]["kubernetes.io/service-name"] = "other"
+    await emulator.put(ENDPOINTSLICES, other)
+    task = asyncio.create_task(watch_slices("team", "qwen-engines", 8000, update, "http", retry_seconds=0.1))
+    try:
+        assert await next_update() == {"qwen-0": "http://10.0.0.0:8000"}
+        await emulator.put(ENDPOINTSLICES, endpoint_slice("qwen-engines-b", {"qwen-2": True}))
+        assert await next_update() == {"qwen-0": "http://10.0.0.0:8000", "qwen-2": "http://10.0.0.0:8000"}
+        await emulator.remove(ENDPOINTSLICES, "team", "qwen-engines-b")
+        assert await next_update() == {"qwen-0": "http://10.0.0.0:8000"}
+    finally:
+        task.cancel()
