@@ -71,6 +71,14 @@ QUERY_SECONDS = Histogram(
     ["source"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+POD_STARTUP = Histogram(
+    "qwen_operator_pod_startup_seconds",
+    "Where a vLLM pod's cold start went, once per pod as it becomes ready: node (created to scheduled),"
+    " init (init containers, the model cache), image (to the container's start), engine (to Ready),"
+    " total.",
+    [*_SERVICE, "phase"],
+    buckets=(5, 10, 20, 30, 45, 60, 90, 120, 180, 240, 300, 420, 600, 900, 1200, 1800, 3600),
+)
 EVALUATION_SECONDS = Histogram(
     "qwen_operator_evaluation_seconds",
     "Time of one scaler evaluation cycle (listing, metrics, decisions, writes).",
@@ -143,6 +151,9 @@ def forget_service(namespace: str, name: str) -> None:
         _remove(SERVICE_PHASE, namespace, name, known)
     for gauge, _ in _STATUS_FIELDS:
         _remove(gauge, namespace, name)
+    for phase in ("node", "init", "image", "engine", "total"):
+        with contextlib.suppress(KeyError):
+            POD_STARTUP.remove(namespace, name, phase)
 
 
 def forget(namespace: str, name: str) -> None:

@@ -54,8 +54,10 @@ class Picker:
             del self.engines[name]
         for name, url in ready.items():
             engine = self.engines.get(name)
-            if engine is None or engine.url != url:
-                self.engines[name] = Engine(name, url, engine.outstanding if engine else 0)
+            if engine is None:
+                self.engines[name] = Engine(name, url)
+            else:  # the same object: the requests in flight on it count down on it
+                engine.url = url
 
     def pick(
         self, session: str | None = None, prefix: str | None = None, exclude: Iterable[str] = ()

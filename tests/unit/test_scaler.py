@@ -419,3 +419,67 @@ def test_a_prometheus_connection_nobody_asks_for_is_forgotten() -> None:
     sources.forget_idle()
     assert sources.prometheus == {}
     assert sources.used == {}
+
+
+def started_pod(name: str, uid: str) -> dict[str, Any]:
+    """A pod that waited 95 s for a node, 40 s for its model cache, 12 s for its image, and 70 s more
+    until Ready."""
+    p = pod(name)
+    p["metadata"] |= {"uid": uid, "creationTimestamp": "2026-12-07T10:00:00Z"}
+    p["status"]["conditions"] = [
+        {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-12-07T10:01:35Z"},
+        {"type": "Initialized", "status": "True", "lastTransitionTime": "2026-12-07T10:02:15Z"},
+        {"type": "ContainersReady", "status": "True", "lastTransitionTime": "2026-12-07T10:03:37Z"},
+        {"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-07T10:03:37Z"},
+    ]
+    p["status"]["containerStatuses"] = [
+        {"name": "vllm", "state": {"running": {"startedAt": "2026-12-07T10:02:27Z"}}}
+    ]
+    return p
+
+
+def test_a_ready_pods_start_up_is_split_into_its_phases() -> None:
+    from qwen_operator.scaler.targets import startup_phases
+
+    p = started_pod("svc", "u1")
+    assert startup_phases(p) == {"node": 95, "init": 40, "image": 12, "engine": 70, "total": 217}
+    del p["status"]["containerStatuses"]
+    assert startup_phases(p) == {"node": 95, "init": 40, "total": 217}, (
+        "a phase without both ends is left out"
+    )
+    p["status"]["conditions"][-1]["status"] = "False"
+    assert startup_phases(p) == {}, "not ready: not started yet"
+
+
+@pytest.mark.looptime
+async def test_each_pods_start_up_is_recorded_once_per_pod() -> None:
+    from prometheus_client import REGISTRY
+
+    class Started(Fleet):
+        def __init__(self) -> None:
+            super().__init__(["phased"])
+            self.uids = ["u1"]
+
+        async def pods(self) -> list[dict[str, Any]]:
+            return [started_pod("phased", uid) for uid in self.uids]
+
+    fleet = Started()
+    scaler = Autoscaler(
+        Cluster(), OperatorSettings(), clock=lambda: NOW, fleet=fleet, pods_source=Source("p", 0)
+    )  # type: ignore[arg-type]
+    labels_ = {"namespace": "ml", "name": "phased", "phase": "node"}
+
+    def count() -> float | None:
+        return REGISTRY.get_sample_value("qwen_operator_pod_startup_seconds_count", labels_)
+
+    await scaler.tick()
+    assert count() == 1
+    assert REGISTRY.get_sample_value("qwen_operator_pod_startup_seconds_sum", labels_) == 95
+    scaler.states.clear()  # due again
+    await scaler.tick()
+    assert count() == 1, "the same pod again: not counted twice"
+    fleet.uids = ["u2"]  # a new pod
+    scaler.states.clear()
+    await scaler.tick()
+    assert count() == 2
+    assert scaler.started == {"u2"}, "pods gone are forgotten"

@@ -13,7 +13,7 @@ import datetime
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from qwen_operator import api, scaling, telemetry, validation
@@ -23,7 +23,7 @@ from qwen_operator.kube import ClusterAPI, NotLeading, is_conflict, is_transient
 from qwen_operator.metrics import MetricsSource, PodsSource
 from qwen_operator.objects import key
 from qwen_operator.scaler.actuate import Actuator, Changed, Evaluated
-from qwen_operator.scaler.targets import Candidate, candidates
+from qwen_operator.scaler.targets import Candidate, candidates, startup_phases
 from qwen_operator.settings import OperatorSettings
 from qwen_operator.sources import SourceRefused, Sources
 
@@ -47,6 +47,7 @@ class Autoscaler:
         self.states: dict[str, scaling.State] = {}  # by uid; last_evaluated lives only here
         self.exported: set[tuple[str, str]] = set()  # autoscaled services with per-service gauges
         self.known: set[tuple[str, str]] = set()  # every service, with its status gauges
+        self.started: set[str] = set()  # pods (uid) whose start-up phases were recorded
         self.actuator = Actuator(
             cluster,
             config.policy(),
@@ -131,6 +132,19 @@ class Autoscaler:
         for body in listed:  # every service, autoscaled or not: what its status says
             telemetry.record_service(*key(body), body.get("status") or {})
 
+    def _record_startups(self, found: Sequence[Candidate], pods: Sequence[Mapping[str, Any]]) -> None:
+        """Each ready pod's start-up phases, once per pod; pods gone from the cluster are forgotten."""
+        alive = {str(p["metadata"].get("uid")) for p in pods}
+        self.started &= alive
+        for c in found:
+            for pod in c.pods:
+                uid = str(pod["metadata"].get("uid"))
+                if uid in self.started:
+                    continue
+                self.started.add(uid)
+                for phase, seconds in startup_phases(pod).items():
+                    telemetry.POD_STARTUP.labels(c.svc.namespace, c.svc.name, phase).observe(seconds)
+
     async def tick(self) -> list[Evaluated]:
         """One evaluation of every service that is due."""
         started = time.monotonic()
@@ -152,11 +166,10 @@ class Autoscaler:
                 due.append((svc, body))
         if not due:
             return []
-        todo = [
-            c
-            for c in candidates(due, await self.fleet.deployments(), await self.fleet.pods())
-            if (c.svc.metadata.uid or "") not in self.inflight_services
-        ]
+        pods = await self.fleet.pods()
+        found = candidates(due, await self.fleet.deployments(), pods)
+        self._record_startups(found, pods)
+        todo = [c for c in found if (c.svc.metadata.uid or "") not in self.inflight_services]
         groups: dict[MetricsSource, list[Candidate]] = defaultdict(list)
         refused: list[tuple[Candidate, scaling.Observation]] = []
         for c in todo:
