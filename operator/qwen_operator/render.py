@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwen_operator import api, labels
+from qwen_operator.gpu_targets import GPU_PRODUCT_LABEL
 
 MODELS_DIR = "/models"
 CACHE_DIR = "/cache"
@@ -117,12 +118,37 @@ def cache_key(spec: api.QwenServiceSpec) -> str:
     return hashlib.sha256(f"{spec.model.name}@{spec.model.revision or ''}".encode()).hexdigest()[:16]
 
 
+def compile_cache_dir(spec: api.QwenServiceSpec) -> str:
+    """vLLM's own caches (``VLLM_CACHE_ROOT``: torch.compile's artefacts, CUDA graph and kernel
+    caches) on the model cache's volume, in a directory keyed by everything that makes them invalid
+    elsewhere: the model and its revision, the image (the vLLM and torch versions), dtype,
+    quantization, tensor parallelism and the GPU product the pods are pinned to. On a shared claim the
+    first replica fills it and the later ones, and restarts, read it; on a node-disk cache (an
+    emptyDir) it lasts as long as the pod. vLLM adds its own hash of the configuration inside it."""
+    engine = spec.engine
+    parts = (
+        spec.model.name,
+        spec.model.revision or "",
+        engine.image,
+        engine.dtype,
+        engine.quantization or "",
+        str(engine.tensor_parallel_size),
+        spec.scheduling.node_selector.get(GPU_PRODUCT_LABEL, ""),
+    )
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+    return f"{CACHE_DIR}/vllm/{key}"
+
+
 def cache_marker(spec: api.QwenServiceSpec) -> str:
     return f"{CACHE_MARKERS}/{cache_key(spec)}.complete"
 
 
 def _env(spec: api.QwenServiceSpec) -> list[dict[str, Any]]:
-    env = [*_hub_env(spec), {"name": "VLLM_NO_USAGE_STATS", "value": "1"}]
+    env = [
+        *_hub_env(spec),
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+        {"name": "VLLM_CACHE_ROOT", "value": compile_cache_dir(spec)},
+    ]
     if prefilled(spec):  # the download Job filled the cache: start from it, without asking the Hub
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     if spec.api_key_secret_ref is not None:

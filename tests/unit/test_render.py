@@ -530,3 +530,38 @@ def test_the_chat_page_s_image_is_the_operator_s_default_unless_the_spec_names_o
     assert image(plain, ours) == "registry.example.com/qwen-chat-ui:0.1.0"
     named = make(minimal, chatUI={**login, "image": "mine/chat:1"})
     assert image(named, ours) == "mine/chat:1"
+
+
+def test_vllms_compile_cache_sits_on_the_cache_volume_keyed_by_what_invalidates_it(minimal):
+    """VLLM_CACHE_ROOT (torch.compile's artefacts and vLLM's other caches) is on the cache volume, in a
+    directory that a different model, revision, image, dtype, quantization, tensor parallelism or GPU
+    never shares; what does not change the compiled graphs (replicas, the served name) keeps it."""
+
+    def cache_root(**changes: Any) -> str:
+        body = copy.deepcopy(minimal)
+        for path, value in changes.items():
+            node = body["spec"]
+            *parents, leaf = path.split("__")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        pod = render.pod_template(parse(body))["spec"]
+        (container,) = [c for c in pod["containers"] if c["name"] == "vllm"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert env["VLLM_CACHE_ROOT"].startswith("/cache/vllm/") and "/cache" in mounts
+        return str(env["VLLM_CACHE_ROOT"])
+
+    base = cache_root()
+    assert cache_root(replicas=3) == base
+    assert cache_root(model__servedModelName="other-name") == base
+    for change in (
+        {"model__name": "Qwen/Qwen2.5-14B-Instruct"},
+        {"model__revision": "v2"},
+        {"engine__image": "vllm/vllm-openai:v0.33.0"},
+        {"engine__dtype": "float16"},
+        {"engine__quantization": "fp8"},
+        {"engine__tensorParallelSize": 2, "resources__gpus": 2},
+        {"scheduling__nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"}},
+    ):
+        assert cache_root(**change) != base, change
