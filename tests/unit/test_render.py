@@ -549,7 +549,8 @@ def test_vllms_compile_cache_sits_on_the_cache_volume_keyed_by_what_invalidates_
         (container,) = [c for c in pod["containers"] if c["name"] == "vllm"]
         env = {e["name"]: e.get("value") for e in container["env"]}
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
-        assert env["VLLM_CACHE_ROOT"].startswith("/cache/vllm/") and "/cache" in mounts
+        assert env["VLLM_CACHE_ROOT"].startswith("/cache/vllm/")
+        assert "/cache" in mounts
         return str(env["VLLM_CACHE_ROOT"])
 
     base = cache_root()

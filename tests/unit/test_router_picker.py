@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+from qwen_router.__main__ import parser
 from qwen_router.endpoints import ready_engines
 from qwen_router.picker import Picker, prefix_of
 
@@ -108,3 +110,13 @@ def test_ready_engines_from_endpoint_slices() -> None:
     assert ready_engines([{"endpoints": [{"addresses": ["10.1.0.8"]}]}], None, 1234) == {
         "10.1.0.8": "http://10.1.0.8:1234"
     }
+
+
+def test_the_command_line_names_its_mistakes() -> None:
+    args = parser().parse_args(["--engine", "a=http://10.0.0.1:8000/", "--engine", "b=http://10.0.0.2:8000"])
+    assert args.engine == [("a", "http://10.0.0.1:8000"), ("b", "http://10.0.0.2:8000")]
+    for bad in (["--engine", "10.0.0.1:8000"], ["--engine", "a=ftp://x"], []):
+        with pytest.raises(SystemExit):
+            parser().parse_args(bad)
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--service", "s", "--engine", "a=http://x:1"])
