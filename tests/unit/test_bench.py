@@ -139,3 +139,10 @@ def test_a_change_to_our_scaler_re_runs_our_policies_only() -> None:
     assert references == ours & peer
     assert bench.fingerprint("ours") == bench.fingerprint("ours-target") != bench.fingerprint("kpa")
     assert bench.fingerprint("hpa") == bench.fingerprint("hpa@1.1")
+
+
+def test_a_trace_made_differently_is_a_different_run() -> None:
+    base = bench.build_trace("conv2", TRACES, 1)
+    assert bench.trace_digest(base) == bench.trace_digest(bench.build_trace("conv2", TRACES, 1))
+    assert bench.trace_digest(base) != bench.trace_digest(base.window(0, 600))
+    assert bench.trace_digest(base) != bench.trace_digest(base.with_shared_prompts(1))
