@@ -171,18 +171,19 @@ class Router:
         prefix = prefix_of(parsed) if parsed else None
         response: web.StreamResponse | None = None
         if not self.picker.engines:
-            held = await self._held(request, arrived, streaming)
-            if isinstance(held, web.Response):
-                return held
-            response = held
+            response, go = await self._held(request, arrived, streaming)
+            if not go:
+                assert response is not None
+                return response
         self.metrics.queue_wait.observe(time.monotonic() - arrived)
         return await self._forward(request, body, session, prefix, arrived, response)
 
     async def _held(
         self, request: web.Request, arrived: float, streaming: bool
-    ) -> web.StreamResponse | web.Response | None:
-        """Wait for a ready engine. Returns None (go on), an error to answer, or, for a streaming request,
-        the response already started (its keepalive comments sent)."""
+    ) -> tuple[web.StreamResponse | None, bool]:
+        """Wait for a ready engine. Returns whether to go on, with the response already started for a
+        streaming request (its keepalive comments sent); or, not to go on, the answer given (an error,
+        in a stream already started, or a response of its own)."""
         deadline = arrived + self.config.hold_seconds
         response: web.StreamResponse | None = None
         if streaming:
@@ -199,23 +200,22 @@ class Router:
                 try:
                     await self.hold.wait(min(left, self.config.keepalive_seconds) if response else left)
                 except Full:
+                    message = "too many requests are waiting for a ready engine"
                     if response is not None:
-                        await self._stream_error(response, 429, "queue_full", "too many requests are waiting")
-                        return response
-                    return self._error(
-                        429, "queue_full", "too many requests are waiting for a ready engine", retry=True
-                    )
+                        await self._stream_error(response, 429, "queue_full", message)
+                        return response, False
+                    return self._error(429, "queue_full", message, retry=True), False
                 if response is not None and not self.picker.engines:
                     await response.write(b": waiting for a ready engine\n\n")
         finally:
             self.metrics.waiting.dec()
         if self.picker.engines:
-            return response
+            return response, True
         message = f"no engine became ready within {self.config.hold_seconds:g} s"
         if response is not None:
             await self._stream_error(response, 503, "hold_timeout", message)
-            return response
-        return self._error(503, "hold_timeout", message, retry=True)
+            return response, False
+        return self._error(503, "hold_timeout", message, retry=True), False
 
     async def _stream_error(self, response: web.StreamResponse, status: int, why: str, message: str) -> None:
         self.metrics.rejected.labels(why).inc()

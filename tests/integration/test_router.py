@@ -308,3 +308,24 @@ async def test_the_router_follows_the_engines_endpoint_slices(emulator: Any) -> 
         assert await next_update() == {"qwen-0": "http://10.0.0.0:8000"}
     finally:
         task.cancel()
+
+
+async def test_a_held_stream_that_waits_its_time_ends_with_one_error_event() -> None:
+    r = Router(Config(hold_seconds=0.3, keepalive_seconds=0.1))
+    runner, url = await serve(r.app())
+    try:
+        async with (
+            aiohttp.ClientSession() as client,
+            client.post(f"{url}/v1/chat/completions", json={**CHAT, "stream": True}) as resp,
+        ):
+            assert resp.status == 200
+            body = (await resp.read()).decode()
+        events = [line for line in body.splitlines() if line.startswith("data: {")]
+        assert len(events) == 1
+        assert json.loads(events[0].removeprefix("data: "))["error"]["type"] == "hold_timeout"
+        assert body.endswith("data: [DONE]\n\n")
+        metrics = await _metrics(url)
+        assert 'qwen_router_rejected_total{why="hold_timeout"} 1.0' in metrics
+        assert "unreachable" not in metrics, "nothing more is tried once the answer is given"
+    finally:
+        await runner.cleanup()
