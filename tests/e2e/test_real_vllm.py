@@ -363,9 +363,11 @@ class Scenario:
         self.operator_metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{op_metrics}/metrics")
         self.stop.set()
         await asyncio.gather(*self.tasks)
-        await agent.shutdown()
+        # The operator stops before the vLLM servers do: else an evaluation between the two sees no
+        # fresh metrics and writes MetricsAvailable=False into the status the test reads.
         operator.send_signal(signal.SIGTERM)
         await asyncio.wait_for(operator.wait(), 30)
+        await agent.shutdown()
         self.events = [e for e in emulator.items(EVENTS, NS) if e.get("reason") in SCALING_EVENTS]
         self.final = emulator.get(QSVC, NS, NAME) or {}
         self.audit = set(emulator.audit)
