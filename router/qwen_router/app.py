@@ -129,11 +129,14 @@ class Router:
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    def _error(self, status: int, why: str, message: str, retry: bool = False) -> web.Response:
+    def _rejected(self, status: int, why: str, message: str) -> dict[str, Any]:
+        """A request the router answers itself: counted, and its body in OpenAI's error shape."""
         self.metrics.rejected.labels(why).inc()
+        return {"error": {"message": message, "type": why, "code": status}}
+
+    def _error(self, status: int, why: str, message: str, retry: bool = False) -> web.Response:
         headers = {"Retry-After": str(self.config.retry_after_seconds)} if retry else {}
-        body = {"error": {"message": message, "type": why, "code": status}}
-        return web.json_response(body, status=status, headers=headers)
+        return web.json_response(self._rejected(status, why, message), status=status, headers=headers)
 
     def _authorized(self, request: web.Request) -> bool:
         key = self.config.api_key
@@ -218,8 +221,7 @@ class Router:
         return self._error(503, "hold_timeout", message, retry=True), False
 
     async def _stream_error(self, response: web.StreamResponse, status: int, why: str, message: str) -> None:
-        self.metrics.rejected.labels(why).inc()
-        event = {"error": {"message": message, "type": why, "code": status}}
+        event = self._rejected(status, why, message)
         await response.write(f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n".encode())
         await response.write_eof()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from qwen_operator.perf.queueing import RANDOM, Load, first_token_quantile, wait_quantile
+from qwen_operator.perf.queueing import RANDOM, Load, bisect, first_token_quantile, wait_quantile
 from qwen_operator.perf.stepmodel import StepModel
 
 CORRECTION_BOUNDS = (0.5, 4.0)
@@ -87,12 +87,11 @@ def most_rate(
         return 0.0
     per_request = mix.load(model)
     saturation = replicas / max(per_request.prefill + per_request.decode, 1e-12)
-    lo, hi = 0.0, saturation
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        good = correction * predicted(model, mix.at(mid), replicas, share, bound, routing) <= allowed
-        lo, hi = (mid, hi) if good else (lo, mid)
-    return lo
+
+    def within(rate: float) -> bool:
+        return correction * predicted(model, mix.at(rate), replicas, share, bound, routing) <= allowed
+
+    return bisect(0.0, saturation, within, 50)[0]
 
 
 def corrected(

@@ -135,13 +135,19 @@ def _quantile(
         return math.inf
     if beyond(load, replicas, 0.0, routing) <= share:
         return 0.0
-    lo, hi = 0.0, max(server[0], 1e-6)
+    hi = max(server[0], 1e-6)
     while beyond(load, replicas, hi, routing) > share:
         hi *= 2
-    for _ in range(60):
+    return bisect(0.0, hi, lambda t: beyond(load, replicas, t, routing) > share, 60)[1]
+
+
+def bisect(lo: float, hi: float, below: Callable[[float], bool], steps: int) -> tuple[float, float]:
+    """The bracket ``(lo, hi)`` around where a monotone ``below`` turns False, halved ``steps`` times
+    (``below(lo)`` holds, ``below(hi)`` does not)."""
+    for _ in range(steps):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if beyond(load, replicas, mid, routing) > share else (lo, mid)
-    return hi
+        lo, hi = (mid, hi) if below(mid) else (lo, mid)
+    return lo, hi
 
 
 def fewest_replicas(

@@ -246,16 +246,13 @@ class Cluster:
         if warmup <= 0 or not self.live:
             return
         rng = random.Random(f"{self.s.seed}:warm-up")
-        for i, (at, prompt, output) in enumerate(self._rows):
+        for i, (at, _, _) in enumerate(self._rows):
             if at >= warmup:
                 break
             t = at - warmup
             pod = rng.choice(self.live)
             pod.engine.advance(t)
-            prefix, prefix_len = self.trace.prefix(i)
-            pod.engine.add(
-                Request(-1 - i, t, prompt, output, t + self.s.timeout, prefix=prefix, prefix_len=prefix_len)
-            )
+            pod.engine.add(self._request(-1 - i, i, t))
         for pod in self.live:
             pod.engine.advance(0.0)
             pod.busy_mark = pod.engine.busy_seconds  # the first scrape measures from t = 0
@@ -345,28 +342,26 @@ class Cluster:
     def done(self) -> bool:
         return self.second >= math.ceil(self.end)
 
+    def _request(self, number: int, row: int, at: float) -> Request:
+        """Request ``number``: the trace's row ``row`` (its sizes and shared prefix), arriving at ``at``."""
+        _, prompt, output = self._rows[row]
+        prefix, prefix_len = self.trace.prefix(row)
+        return Request(number, at, prompt, output, at + self.s.timeout, prefix=prefix, prefix_len=prefix_len)
+
     def _arrive(self, t1: float) -> None:
         """Route the requests that arrive before ``t1``."""
-        s, rows, trace = self.s, self._rows, self.trace
-        if s.clients:
+        rows = self._rows
+        if self.s.clients:
             while self._due and self._due[0][0] < t1 and rows:
                 at, client = heapq.heappop(self._due)
-                _, prompt, output = rows[self._next % len(rows)]
-                prefix, prefix_len = trace.prefix(self._next % len(rows))
-                req = Request(
-                    self._next, at, prompt, output, at + s.timeout, prefix=prefix, prefix_len=prefix_len
-                )
+                req = self._request(self._next, self._next % len(rows), at)
                 req.user = client
                 self._route(req)
                 self._next += 1
                 self._arrivals += 1
             return
         while self._next < len(rows) and rows[self._next][0] < t1:
-            at, prompt, output = rows[self._next]
-            prefix, prefix_len = trace.prefix(self._next)
-            self._route(
-                Request(self._next, at, prompt, output, at + s.timeout, prefix=prefix, prefix_len=prefix_len)
-            )
+            self._route(self._request(self._next, self._next, rows[self._next][0]))
             self._next += 1
             self._arrivals += 1
 
