@@ -92,7 +92,7 @@ bench-tune: $(STAMP) ## Tune the benchmark's policies on its cards, training spl
 	$(PY) -m qwen_tools.sim.tune --traces bench/traces --out bench/results --merge \
 		--gpus a10g,a100-80gb --policies ours,hpa,keda,kpa,step
 
-bench-slo-train: $(STAMP) ## SLO mode vs the concurrency target on the training split only, 3 seeds (~1.5 min)
+bench-slo-train: $(STAMP) ## SLO mode vs the concurrency target on the training split only, 3 seeds (~2.5 min)
 	$(PY) -m qwen_tools.sim.slotrain --traces bench/traces
 
 bench-operator: $(STAMP) ## The operator at 10/100/1000 QwenServices (kmock + real Prometheus) -> bench/results/operator.*

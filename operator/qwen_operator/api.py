@@ -856,6 +856,57 @@ class LatencySLO(_Model):
     )
 
 
+Weekday = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+WEEKDAYS: tuple[Weekday, ...] = get_args(Weekday)  # datetime.weekday() order
+CLOCK_TIME = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class BoundsWindow(_Model):
+    """minReplicas and/or maxReplicas for part of the week, in the schedule's time zone."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+                "minReplicas must be <= maxReplicas",
+            ),
+            (
+                "has(self.minReplicas) || has(self.maxReplicas)",
+                "a window sets minReplicas, maxReplicas or both",
+            ),
+            ("self.start != self.end", "start and end must differ"),
+        )
+    )
+    days: list[Weekday] = Field(
+        default_factory=lambda: list(WEEKDAYS),
+        min_length=1,
+        max_length=7,
+        description="The days the window starts on (every day by default).",
+    )
+    start: str = Field(pattern=CLOCK_TIME, description="HH:MM, local time, inclusive.")
+    end: str = Field(
+        pattern=CLOCK_TIME,
+        description="HH:MM, local time, exclusive; before start, the window runs past midnight.",
+    )
+    min_replicas: int | None = Field(default=None, ge=1, le=1000, description="minReplicas in the window.")
+    max_replicas: int | None = Field(default=None, ge=1, le=1000, description="maxReplicas in the window.")
+
+
+class ScalingSchedule(_Model):
+    """Bounds by time of day (AIBrix offers the same): the first window that holds now sets them;
+    outside every window, minReplicas and maxReplicas do."""
+
+    time_zone: str = Field(
+        default="UTC",
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$",
+        description="An IANA time zone (Europe/Berlin): the windows' times, daylight saving included.",
+    )
+    windows: list[BoundsWindow] = Field(
+        default_factory=list, max_length=16, description="The first that holds now sets the bounds."
+    )
+
+
 class AutoscalingSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra=_rules(
@@ -863,6 +914,15 @@ class AutoscalingSpec(_Model):
         )
     )
     enabled: bool = Field(default=False, description="Let the operator own the replica count.")
+    mode: Literal["Active", "Advisory"] = Field(
+        default="Active",
+        description=(
+            "Active: the scaler sets the Deployment's replicas. Advisory: it decides every interval as "
+            "it would, from its own advice, and reports each decision (status.autoscaling.advisedReplicas, "
+            "Advised Events, the qwen_operator_desired_replicas metric) without touching the Deployment, "
+            "which keeps spec.replicas: compare it with what runs today before switching."
+        ),
+    )
     min_replicas: int = Field(default=1, ge=1, le=1000, description="Never fewer replicas than this.")
     max_replicas: int = Field(
         default=5, ge=1, le=1000, description="Never more replicas (GPUs = maxReplicas x GPUs per replica)."
@@ -883,6 +943,10 @@ class AutoscalingSpec(_Model):
     scale_up: ScaleUpPolicy = _section(ScaleUpPolicy, "How fast replicas are added.")
     scale_down: ScaleDownPolicy = _section(ScaleDownPolicy, "How carefully replicas are removed.")
     metrics: MetricsSpec = _section(MetricsSpec, "Where the load and KV-cache metrics come from.")
+    schedule: ScalingSchedule | None = Field(
+        default=None,
+        description="minReplicas/maxReplicas by time of day, e.g. more replicas kept warm in office hours.",
+    )
     slo: LatencySLO | None = Field(
         default=None,
         description=(
@@ -892,6 +956,11 @@ class AutoscalingSpec(_Model):
             "usage as a safety cap."
         ),
     )
+
+    @property
+    def owns_replicas(self) -> bool:
+        """Whether the scaler sets the Deployment's replicas (on, and not advisory)."""
+        return self.enabled and self.mode == "Active"
 
 
 # ------------------------------------------------------------------------------------------ network
@@ -1040,7 +1109,9 @@ class QwenServiceSpec(_Model):
         json_schema_extra={"default": {}},
         description="A chat page with a login in front of the model (off by default).",
     )
-    replicas: int = Field(default=1, ge=0, le=1000, description="Replicas when autoscaling is off.")
+    replicas: int = Field(
+        default=1, ge=0, le=1000, description="Replicas when autoscaling is off or in mode Advisory."
+    )
     autoscaling: AutoscalingSpec = _section(
         AutoscalingSpec, "Let the operator move replicas between minReplicas and maxReplicas on load."
     )
@@ -1102,6 +1173,27 @@ class DemandPeak(_Model):
     work: float
 
 
+class ModelReading(_Model):
+    """SLO mode: what the performance model believes and predicts (``qwen_operator.perf``)."""
+
+    prefill_tokens_per_second: float = Field(description="One replica's prompt tokens per second, fitted.")
+    step_floor_seconds: float = Field(description="An engine step's fixed time, fitted.")
+    fit_windows: int = Field(description="Windows of vLLM's engine counters the fit has taken.")
+    fit_spread_percent: float = Field(
+        description="How sure the fit is: the largest standard deviation of its parameters, in % of each."
+    )
+    load_factor: float = Field(
+        description="How much fuller the replicas are than the model says, learned from queue times and "
+        "first tokens (1: as predicted)."
+    )
+    replicas: int | None = Field(
+        default=None, description="The fewest replicas predicted to keep the SLO at the load planned for."
+    )
+    late_percent: float | None = Field(
+        default=None, description="The share of first tokens predicted later than the bound there."
+    )
+
+
 class ScalingObservation(_Model):
     """What the last evaluation saw, over the ready pods that reported fresh metrics."""
 
@@ -1121,6 +1213,29 @@ class ScalingObservation(_Model):
         description="SLO mode with a timePerOutputTokenSeconds: the share of the last minute's finished "
         "requests within it.",
     )
+    model: ModelReading | None = None
+
+
+class PerformanceModelState(_Model):
+    """SLO mode's performance model as a restart needs it: the step model's fit and the load factor's
+    belief (``qwen_operator.perf.sizing.Sizing``)."""
+
+    model_config = ConfigDict(extra="ignore")
+    step: list[float] = Field(
+        min_length=4,
+        max_length=4,
+        description="Step seconds: floor, per sequence, per prompt token, per context token.",
+    )
+    covariance: list[float] = Field(min_length=16, max_length=16, description="The fit's covariance (4 x 4).")
+    prior: list[float] = Field(default_factory=list, max_length=4, description="The GPU table's step model.")
+    windows: int = Field(default=0, ge=0, description="Windows the fit accepted.")
+    rejected: int = Field(default=0, ge=0, description="Windows rejected in a row.")
+    likelihood: list[float] = Field(
+        default_factory=list, max_length=64, description="The log-likelihood of each load factor on the grid."
+    )
+    informed: float = Field(default=0.0, ge=0, description="Windows the belief holds (fading).")
+    prompt_tokens: float | None = Field(default=None, description="The mean prompt of the last minutes.")
+    output_tokens: float | None = Field(default=None, description="The mean output of the last minutes.")
 
 
 class ScalerState(_Model):
@@ -1158,6 +1273,7 @@ class ScalerState(_Model):
     capacity_failed: float | None = Field(
         default=None, description="SLO mode: the least load a replica failed the SLO under (fading)."
     )
+    performance_model: PerformanceModelState | None = None
 
 
 class AutoscalingStatus(_Model):
@@ -1167,6 +1283,9 @@ class AutoscalingStatus(_Model):
     reason: str | None = None
     message: str | None = None
     recommendation: int | None = Field(default=None, description="Replicas the signals ask for, unlimited.")
+    advised_replicas: int | None = Field(
+        default=None, description="mode Advisory: the replicas the scaler would have set (within the limits)."
+    )
     observation: ScalingObservation | None = None
     state: ScalerState | None = None
 

@@ -293,8 +293,8 @@ async def reconcile(
         return await _invalid(cluster, body, exc.messages, now, outcome)
 
     problems: list[status.Problem] = []
-    # The scaler owns the Deployment's replicas while autoscaling is on.
-    skip = ("replicas",) if svc.spec.autoscaling.enabled else ()
+    # The scaler owns the Deployment's replicas while autoscaling is on (and acts: advisory, spec.replicas).
+    skip = ("replicas",) if svc.spec.autoscaling.owns_replicas else ()
     step = "Job"
     try:
         job = await _download_job(cluster, svc, outcome, problems)

@@ -480,7 +480,7 @@ def _metadata(
 
 def initial_replicas(svc: api.QwenService) -> int:
     """Replicas a new Deployment starts with."""
-    if not svc.spec.autoscaling.enabled:
+    if not svc.spec.autoscaling.owns_replicas:
         return svc.spec.replicas
     a = svc.spec.autoscaling
     desired = svc.status.desired_replicas

@@ -5,16 +5,17 @@ replica count and says why (:class:`Reason`):
 
 1. ``recommend``: per signal (concurrency, KV-cache usage with the waiting requests' share, optionally
    waiting requests) the replicas the load needs; the largest wins; a tolerance band around the
-   current count moves nothing. In SLO mode (``spec.autoscaling.slo``) the planner's need
-   (:mod:`qwen_operator.planner`: token load, learned capacity, cold-start forecast, burst hold) takes
-   the concurrency signal's place while the pods report traffic.
+   current count moves nothing. In SLO mode (``spec.autoscaling.slo``) the planner's need takes the
+   concurrency signal's place while the pods report traffic: the fewest replicas the performance model
+   (:mod:`qwen_operator.perf`) predicts keep the SLO at the load expected one cold start ahead, with
+   the capacity learned from the windows (:mod:`qwen_operator.planner`) where the model cannot say.
 2. cold start: the count compared with is the Deployment's (ready pods plus pods starting), so pods on
    the way count as capacity; only load beyond them scales up again.
 3. ``scale_up``: immediate, at most +``maxStepPercent`` % or +``maxStepReplicas`` per step; load far
    above the ready pods' capacity (``panicThreshold``) skips the limit.
 4. ``scale_down``: only after a full window of unbroken data, not within the cooldown after a scale-up,
    to the highest recommendation of the stabilization window, at most ``maxStepReplicas`` per step.
-5. ``bound``: minReplicas/maxReplicas.
+5. ``bound``: minReplicas/maxReplicas, or those of the schedule's window that holds now (``limits``).
 6. No usable data (none, NaN, Inf, stale, or the source failed): hold, say ``MetricsUnavailable``.
 
 No I/O and no clock: ``now`` is passed in, the state comes in and goes out. See docs/autoscaling.md.
@@ -29,9 +30,12 @@ import enum
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from qwen_operator import api
+from qwen_operator.perf.sizing import GRID, Sizing
+from qwen_operator.perf.stepmodel import Fit
 from qwen_operator.planner import Capacity, Plan, PlanState, plan
 from qwen_operator.traffic import Traffic, combine
 
@@ -256,6 +260,7 @@ def recommend(
         tpot_within_slo_percent=None
         if slo is None or slo.decode_attainment is None
         else round(100 * slo.decode_attainment, 2),
+        model=None if slo is None else slo.model,
     )
     ready = len(obs.ready_pods)
     text = slo.message if slo is not None and top.name == "slo" else _describe(top, ready)
@@ -352,12 +357,54 @@ def scale_down(
     return stabilized, Reason.BELOW_TARGET, None
 
 
-def bound(replicas: int, spec: api.AutoscalingSpec) -> tuple[int, Reason | None]:
-    """Stage 5: minReplicas <= replicas <= maxReplicas."""
-    if replicas < spec.min_replicas:
-        return spec.min_replicas, Reason.TOO_FEW_REPLICAS
-    if replicas > spec.max_replicas:
-        return spec.max_replicas, Reason.TOO_MANY_REPLICAS
+@dataclass(frozen=True)
+class Limits:
+    """minReplicas and maxReplicas now, and the schedule window that set them (None: the spec's)."""
+
+    min_replicas: int
+    max_replicas: int
+    window: str | None = None
+
+
+def limits(spec: api.AutoscalingSpec, now: datetime) -> Limits:
+    """The bounds at ``now``: the first schedule window that holds then (in its time zone; a window
+    whose end is before its start runs past midnight, from the days it starts on), else the spec's."""
+    lo, hi = spec.min_replicas, spec.max_replicas
+    schedule = spec.schedule
+    if schedule is None or not schedule.windows:
+        return Limits(lo, hi)
+    try:
+        zone = ZoneInfo(schedule.time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return Limits(lo, hi)  # an unknown zone: the spec's validation reports it
+    local = (now if now.tzinfo is not None else now.replace(tzinfo=UTC)).astimezone(zone)
+    minute = local.hour * 60 + local.minute
+    today, yesterday = api.WEEKDAYS[local.weekday()], api.WEEKDAYS[(local.weekday() - 1) % 7]
+    for w in schedule.windows:
+        start, end = _clock_minutes(w.start), _clock_minutes(w.end)
+        if start < end:
+            inside = today in w.days and start <= minute < end
+        else:
+            inside = (today in w.days and minute >= start) or (yesterday in w.days and minute < end)
+        if inside:
+            wlo = w.min_replicas if w.min_replicas is not None else lo
+            whi = w.max_replicas if w.max_replicas is not None else hi
+            days = ",".join(w.days) if len(w.days) < len(api.WEEKDAYS) else "daily"
+            return Limits(wlo, max(whi, wlo), f"schedule {days} {w.start}-{w.end} {schedule.time_zone}")
+    return Limits(lo, hi)
+
+
+def _clock_minutes(hhmm: str) -> int:
+    hours, minutes = hhmm.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def bound(replicas: int, limit: Limits) -> tuple[int, Reason | None]:
+    """Stage 5: minReplicas <= replicas <= maxReplicas (as the schedule sets them now)."""
+    if replicas < limit.min_replicas:
+        return limit.min_replicas, Reason.TOO_FEW_REPLICAS
+    if replicas > limit.max_replicas:
+        return limit.max_replicas, Reason.TOO_MANY_REPLICAS
     return replicas, None
 
 
@@ -390,12 +437,13 @@ def decide(obs: Observation, spec: api.AutoscalingSpec, state: State, now: datet
             else f"no fresh metrics from {len(obs.ready_pods)} ready pod(s)"
             f" (stale after {spec.metrics.stale_after_seconds} s)"
         )
-        replicas, limit = bound(current, spec)
+        bounds = limits(spec, now)
+        replicas, limit = bound(current, bounds)
         new_state = replace(state, data_since=None, last_evaluated=now)
         reason = limit or Reason.METRICS_UNAVAILABLE
         message = f"holding {current} replicas: {why}"
         if limit:
-            message = f"{_bound_message(limit, spec)}; metrics unavailable: {why}"
+            message = f"{_bound_message(limit, bounds)}; metrics unavailable: {why}"
         decision = Decision(replicas, reason, message, new_state, ready_replicas=len(obs.ready_pods))
         return _stamp_scale_times(decision, current, now)
 
@@ -407,10 +455,11 @@ def decide(obs: Observation, spec: api.AutoscalingSpec, state: State, now: datet
         replicas, reason, note = scale_up(need, current, ready, spec.scale_up)
     elif need.replicas < current:
         replicas, reason, note = scale_down(need, current, spec, state, now)
-    bounded, limit = bound(replicas, spec)
+    bounds = limits(spec, now)
+    bounded, limit = bound(replicas, bounds)
     message = need.message + (f"; {note}" if note else "")
     if limit is not None:
-        reason, message = limit, f"{_bound_message(limit, spec)}; {message}"
+        reason, message = limit, f"{_bound_message(limit, bounds)}; {message}"
     state = replace(state, history=record(state.history, now, need.replicas, window))
     decision = Decision(bounded, reason, message, state, need.replicas, need.observation, ready)
     return _stamp_scale_times(decision, current, now)
@@ -430,13 +479,17 @@ def _slo_plan(
     waiting = sum(s.waiting for s in usable.values())
     seed = Capacity(*spec.slo.seed())
     ready, kv, target = len(obs.ready_pods), kv_usages(usable), spec.targets.kv_cache_usage
-    return plan(traffic, ready, spec.slo, seed, state.plan, now, obs.cold_starts, waiting, kv, target)
+    running = sum(s.running for s in usable.values())
+    return plan(
+        traffic, ready, spec.slo, seed, state.plan, now, obs.cold_starts, waiting, kv, target, running
+    )
 
 
-def _bound_message(limit: Reason, spec: api.AutoscalingSpec) -> str:
+def _bound_message(limit: Reason, bounds: Limits) -> str:
+    by = f" ({bounds.window})" if bounds.window else ""
     if limit is Reason.TOO_FEW_REPLICAS:
-        return f"at minReplicas {spec.min_replicas}"
-    return f"at maxReplicas {spec.max_replicas}"
+        return f"at minReplicas {bounds.min_replicas}{by}"
+    return f"at maxReplicas {bounds.max_replicas}{by}"
 
 
 def _stamp_scale_times(decision: Decision, current: int, now: datetime) -> Decision:
@@ -484,5 +537,49 @@ def state_from_status(status: api.QwenServiceStatus) -> State:
             cold_start_seconds=state.cold_start_seconds,
             carried=state.capacity_carried,
             failed=state.capacity_failed,
+            sizing=sizing_of(state.performance_model),
         ),
     )
+
+
+def _sig(x: float) -> float:
+    return float(f"{x:.6g}")
+
+
+def model_state(sizing: Sizing) -> api.PerformanceModelState:
+    """The performance model as the status keeps it (six significant digits)."""
+    fit = sizing.fit
+    return api.PerformanceModelState(
+        step=[_sig(v) for v in fit.theta],
+        covariance=[_sig(v) for v in fit.covariance],
+        prior=[_sig(v) for v in fit.prior],
+        windows=fit.windows,
+        rejected=fit.rejected,
+        likelihood=[round(v, 3) for v in sizing.likelihood],
+        informed=round(sizing.informed, 3),
+        prompt_tokens=None if sizing.prompt is None else round(sizing.prompt, 1),
+        output_tokens=None if sizing.output is None else round(sizing.output, 1),
+    )
+
+
+def sizing_of(state: api.PerformanceModelState | None) -> Sizing | None:
+    """The performance model back from the status; None (start again from the GPU table) when absent,
+    from another grid, or not a model (a hand-edited status: negative or non-finite figures)."""
+    if state is None or (state.likelihood and len(state.likelihood) != len(GRID)):
+        return None
+    if len(state.prior) not in (0, 4) or not all(
+        v > 0 and math.isfinite(v) for v in (*state.step, *state.prior)
+    ):
+        return None
+    figures = (
+        *state.covariance,
+        *state.likelihood,
+        state.informed,
+        state.prompt_tokens or 0,
+        state.output_tokens or 0,
+    )
+    if not all(math.isfinite(v) for v in figures):
+        return None
+    fit = Fit(tuple(state.step), tuple(state.covariance), state.windows, state.rejected, tuple(state.prior))
+    likelihood = tuple(state.likelihood) if state.likelihood else (0.0,) * len(GRID)
+    return Sizing(fit, likelihood, state.informed, state.prompt_tokens, state.output_tokens)

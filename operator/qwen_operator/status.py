@@ -198,9 +198,11 @@ def _plan_status(plan: PlanState) -> dict[str, Any]:
         "cold_start_seconds": None if plan.cold_start_seconds is None else round(plan.cold_start_seconds, 1),
         "capacity_carried": None if plan.carried is None else round(plan.carried, 4),
         "capacity_failed": None if plan.failed is None else round(plan.failed, 4),
+        "performance_model": None if plan.sizing is None else scaling.model_state(plan.sizing),
     }
 
 
+ADVISORY = "Advisory"  # ScalingActive's reason in mode Advisory
 AWAITING_FIRST_SCRAPE = "AwaitingFirstScrape"
 
 
@@ -237,17 +239,21 @@ def scaling_status(
     now: str,
     generation: int | None,
     grace_seconds: float = 60.0,
+    advisory: bool = False,
 ) -> api.QwenServiceStatus:
-    """The status carrying a scaling decision: desired replicas, observation, reason, state, conditions."""
+    """The status carrying a scaling decision: desired replicas, observation, reason, state, conditions.
+    ``advisory``: the decision is advice (``advisedReplicas``); the Deployment, its desired replicas
+    and the last scale time are left as they are."""
     state = decision.state
     available = decision.metrics_available
     obs = decision.observation
+    active_reason = "ValidMetricFound" if available else scaling.Reason.METRICS_UNAVAILABLE.value
     conds = set_condition(
         old.conditions,
         SCALING_ACTIVE,
         available,
-        "ValidMetricFound" if available else scaling.Reason.METRICS_UNAVAILABLE.value,
-        decision.message,
+        ADVISORY if advisory and available else active_reason,
+        f"advisory, spec.replicas rules: {decision.message}" if advisory else decision.message,
         now,
         generation,
     )
@@ -276,6 +282,7 @@ def scaling_status(
         reason=decision.reason.value,
         message=brief(decision.message),
         recommendation=decision.recommendation,
+        advised_replicas=decision.replicas if advisory else None,
         observation=obs,
         state=api.ScalerState(
             last_scale_up_time=state.last_scale_up_time,
@@ -284,6 +291,8 @@ def scaling_status(
             **_plan_status(state.plan),
         ),
     )
+    if advisory:
+        return old.model_copy(update={"conditions": conds, "autoscaling": auto})
     return old.model_copy(
         update={
             "conditions": conds,
@@ -320,6 +329,7 @@ LAG_TOLERANT_STATE = (
     "coldStartSeconds",
     "capacityCarried",
     "capacityFailed",
+    "performanceModel",
 )
 OBSERVED_COUNTS = ("readyReplicas", "podsWithData")
 

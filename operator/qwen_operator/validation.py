@@ -14,6 +14,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ValidationError
 
@@ -148,6 +149,30 @@ def semantic_errors(spec: api.QwenServiceSpec) -> list[str]:
         )
     if spec.model.source.kind != "hub" and ".." in spec.model.name.split("/"):
         errors.append("spec.model.name must not contain '..' path segments")
+    return errors + schedule_errors(a)
+
+
+def schedule_errors(a: api.AutoscalingSpec) -> list[str]:
+    """A schedule's time zone must exist, and each window's bounds (the spec's where it sets none)
+    must leave some replica count."""
+    if a.schedule is None:
+        return []
+    errors = []
+    try:
+        ZoneInfo(a.schedule.time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        errors.append(
+            f"spec.autoscaling.schedule.timeZone: unknown time zone {a.schedule.time_zone!r} "
+            "(an IANA name, such as Europe/Berlin or UTC)"
+        )
+    for i, w in enumerate(a.schedule.windows):
+        lo = w.min_replicas if w.min_replicas is not None else a.min_replicas
+        hi = w.max_replicas if w.max_replicas is not None else a.max_replicas
+        if lo > hi:
+            errors.append(
+                f"spec.autoscaling.schedule.windows[{i}]: minReplicas {lo} > maxReplicas {hi} "
+                "(the spec's, where the window sets none)"
+            )
     return errors
 
 

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
-from qwen_operator.perf import queueing
+from qwen_operator.perf import queueing, sizing
+from qwen_operator.perf.predict import Mix
 from qwen_operator.perf.queueing import POOLED, RANDOM, Load
 from qwen_operator.perf.stepmodel import Fit, StepModel, Window
+from qwen_operator.planner import rise_band
+from qwen_operator.traffic import INF, Histogram, Traffic
+from qwen_tools.sim.engine import QUEUE_BUCKETS, TTFT_BUCKETS
 
 TRUE = StepModel(floor_s=0.012, per_seq_s=0.0006, prefill_tok_s=6000.0, per_context_s=9.5e-8)
 # The table's figures, 30% off in every parameter: what a user's published card might say.
@@ -129,7 +135,6 @@ def test_the_random_service_prediction_follows_the_simulated_fleet() -> None:
     """The queue-time p99 the model predicts at 3-6 replicas, from the measured load and the card's
     table, against what the simulator's engines (vLLM's scheduler) give on a real trace slice."""
     import statistics
-    from dataclasses import replace
 
     from qwen_tools.sim import policies, trace
     from qwen_tools.sim.cluster import Settings, simulate
@@ -161,7 +166,6 @@ def test_the_fit_learns_a_simulated_card_from_its_vllm_exports() -> None:
     """Per-minute windows of what a pod's /metrics would say (the engine's inter-token latency and
     iteration counters, its batch and KV usage sampled every 15 s) fit from the nominal A10G's table:
     the fit lands on the card the run drew, which is off the table."""
-    from dataclasses import replace
 
     from qwen_tools.sim import policies, trace
     from qwen_tools.sim.cluster import Cluster, Settings
@@ -247,3 +251,103 @@ def test_the_correction_learns_the_level_only_from_windows_that_say_something() 
     assert predict.corrected(1.0, TRUE, quiet, 4, 0.01, 2.0, observed=9.0, requests=700) == 1.0
     assert predict.corrected(1.0, TRUE, busy, 4, 0.01, 2.0, observed=9.0, requests=20) == 1.0
     assert predict.corrected(1.0, TRUE, busy, 4, 0.01, 2.0, observed=100 * expected, requests=700) <= 4.0
+
+
+# ------------------------------------------------------------------------------------------ sizing
+
+A10G = sizing.prior(6000, 820)  # the operator's prior for the A10G, from its seed capacity
+MIX = Mix(rate=6.0, prompt=1100, output=250, ca2=1.5)  # the Azure conversation trace's, about
+
+
+def histogram(bounds: tuple[float, ...], within: Callable[[float], float], n: float) -> Histogram:
+    """``n`` observations spread as ``within`` (the share at or below a bound) says, on vLLM's bounds."""
+    return Histogram.of({**{le: n * within(le) for le in bounds}, INF: n})
+
+
+def served(model: StepModel, mix: Mix, replicas: int, factor: float, n: float = 360) -> Traffic:
+    """A minute as vLLM's histograms would show it if the replicas were ``factor`` times as full as
+    the model says: queue times and first tokens from the model's own distributions at that load."""
+    load = mix.at(factor * mix.rate).load(model)
+    queue = histogram(QUEUE_BUCKETS, lambda t: 1 - queueing.wait_beyond(load, replicas, t), n)
+    ttft = histogram(TTFT_BUCKETS, lambda t: 1 - queueing.first_token_beyond(load, replicas, t), n)
+    return Traffic(60, mix.prompt * n, mix.output * n, n, ttft=ttft, queue_time=queue)
+
+
+@pytest.mark.parametrize("planted", [0.7, 1.0, 1.6, 2.5])
+def test_the_load_factor_is_learned_from_the_windows_queue_times_and_first_tokens(planted: float) -> None:
+    """Replicas fuller (or emptier) than the model says, by a planted factor: the filter finds it
+    within a step of its grid from what a minute of vLLM's histograms shows, on three fleet sizes."""
+    learned = sizing.Sizing.start(A10G)
+    for replicas in (3, 4, 5) * 4:
+        traffic = served(A10G, MIX, replicas, planted)
+        mix = sizing.mix_of(traffic, MIX.ca2)
+        assert mix is not None
+        learned = sizing.observe(learned, traffic, mix, replicas, running=0, bound=2.0)
+    assert learned.correction == pytest.approx(planted, rel=0.1)
+    assert learned.explains()
+
+
+def test_slack_is_information_the_fleet_shrinks_to_what_the_model_predicts() -> None:
+    """Six replicas where three keep the SLO, every first token well within it: the model learns from
+    the windows that nothing is amiss, and sizes for three, saying what it predicts there; no miss is
+    needed to go down, and it stops where the predicted misses would pass the SLO's 1%."""
+    learned = sizing.Sizing.start(A10G)
+    for _ in range(8):
+        traffic = served(A10G, MIX, 6, 1.0)
+        learned = sizing.observe(learned, traffic, MIX, 6, running=0, bound=2.0)
+    found = sizing.fewest(learned, MIX, 0.01, 2.0, 1, 12)
+    assert found is not None
+    replicas, late = found
+    assert replicas == 3
+    assert late <= 0.01 < sizing.miss_share(A10G, MIX.at(learned.correction * MIX.rate), 2, 2.0)
+
+
+def test_waits_the_model_cannot_explain_leave_the_decision_to_the_capacity() -> None:
+    """A queue far longer than the model predicts even at four times its load (a card much slower
+    than its table): the load factor sits at the edge of its grid, and the model does not decide."""
+    learned = sizing.Sizing.start(A10G)
+    for _ in range(8):
+        traffic = served(sizing.prior(600, 82), MIX, 6, 1.0)  # a card ten times slower
+        learned = sizing.observe(learned, traffic, MIX, 6, running=0, bound=2.0)
+    assert learned.correction == sizing.GRID[-1]
+    assert not learned.explains()
+
+
+def test_the_rise_band_is_the_load_one_cold_start_ahead_of_most_minutes() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime(2026, 12, 7, tzinfo=UTC)
+
+    def minutes(works: list[float]) -> list[tuple[datetime, float]]:
+        return [(t0 + timedelta(minutes=i), w) for i, w in enumerate(works)]
+
+    assert rise_band(minutes([1.0] * 30), 240) == 1.0, "flat: now's load is the forecast"
+    assert rise_band(minutes([1.0] * 4), 240) == 1.0, "too little history to say"
+    # A burst of 3x every ten minutes: within four minutes of most minutes the load triples.
+    bursty = minutes([3.0 if i % 10 == 9 else 1.0 for i in range(30)])
+    assert rise_band(bursty, 240) == pytest.approx(3.0)
+    assert rise_band(bursty, 60) == 1.0, "one minute ahead, a burst is the rare case"
+    assert rise_band(minutes([1.0 + 0.05 * i for i in range(30)]), 240) > 1.1, "a ramp rises"
+
+
+def test_first_tokens_late_under_load_count_where_the_queue_times_do_not_show_it() -> None:
+    """With chunked prefill a prompt also waits inside the batch, behind other prompts' chunks, which
+    vLLM's queue time does not count: queue times as the model predicts, first tokens' tail as at
+    twice the load. Under load the tail moves the factor up; at light load (a late first token is the
+    prompt's own prefill) it does not."""
+
+    def learn(replicas: int, ttft: Callable[[Traffic], Histogram]) -> float:
+        learned = sizing.Sizing.start(A10G)
+        for _ in range(8):
+            early = served(A10G, MIX, replicas, 1.0)
+            late = ttft(served(A10G, MIX, replicas, 2.0))
+            traffic = Traffic(
+                60, early.prompt_tokens, early.generation_tokens, early.requests, late, early.queue_time
+            )
+            learned = sizing.observe(learned, traffic, MIX, replicas, running=0, bound=2.0)
+        return learned.correction
+
+    assert learn(4, lambda late: late.ttft) > 1.3, "4 replicas at 6 requests/s: loaded"
+    # 12 replicas: light load, where 5% of first tokens after 2.5 s are long prompts' own prefill.
+    long_prompts = Histogram.of({0.5: 300, 1.0: 330, 2.5: 342, 5.0: 360, INF: 360})
+    assert learn(12, lambda _: long_prompts) == pytest.approx(1.0, rel=0.1)

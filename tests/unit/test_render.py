@@ -273,6 +273,13 @@ def test_replicas_with_and_without_autoscaling(minimal):
     assert render.render_deployment(make(minimal, replicas=3))["spec"]["replicas"] == 3
     scaled = make(minimal, replicas=3, autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 6})
     assert render.render_deployment(scaled)["spec"]["replicas"] == 2
+    # Advisory: the scaler reports, spec.replicas rules the Deployment.
+    advisory = make(
+        minimal,
+        replicas=3,
+        autoscaling={"enabled": True, "mode": "Advisory", "minReplicas": 2, "maxReplicas": 6},
+    )
+    assert render.render_deployment(advisory)["spec"]["replicas"] == 3
 
 
 @pytest.mark.parametrize("example", load_examples(), ids=lambda d: d["metadata"]["name"])

@@ -262,8 +262,8 @@ class Load:
         return {t.key: t.observation({p.name: sample for p in t.pods}) for t in targets}
 
 
-async def test_live_figures_are_written_at_most_once_a_minute_while_the_decision_holds() -> None:
-    store = Store("chat", 2)
+def driven(store: Store) -> tuple[Autoscaler, Load, list[datetime.datetime]]:
+    """A scaler on the store's service, its load source and its clock (both set by the test)."""
     now = [NOW]
     fleet = Fleet(["chat"])
     fleet.services, fleet.deployments, fleet.pods = store.services, store.deployments, store.pods_  # type: ignore[method-assign]
@@ -274,6 +274,12 @@ async def test_live_figures_are_written_at_most_once_a_minute_while_the_decision
         return load
 
     scaler.sources.for_service = for_service  # type: ignore[method-assign]
+    return scaler, load, now
+
+
+async def test_live_figures_are_written_at_most_once_a_minute_while_the_decision_holds() -> None:
+    store = Store("chat", 2)
+    scaler, load, now = driven(store)
 
     async def tick(seconds: float, per_pod: float) -> None:
         now[0] += datetime.timedelta(seconds=seconds)
@@ -483,3 +489,49 @@ async def test_each_pods_start_up_is_recorded_once_per_pod() -> None:
     await scaler.tick()
     assert count() == 2
     assert scaler.started == {"u2"}, "pods gone are forgotten"
+
+
+async def test_an_advisory_scaler_reports_what_it_would_do_and_never_touches_the_deployment() -> None:
+    """Mode Advisory: each decision goes to status.autoscaling.advisedReplicas and, when it changes,
+    to an Advised Event, decided from the last advice as if it had been followed; the Deployment keeps
+    its replicas and no pod gets a deletion cost."""
+    store = Store("chat", 2)
+    store.svc["spec"]["autoscaling"]["mode"] = "Advisory"
+    events: list[Mapping[str, Any]] = []
+
+    async def create(res: Resource, obj: Mapping[str, Any]) -> dict[str, Any]:
+        events.append(obj)
+        return dict(obj)
+
+    store.create = create  # type: ignore[method-assign]
+    scaler, load, now = driven(store)
+    patches: list[Mapping[str, Any]] = []
+    merge_patch = store.merge_patch
+
+    async def counted(
+        res: Resource, namespace: str, name: str, patch: Mapping[str, Any], sub: str | None = None
+    ) -> dict[str, Any]:
+        if sub != "status":
+            patches.append(patch)
+        return await merge_patch(res, namespace, name, patch, sub)
+
+    store.merge_patch = counted  # type: ignore[method-assign]
+
+    async def tick(seconds: float, per_pod: float) -> dict[str, Any]:
+        now[0] += datetime.timedelta(seconds=seconds)
+        load.per_pod = per_pod
+        await scaler.tick()
+        return store.svc["status"]
+
+    first = await tick(0, 24)  # 48 in flight on 2 pods at 8 each: 6 replicas
+    assert first["autoscaling"]["advisedReplicas"] == 6
+    assert [e["reason"] for e in events] == ["Advised"]
+    assert events[0]["message"].startswith("would scale 2 -> 6: concurrency 48 vs target 8 x 2 ready")
+    again = await tick(15, 24)
+    assert again["autoscaling"]["advisedReplicas"] == 6, "decided from its advice: 6 already"
+    assert len(events) == 1, "an Event only when the advice changes"
+    assert store.dep["spec"]["replicas"] == 2
+    assert patches == [], "neither the Deployment nor a pod was patched"
+    assert "desiredReplicas" not in first, "the Deployment's desired count is the reconciler's to say"
+    active = next(c for c in first["conditions"] if c["type"] == "ScalingActive")
+    assert active["reason"] == "Advisory"

@@ -511,3 +511,31 @@ def test_the_gpu_default_respects_max_num_seqs_and_tensor_parallelism(
         "autoscaling": {"enabled": True},
     }
     assert api.QwenServiceSpec.model_validate(body).scaling().targets.concurrency_per_replica == target
+
+
+def test_a_schedule_sets_the_bounds_by_local_time_of_day() -> None:
+    """Office hours in Berlin keep three replicas warm on weekdays, and a night window caps the fleet
+    from Friday evening into Saturday; outside them the spec's bounds hold. Times are local, daylight
+    saving included."""
+    office = {"days": ["Mon", "Tue", "Wed", "Thu", "Fri"], "start": "08:00", "end": "18:00", "minReplicas": 3}
+    night = {"days": ["Fri"], "start": "22:00", "end": "06:00", "maxReplicas": 2}
+    scheduled = spec(schedule={"timeZone": "Europe/Berlin", "windows": [office, night]})
+    idle = observe(1, pods(1))
+    monday_winter = datetime(2026, 11, 30, 7, 30, tzinfo=UTC)  # 08:30 in Berlin (CET)
+    decision = decide(idle, scheduled, warm(), monday_winter)
+    assert decision.replicas == 3
+    assert decision.reason is Reason.TOO_FEW_REPLICAS
+    assert decision.message.startswith(
+        "at minReplicas 3 (schedule Mon,Tue,Wed,Thu,Fri 08:00-18:00 Europe/Berlin)"
+    )
+    assert decide(idle, scheduled, warm(), monday_winter - timedelta(hours=1)).replicas == 1, "07:30 local"
+    monday_summer = datetime(2026, 7, 6, 6, 30, tzinfo=UTC)  # 08:30 in Berlin (CEST)
+    assert decide(idle, scheduled, warm(), monday_summer).replicas == 3
+    saturday = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    assert decide(idle, scheduled, warm(), saturday).replicas == 1, "no window on Saturday noon"
+    busy = observe(4, pods(40, 40, 40, 40))  # 160 in flight: 20 replicas' worth
+    saturday_night = datetime(2026, 12, 5, 2, 0, tzinfo=UTC)  # 03:00 Saturday, from Friday's window
+    capped = decide(busy, scheduled, warm(), saturday_night)
+    assert (capped.replicas, capped.reason) == (2, Reason.TOO_MANY_REPLICAS)
+    assert "(schedule Fri 22:00-06:00 Europe/Berlin)" in capped.message
+    assert decide(busy, scheduled, warm(), saturday_night + timedelta(days=1)).replicas == 10, "Sunday 03:00"

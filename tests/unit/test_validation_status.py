@@ -40,6 +40,23 @@ def body(minimal: dict[str, Any], **spec: Any) -> dict[str, Any]:
             "spec.engine.tensorParalelSize: no such field: did you mean tensorParallelSize?",
         ),
         ({"model": {}}, "spec.model.name: Field required"),
+        (
+            {"autoscaling": {"schedule": {"timeZone": "Europe/Berlinn", "windows": []}}},
+            "unknown time zone 'Europe/Berlinn' (an IANA name, such as Europe/Berlin or UTC)",
+        ),
+        (
+            {
+                "autoscaling": {
+                    "maxReplicas": 5,
+                    "schedule": {"windows": [{"start": "08:00", "end": "18:00", "minReplicas": 8}]},
+                }
+            },
+            "spec.autoscaling.schedule.windows[0]: minReplicas 8 > maxReplicas 5",
+        ),
+        (
+            {"autoscaling": {"schedule": {"windows": [{"start": "8:00", "end": "18:00", "minReplicas": 2}]}}},
+            "spec.autoscaling.schedule.windows[0].start: String should match pattern",
+        ),
     ],
 )
 def test_invalid_specs_name_the_field_and_the_fix(minimal, spec, message):

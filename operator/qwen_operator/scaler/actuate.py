@@ -72,11 +72,13 @@ class Actuator:
             rfc3339(now),
             svc.metadata.generation,
             grace_seconds=svc.spec.autoscaling.metrics.stale_after_seconds,
+            advisory=not svc.spec.autoscaling.owns_replicas,
         )
 
     async def act(self, candidate: Candidate, obs: scaling.Observation, now: datetime.datetime) -> Evaluated:
         svc = candidate.svc
         uid = svc.metadata.uid or ""
+        obs = advised(svc, obs)
         decision, new = self.decide(svc, obs, now)
         patch, old = status.status_patch(new), candidate.body.get("status") or {}
         last = self.refreshed.get(uid)
@@ -115,15 +117,22 @@ class Actuator:
             if deployment is None:
                 raise Changed(f"Deployment {key[0]}/{key[1]} is gone")
             replicas = int(deployment.get("spec", {}).get("replicas", 1))
-            if replicas != obs.replicas:  # changed since the watch reported it: decide from the fresh count
+            acting = svc.spec.autoscaling.owns_replicas
+            if not acting:  # advice: decided from the last advice, the Deployment is not touched
+                obs = advised(svc, replace(obs, replicas=replicas))
+            elif replicas != obs.replicas:  # changed since the watch reported it: decide from the fresh count
                 obs = replace(obs, replicas=replicas)
             decision, new = self.decide(svc, obs, now)
             self.states[svc.metadata.uid or ""] = decision.state
             result = Evaluated(svc.namespace, svc.name, decision, obs.replicas)
             out = result.outcome
-            if decision.replicas < obs.replicas:
+            if not acting and decision.replicas != obs.replicas:
+                message = f"would scale {obs.replicas} -> {decision.replicas}: {decision.message}"
+                out.events.append(Event("Normal", "Advised", message))
+                log.info("%s/%s Advised %s", svc.namespace, svc.name, message)
+            if acting and decision.replicas < obs.replicas:
                 await self._mark_deletion_costs(svc.namespace, pods, scaling.deletion_costs(obs), out)
-            if decision.replicas != obs.replicas:
+            if acting and decision.replicas != obs.replicas:
                 patch = {"spec": {"replicas": decision.replicas}}
                 await self.cluster.merge_patch(DEPLOYMENTS, svc.namespace, svc.name, patch)
                 out.writes += 1
@@ -156,6 +165,15 @@ class Actuator:
                     raise
                 continue  # the pod went since the watch reported it: nothing to protect or remove
             out.writes += 1
+
+
+def advised(svc: api.QwenService, obs: scaling.Observation) -> scaling.Observation:
+    """In mode Advisory the scaler decides from its own last advice, as if it had been followed (the
+    Deployment's count at the first evaluation); in mode Active, from the Deployment's count."""
+    if svc.spec.autoscaling.owns_replicas:
+        return obs
+    last = (svc.status.autoscaling or api.AutoscalingStatus()).advised_replicas
+    return obs if last is None else replace(obs, replicas=last)
 
 
 def _condition(st: api.QwenServiceStatus, type_: str) -> tuple[str, str] | None:
