@@ -643,3 +643,21 @@ def test_a_model_cache_shortens_the_simulated_cold_start() -> None:
     assert cached.median < 0.6 * hub.median
     assert cached.p95 < 0.6 * hub.p95
     assert START.median + 0.8 * CACHE_READ.median < cached.median < START.p95 + CACHE_READ.p95
+
+
+def test_the_training_crossing_is_read_between_the_two_bounds_around_99_percent() -> None:
+    """``slotrain --bounds``: where SLO mode's mean attainment crosses 99%, by linear interpolation;
+    an upper bound (the cheapest met) when every bound met it; none when none brackets it."""
+    from qwen_tools.sim.slotrain import crossings
+
+    rows = [
+        (1.5, ("a", "ours", 3.0, 0.995, 1.0)),
+        (2.0, ("a", "ours", 2.5, 0.985, 1.0)),
+        (1.5, ("b", "ours", 2.0, 1.0, 1.0)),
+        (3.0, ("b", "ours", 1.5, 0.995, 1.0)),
+        (1.5, ("c", "ours", 9.0, 0.9, 1.0)),
+    ]
+    table = crossings(rows).splitlines()
+    assert table[2] == "| a | 1.5 s: 3.00 / 99.50%, 2 s: 2.50 / 98.50% | 2.75 |"
+    assert table[3].endswith("| <= 1.50 |")
+    assert table[4].endswith("| none |")

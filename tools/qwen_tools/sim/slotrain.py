@@ -104,8 +104,8 @@ def table(rows: Sequence[tuple[str, str, float, float, float]]) -> str:
 
 def crossings(rows: Sequence[tuple[float, tuple[str, str, float, float, float]]]) -> str:
     """Per scenario, SLO mode's mean GPU-hours and attainment at each bound, and the GPU-hours where the
-    attainment crosses 99% (linear between the two bounds around it; "<=" the loosest's when every
-    bound met it, "none" when no pair brackets it)."""
+    attainment crosses 99% (linear between the two bounds around it; "<=" the cheapest bound's when
+    every bound met it, an upper bound; "none" when no pair brackets it)."""
     grouped: dict[str, dict[float, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     for ttft, (name, _, gpu_h, flat, _) in rows:
         grouped[name][ttft].append((gpu_h, flat))
@@ -117,7 +117,7 @@ def crossings(rows: Sequence[tuple[float, tuple[str, str, float, float, float]]]
         ]
         cross = "none"
         if all(a >= 0.99 for _, _, a in points):
-            cross = f"<= {points[-1][1]:.2f}"
+            cross = f"<= {min(g for _, g, _ in points):.2f}"
         for (_, g1, a1), (_, g2, a2) in itertools.pairwise(points):
             if a1 >= 0.99 > a2:
                 cross = f"{g1 + (g2 - g1) * (a1 - 0.99) / (a1 - a2):.2f}"
