@@ -237,22 +237,6 @@ def test_the_most_rate_meets_the_bound_and_a_hair_more_does_not() -> None:
     assert predict.most_rate(TRUE, long, 4, 2.0, 0.01) > 0
 
 
-def test_the_correction_learns_the_level_only_from_windows_that_say_something() -> None:
-    from qwen_operator.perf import predict
-    from qwen_operator.perf.predict import Mix
-
-    busy = Mix(rate=8.0, prompt=1000, output=250)
-    expected = predict.ttft_quantile(TRUE, busy, 4, 0.01)
-    k = 1.0
-    for _ in range(30):
-        k = predict.corrected(k, TRUE, busy, 4, 0.01, 2.0, observed=1.5 * expected, requests=700)
-    assert k == pytest.approx(1.5, rel=0.02)
-    quiet = Mix(rate=0.5, prompt=1000, output=250)
-    assert predict.corrected(1.0, TRUE, quiet, 4, 0.01, 2.0, observed=9.0, requests=700) == 1.0
-    assert predict.corrected(1.0, TRUE, busy, 4, 0.01, 2.0, observed=9.0, requests=20) == 1.0
-    assert predict.corrected(1.0, TRUE, busy, 4, 0.01, 2.0, observed=100 * expected, requests=700) <= 4.0
-
-
 # ------------------------------------------------------------------------------------------ sizing
 
 A10G = sizing.prior(6000, 820)  # the operator's prior for the A10G, from its seed capacity

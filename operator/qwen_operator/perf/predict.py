@@ -2,24 +2,19 @@
 
 A request's first token comes after its wait in the replica's prefill queue (:mod:`.queueing`) and its
 own prefill, at the rate the batch's decoding leaves (the prompt sizes taken as exponential about their
-mean). The prediction is corrected by the ratio of the
-observed to the predicted quantile at the current fleet, learned only in windows that say something
-(enough first tokens, a replica busy enough for the queue to matter), in log space and bounded: the
-model gives the shape of the knee, the correction its level.
+mean). The level is corrected elsewhere (:mod:`.sizing`: a factor on the load, learned from the
+windows; a ratio of observed to predicted quantiles was tried first and dropped: the prompts' own
+prefill, which no fleet size changes, dominates a p99 at light load and inflated it).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from qwen_operator.perf.queueing import RANDOM, Load, bisect, first_token_quantile, wait_quantile
 from qwen_operator.perf.stepmodel import StepModel
 
-CORRECTION_BOUNDS = (0.5, 4.0)
-CORRECTION_WEIGHT = 0.2  # per informative window
-INFORMATIVE_REQUESTS = 100  # first tokens in a window, at least...
-INFORMATIVE_BUSY = 0.3  # ...on replicas at least this busy
+INFORMATIVE_BUSY = 0.3  # a replica at least this busy: its first tokens' tail says something of the load
 OWN_PREFILL_SHARE = 0.75  # a bound the mean prompt's own prefill eats more of is judged on the wait
 
 
@@ -92,28 +87,3 @@ def most_rate(
         return correction * predicted(model, mix.at(rate), replicas, share, bound, routing) <= allowed
 
     return bisect(0.0, saturation, within, 50)[0]
-
-
-def corrected(
-    current: float,
-    model: StepModel,
-    mix: Mix,
-    replicas: int,
-    share: float,
-    bound: float,
-    observed: float | None,
-    requests: float,
-    routing: str = RANDOM,
-) -> float:
-    """The correction after a window whose observed quantile (of what the bound is judged on) was
-    ``observed`` over ``requests`` first tokens; unchanged when the window says too little."""
-    if observed is None or not math.isfinite(observed) or observed <= 0 or requests < INFORMATIVE_REQUESTS:
-        return current
-    if mix.load(model).busy(replicas) < INFORMATIVE_BUSY:
-        return current
-    expected = predicted(model, mix, replicas, share, bound, routing)
-    if not math.isfinite(expected) or expected <= 0:
-        return current
-    ratio = min(max(observed / expected, CORRECTION_BOUNDS[0]), CORRECTION_BOUNDS[1])
-    blended = (1 - CORRECTION_WEIGHT) * math.log(current) + CORRECTION_WEIGHT * math.log(ratio)
-    return min(max(math.exp(blended), CORRECTION_BOUNDS[0]), CORRECTION_BOUNDS[1])
