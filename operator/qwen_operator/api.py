@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import re
 from typing import Annotated, Any, Literal, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -891,6 +892,13 @@ class BoundsWindow(_Model):
     min_replicas: int | None = Field(default=None, ge=1, le=1000, description="minReplicas in the window.")
     max_replicas: int | None = Field(default=None, ge=1, le=1000, description="maxReplicas in the window.")
 
+    def bounds(self, min_replicas: int, max_replicas: int) -> tuple[int, int]:
+        """(min, max) in the window: its own, the spec's (given) where it sets none."""
+        return (
+            self.min_replicas if self.min_replicas is not None else min_replicas,
+            self.max_replicas if self.max_replicas is not None else max_replicas,
+        )
+
 
 class ScalingSchedule(_Model):
     """Bounds by time of day (AIBrix offers the same): the first window that holds now sets them;
@@ -905,6 +913,13 @@ class ScalingSchedule(_Model):
     windows: list[BoundsWindow] = Field(
         default_factory=list, max_length=16, description="The first that holds now sets the bounds."
     )
+
+    def zone(self) -> ZoneInfo | None:
+        """The time zone, or None when the name is no IANA zone this machine knows."""
+        try:
+            return ZoneInfo(self.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            return None
 
 
 class AutoscalingSpec(_Model):
@@ -1233,7 +1248,6 @@ class PerformanceModelState(_Model):
     likelihood: list[float] = Field(
         default_factory=list, max_length=64, description="The log-likelihood of each load factor on the grid."
     )
-    informed: float = Field(default=0.0, ge=0, description="Windows the belief holds (fading).")
     prompt_tokens: float | None = Field(default=None, description="The mean prompt of the last minutes.")
     output_tokens: float | None = Field(default=None, description="The mean output of the last minutes.")
 

@@ -525,10 +525,10 @@ def plan(
     # model is off by more than it can correct (a card far from its table, a workload it does not fit).
     # A user's capacity (from qwen-operator tune) is taken at its word; the TPOT bound, which the model
     # does not predict, keeps the capacity learned from the windows' decode misses as a floor.
-    modelled = sized is not None and user is None and sizing.explains()
-    if modelled and sized is not None:
+    acted = sized if user is None and sizing.explains() else None
+    if acted is not None:
         floor = slo.time_per_output_token_seconds is not None or bool(failed_now)
-        need = max(need, sized[0]) if floor else float(sized[0])
+        need = max(need, acted[0]) if floor else float(acted[0])
     new_state = PlanState(
         scale, level, trend, now, peaks, measured, carried, failed, ready, fleet_since, pool, sizing
     )
@@ -573,8 +573,8 @@ def plan(
         message += f"; forecast {_one(forecast / scale)} replicas' worth in {cold:.0f} s"
     if hold > forecast:
         message += f"; bursts shorter than a cold start: holding {_one(hold / scale)} replicas' worth"
-    if modelled and sized is not None:
-        n, late = sized
+    if acted is not None:
+        n, late = acted
         message += (
             f"; model: at {n} replica{'s' if n != 1 else ''} {_one(100 * late)}% of first tokens predicted"
             f" later than {_fmt(bound)} s (load factor {_fmt(sizing.correction)})"

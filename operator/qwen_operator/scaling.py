@@ -31,7 +31,6 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from qwen_operator import api
 from qwen_operator.perf.sizing import GRID, Sizing
@@ -373,9 +372,8 @@ def limits(spec: api.AutoscalingSpec, now: datetime) -> Limits:
     schedule = spec.schedule
     if schedule is None or not schedule.windows:
         return Limits(lo, hi)
-    try:
-        zone = ZoneInfo(schedule.time_zone)
-    except (ZoneInfoNotFoundError, ValueError):
+    zone = schedule.zone()
+    if zone is None:
         return Limits(lo, hi)  # an unknown zone: the spec's validation reports it
     local = (now if now.tzinfo is not None else now.replace(tzinfo=UTC)).astimezone(zone)
     minute = local.hour * 60 + local.minute
@@ -387,8 +385,7 @@ def limits(spec: api.AutoscalingSpec, now: datetime) -> Limits:
         else:
             inside = (today in w.days and minute >= start) or (yesterday in w.days and minute < end)
         if inside:
-            wlo = w.min_replicas if w.min_replicas is not None else lo
-            whi = w.max_replicas if w.max_replicas is not None else hi
+            wlo, whi = w.bounds(lo, hi)
             days = ",".join(w.days) if len(w.days) < len(api.WEEKDAYS) else "daily"
             return Limits(wlo, max(whi, wlo), f"schedule {days} {w.start}-{w.end} {schedule.time_zone}")
     return Limits(lo, hi)
@@ -556,7 +553,6 @@ def model_state(sizing: Sizing) -> api.PerformanceModelState:
         windows=fit.windows,
         rejected=fit.rejected,
         likelihood=[round(v, 3) for v in sizing.likelihood],
-        informed=round(sizing.informed, 3),
         prompt_tokens=None if sizing.prompt is None else round(sizing.prompt, 1),
         output_tokens=None if sizing.output is None else round(sizing.output, 1),
     )
@@ -574,7 +570,6 @@ def sizing_of(state: api.PerformanceModelState | None) -> Sizing | None:
     figures = (
         *state.covariance,
         *state.likelihood,
-        state.informed,
         state.prompt_tokens or 0,
         state.output_tokens or 0,
     )
@@ -582,4 +577,4 @@ def sizing_of(state: api.PerformanceModelState | None) -> Sizing | None:
         return None
     fit = Fit(tuple(state.step), tuple(state.covariance), state.windows, state.rejected, tuple(state.prior))
     likelihood = tuple(state.likelihood) if state.likelihood else (0.0,) * len(GRID)
-    return Sizing(fit, likelihood, state.informed, state.prompt_tokens, state.output_tokens)
+    return Sizing(fit, likelihood, state.prompt_tokens, state.output_tokens)

@@ -14,7 +14,6 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ValidationError
 
@@ -158,16 +157,13 @@ def schedule_errors(a: api.AutoscalingSpec) -> list[str]:
     if a.schedule is None:
         return []
     errors = []
-    try:
-        ZoneInfo(a.schedule.time_zone)
-    except (ZoneInfoNotFoundError, ValueError):
+    if a.schedule.zone() is None:
         errors.append(
             f"spec.autoscaling.schedule.timeZone: unknown time zone {a.schedule.time_zone!r} "
             "(an IANA name, such as Europe/Berlin or UTC)"
         )
     for i, w in enumerate(a.schedule.windows):
-        lo = w.min_replicas if w.min_replicas is not None else a.min_replicas
-        hi = w.max_replicas if w.max_replicas is not None else a.max_replicas
+        lo, hi = w.bounds(a.min_replicas, a.max_replicas)
         if lo > hi:
             errors.append(
                 f"spec.autoscaling.schedule.windows[{i}]: minReplicas {lo} > maxReplicas {hi} "

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from qwen_operator.perf.queueing import RANDOM, Load, bisect, first_token_quantile, wait_quantile
 from qwen_operator.perf.stepmodel import StepModel
 
-INFORMATIVE_BUSY = 0.3  # a replica at least this busy: its first tokens' tail says something of the load
 OWN_PREFILL_SHARE = 0.75  # a bound the mean prompt's own prefill eats more of is judged on the wait
 
 

@@ -34,13 +34,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from qwen_operator.perf.predict import INFORMATIVE_BUSY, Mix
+from qwen_operator.perf.predict import Mix
 from qwen_operator.perf.queueing import RANDOM, Load, first_token_beyond, wait_beyond
 from qwen_operator.perf.stepmodel import Fit, StepModel, Window
 from qwen_operator.traffic import Histogram, Traffic
 
 SIZES_FADE = 0.9  # per window: the request sizes planned for are those of the last ~10 windows
 MIN_REQUESTS = 20  # first tokens in a window, at least, to say what the mix is
+INFORMATIVE_BUSY = 0.3  # a replica at least this busy: its first tokens' tail says something of the load
 # The shape of a step at a batch of 32 at 1,000 tokens of context, by the calibration of the GPU table
 # (docs/benchmark.md): mostly the floor (reading the weights), a tenth per sequence, a tenth the context.
 FLOOR_SHARE, PER_SEQ_SHARE, CONTEXT_SHARE = 0.8, 0.1, 0.1
@@ -73,7 +74,6 @@ class Sizing:
 
     fit: Fit
     likelihood: tuple[float, ...] = (0.0,) * len(GRID)
-    informed: float = 0.0  # windows the belief holds (fading)
     prompt: float | None = None  # the mean prompt and output over the last minutes (tokens)
     output: float | None = None
 
@@ -174,7 +174,7 @@ def observe(
         return sizing
     fade = FADE**new
     likelihood = [fade * ll + score for ll, score in zip(sizing.likelihood, scores, strict=True)]
-    return replace(sizing, likelihood=tuple(likelihood), informed=sizing.informed * fade + new)
+    return replace(sizing, likelihood=tuple(likelihood))
 
 
 def _tail_counts(histogram: Histogram, start: float) -> list[tuple[float, float]]:
