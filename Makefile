@@ -63,6 +63,9 @@ ROUTER_IMAGE ?= ghcr.io/qwenops/qwen-router:$(shell sed -n 's/^version = "\(.*\)
 image-router: ## Build the router's image (needs a Docker engine): ROUTER_IMAGE=registry/name:tag
 	docker build -f images/router/Dockerfile -t $(ROUTER_IMAGE) .
 
+image-router-push: image-router ## Build and push the router's image: make image-router-push ROUTER_IMAGE=registry/qwen-router:TAG
+	docker push $(ROUTER_IMAGE)
+
 CHART_REGISTRY ?= oci://ghcr.io/qwenops/charts
 CHATUI_IMAGE ?= ghcr.io/qwenops/qwen-chat-ui:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
@@ -151,4 +154,4 @@ lock: ## Re-resolve constraints.txt from pyproject.toml (after changing a pin)
 clean: ## Remove the virtual environments, caches and e2e artifacts
 	rm -rf $(VENV) $(VLLM_VENV) $(CHATUI_VENV) build/e2e .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-.PHONY: help install chatui-env image-chatui image-chatui-push test lint format crds manifests image image-push image-router chart chart-push image-loadtest demo bench bench-tune bench-slo-train bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean
+.PHONY: help install chatui-env image-chatui image-chatui-push test lint format crds manifests image image-push image-router image-router-push chart chart-push image-loadtest demo bench bench-tune bench-slo-train bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean

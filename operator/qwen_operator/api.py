@@ -50,6 +50,9 @@ VLLM_PORT = 8000
 # The chat page (images/chatui), released with the operator.
 DEFAULT_CHAT_UI_IMAGE = "ghcr.io/qwenops/qwen-chat-ui:0.1.0"
 CHAT_UI_PORT = 7860
+# The router (router/, images/router), released with the operator.
+DEFAULT_ROUTER_IMAGE = "ghcr.io/qwenops/qwen-router:0.1.0"
+ROUTER_PORT = 8000
 
 # Flags the operator sets itself, by vLLM's option dest; repeating them in extraArgs would make two
 # sources of truth (or, for the API key, a way around the Secret). vllm_flags lists every spelling
@@ -1088,6 +1091,72 @@ class ChatUISpec(_Model):
         return self
 
 
+# ------------------------------------------------------------------------------------------ routing
+
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]*$"  # an HTTP header name (RFC 9110 token), or empty
+
+
+class BuiltinRouterSpec(_Model):
+    """The operator's own router (images/router) in front of the vLLM pods."""
+
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        pattern=r"^[^\s]+$",
+        description=(
+            "The router's image (images/router; no whitespace). Unset: the operator's default, "
+            "QWEN_OPERATOR_ROUTER_IMAGE (chart value router.image)."
+        ),
+    )
+    replicas: int = Field(
+        default=2, ge=1, le=20, description="Router replicas (2: one may go while the other serves)."
+    )
+    hold_seconds: int = Field(
+        default=300,
+        ge=1,
+        le=3600,
+        description=(
+            "How long a request may wait at the router for a ready vLLM pod (a cold start, a rollout) "
+            "before it is answered 503; streaming requests get keepalive comments meanwhile."
+        ),
+    )
+    queue_size: int = Field(
+        default=1000,
+        ge=1,
+        le=100000,
+        description="Requests held at most per router replica; beyond it, 429 with Retry-After.",
+    )
+    session_header: str = Field(
+        default="x-session-id",
+        max_length=64,
+        pattern=HEADER_NAME_PATTERN,
+        description=(
+            "A request header that keeps a client's requests on one pod (its conversation's prefix "
+            "cache); empty: none, prefix affinity alone."
+        ),
+    )
+
+
+class RoutingSpec(_Model):
+    mode: Literal["None", "Builtin"] = Field(
+        default="None",
+        description=(
+            "None: the Service picks a pod at random (kube-proxy). Builtin: the Service reaches a router "
+            "(a Deployment of its own, images/router) that sends each request to the pod with the fewest "
+            "outstanding requests, keeps a conversation or a shared prompt prefix on one pod (bounded "
+            "load), and holds requests while no pod is ready; the vLLM pods get a headless Service of "
+            "their own, NAME-engines. A serving service moves to the router once a router pod is Ready."
+        ),
+    )
+    builtin: BuiltinRouterSpec = _section(BuiltinRouterSpec, "The router's settings (mode Builtin).")
+
+    @property
+    def router(self) -> BuiltinRouterSpec | None:
+        """The built-in router's settings when the mode asks for it."""
+        return self.builtin if self.mode == "Builtin" else None
+
+
 # ----------------------------------------------------------------------------------------- the spec
 
 
@@ -1115,6 +1184,7 @@ class QwenServiceSpec(_Model):
         default=None, description="Secret key with the API key clients must send (vLLM --api-key)."
     )
     service: ServiceSpec = _section(ServiceSpec, "The Service in front of the pods.")
+    routing: RoutingSpec = _section(RoutingSpec, "How requests reach a pod (mode None by default).")
     network_policy: NetworkPolicySpec = _section(
         NetworkPolicySpec, "Who may reach the server (a NetworkPolicy; off by default)."
     )
@@ -1321,6 +1391,10 @@ class QwenServiceStatus(_Model):
     endpoint: str | None = Field(default=None, description="In-cluster OpenAI-compatible base URL.")
     chat_ui: str | None = Field(
         default=None, alias="chatUI", description="In-cluster URL of the chat page (spec.chatUI)."
+    )
+    routing: str | None = Field(
+        default=None,
+        description="The router the operator made in front of the pods (spec.routing.mode), if any.",
     )
     selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
 

@@ -50,6 +50,9 @@ NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
 PODDISRUPTIONBUDGETS = Resource("policy", "v1", "poddisruptionbudgets")
 JOBS = Resource("batch", "v1", "jobs")
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
+SERVICEACCOUNTS = Resource("", "v1", "serviceaccounts")
+ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles")
+ROLEBINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings")
 
 
 @dataclass(frozen=True)
@@ -74,15 +77,41 @@ API_CALLS: tuple[ApiCall, ...] = (
         "apps",
         "deployments",
         ("get", "list", "watch", "create", "patch", "delete"),
-        "the vLLM workload (watched) and the chat page's; only the chat page's is ever deleted (turned off)",
+        "the vLLM workload (watched), the chat page's and the router's; only those two are ever deleted "
+        "(turned off)",
     ),
     ApiCall(
         "",
         "services",
         ("get", "create", "patch", "delete"),
-        "the vLLM Service and the chat page's; only the chat page's is ever deleted (turned off)",
+        "the vLLM Service, the chat page's and, with the router, the engines'; only those two are ever "
+        "deleted (turned off)",
     ),
     ApiCall("", "events", ("create",), "kopf's and the scaler's Events"),
+    ApiCall(
+        "",
+        "serviceaccounts",
+        ("get", "create", "patch", "delete"),
+        "the router's (spec.routing.mode Builtin); deleted only when owned and the router is turned off",
+    ),
+    ApiCall(
+        "rbac.authorization.k8s.io",
+        "roles",
+        ("get", "create", "patch", "delete"),
+        "the router's Role (read its namespace's EndpointSlices); deleted only when owned and off",
+    ),
+    ApiCall(
+        "rbac.authorization.k8s.io",
+        "rolebindings",
+        ("get", "create", "patch", "delete"),
+        "binds the router's Role to its ServiceAccount; deleted only when owned and off",
+    ),
+    ApiCall(
+        "discovery.k8s.io",
+        "endpointslices",
+        ("get", "list", "watch"),
+        "never called by the operator: Kubernetes lets it grant the router's Role only what it holds",
+    ),
     ApiCall(
         "networking.k8s.io",
         "networkpolicies",

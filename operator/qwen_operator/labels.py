@@ -74,3 +74,30 @@ def chat_ui_labels(name: str) -> dict[str, str]:
         "app.kubernetes.io/managed-by": MANAGED_BY,
         **chat_ui_selector(name),
     }
+
+
+ROUTER_OF_LABEL = "serving.qwenops.io/router-of"
+
+
+def router_name(name: str) -> str:
+    """The router's Deployment, ServiceAccount, Role, RoleBinding, budget and NetworkPolicy."""
+    return _suffixed(name, "-router")
+
+
+def engines_name(name: str) -> str:
+    """The Service of the vLLM pods behind the router (the router watches its EndpointSlices)."""
+    return _suffixed(name, "-engines")
+
+
+def router_selector(name: str) -> dict[str, str]:
+    """The router's pods: none of the model's selector (the scaler and the budget of the vLLM pods must
+    never count one)."""
+    return {"app.kubernetes.io/component": "router", ROUTER_OF_LABEL: name}
+
+
+def router_labels(name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "qwen-router",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        **router_selector(name),
+    }

@@ -78,6 +78,7 @@ def is_subset(desired: Any, actual: Any) -> bool:
 # Spec fields compared whole rather than as "the desired keys are there" (the API server adds no
 # defaults inside them, and an extra key changes what they mean).
 EXACT_SPEC_FIELDS = ("selector",)
+NOT_BODY = ("apiVersion", "kind", "metadata", "status")
 
 
 def _pointer(*parts: str) -> str:
@@ -103,14 +104,19 @@ def patch_ops(
         for k, v in want.items():
             if have.get(k) != v:
                 ops.append({"op": "add", "path": _pointer("metadata", field, k), "value": v})
-    for field, value in desired["spec"].items():
-        if field in skip_spec:
+    fields: list[tuple[tuple[str, ...], Any, Any]]
+    if "spec" in desired:
+        fields = [(("spec", f), v, (actual.get("spec") or {}).get(f)) for f, v in desired["spec"].items()]
+    else:  # a ServiceAccount, a Role, a RoleBinding: their fields sit at the top
+        fields = [((f,), v, actual.get(f)) for f, v in desired.items() if f not in NOT_BODY]
+    for path, value, have_value in fields:
+        field = path[-1]
+        if len(path) > 1 and field in skip_spec:
             continue
-        have_value = actual.get("spec", {}).get(field)
         # A label selector is all-or-nothing: one extra label selects other pods (or none at all).
         differs = value != have_value if field in EXACT_SPEC_FIELDS else not is_subset(value, have_value)
         if differs:
-            ops.append({"op": "add", "path": _pointer("spec", field), "value": value})
+            ops.append({"op": "add", "path": _pointer(*path), "value": value})
     return ops
 
 

@@ -20,6 +20,9 @@ from qwen_operator.kube import (
     JOBS,
     NETWORKPOLICIES,
     PODDISRUPTIONBUDGETS,
+    ROLEBINDINGS,
+    ROLES,
+    SERVICEACCOUNTS,
     SERVICES,
     ClusterAPI,
     Resource,
@@ -63,9 +66,7 @@ async def _apply(
         return actual
     patched = await cluster.json_patch(res, ns, name, ops)
     outcome.writes += 1
-    changed = sorted(
-        {op["path"].split("/")[2] if op["path"].startswith("/spec") else "metadata" for op in ops}
-    )
+    changed = sorted({op["path"].split("/")[2 if op["path"].startswith("/spec/") else 1] for op in ops})
     outcome.events.append(Event("Normal", "Updated", f"Updated {kind} {name}: {', '.join(changed)}"))
     return patched
 
@@ -144,6 +145,89 @@ async def _chat_ui(
     name = labels.chat_ui_name(svc.name)
     await _remove_owned(cluster, SERVICES, "Service", svc, outcome, name)
     await _remove_owned(cluster, DEPLOYMENTS, "Deployment", svc, outcome, name)
+
+
+# The router's objects by kind, in the order they are made (and removed in reverse).
+ROUTER_KINDS: dict[str, Resource] = {
+    "ServiceAccount": SERVICEACCOUNTS,
+    "Role": ROLES,
+    "RoleBinding": ROLEBINDINGS,
+    "Deployment": DEPLOYMENTS,
+    "PodDisruptionBudget": PODDISRUPTIONBUDGETS,
+}
+
+
+async def _router(
+    cluster: ClusterAPI,
+    svc: api.QwenService,
+    outcome: Outcome,
+    problems: list[status.Problem],
+    defaults: render.Defaults,
+) -> bool | None:
+    """With ``routing.mode: Builtin``, the router's objects, the engines' Service and the router's
+    NetworkPolicy; returns whether the Service ``NAME`` should select the router's pods now. A service
+    that already serves switches only once a router pod is Ready (its clients never meet a Service with
+    no endpoints); a new one, at once. Without the router, None (see :func:`_unroute`)."""
+    objects = render.render_router(svc, defaults)
+    if objects is None:
+        return None
+    deployment: dict[str, Any] | None = None
+    try:
+        for obj in objects:
+            applied = await _apply(cluster, ROUTER_KINDS[obj["kind"]], obj, svc, outcome, problems)
+            if obj["kind"] == "Deployment":
+                deployment = applied
+    except Exception as exc:
+        if not is_forbidden(exc):
+            raise
+        problems.append(
+            status.Problem(
+                "RouterForbidden",
+                f"the operator may not manage the router's objects ({summary(exc)}), so clients reach "
+                "the vLLM pods directly: grant it serviceaccounts, roles and rolebindings "
+                "get/create/patch/delete and endpointslices get/list/watch (the Helm chart's RBAC does)",
+            )
+        )
+        return False
+    for res, kind, wanted in (
+        (SERVICES, "Service", render.render_engines_service(svc)),
+        (NETWORKPOLICIES, "NetworkPolicy", render.render_router_network_policy(svc)),
+    ):
+        await _optional(cluster, res, kind, wanted, svc, outcome, problems)
+    st = (deployment or {}).get("status") or {}
+    if st.get("readyReplicas"):
+        return True
+    current = await cluster.get(SERVICES, svc.namespace, svc.name)
+    switched = current is None or (current.get("spec") or {}).get("selector") == labels.router_selector(
+        svc.name
+    )
+    stuck = any(
+        c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+        for c in st.get("conditions") or []
+    )
+    if stuck:
+        where = "nothing serves" if switched else "clients still reach the vLLM pods directly"
+        problems.append(
+            status.Problem(
+                "RouterUnavailable",
+                f"no pod of the router {labels.router_name(svc.name)} became Ready in "
+                f"{render.ROUTER_PROGRESS_DEADLINE_SECONDS} s ({where}); check its image and "
+                f"kubectl describe pods -l {labels.ROUTER_OF_LABEL}={svc.name}",
+            )
+        )
+    return switched
+
+
+async def _unroute(cluster: ClusterAPI, svc: api.QwenService, outcome: Outcome) -> None:
+    """Without the router: remove what this service made for it (the Service already selects the vLLM
+    pods again). Looked for only while the status says there is one (``status.routing``)."""
+    if svc.status.routing is None:
+        return
+    name = labels.router_name(svc.name)
+    await _remove_owned(cluster, NETWORKPOLICIES, "NetworkPolicy", svc, outcome, name)
+    await _remove_owned(cluster, SERVICES, "Service", svc, outcome, labels.engines_name(svc.name))
+    for kind, res in reversed(ROUTER_KINDS.items()):
+        await _remove_owned(cluster, res, kind, svc, outcome, name)
 
 
 async def _download_job(
@@ -302,8 +386,13 @@ async def reconcile(
         deployment = await _apply(
             cluster, DEPLOYMENTS, render.render_deployment(svc), svc, outcome, problems, skip
         )
+        step = "router"
+        to_router = await _router(cluster, svc, outcome, problems, defaults)
         step = "Service"
-        await _apply(cluster, SERVICES, render.render_service(svc), svc, outcome, problems)
+        await _apply(cluster, SERVICES, render.render_service(svc, bool(to_router)), svc, outcome, problems)
+        if to_router is None:
+            step = "router"
+            await _unroute(cluster, svc, outcome)
         step = "NetworkPolicy"
         await _optional(
             cluster, NETWORKPOLICIES, step, render.render_network_policy(svc), svc, outcome, problems
@@ -330,5 +419,6 @@ async def reconcile(
     for problem in problems:
         outcome.events.append(Event("Warning", problem.reason, problem.message))
     new = status.compute_status(svc, deployment, now, problems, cached)
+    new = new.model_copy(update={"routing": None if to_router is None else svc.spec.routing.mode})
     await write_status(cluster, body, new, outcome)
     return outcome

@@ -513,17 +513,40 @@ def render_deployment(svc: api.QwenService) -> dict[str, Any]:
     }
 
 
-def render_service(svc: api.QwenService) -> dict[str, Any]:
+def render_service(svc: api.QwenService, to_router: bool | None = None) -> dict[str, Any]:
+    """The Service clients call (``NAME``): the router's pods with routing Builtin, else the vLLM pods.
+    ``to_router`` overrides the choice while the router is on its way in (see reconcile)."""
+    if to_router is None:
+        to_router = svc.spec.routing.router is not None
+    selector = labels.router_selector(svc.name) if to_router else labels.selector_labels(svc.name)
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(svc),
         "spec": {
             "type": svc.spec.service.type,
-            "selector": labels.selector_labels(svc.name),
+            "selector": selector,
             "ports": [
                 {"name": "http", "port": svc.spec.service.port, "targetPort": "http", "protocol": "TCP"}
             ],
+        },
+    }
+
+
+def render_engines_service(svc: api.QwenService) -> dict[str, Any] | None:
+    """With the router, the vLLM pods' own Service (``NAME-engines``), or None: headless (the router
+    picks the pod, no virtual IP is needed), its EndpointSlices are what the router watches."""
+    if svc.spec.routing.router is None:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(svc, name=labels.engines_name(svc.name)),
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": "None",
+            "selector": labels.selector_labels(svc.name),
+            "ports": [{"name": "http", "port": api.VLLM_PORT, "targetPort": "http", "protocol": "TCP"}],
         },
     }
 
@@ -535,13 +558,38 @@ def render_network_policy(svc: api.QwenService) -> dict[str, Any] | None:
     net = svc.spec.network_policy
     if not net.enabled:
         return None
+    if svc.spec.routing.router is not None:  # clients reach the router; the vLLM pods, only it
+        peers = [{"podSelector": {"matchLabels": labels.router_selector(svc.name)}}, *_monitoring(net)]
+    else:
+        peers = _client_peers(svc)
+    return _network_policy(_metadata(svc), labels.selector_labels(svc.name), peers, api.VLLM_PORT)
+
+
+def render_router_network_policy(svc: api.QwenService) -> dict[str, Any] | None:
+    """With the router and spec.networkPolicy: the router's pods admit the clients the spec names."""
+    if not svc.spec.network_policy.enabled or svc.spec.routing.router is None:
+        return None
+    meta = _metadata(svc, name=labels.router_name(svc.name), object_labels=labels.router_labels(svc.name))
+    return _network_policy(meta, labels.router_selector(svc.name), _client_peers(svc), api.ROUTER_PORT)
+
+
+def _monitoring(net: api.NetworkPolicySpec) -> list[dict[str, Any]]:
+    return [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
+        for namespace in net.monitoring_namespaces
+    ]
+
+
+def _client_peers(svc: api.QwenService) -> list[dict[str, Any]]:
+    """Who may call the model: this namespace (or only the chat page), the monitoring namespaces and
+    the spec's own peers."""
+    net = svc.spec.network_policy
     peers: list[dict[str, Any]] = []
     if net.same_namespace:
         peers.append({"podSelector": {}})
     elif svc.spec.chat_ui.enabled:  # the chat page calls the model from its own pods
         peers.append({"podSelector": {"matchLabels": labels.chat_ui_selector(svc.name)}})
-    for namespace in net.monitoring_namespaces:
-        peers.append({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}})
+    peers += _monitoring(net)
     for peer in net.allow_from:
         one: dict[str, Any] = {}
         if peer.namespace_selector is not None:
@@ -549,15 +597,20 @@ def render_network_policy(svc: api.QwenService) -> dict[str, Any] | None:
         if peer.pod_selector is not None:
             one["podSelector"] = {"matchLabels": dict(peer.pod_selector)}
         peers.append(one)
-    port = {"protocol": "TCP", "port": api.VLLM_PORT}
+    return peers
+
+
+def _network_policy(
+    meta: dict[str, Any], selector: dict[str, str], peers: list[dict[str, Any]], port: int
+) -> dict[str, Any]:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": _metadata(svc),
+        "metadata": meta,
         "spec": {
-            "podSelector": {"matchLabels": labels.selector_labels(svc.name)},
+            "podSelector": {"matchLabels": selector},
             "policyTypes": ["Ingress"],
-            "ingress": [{"from": peers, "ports": [port]}] if peers else [],
+            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": port}]}] if peers else [],
         },
     }
 
@@ -571,13 +624,17 @@ def render_disruption_budget(svc: api.QwenService) -> dict[str, Any] | None:
     budget = svc.spec.disruption_budget
     if not budget.enabled:
         return None
+    return _budget(_metadata(svc), labels.selector_labels(svc.name), budget.max_unavailable)
+
+
+def _budget(meta: dict[str, Any], selector: dict[str, str], max_unavailable: int) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _metadata(svc),
+        "metadata": meta,
         "spec": {
-            "maxUnavailable": budget.max_unavailable,
-            "selector": {"matchLabels": labels.selector_labels(svc.name)},
+            "maxUnavailable": max_unavailable,
+            "selector": {"matchLabels": selector},
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
@@ -588,6 +645,7 @@ class Defaults:
     """What the operator's admin chose for what a spec leaves out (operator settings, chart values)."""
 
     chat_ui_image: str = api.DEFAULT_CHAT_UI_IMAGE
+    router_image: str = api.DEFAULT_ROUTER_IMAGE
 
 
 DEFAULTS = Defaults()  # an operator with no settings of its own
@@ -679,6 +737,150 @@ def render_chat_ui(
     return deployment, service
 
 
+ROUTER_API_KEY_ENV = "QWEN_ROUTER_API_KEY"
+ROUTER_USER = 10001  # the router image's user
+ROUTER_PROGRESS_DEADLINE_SECONDS = 180  # a router that is not up by then is reported (RouterUnavailable)
+ROUTER_GRACE_SECONDS = 60  # the router finishes the streams it carries before it exits (SIGTERM)
+
+
+def render_router(svc: api.QwenService, defaults: Defaults = DEFAULTS) -> list[dict[str, Any]] | None:
+    """The built-in router (``spec.routing.mode: Builtin``), or None: its ServiceAccount, a Role that
+    reads this namespace's EndpointSlices and nothing else, the RoleBinding, the Deployment (replicas
+    spread over nodes) and a PodDisruptionBudget. It runs as the image's non-root user whatever the
+    vLLM pods run as, needs no GPU and inherits none of their node placement; with an API key it checks
+    the key itself (so that a caller without one never waits in its queue) and sends it to the pods."""
+    router = svc.spec.routing.router
+    if router is None:
+        return None
+    spec, name = svc.spec, labels.router_name(svc.name)
+    args = [
+        "--port",
+        str(api.ROUTER_PORT),
+        "--service",
+        labels.engines_name(svc.name),
+        "--engine-port-name",
+        "http",
+        "--hold-seconds",
+        str(router.hold_seconds),
+        "--queue-size",
+        str(router.queue_size),
+        "--session-header",
+        router.session_header,
+        "--grace-seconds",
+        str(ROUTER_GRACE_SECONDS - 10),
+    ]
+    env: list[dict[str, Any]] = [
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+    ]
+    if spec.api_key_secret_ref is not None:
+        env.append(_secret_env(ROUTER_API_KEY_ENV, spec.api_key_secret_ref))
+        args += ["--api-key-env", ROUTER_API_KEY_ENV, "--engine-api-key-env", ROUTER_API_KEY_ENV]
+    probe = {"httpGet": {"path": "/healthz", "port": "http"}, "timeoutSeconds": 3}
+    container = {
+        "name": "router",
+        "image": router.image or defaults.router_image,
+        "imagePullPolicy": spec.engine.image_pull_policy,
+        "args": args,
+        "ports": [{"name": "http", "containerPort": api.ROUTER_PORT, "protocol": "TCP"}],
+        "env": env,
+        "readinessProbe": {**probe, "periodSeconds": 5},
+        "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
+        # Endpoints drop the pod before it stops taking connections.
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
+        "resources": {"requests": {"cpu": "250m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    selector = labels.router_selector(svc.name)
+    pod: dict[str, Any] = {
+        **_pod_basics(spec),
+        "serviceAccountName": name,
+        "automountServiceAccountToken": True,  # it watches EndpointSlices
+        "securityContext": {
+            "seccompProfile": {"type": "RuntimeDefault"},
+            "runAsNonRoot": True,
+            "runAsUser": ROUTER_USER,
+            "runAsGroup": ROUTER_USER,
+        },
+        "containers": [container],
+        "terminationGracePeriodSeconds": ROUTER_GRACE_SECONDS,
+        "affinity": {
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 100,
+                        "podAffinityTerm": {
+                            "labelSelector": {"matchLabels": selector},
+                            "topologyKey": "kubernetes.io/hostname",
+                        },
+                    }
+                ]
+            }
+        },
+    }
+    if spec.scheduling.priority_class_name:  # as critical as the model it fronts
+        pod["priorityClassName"] = spec.scheduling.priority_class_name
+    pod_labels = labels.router_labels(svc.name)
+
+    def meta() -> dict[str, Any]:
+        return _metadata(svc, name=name, object_labels=labels.router_labels(svc.name))
+
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": meta(),
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta(),
+            "rules": [
+                {
+                    "apiGroups": ["discovery.k8s.io"],
+                    "resources": ["endpointslices"],
+                    "verbs": ["get", "list", "watch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta(),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": svc.namespace}],
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": meta(),
+            "spec": {
+                "replicas": router.replicas,
+                "selector": {"matchLabels": selector},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                "revisionHistoryLimit": 3,
+                "progressDeadlineSeconds": ROUTER_PROGRESS_DEADLINE_SECONDS,
+                "template": {
+                    "metadata": {
+                        "labels": pod_labels,
+                        "annotations": {
+                            "prometheus.io/scrape": "true",
+                            "prometheus.io/port": str(api.ROUTER_PORT),
+                            "prometheus.io/path": "/metrics",
+                        },
+                    },
+                    "spec": pod,
+                },
+            },
+        },
+        _budget(meta(), selector, 1),
+    ]
+
+
 CHAT_UI_TLS_DIR = "/etc/qwen-chat/tls"
 
 
@@ -694,6 +896,19 @@ def endpoint(svc: api.QwenService) -> str:
 
 
 def render_all(svc: api.QwenService, defaults: Defaults = DEFAULTS) -> list[dict[str, Any]]:
-    optional = (render_network_policy(svc), render_disruption_budget(svc), render_download_job(svc))
+    optional = (
+        render_network_policy(svc),
+        render_disruption_budget(svc),
+        render_download_job(svc),
+        render_engines_service(svc),
+        render_router_network_policy(svc),
+    )
     chat = render_chat_ui(svc, defaults) or ()
-    return [render_deployment(svc), render_service(svc), *(o for o in optional if o is not None), *chat]
+    router = render_router(svc, defaults) or ()
+    return [
+        render_deployment(svc),
+        render_service(svc),
+        *(o for o in optional if o is not None),
+        *router,
+        *chat,
+    ]

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -14,6 +15,8 @@ from aiohttp import web
 
 from qwen_router.app import Config, Router
 from qwen_router.endpoints import watch_slices
+
+log = logging.getLogger("qwen_router")
 
 
 def _engine(text: str) -> tuple[str, str]:
@@ -39,6 +42,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-size", type=int, default=Config.queue_size)
     p.add_argument("--max-body-bytes", type=int, default=Config.max_body_bytes)
     p.add_argument("--session-header", default=Config.session_header, help="'' for none")
+    p.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=50.0,
+        help="on SIGTERM: stop taking connections, and let the requests in flight finish for this long",
+    )
     p.add_argument(
         "--api-key-env", default=None, help="an environment variable holding the key clients must send"
     )
@@ -69,8 +78,11 @@ async def serve(args: argparse.Namespace) -> None:
         engine_api_key=_key(args.engine_api_key_env),
     )
     router = Router(config)
-    runner = web.AppRunner(router.app(), handler_cancellation=True)
+    runner = web.AppRunner(router.app(), handler_cancellation=True, shutdown_timeout=args.grace_seconds)
     await runner.setup()
+    stop = asyncio.Event()
+    with contextlib.suppress(NotImplementedError):  # (no signal handlers on Windows)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await web.TCPSite(runner, args.host, args.port).start()
     watcher = None
     if args.engine:
@@ -82,7 +94,8 @@ async def serve(args: argparse.Namespace) -> None:
             )
         )
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        log.info("SIGTERM: finishing the requests in flight (at most %.0f s)", args.grace_seconds)
     finally:
         if watcher is not None:
             watcher.cancel()

@@ -484,3 +484,49 @@ async def test_the_chat_page_is_deployed_shown_in_status_and_removed(emulator, o
     await eventually(lambda: emulator.get(DEPLOY, NS, "qwen-chat") is None, what="the chat Deployment gone")
     await eventually(lambda: emulator.get(SERVICE, NS, "qwen-chat") is None, what="the chat Service gone")
     assert emulator.get(DEPLOY, NS, "qwen") is not None
+
+
+ROUTER_KINDS = {
+    "v1/serviceaccounts": "qwen-router",
+    "rbac.authorization.k8s.io/v1/roles": "qwen-router",
+    "rbac.authorization.k8s.io/v1/rolebindings": "qwen-router",
+    DEPLOY: "qwen-router",
+    PDBS: "qwen-router",
+    SERVICE: "qwen-engines",
+}
+
+
+async def test_the_router_takes_over_the_service_once_ready_and_leaves_no_trace(emulator, operator):
+    """A serving service that turns routing on keeps its Service on the vLLM pods until a router pod
+    is Ready, then clients reach the router at the same address; turned off, the Service selects the
+    vLLM pods again and the router's objects are gone."""
+    await emulator.put(QSVC, qsvc())
+    await eventually(lambda: emulator.get(SERVICE, NS, "qwen"), what="the Service")
+    await emulator.patch(QSVC, NS, "qwen", {"spec": {"routing": {"mode": "Builtin"}}})
+    for kind, name in ROUTER_KINDS.items():
+        made = await eventually(lambda k=kind, n=name: emulator.get(k, NS, n), what=f"{kind} {name}")
+        validate_k8s(made)
+    shown = await eventually(
+        lambda: (emulator.get(QSVC, NS, "qwen") or {}).get("status", {}).get("routing"), what="status.routing"
+    )
+    assert shown == "Builtin"
+    service = emulator.get(SERVICE, NS, "qwen")
+    assert service is not None
+    assert service["spec"]["selector"] == labels.selector_labels("qwen"), "switched to a router not ready"
+
+    await play_deployment_controller(emulator, "qwen-router", ready=1)
+    await eventually(
+        lambda: (
+            (emulator.get(SERVICE, NS, "qwen") or {}).get("spec", {}).get("selector")
+            == labels.router_selector("qwen")
+        ),
+        what="the Service on the router",
+    )
+
+    await emulator.patch(QSVC, NS, "qwen", {"spec": {"routing": {"mode": "None"}}})
+    for kind, name in ROUTER_KINDS.items():
+        await eventually(lambda k=kind, n=name: emulator.get(k, NS, n) is None, what=f"{kind} {name} gone")
+    service = emulator.get(SERVICE, NS, "qwen")
+    assert service is not None
+    assert service["spec"]["selector"] == labels.selector_labels("qwen")
+    assert emulator.get(DEPLOY, NS, "qwen") is not None, "the model stays"

@@ -329,3 +329,47 @@ async def test_a_held_stream_that_waits_its_time_ends_with_one_error_event() -> 
         assert "unreachable" not in metrics, "nothing more is tried once the answer is given"
     finally:
         await runner.cleanup()
+
+
+async def test_on_sigterm_the_router_process_finishes_the_streams_it_carries(engines: list[Engine]) -> None:
+    """A router pod being replaced (a rollout, a node drain) gets SIGTERM: the stream it is carrying
+    still ends with [DONE], new connections are refused, and the process exits cleanly."""
+    import signal
+    import sys
+
+    engine = engines[0]
+    engine.chunks, engine.delay = 20, 0.1  # a 2-second stream
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "qwen_router", "--host", "127.0.0.1", "--port", str(port),
+        "--engine", f"e={engine.url}", "--grace-seconds", "20",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):  # until it listens
+                try:
+                    async with session.get(f"{url}/healthz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+            async with session.post(f"{url}/v1/chat/completions", json={**CHAT, "stream": True}) as r:
+                assert r.status == 200
+                first = await r.content.readline()
+                assert first.startswith(b"data: ")
+                proc.send_signal(signal.SIGTERM)
+                rest = await r.content.read()
+            assert rest.rstrip().endswith(b"data: [DONE]"), rest[-200:]
+            assert rest.count(b"data: ") == engine.chunks  # the other 19 chunks, then [DONE]
+            with pytest.raises(aiohttp.ClientConnectionError):
+                async with session.get(f"{url}/healthz"):
+                    pass
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -27,7 +27,9 @@ class FakeCluster:
 
     async def create(self, res: Resource, obj: Any) -> dict[str, Any]:
         self.writes.append(("create", res.plural))
-        self.objects[(res.plural, obj["metadata"]["namespace"], obj["metadata"]["name"])] = copy.deepcopy(obj)
+        obj = copy.deepcopy(obj)
+        obj["metadata"].setdefault("uid", f"uid-{res.plural}-{obj['metadata']['name']}")
+        self.objects[(res.plural, obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
         return copy.deepcopy(obj)
 
     async def json_patch(
@@ -339,3 +341,96 @@ async def test_the_chat_page_comes_and_goes_with_the_spec(minimal):
     assert ("services", "ml", "qwen-chat") not in cluster.objects
     assert ("deployments", "ml", "qwen") in cluster.objects, "the model stays"
     assert "chatUI" not in out.status
+
+
+def _routed(minimal, mode: str = "Builtin", status: Any = None) -> dict[str, Any]:
+    body = copy.deepcopy(minimal)
+    body["spec"]["routing"] = {"mode": mode}
+    if status is not None:
+        body["status"] = status
+    return body
+
+
+def _selects(cluster: FakeCluster, name: str = "qwen") -> dict[str, str]:
+    return cluster.objects[("services", "ml", name)]["spec"]["selector"]
+
+
+ROUTER_OBJECTS = [
+    ("serviceaccounts", "ml", "qwen-router"),
+    ("roles", "ml", "qwen-router"),
+    ("rolebindings", "ml", "qwen-router"),
+    ("deployments", "ml", "qwen-router"),
+    ("poddisruptionbudgets", "ml", "qwen-router"),
+    ("services", "ml", "qwen-engines"),
+]
+
+
+async def test_a_serving_service_moves_to_the_router_only_once_a_router_pod_is_ready(minimal):
+    """Turning the router on for a service that serves: its objects are made, the Service keeps the
+    vLLM pods until a router pod is Ready, then selects the router; turned off, the Service selects the
+    vLLM pods again and everything made for the router goes, but an object of the same name that
+    someone else made stays."""
+    cluster = FakeCluster()
+    out = await reconcile.reconcile(cluster, minimal, NOW)
+    assert _selects(cluster) == labels.selector_labels("qwen")
+
+    out = await reconcile.reconcile(cluster, _routed(minimal, status=out.status), NOW)
+    for key in ROUTER_OBJECTS:
+        assert key in cluster.objects, key
+    assert _selects(cluster) == labels.selector_labels("qwen"), "switched before a router pod was ready"
+    assert _selects(cluster, "qwen-engines") == labels.selector_labels("qwen")
+    assert out.status["routing"] == "Builtin"
+
+    cluster.objects[("deployments", "ml", "qwen-router")]["status"] = {"readyReplicas": 1}
+    out = await reconcile.reconcile(cluster, _routed(minimal, status=out.status), NOW)
+    assert _selects(cluster) == labels.router_selector("qwen")
+    assert "Updated Service qwen: selector" in [e.message for e in out.events]
+    cluster.objects[("deployments", "ml", "qwen-router")]["status"] = {"readyReplicas": 0}
+    again = await reconcile.reconcile(cluster, _routed(minimal, status=out.status), NOW)
+    assert _selects(cluster) == labels.router_selector("qwen"), "a router restart is no reason to go back"
+    assert again.events == []
+
+    out = await reconcile.reconcile(cluster, _routed(minimal, "None", status=out.status), NOW)
+    assert _selects(cluster) == labels.selector_labels("qwen")
+    for key in ROUTER_OBJECTS:
+        assert key not in cluster.objects, key
+    assert ("deployments", "ml", "qwen") in cluster.objects, "the model stays"
+    assert "routing" not in out.status
+
+    theirs = FakeCluster()
+    foreign = {"metadata": {"name": "qwen-router", "namespace": "ml", "uid": "x"}}
+    theirs.objects[("serviceaccounts", "ml", "qwen-router")] = foreign
+    out = await reconcile.reconcile(theirs, _routed(minimal), NOW)
+    assert "ResourceConflict" in [e.reason for e in out.events]
+    await reconcile.reconcile(theirs, _routed(minimal, "None", status=out.status), NOW)
+    assert theirs.objects[("serviceaccounts", "ml", "qwen-router")] == foreign, "touched what it did not make"
+
+
+async def test_a_new_service_is_reached_through_the_router_from_the_start(minimal):
+    cluster = FakeCluster()
+    out = await reconcile.reconcile(cluster, _routed(minimal), NOW)
+    assert _selects(cluster) == labels.router_selector("qwen")
+    assert out.status["routing"] == "Builtin"
+    assert out.status["endpoint"] == "http://qwen.ml.svc:8000/v1", "clients keep the same address"
+
+
+async def test_a_router_that_never_comes_up_is_reported_and_clients_keep_the_vllm_pods(minimal):
+    cluster = FakeCluster()
+    out = await reconcile.reconcile(cluster, minimal, NOW)
+    out = await reconcile.reconcile(cluster, _routed(minimal, status=out.status), NOW)
+    stuck = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
+    cluster.objects[("deployments", "ml", "qwen-router")]["status"] = {"conditions": [stuck]}
+    out = await reconcile.reconcile(cluster, _routed(minimal, status=out.status), NOW)
+    (event,) = [e for e in out.events if e.reason == "RouterUnavailable"]
+    assert "clients still reach the vLLM pods directly" in event.message
+    assert _selects(cluster) == labels.selector_labels("qwen")
+    assert out.status["phase"] == "Degraded"
+
+
+async def test_a_router_the_rbac_forbids_is_a_problem_and_clients_keep_the_vllm_pods(minimal):
+    cluster = Refusing("roles", 403)
+    out = await reconcile.reconcile(cluster, _routed(minimal), NOW)
+    (event,) = [e for e in out.events if e.reason == "RouterForbidden"]
+    assert "roles and rolebindings get/create/patch/delete" in event.message
+    assert _selects(cluster) == labels.selector_labels("qwen")
+    assert ("create", "deployments") in cluster.writes, "the model is still served"

@@ -37,6 +37,18 @@ def test_a_version_out_of_step_or_a_wrong_tag_is_named(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists(), "nothing is packaged when the versions disagree"
 
 
+def test_a_router_released_out_of_step_is_named(tmp_path: Path) -> None:
+    """The router's package and the operator's default router image go with the operator's version."""
+    router = tmp_path / "pyproject.toml"
+    text = (ROOT / "router" / "pyproject.toml").read_text()
+    router.write_text(re.sub(r'(?m)^version = ".*"$', 'version = "0.0.9"', text))
+    found = release.versions(CHART, ROOT / "pyproject.toml", router)
+    assert release.lockstep_errors(found) == [
+        "router/pyproject.toml version is 0.0.9, not " + found["pyproject.toml version"]
+    ]
+    assert found["the router's default image tag"] == found["pyproject.toml version"]
+
+
 def test_the_chart_readme_is_generated_from_the_values_and_is_current() -> None:
     assert (CHART / "README.md").read_text() == release.chart_readme(CHART), "run make manifests"
     assert cli.main(["chart-readme", "--chart", str(CHART), "--check"]) == 0

@@ -573,3 +573,111 @@ def test_vllms_compile_cache_sits_on_the_cache_volume_keyed_by_what_invalidates_
         {"scheduling__nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"}},
     ):
         assert cache_root(**change) != base, change
+
+
+def test_the_router_fronts_the_model_with_least_rights_and_its_own_placement(minimal) -> None:
+    """routing.mode Builtin: the Service clients call selects the router's pods; the vLLM pods get a
+    headless Service of their own, which the router is told to watch; the router's Role reads
+    EndpointSlices and nothing else; its pods run non-root, ask for no GPU, take none of the GPU
+    placement, and check the API key from the Secret; its arguments are ones the router accepts."""
+    from qwen_router.__main__ import parser
+
+    svc = make(
+        minimal,
+        apiKeySecretRef={"name": "api", "key": "key"},
+        routing={"mode": "Builtin", "builtin": {"holdSeconds": 120, "sessionHeader": ""}},
+        networkPolicy={"enabled": True, "sameNamespace": False, "allowFrom": [{"podSelector": {"app": "c"}}]},
+        scheduling={
+            "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A10G"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "priorityClassName": "inference",
+        },
+    )
+    rendered = render.render_all(svc)
+    for obj in rendered:
+        validate_k8s(obj)
+    by = {(o["kind"], o["metadata"]["name"]): o for o in rendered}
+    assert len(by) == len(rendered), "two objects of one kind and name"
+    router = by["Deployment", "qwen-router"]
+    pod = router["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+
+    assert by["Service", "qwen"]["spec"]["selector"] == labels.router_selector("qwen")
+    engines = by["Service", "qwen-engines"]
+    assert engines["spec"]["selector"] == labels.selector_labels("qwen")
+    assert engines["spec"]["clusterIP"] == "None"
+    args = parser().parse_args(container["args"])
+    assert (args.service, args.engine_port_name, args.hold_seconds) == ("qwen-engines", "http", 120)
+    assert args.session_header == ""
+    assert args.api_key_env == args.engine_api_key_env == render.ROUTER_API_KEY_ENV
+    env = {e["name"]: e for e in container["env"]}
+    assert env[render.ROUTER_API_KEY_ENV]["valueFrom"]["secretKeyRef"] == {"name": "api", "key": "key"}
+    assert args.grace_seconds < pod["terminationGracePeriodSeconds"]
+
+    assert by["Role", "qwen-router"]["rules"] == [
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    binding = by["RoleBinding", "qwen-router"]
+    assert binding["roleRef"]["name"] == "qwen-router"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "qwen-router", "namespace": "ml"}]
+    assert pod["serviceAccountName"] == "qwen-router"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "nvidia.com/gpu" not in str(container["resources"])
+    assert "nodeSelector" not in pod
+    assert "tolerations" not in pod
+    assert pod["priorityClassName"] == "inference"
+    assert (
+        not labels.selector_labels("qwen").items() & router["spec"]["template"]["metadata"]["labels"].items()
+    )
+    budget = by["PodDisruptionBudget", "qwen-router"]
+    assert budget["spec"]["selector"]["matchLabels"] == labels.router_selector("qwen")
+
+    # The vLLM pods admit the router and the scrapers only; the router admits the spec's clients.
+    engine_peers = by["NetworkPolicy", "qwen"]["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {"matchLabels": labels.router_selector("qwen")}} in engine_peers
+    assert {"podSelector": {"matchLabels": {"app": "c"}}} not in engine_peers
+    router_policy = by["NetworkPolicy", "qwen-router"]["spec"]
+    assert router_policy["podSelector"]["matchLabels"] == labels.router_selector("qwen")
+    assert {"podSelector": {"matchLabels": {"app": "c"}}} in router_policy["ingress"][0]["from"]
+    assert router_policy["ingress"][0]["ports"] == [{"protocol": "TCP", "port": api.ROUTER_PORT}]
+
+    # Off (the default): none of it, and the Service selects the vLLM pods.
+    plain = render.render_all(make(minimal))
+    assert {o["kind"] for o in plain} == {"Deployment", "Service", "PodDisruptionBudget"}
+    assert [o["spec"]["selector"] for o in plain if o["kind"] == "Service"] == [
+        labels.selector_labels("qwen")
+    ]
+    assert render.render_router(make(minimal)) is None
+
+
+def test_the_router_s_image_is_the_operator_s_default_unless_the_spec_names_one(minimal) -> None:
+    def image(svc: api.QwenService, defaults: render.Defaults) -> str:
+        objects = render.render_router(svc, defaults)
+        assert objects is not None
+        (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+        return str(deployment["spec"]["template"]["spec"]["containers"][0]["image"])
+
+    ours = render.Defaults(router_image="registry.example.com/qwen-router:0.1.0")
+    plain = make(minimal, routing={"mode": "Builtin"})
+    assert image(plain, render.Defaults()) == api.DEFAULT_ROUTER_IMAGE
+    assert image(plain, ours) == "registry.example.com/qwen-router:0.1.0"
+    named = make(minimal, routing={"mode": "Builtin", "builtin": {"image": "mine/router:1"}})
+    assert image(named, ours) == "mine/router:1"
+
+
+@pytest.mark.parametrize(
+    ("builtin", "message"),
+    [
+        ({"sessionHeader": "x session"}, "sessionHeader"),
+        ({"replicas": 0}, "replicas"),
+        ({"holdSeconds": 0}, "holdSeconds"),
+    ],
+)
+def test_router_settings_that_cannot_work_are_refused(minimal, builtin, message) -> None:
+    with pytest.raises(InvalidSpec, match=message):
+        make(minimal, routing={"mode": "Builtin", "builtin": builtin})

@@ -22,14 +22,17 @@ from typing import Any
 
 import yaml
 
-from qwen_operator.api import DEFAULT_CHAT_UI_IMAGE
+from qwen_operator.api import DEFAULT_CHAT_UI_IMAGE, DEFAULT_ROUTER_IMAGE
 
 ROOT_PYPROJECT = Path("pyproject.toml")
+ROUTER_PYPROJECT = Path("router/pyproject.toml")
 CHART = Path("charts/qwen-operator")
 
 
-def versions(chart: Path = CHART, pyproject: Path = ROOT_PYPROJECT) -> dict[str, str]:
-    """The versions that must agree: the Python package's, the chart's and its appVersion."""
+def versions(
+    chart: Path = CHART, pyproject: Path = ROOT_PYPROJECT, router: Path = ROUTER_PYPROJECT
+) -> dict[str, str]:
+    """The versions that must agree: the Python package's, the chart's and its appVersion, the router's."""
     meta = yaml.safe_load((chart / "Chart.yaml").read_text())
     project = tomllib.loads(pyproject.read_text())["project"]
     return {
@@ -38,6 +41,9 @@ def versions(chart: Path = CHART, pyproject: Path = ROOT_PYPROJECT) -> dict[str,
         "Chart.yaml appVersion": str(meta["appVersion"]),
         # The chat page's image is released with the operator (spec.chatUI.image's default).
         "the chat page's default image tag": DEFAULT_CHAT_UI_IMAGE.rsplit(":", 1)[-1],
+        # So is the router (spec.routing.builtin.image's default), from its own package.
+        "router/pyproject.toml version": str(tomllib.loads(router.read_text())["project"]["version"]),
+        "the router's default image tag": DEFAULT_ROUTER_IMAGE.rsplit(":", 1)[-1],
     }
 
 

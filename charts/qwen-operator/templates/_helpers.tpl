@@ -76,6 +76,18 @@ app.kubernetes.io/part-of: qwen-operator
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "create", "delete"]
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["rolebindings"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get", "list", "watch"]
 {{- end -}}
 
 {{/* Namespaces where the operator may read the Secrets QwenServices name as Prometheus credentials:
@@ -119,6 +131,17 @@ app.kubernetes.io/part-of: qwen-operator
 {{/* The chat page's default image (QWEN_OPERATOR_CHAT_UI_IMAGE), pinned like the operator's. */}}
 {{- define "qwen-operator.chatUIImage" -}}
 {{- with .Values.chatUI.image -}}
+{{- if .digest -}}
+{{- printf "%s@%s" .repository .digest -}}
+{{- else -}}
+{{- printf "%s:%s" .repository (default $.Chart.AppVersion .tag) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The router's default image (QWEN_OPERATOR_ROUTER_IMAGE), pinned like the operator's. */}}
+{{- define "qwen-operator.routerImage" -}}
+{{- with .Values.router.image -}}
 {{- if .digest -}}
 {{- printf "%s@%s" .repository .digest -}}
 {{- else -}}
