@@ -740,6 +740,16 @@ class ScaleDownPolicy(_Model):
         default=300, ge=0, le=3600, description="No scale-down for this long after a scale-up."
     )
     max_step_replicas: int = Field(default=1, ge=1, description="Remove at most this many replicas per step.")
+    zero_after_idle_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=604800,
+        description=(
+            "minReplicas 0: go to zero after this long without a request. Unset: chosen per service from "
+            "its measured cold start and its own past idle gaps (to zero only when the gap is expected to "
+            "outlast a cold start; at least 60 s)."
+        ),
+    )
 
 
 class BasicAuthSecretRef(_Model):
@@ -892,7 +902,7 @@ class BoundsWindow(_Model):
         pattern=CLOCK_TIME,
         description="HH:MM, local time, exclusive; before start, the window runs past midnight.",
     )
-    min_replicas: int | None = Field(default=None, ge=1, le=1000, description="minReplicas in the window.")
+    min_replicas: int | None = Field(default=None, ge=0, le=1000, description="minReplicas in the window.")
     max_replicas: int | None = Field(default=None, ge=1, le=1000, description="maxReplicas in the window.")
 
     def bounds(self, min_replicas: int, max_replicas: int) -> tuple[int, int]:
@@ -941,7 +951,15 @@ class AutoscalingSpec(_Model):
             "which keeps spec.replicas: compare it with what runs today before switching."
         ),
     )
-    min_replicas: int = Field(default=1, ge=1, le=1000, description="Never fewer replicas than this.")
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description=(
+            "Never fewer replicas than this. 0 (scale to zero) needs routing.mode Builtin: the router "
+            "holds requests while no replica runs, and the first one wakes the service."
+        ),
+    )
     max_replicas: int = Field(
         default=5, ge=1, le=1000, description="Never more replicas (GPUs = maxReplicas x GPUs per replica)."
     )
@@ -1160,6 +1178,12 @@ class RoutingSpec(_Model):
 # ----------------------------------------------------------------------------------------- the spec
 
 
+SCALE_TO_ZERO_NEEDS_ROUTER = (
+    "autoscaling minReplicas 0 (scale to zero) needs routing.mode Builtin: without a router, a request "
+    "that comes while no replica runs fails"
+)
+
+
 class QwenServiceSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra=_rules(
@@ -1167,7 +1191,13 @@ class QwenServiceSpec(_Model):
                 "!has(self.resources.gpus) || self.resources.gpus == 0"
                 " || self.resources.gpus % self.engine.tensorParallelSize == 0",
                 "resources.gpus must be a multiple of engine.tensorParallelSize",
-            )
+            ),
+            (
+                "self.routing.mode == 'Builtin' || (self.autoscaling.minReplicas >= 1"
+                " && (!has(self.autoscaling.schedule) || !has(self.autoscaling.schedule.windows)"
+                " || self.autoscaling.schedule.windows.all(w, !has(w.minReplicas) || w.minReplicas >= 1)))",
+                SCALE_TO_ZERO_NEEDS_ROUTER,
+            ),
         )
     )
     model: ModelSpec = Field(description="Which model to serve and where its weights come from.")
@@ -1216,6 +1246,15 @@ class QwenServiceSpec(_Model):
         target = default_concurrency(product, tp, self.engine.max_num_seqs)
         filled = targets.model_copy(update={"concurrency_per_replica": target})
         return auto.model_copy(update={"targets": filled})
+
+    @property
+    def scales_to_zero(self) -> bool:
+        """Whether the scaler may take this service to zero replicas (the router in front, and 0 as
+        minReplicas or as a schedule window's)."""
+        a = self.autoscaling
+        windows = a.schedule.windows if a.schedule is not None else []
+        zero = a.min_replicas == 0 or any(w.min_replicas == 0 for w in windows)
+        return a.enabled and zero and self.routing.router is not None
 
     @property
     def gpus_per_replica(self) -> int:
@@ -1358,6 +1397,17 @@ class ScalerState(_Model):
         default=None, description="SLO mode: the least load a replica failed the SLO under (fading)."
     )
     performance_model: PerformanceModelState | None = None
+    last_request_time: Timestamp | None = Field(
+        default=None, description="With the router: when a request was last seen (scale to zero)."
+    )
+    router_arrivals: float | None = Field(
+        default=None, description="The router's arrivals counter, summed over its pods, when last read."
+    )
+    idle_gaps: list[int] | None = Field(
+        default=None,
+        max_length=64,
+        description="The last idle gaps between requests, in seconds (scale to zero weighs them).",
+    )
 
 
 class AutoscalingStatus(_Model):

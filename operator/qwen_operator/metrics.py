@@ -28,6 +28,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from qwen_operator import telemetry
+from qwen_operator.idle import RouterSample
 from qwen_operator.scaling import Observation, PodSample
 from qwen_operator.traffic import (
     TRAFFIC_WINDOW,
@@ -123,6 +124,7 @@ class Target:
     replicas: int
     pods: tuple[PodRef, ...]
     cold_starts: tuple[float, ...] = ()  # seconds from creation to Ready of its ready pods
+    routers: tuple[PodRef, ...] | None = None  # its router's ready pods (None: no router in front)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -131,8 +133,14 @@ class Target:
     def observation(self, samples: Mapping[str, PodSample], error: str | None = None) -> Observation:
         names = tuple(p.name for p in self.pods)
         kept = {pod: s for pod, s in samples.items() if pod in names}
+        router = None if self.routers is None else RouterSample(error="not read")
         return Observation(
-            replicas=self.replicas, ready_pods=names, samples=kept, error=error, cold_starts=self.cold_starts
+            replicas=self.replicas,
+            ready_pods=names,
+            samples=kept,
+            error=error,
+            cold_starts=self.cold_starts,
+            router=router,
         )
 
 
@@ -568,4 +576,80 @@ class PrometheusSource:
             sample = acc.sample(ages.get((namespace, service, pod), math.inf), TRAFFIC_WINDOW_SECONDS)
             if sample is not None:
                 out[namespace, service][pod] = sample
+        return out
+
+
+# ------------------------------------------------------------------------------------ the router
+
+ROUTER_WAITING = "qwen_router_waiting"
+ROUTER_IN_FLIGHT = "qwen_router_in_flight"
+ROUTER_ARRIVALS = "qwen_router_arrivals_total"
+ROUTER_METRICS_MAX_BYTES = 1024 * 1024
+
+
+def parse_router_metrics(text: str) -> tuple[float, float, float]:
+    """(held, in flight, arrivals) from one router pod's /metrics; ValueError without the router's."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in (ROUTER_WAITING, ROUTER_IN_FLIGHT, ROUTER_ARRIVALS):
+                value = float(sample.value)
+                if not math.isfinite(value) or value < 0:
+                    raise ValueError(f"{sample.name} is {value}")
+                found[sample.name] = found.get(sample.name, 0.0) + value
+    if ROUTER_WAITING not in found or ROUTER_ARRIVALS not in found:
+        raise ValueError("no router metrics")
+    return found[ROUTER_WAITING], found.get(ROUTER_IN_FLIGHT, 0.0), found[ROUTER_ARRIVALS]
+
+
+class RouterReader:
+    """Reads the routers' own /metrics directly, whatever the service's metrics source: what is held
+    at the router now matters within seconds (a request waiting at zero replicas), not a scrape
+    interval later."""
+
+    def __init__(
+        self, port: int = 8000, timeout: float = 2.0, max_bytes: int = ROUTER_METRICS_MAX_BYTES
+    ) -> None:
+        self.port, self.timeout, self.max_bytes = port, timeout, max_bytes
+
+    async def _one(self, session: aiohttp.ClientSession, pod: PodRef) -> tuple[float, float, float] | str:
+        if not pod.ip:
+            return "no pod IP"
+        try:
+            async with session.get(f"http://{pod.ip}:{self.port}/metrics", allow_redirects=False) as response:
+                if response.status != 200:
+                    return http_failure(response.status)
+                body = await read_capped(response, self.max_bytes, "/metrics")
+            return parse_router_metrics(body.decode())
+        except (ValueError, UnicodeDecodeError):
+            return "malformed /metrics"
+        except (aiohttp.ClientError, TimeoutError, Refused) as exc:
+            return client_failure(exc, self.timeout)
+
+    async def read(self, targets: Sequence[Target]) -> dict[tuple[str, str], RouterSample]:
+        """One sample per target with a router: sums over the router pods that answered; an error when
+        none did (or none is ready)."""
+        asked = [(t, p) for t in targets if t.routers for p in t.routers]
+        results: list[tuple[float, float, float] | str] = []
+        if asked:
+            timeout = aiohttp.ClientTimeout(total=self.timeout)
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                results = list(await asyncio.gather(*(self._one(session, p) for _, p in asked)))
+        got: dict[tuple[str, str], list[tuple[float, float, float]]] = defaultdict(list)
+        failed: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for (t, pod), result in zip(asked, results, strict=True):
+            if isinstance(result, str):
+                failed[t.key].append(f"{pod.name}: {result}")
+            else:
+                got[t.key].append(result)
+        out = {}
+        for t in targets:
+            if t.routers is None:
+                continue
+            if t.key in got:
+                waiting, in_flight, arrivals = (sum(x) for x in zip(*got[t.key], strict=True))
+                out[t.key] = RouterSample(waiting, in_flight, arrivals, len(got[t.key]))
+            else:
+                why = "; ".join(failed[t.key][:3]) if failed.get(t.key) else "no router pod is ready"
+                out[t.key] = RouterSample(error=why)
         return out

@@ -484,7 +484,9 @@ def initial_replicas(svc: api.QwenService) -> int:
         return svc.spec.replicas
     a = svc.spec.autoscaling
     desired = svc.status.desired_replicas
-    return min(max(desired if desired is not None else a.min_replicas, a.min_replicas), a.max_replicas)
+    if desired is None:  # a new service starts with one replica even at minReplicas 0 (it shows it loads)
+        desired = max(a.min_replicas, 1)
+    return min(max(desired, a.min_replicas), a.max_replicas)
 
 
 def render_deployment(svc: api.QwenService) -> dict[str, Any]:

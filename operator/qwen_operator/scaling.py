@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from qwen_operator import api
+from qwen_operator import api, idle
 from qwen_operator.perf.sizing import GRID, Sizing
 from qwen_operator.perf.stepmodel import Fit
 from qwen_operator.planner import Capacity, Plan, PlanState, plan
@@ -53,6 +53,9 @@ class Reason(enum.StrEnum):
     SCALE_DOWN_LIMITED = "ScaleDownLimited"
     TOO_FEW_REPLICAS = "TooFewReplicas"
     TOO_MANY_REPLICAS = "TooManyReplicas"
+    SCALED_TO_ZERO = "ScaledToZero"  # minReplicas 0 with the router: idle long enough, or still idle
+    AWAITING_IDLE = "AwaitingIdle"  # the load asks for zero; the idle rule keeps one replica for now
+    WAKE = "Wake"  # at zero, a request came (or the router cannot be read)
 
 
 # Reasons that mean "the signals asked for another count, a limit said no" (the ScalingLimited condition).
@@ -94,6 +97,7 @@ class Observation:
     samples: Mapping[str, PodSample] = field(default_factory=dict)
     cold_starts: tuple[float, ...] = ()  # seconds from creation to Ready of the service's recent pods
     error: str | None = None  # the metrics source failed (unreachable, timeout, bad answer)
+    router: idle.RouterSample | None = None  # the router's figures (None: no router in front)
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class State:
     plan: PlanState = field(
         default_factory=PlanState
     )  # SLO mode: learned capacity, smoothed load, peaks, cold start
+    idle: idle.IdleState = field(default_factory=idle.IdleState)  # with the router: requests and gaps
 
 
 # ---------------------------------------------------------------------------------------- outputs
@@ -421,6 +426,14 @@ def decide(obs: Observation, spec: api.AutoscalingSpec, state: State, now: datet
     current = obs.replicas
     window = spec.scale_down.stabilization_window_seconds
     usable = usable_samples(obs, spec)
+    busy = sum(s.running + s.waiting for s in usable.values())
+    before, first = state.idle, state.last_evaluated is None
+    state = replace(state, idle=idle.track(before, obs.router, busy, now, first))
+    if current == 0:
+        # After a restart the counter kept in the status may be older than the last one read (it is
+        # written lazily): then only requests held now wake the service.
+        arrivals = None if first else before.arrivals
+        return _stamp_scale_times(_at_zero(obs, spec, state, now, arrivals), current, now)
     traffic = combine(s.traffic for s in usable.values() if s.traffic is not None)
     slo = _slo_plan(obs, spec, usable, traffic, state, now)
     if slo is not None:
@@ -459,7 +472,69 @@ def decide(obs: Observation, spec: api.AutoscalingSpec, state: State, now: datet
         reason, message = limit, f"{_bound_message(limit, bounds)}; {message}"
     state = replace(state, history=record(state.history, now, need.replicas, window))
     decision = Decision(bounded, reason, message, state, need.replicas, need.observation, ready)
+    if bounded == 0:
+        decision = _to_zero(decision, obs, current, now, spec.scale_down.zero_after_idle_seconds)
     return _stamp_scale_times(decision, current, now)
+
+
+def _at_zero(
+    obs: Observation, spec: api.AutoscalingSpec, state: State, now: datetime, arrivals: float | None
+) -> Decision:
+    """No replica runs: stay so while nothing comes; wake at once for a request the router holds (or
+    one that arrived since the last reading), or when the router cannot be read."""
+    state = replace(state, data_since=None, last_evaluated=now)
+    bounds = limits(spec, now)
+    if bounds.min_replicas > 0:
+        message = f"{_bound_message(Reason.TOO_FEW_REPLICAS, bounds)}: starting from zero"
+        return Decision(bounds.min_replicas, Reason.TOO_FEW_REPLICAS, message, state)
+    router = obs.router
+    if router is None or router.error is not None:
+        why = "no router in front" if router is None else f"the router cannot be read ({router.error})"
+        return Decision(1, Reason.WAKE, f"waking from zero: {why}; a request may be waiting", state)
+    if idle.active(router, 0.0, arrivals):
+        held = router.waiting
+        wanted = max(1, math.ceil(held / spec.targets.concurrency())) if held else 1
+        replicas = min(wanted, bounds.max_replicas)
+        return Decision(
+            replicas,
+            Reason.WAKE,
+            f"waking from zero: {_fmt(held)} request(s) held at the router, "
+            f"{_fmt(router.in_flight)} at the pods",
+            state,
+        )
+    since = state.idle.last_request
+    when = f"no request since {since:%Y-%m-%d %H:%M:%S}" if since else "no request seen"
+    return Decision(
+        0,
+        Reason.SCALED_TO_ZERO,
+        f"at zero: {when}; the router holds the next request while a replica starts",
+        state,
+    )
+
+
+def _to_zero(
+    decision: Decision, obs: Observation, current: int, now: datetime, fixed: int | None
+) -> Decision:
+    """The load asks for zero and minReplicas allows it: go only when the idle rule says so
+    (:func:`qwen_operator.idle.may_sleep`), else keep one replica."""
+    router, st = obs.router, decision.state
+    if router is None or router.error is not None:
+        why = "no router in front" if router is None else f"the router cannot be read ({router.error})"
+        return _keep_one(decision, current, f"not to zero: {why}")
+    since = st.idle.last_request
+    idle_for = (now - since).total_seconds() if since is not None else 0.0
+    cold = idle.cold_start_seconds(obs.cold_starts, st.plan.cold_start_seconds)
+    sleep = idle.may_sleep(idle_for, st.idle.gaps, cold, fixed)
+    if not sleep.ok:
+        return _keep_one(decision, current, sleep.message)
+    message = f"{sleep.message}: to zero; the router holds the next request while a replica starts"
+    return replace(decision, replicas=0, reason=Reason.SCALED_TO_ZERO, message=message)
+
+
+def _keep_one(decision: Decision, current: int, why: str) -> Decision:
+    if current > 1:  # down to one, as the load asks, and no further for now
+        return replace(decision, replicas=1, message=f"{decision.message}; {why}")
+    return replace(decision, replicas=1, reason=Reason.AWAITING_IDLE, message=f"{decision.message}; {why}")
 
 
 def _slo_plan(
@@ -535,6 +610,11 @@ def state_from_status(status: api.QwenServiceStatus) -> State:
             carried=state.capacity_carried,
             failed=state.capacity_failed,
             sizing=sizing_of(state.performance_model),
+        ),
+        idle=idle.IdleState(
+            last_request=state.last_request_time,
+            arrivals=state.router_arrivals,
+            gaps=tuple(float(g) for g in state.idle_gaps or () if g > 0)[-idle.MAX_GAPS :],
         ),
     )
 

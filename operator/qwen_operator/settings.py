@@ -75,6 +75,12 @@ class OperatorSettings(BaseSettings):
     pod_metrics_port: int = Field(
         default=8000, ge=1, le=65535, description="Port of the vLLM pods' /metrics for the pods source."
     )
+    router_metrics_port: int = Field(
+        default=8000,
+        ge=1,
+        le=65535,
+        description="Port of the router pods' /metrics (spec.routing.mode Builtin), read every evaluation.",
+    )
     metrics_timeout_seconds: float = Field(
         default=5, gt=0, le=60, description="Deadline for one evaluation's metric queries."
     )

@@ -19,7 +19,8 @@ SCALING_ACTIVE = "ScalingActive"
 SCALING_LIMITED = "ScalingLimited"
 METRICS_AVAILABLE = "MetricsAvailable"
 MODEL_CACHED = "ModelCached"
-SCALING_CONDITIONS = (SCALING_ACTIVE, SCALING_LIMITED, METRICS_AVAILABLE)
+SCALED_TO_ZERO = "ScaledToZero"
+SCALING_CONDITIONS = (SCALING_ACTIVE, SCALING_LIMITED, METRICS_AVAILABLE, SCALED_TO_ZERO)
 
 
 @dataclass(frozen=True)
@@ -240,10 +241,12 @@ def scaling_status(
     generation: int | None,
     grace_seconds: float = 60.0,
     advisory: bool = False,
+    can_sleep: bool = False,
 ) -> api.QwenServiceStatus:
     """The status carrying a scaling decision: desired replicas, observation, reason, state, conditions.
     ``advisory``: the decision is advice (``advisedReplicas``); the Deployment, its desired replicas
-    and the last scale time are left as they are."""
+    and the last scale time are left as they are. ``can_sleep``: the service may scale to zero, and
+    the ScaledToZero condition says whether it is there and why (without it, there is none)."""
     state = decision.state
     available = decision.metrics_available
     obs = decision.observation
@@ -278,6 +281,22 @@ def scaling_status(
         now,
         generation,
     )
+    if can_sleep:
+        asleep = decision.replicas == 0
+        conds = set_condition(
+            conds,
+            SCALED_TO_ZERO,
+            asleep,
+            "Idle"
+            if asleep
+            else ("AwaitingIdle" if decision.reason is scaling.Reason.AWAITING_IDLE else "Serving"),
+            decision.message,
+            now,
+            generation,
+        )
+    else:
+        conds = [c for c in conds if c.type != SCALED_TO_ZERO]
+    idle_state = state.idle
     auto = api.AutoscalingStatus(
         reason=decision.reason.value,
         message=brief(decision.message),
@@ -289,6 +308,9 @@ def scaling_status(
             data_since=state.data_since,
             recommendations=[api.Recommendation(since=t, replicas=r) for t, r in state.history],
             **_plan_status(state.plan),
+            last_request_time=idle_state.last_request,
+            router_arrivals=idle_state.arrivals,
+            idle_gaps=[round(g) for g in idle_state.gaps] or None,
         ),
     )
     if advisory:
@@ -330,6 +352,8 @@ LAG_TOLERANT_STATE = (
     "capacityCarried",
     "capacityFailed",
     "performanceModel",
+    "lastRequestTime",  # a restart counts idleness afresh (never to zero early)
+    "routerArrivals",
 )
 OBSERVED_COUNTS = ("readyReplicas", "podsWithData")
 

@@ -146,6 +146,9 @@ def semantic_errors(spec: api.QwenServiceSpec) -> list[str]:
         errors.append(
             f"spec.autoscaling.minReplicas ({a.min_replicas}) must be <= maxReplicas ({a.max_replicas})"
         )
+    windows = a.schedule.windows if a.schedule is not None else []
+    if spec.routing.router is None and (a.min_replicas == 0 or any(w.min_replicas == 0 for w in windows)):
+        errors.append(f"spec.{api.SCALE_TO_ZERO_NEEDS_ROUTER}")
     if spec.model.source.kind != "hub" and ".." in spec.model.name.split("/"):
         errors.append("spec.model.name must not contain '..' path segments")
     return errors + schedule_errors(a)

@@ -410,3 +410,104 @@ async def test_pods_that_never_report_get_the_warning_after_the_grace(
     lost = condition(emulator.get(QSVC, NS, "qwen"), "MetricsAvailable")
     assert lost is not None
     assert (lost["status"], lost["reason"]) == ("False", "MetricsUnavailable")
+
+
+ROUTER_IP = "127.0.0.40"
+
+
+@pytest.fixture
+def router_port(monkeypatch: pytest.MonkeyPatch) -> int:
+    port = free_port(ROUTER_IP)
+    monkeypatch.setenv("QWEN_OPERATOR_ROUTER_METRICS_PORT", str(port))
+    return port
+
+
+@pytest.fixture
+async def routed(
+    pod_port: int, router_port: int, emulator: Emulator, operator: Any
+) -> AsyncIterator[tuple[PodPlayer, Any, str]]:
+    """The pods played as above, and a real router (qwen_router) on the router pod's address."""
+    from aiohttp import web
+    from qwen_router.app import Config, Router
+
+    router = Router(Config(hold_seconds=60, keepalive_seconds=0.2))
+    runner = web.AppRunner(router.app(), handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, ROUTER_IP, router_port).start()
+    async with _playing(PodPlayer(emulator, "qwen", pod_port)) as p:
+        yield p, router, f"http://{ROUTER_IP}:{router_port}"
+    await runner.cleanup()
+
+
+async def test_an_idle_service_sleeps_and_a_request_held_at_the_router_wakes_it(
+    emulator: Emulator, routed: tuple[PodPlayer, Any, str]
+) -> None:
+    """minReplicas 0 behind the real router: idle past zeroAfterIdleSeconds, the Deployment goes to 0
+    (ScaledToZero True); a streaming request then waits at the router with keepalives, the scaler reads
+    the router's queue and brings a replica back within seconds, and once it is ready the request is
+    answered in full: no client error."""
+    import aiohttp
+
+    from tests.integration.test_router import CHAT, Engine, serve
+
+    player, router, url = routed
+    body = autoscaled(minReplicas=0, maxReplicas=2, scaleDown={
+        "stabilizationWindowSeconds": 2, "cooldownAfterScaleUpSeconds": 1, "zeroAfterIdleSeconds": 3,
+    })  # fmt: skip
+    body["spec"]["routing"] = {"mode": "Builtin"}
+    await emulator.put(QSVC, body)
+    await eventually(lambda: emulator.get(DEPLOY, NS, "qwen-router"), what="the router's Deployment")
+    ready = [{"type": "Ready", "status": "True"}]
+    await emulator.put(PODS, {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "qwen-router-0", "namespace": NS, "labels": labels.router_labels("qwen")},
+        "spec": {"containers": [{"name": "router", "image": "router"}]},
+        "status": {"phase": "Running", "podIP": ROUTER_IP, "conditions": ready},
+    })  # fmt: skip
+    await eventually(lambda: replicas(emulator) == 1, what="a new service starting with one replica")
+    await eventually(lambda: replicas(emulator) == 0, within=20, what="the idle service at zero")
+    asleep = await eventually(
+        lambda: condition(emulator.get(QSVC, NS, "qwen"), "ScaledToZero"), what="the condition"
+    )
+    assert (asleep["status"], asleep["reason"]) == ("True", "Idle"), asleep
+    await eventually(lambda: not player.pods(), what="the pods gone")
+
+    engine = Engine(chunks=3)
+    app = web_app(engine)
+    runner, engine.url = await serve(app)
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{url}/v1/chat/completions", json={**CHAT, "stream": True}) as r,
+        ):
+            assert r.status == 200
+            assert (await r.content.readline()).startswith(b": waiting"), "a keepalive while held"
+            loop = asyncio.get_running_loop()
+            held = loop.time()
+            await eventually(lambda: replicas(emulator) == 1, within=10, what="a replica woken")
+            woke = loop.time() - held
+            pod = await eventually(
+                lambda: next(
+                    (p for p in player.pods() if p.get("status", {}).get("phase") == "Running"), None
+                ),
+                what="the woken pod ready",
+            )
+            router.set_engines({pod["metadata"]["name"]: engine.url})  # its EndpointSlice, played
+            rest = await r.content.read()
+        assert rest.rstrip().endswith(b"data: [DONE]"), rest[-200:]
+        assert b"error" not in rest
+        assert woke < 5, f"woken {woke:.1f} s after the request was held (evaluation every 1 s)"
+        wake = events(emulator, "qwen", "ScaledUp")
+        assert any(
+            "0 -> 1: waking from zero: 1 request(s) held at the router" in e["message"] for e in wake
+        ), wake
+    finally:
+        await runner.cleanup()
+
+
+def web_app(engine: Any) -> Any:
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", engine.completions)
+    return app

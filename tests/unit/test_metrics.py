@@ -176,3 +176,26 @@ def test_the_engine_steps_are_read_from_a_real_vllm_page() -> None:
     assert steps.steps == expected["iteration_tokens_total_count"]
     assert steps.step_tokens == expected["iteration_tokens_total_sum"]
     assert steps.decode_tokens <= totals.generation_tokens
+
+
+def test_the_router_s_own_metrics_are_read_and_anything_else_is_refused() -> None:
+    """The router's page as its registry writes it (held, in flight per engine, arrivals); a page
+    without them (a vLLM pod's, say) or with a negative or NaN figure is no reading."""
+    from prometheus_client import generate_latest
+    from qwen_router.app import Router
+
+    from qwen_operator.metrics import parse_router_metrics
+
+    router = Router()
+    router.metrics.arrivals.inc(7)
+    router.metrics.waiting.set(2)
+    router.metrics.in_flight.labels("a").set(3)
+    router.metrics.in_flight.labels("b").set(1)
+    assert parse_router_metrics(generate_latest(router.metrics.registry).decode()) == (2.0, 4.0, 7.0)
+    for page in (
+        "vllm:num_requests_running 3\n",
+        "qwen_router_waiting -1\nqwen_router_arrivals_total 3\n",
+        "qwen_router_waiting NaN\nqwen_router_arrivals_total 3\n",
+    ):
+        with pytest.raises(ValueError, match=r"no router metrics|is -1|is nan"):
+            parse_router_metrics(page)

@@ -73,6 +73,7 @@ class Actuator:
             svc.metadata.generation,
             grace_seconds=svc.spec.autoscaling.metrics.stale_after_seconds,
             advisory=not svc.spec.autoscaling.owns_replicas,
+            can_sleep=svc.spec.scales_to_zero,
         )
 
     async def act(self, candidate: Candidate, obs: scaling.Observation, now: datetime.datetime) -> Evaluated:

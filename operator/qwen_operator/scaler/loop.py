@@ -14,13 +14,14 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from qwen_operator import api, scaling, telemetry, validation
 from qwen_operator.clock import utcnow
 from qwen_operator.fleet import Fleet, ListedFleet
 from qwen_operator.kube import ClusterAPI, NotLeading, is_conflict, is_transient, summary
-from qwen_operator.metrics import MetricsSource, PodsSource
+from qwen_operator.metrics import MetricsSource, PodsSource, RouterReader
 from qwen_operator.objects import key
 from qwen_operator.scaler.actuate import Actuator, Changed, Evaluated
 from qwen_operator.scaler.targets import Candidate, candidates, startup_phases
@@ -39,6 +40,7 @@ class Autoscaler:
         clock: Callable[[], datetime.datetime] = utcnow,
         pods_source: MetricsSource | None = None,
         fleet: Fleet | None = None,
+        router_reader: RouterReader | None = None,
     ) -> None:
         self.cluster = cluster
         self.config = config
@@ -59,6 +61,9 @@ class Autoscaler:
             port=config.pod_metrics_port, timeout=config.metrics_timeout_seconds
         )
         self.sources = Sources(config, self.pods_source)
+        self.routers = router_reader or RouterReader(
+            config.router_metrics_port, config.metrics_timeout_seconds
+        )
         # What is being evaluated now: a source that still answers a previous tick is skipped (its
         # services stay due), never asked twice at once; nor is a service evaluated twice at once.
         self.inflight_sources: set[MetricsSource] = set()
@@ -212,6 +217,8 @@ class Autoscaler:
             else:
                 observed = await source.observe([c.target for c in group])
                 pairs = [(c, observed[c.target.key]) for c in group]
+            routed = await self.routers.read([c.target for c, _ in pairs])
+            pairs = [(c, replace(o, router=routed.get(c.target.key, o.router))) for c, o in pairs]
             await self._act_all(pairs, now, results)
         finally:
             self.inflight_sources.discard(source)

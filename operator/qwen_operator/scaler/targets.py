@@ -76,13 +76,14 @@ def startup_phases(pod: Mapping[str, Any], container: str = "vllm") -> dict[str,
 
 
 def ready_pods_by_service(
-    pods: Sequence[Mapping[str, Any]],
+    pods: Sequence[Mapping[str, Any]], label: str = labels.SERVICE_LABEL
 ) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
-    """Ready managed pods by (namespace, service name), from the service label."""
+    """Ready managed pods by (namespace, service name), from the service label (or another: the
+    router's pods carry theirs)."""
     out: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for pod in pods:
         meta = pod["metadata"]
-        owner = (meta.get("labels") or {}).get(labels.SERVICE_LABEL)
+        owner = (meta.get("labels") or {}).get(label)
         if owner and is_ready(pod):
             out[meta["namespace"], owner].append(pod)
     return out
@@ -97,6 +98,7 @@ def candidates(
     the Deployment's replicas and its ready pods in name order."""
     by_key = {key(d): d for d in deployments}
     ready = ready_pods_by_service(pods)
+    routers = ready_pods_by_service(pods, labels.ROUTER_OF_LABEL)
     out = []
     for svc, body in due:
         dep = by_key.get((svc.namespace, svc.name))
@@ -109,6 +111,12 @@ def candidates(
             int(dep.get("spec", {}).get("replicas", 1)),
             tuple(PodRef(p["metadata"]["name"], (p.get("status") or {}).get("podIP")) for p in mine),
             tuple(s for s in (start_seconds(p) for p in mine) if s is not None),
+            None
+            if svc.spec.routing.router is None
+            else tuple(
+                PodRef(p["metadata"]["name"], (p.get("status") or {}).get("podIP"))
+                for p in sorted(routers[svc.namespace, svc.name], key=lambda p: str(p["metadata"]["name"]))
+            ),
         )
         out.append(Candidate(svc, body, target, mine))
     return out
