@@ -98,6 +98,9 @@ bench-tune: $(STAMP) ## Tune the benchmark's policies on its cards, training spl
 bench-slo-train: $(STAMP) ## SLO mode vs the concurrency target on the training split only, 3 seeds (~2.5 min)
 	$(PY) -m qwen_tools.sim.slotrain --traces bench/traces
 
+bench-router: $(STAMP) ## The router's added latency (p50/p99 at 200 streaming req/s on one core) and memory at 2,000 streams -> bench/results/router.*
+	$(PY) -m qwen_tools.benchrouter --out bench/results
+
 bench-operator: $(STAMP) ## The operator at 10/100/1000 QwenServices (kmock + real Prometheus) -> bench/results/operator.*
 	$(PY) bench/operator_scale.py
 
@@ -154,4 +157,4 @@ lock: ## Re-resolve constraints.txt from pyproject.toml (after changing a pin)
 clean: ## Remove the virtual environments, caches and e2e artifacts
 	rm -rf $(VENV) $(VLLM_VENV) $(CHATUI_VENV) build/e2e .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-.PHONY: help install chatui-env image-chatui image-chatui-push test lint format crds manifests image image-push image-router image-router-push chart chart-push image-loadtest demo bench bench-tune bench-slo-train bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean
+.PHONY: help install chatui-env image-chatui image-chatui-push test lint format crds manifests image image-push image-router image-router-push chart chart-push image-loadtest demo bench bench-tune bench-slo-train bench-router bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean

@@ -43,6 +43,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=Config.max_body_bytes)
     p.add_argument("--session-header", default=Config.session_header, help="'' for none")
     p.add_argument(
+        "--kv-seconds",
+        type=float,
+        default=Config.kv_seconds,
+        help="how often each engine's KV-cache usage is read from its /metrics (0: never)",
+    )
+    p.add_argument(
         "--grace-seconds",
         type=float,
         default=50.0,
@@ -74,6 +80,7 @@ async def serve(args: argparse.Namespace) -> None:
         queue_size=args.queue_size,
         max_body_bytes=args.max_body_bytes,
         session_header=args.session_header or None,
+        kv_seconds=args.kv_seconds,
         api_key=_key(args.api_key_env),
         engine_api_key=_key(args.engine_api_key_env),
     )

@@ -1,5 +1,6 @@
 """The OpenAI-compatible pass-through: every path but the router's own (``/metrics``, ``/healthz``) goes
-to one engine, picked per request (:mod:`.picker`), and its answer streams back as it comes.
+to one engine, picked per request (:mod:`.picker`), and its answer streams back as it comes. Each
+engine's KV-cache usage is read from its own /metrics every ``kv_seconds``, for the picker.
 
 - While no engine is ready, a request waits in :class:`.hold.Hold` up to ``hold_seconds``; a streaming
   one gets its response headers at once and an SSE comment every ``keepalive_seconds``, so that
@@ -15,6 +16,7 @@ to one engine, picked per request (:mod:`.picker`), and its answer streams back 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -39,6 +41,28 @@ HOP_BY_HOP = {
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 
 
+KV_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # vLLM >= 0.12, and before
+KV_PAGE_BYTES = 2 * 1024 * 1024  # of an engine's /metrics, at most (vLLM's is ~100 KB)
+
+
+def kv_usage(text: str) -> float | None:
+    """The mean KV-cache usage (0-1) over an engine's series in a /metrics page (the current name
+    first), or None when it reports none."""
+    for name in KV_NAMES:
+        values = []
+        for line in text.splitlines():
+            if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+                try:
+                    value = float(line.rsplit(" ", 1)[1])
+                except (IndexError, ValueError):
+                    continue
+                if 0 <= value <= 1.5:
+                    values.append(value)
+        if values:
+            return sum(values) / len(values)
+    return None
+
+
 @dataclass
 class Config:
     hold_seconds: float = 300.0  # how long a request may wait for a ready engine
@@ -52,6 +76,7 @@ class Config:
     api_key: str | None = None  # clients must send it as a bearer token (None: not checked here)
     engine_api_key: str | None = None  # sent to the engines (None: the client's header passes through)
     session_header: str | None = "x-session-id"
+    kv_seconds: float = 2.0  # how often each engine's KV-cache usage is read from its /metrics (0: never)
 
 
 @dataclass
@@ -94,6 +119,7 @@ class Router:
         self.hold = Hold(self.config.queue_size)
         self.metrics = Metrics()
         self._session: aiohttp.ClientSession | None = None
+        self._kv_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------------------ engines
 
@@ -117,11 +143,43 @@ class Router:
 
     async def _start(self, _app: web.Application) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_seconds)
-        self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
+        # No cap on connections to the engines (aiohttp's default is 100 at once): every stream the
+        # router carries holds one, and the engines' own batch limits decide what waits.
+        connector = aiohttp.TCPConnector(limit=0)
+        self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False, connector=connector)
+        if self.config.kv_seconds > 0:
+            self._kv_task = asyncio.create_task(self._poll_kv())
 
     async def _stop(self, _app: web.Application) -> None:
+        if self._kv_task is not None:
+            self._kv_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._kv_task
         if self._session is not None:
             await self._session.close()
+
+    async def _poll_kv(self) -> None:
+        """Every ``kv_seconds``, each ready engine's KV-cache usage from its own /metrics (the picker
+        weighs the least loaded by it); an engine that does not answer is taken as unknown."""
+        assert self._session is not None
+        deadline = aiohttp.ClientTimeout(total=max(0.5, min(2.0, self.config.kv_seconds)))
+        while True:
+            engines = list(self.picker.engines.values())
+            usages = await asyncio.gather(*(self._kv_of(e.url, deadline) for e in engines))
+            for engine, usage in zip(engines, usages, strict=True):
+                engine.kv = usage
+            await asyncio.sleep(self.config.kv_seconds)
+
+    async def _kv_of(self, url: str, deadline: aiohttp.ClientTimeout) -> float | None:
+        assert self._session is not None
+        try:
+            async with self._session.get(f"{url}/metrics", timeout=deadline, allow_redirects=False) as r:
+                if r.status != 200:
+                    return None
+                text = (await r.content.read(KV_PAGE_BYTES)).decode("utf-8", "replace")
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        return kv_usage(text)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry), content_type="text/plain")

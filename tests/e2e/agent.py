@@ -41,7 +41,7 @@ import aiohttp
 from qwen_operator import labels
 from qwen_operator.objects import rfc3339
 from qwen_tools.demo import free_port
-from qwen_tools.emulator import DEPLOY, PODS, Emulator
+from qwen_tools.emulator import DEPLOY, ENDPOINTSLICES, PODS, SERVICE, Emulator
 
 ENTRYPOINT = ["-m", "vllm.entrypoints.openai.api_server"]
 FINALIZER = "e2e.qwenops.io/node-agent"
@@ -63,10 +63,12 @@ class LocalPod:
     exit_code: int | None = None
     log: Path = field(default_factory=Path)
     cores: set[int] = field(default_factory=set)
+    host: str = "127.0.0.1"
+    router: bool = False  # a router pod (spec.routing): not a vLLM server
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
 
 def container_command(container: dict[str, Any], python: str, port: int) -> list[str]:
@@ -86,6 +88,19 @@ def container_command(container: dict[str, Any], python: str, port: int) -> list
         out.append(flag)
         i += 1
     return [*out, "--host", "127.0.0.1", "--port", str(port)]
+
+
+def router_command(container: dict[str, Any], python: str, host: str, port: int) -> list[str]:
+    """The router's container (the image's entrypoint is ``qwen-router``, its arguments as rendered),
+    on this node's address: ``--host``/``--port`` are the pod's."""
+    args, out, i = list(container.get("args") or []), [], 0
+    while i < len(args):
+        if args[i] in ("--host", "--port") and i + 1 < len(args):
+            i += 2
+            continue
+        out.append(args[i])
+        i += 1
+    return [python, "-m", "qwen_router", *out, "--host", host, "--port", str(port)]
 
 
 def mount_map(pod_spec: dict[str, Any], container: dict[str, Any], folder: Path) -> dict[str, Path]:
@@ -129,7 +144,16 @@ class NodeAgent:
         folder: Path,
         endpoints_file: Path,
         set_targets: Callable[[list[tuple[str, str, str, str]]], None],
+        router_python: str | None = None,
+        kubeconfig: Path | None = None,
+        router_port: int | None = None,
     ) -> None:
+        # Router pods: the operator's interpreter (qwen_router), each on its own loopback address and
+        # one port (the operator reads them there, QWEN_OPERATOR_ROUTER_METRICS_PORT).
+        self.router_python, self.kubeconfig = router_python, kubeconfig
+        self.router_port = router_port or free_port()
+        self.routers_started = 0
+        self.slices: set[tuple[str, str]] = set()
         self.emulator = emulator
         self.python = python
         self.folder = folder
@@ -153,18 +177,34 @@ class NodeAgent:
         folder = self.folder / name
         folder.mkdir(parents=True)
         container = template["spec"]["containers"][0]
-        mounts = mount_map(template["spec"], container, folder)
-        port = free_port()
-        argv = local_command(container, self.python, port, mounts)
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "TMPDIR": str(mounts.get("/tmp", folder)),
-            "VLLM_CACHE_ROOT": str(folder / "vllm-cache"),
-            "XDG_CACHE_HOME": str(folder / "xdg-cache"),
-            **{e["name"]: remap(str(e["value"]), mounts) for e in container.get("env") or [] if "value" in e},
-        }
+        router = container["name"] == "router"
+        host = "127.0.0.1"
+        if router:
+            self.routers_started += 1
+            host, port = f"127.0.0.{50 + self.routers_started % 200}", self.router_port
+            argv = router_command(container, self.router_python or self.python, host, port)
+            env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "POD_NAMESPACE": namespace,
+                "KUBECONFIG": str(self.kubeconfig),
+            }
+        else:
+            mounts = mount_map(template["spec"], container, folder)
+            port = free_port()
+            argv = local_command(container, self.python, port, mounts)
+            env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "TMPDIR": str(mounts.get("/tmp", folder)),
+                "VLLM_CACHE_ROOT": str(folder / "vllm-cache"),
+                "XDG_CACHE_HOME": str(folder / "xdg-cache"),
+                **{
+                    e["name"]: remap(str(e["value"]), mounts)
+                    for e in container.get("env") or []
+                    if "value" in e
+                },
+            }
         cores = self._cores(container)
-        log = folder / "vllm.log"
+        log = folder / ("router.log" if router else "vllm.log")
         with log.open("wb") as out:
             process = subprocess.Popen(  # noqa: ASYNC220  (returns at once; the server runs apart)
                 argv,
@@ -176,7 +216,7 @@ class NodeAgent:
                 preexec_fn=lambda: os.sched_setaffinity(0, cores),
             )
         pod = LocalPod(namespace, name, deployment, port, folder, process, template, time.time(), log=log)
-        pod.cores = cores
+        pod.cores, pod.host, pod.router = cores, host, router
         self.pods[name] = pod
         owner = {
             "apiVersion": "apps/v1",
@@ -199,7 +239,7 @@ class NodeAgent:
                 "finalizers": [FINALIZER],
             },
             "spec": template["spec"],
-            "status": {"phase": "Pending", "podIP": "127.0.0.1", "hostIP": "127.0.0.1"},
+            "status": {"phase": "Pending", "podIP": host, "hostIP": "127.0.0.1"},
         }
         await self.emulator.put(PODS, body)
         self.note("pod-started", pod=name, port=port, cores=sorted(cores), argv=argv)
@@ -305,6 +345,43 @@ class NodeAgent:
             if {k: (dep.get("status") or {}).get(k) for k in counts} != counts:
                 await self.emulator.patch(DEPLOY, ns, name, {"status": counts}, sub="status")
         self._publish()
+        await self._endpoint_slices()
+
+    async def _endpoint_slices(self) -> None:
+        """The endpoints controller's EndpointSlices for the engines' Services (``NAME-engines``, with
+        the router): one slice per ready vLLM pod (each pod has its own port here), gone with it."""
+        want: dict[tuple[str, str], dict[str, Any]] = {}
+        for pod in self.pods.values():
+            service = labels.engines_name(pod.deployment)
+            if pod.router or not pod.ready_at or pod.terminating_at is not None:
+                continue
+            if self.emulator.get(SERVICE, pod.namespace, service) is None:
+                continue
+            want[pod.namespace, pod.name] = {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": pod.name,
+                    "namespace": pod.namespace,
+                    "labels": {"kubernetes.io/service-name": service},
+                },
+                "addressType": "IPv4",
+                "endpoints": [
+                    {
+                        "addresses": [pod.host],
+                        "conditions": {"ready": True},
+                        "targetRef": {"kind": "Pod", "name": pod.name, "namespace": pod.namespace},
+                    }
+                ],
+                "ports": [{"name": "http", "port": pod.port, "protocol": "TCP"}],
+            }
+        for key in self.slices - set(want):
+            await self.emulator.remove(ENDPOINTSLICES, *key)
+            self.note("endpointslice-removed", pod=key[1])
+        for key in set(want) - self.slices:
+            await self.emulator.put(ENDPOINTSLICES, want[key])
+            self.note("endpointslice", pod=key[1])
+        self.slices = set(want)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -313,11 +390,13 @@ class NodeAgent:
 
     def _publish(self) -> None:
         """Endpoints (ready, not terminating) and Prometheus targets (every running pod), when changed."""
-        endpoints = sorted(p.address for p in self.pods.values() if p.ready_at and p.terminating_at is None)
+        endpoints = sorted(
+            p.address for p in self.pods.values() if p.ready_at and p.terminating_at is None and not p.router
+        )
         targets = sorted(
             (p.address, p.namespace, p.name, p.template["metadata"]["labels"].get(labels.SERVICE_LABEL, ""))
             for p in self.pods.values()
-            if p.exited_at is None
+            if p.exited_at is None and not p.router
         )
         if self._written == (endpoints, targets):
             return

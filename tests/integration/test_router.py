@@ -373,3 +373,61 @@ async def test_on_sigterm_the_router_process_finishes_the_streams_it_carries(eng
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_the_router_benchmark_runs_and_reports_what_it_measured(tmp_path: Any) -> None:
+    """make bench-router at a toy scale (its figures are not asserted: speed is measured by the
+    benchmark, not by tests): every request completes both ways, the streams are all open at once (150:
+    more than aiohttp's default cap of 100 connections, which the router once had towards its engines),
+    and the report names the added latency and the memory."""
+    from qwen_tools import benchrouter
+
+    assert benchrouter.main(["--rate", "20", "--seconds", "0.5", "--blocks", "1", "--streams", "150",
+                             "--out", str(tmp_path)]) == 0  # fmt: skip
+    result = json.loads((tmp_path / "router.json").read_text())
+    for way in ("direct", "router"):
+        assert result[way]["completed"] == result[way]["sent"] > 0
+    assert result["memory"]["open_at_once"] == 150, "more streams than aiohttp's default 100 connections"
+    assert result["memory"]["rss_mb"] > 0
+    text = (tmp_path / "router.md").read_text()
+    assert "**added**" in text
+    assert "150 of 150 streams open at once" in text
+
+
+async def test_the_router_reads_each_engine_s_kv_cache_and_sends_new_work_to_the_emptier_one() -> None:
+    """Two engines with one request each in flight; one reports its KV cache 96% full (the real vLLM
+    capture under pressure), the other idle: the next request goes to the idle one."""
+    from qwen_router.app import kv_usage
+
+    from tests.conftest import DATA
+
+    pages = {
+        "full": (DATA / "vllm-0.32-metrics-kv-pressure.txt").read_text(),
+        "empty": (DATA / "vllm-0.32-metrics-idle.txt").read_text(),
+    }
+    runners, urls = [], {}
+    for name, page in pages.items():
+
+        async def metrics(_request: web.Request, page: str = page) -> web.Response:
+            return web.Response(text=page)
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        runner, urls[name] = await serve(app)
+        runners.append(runner)
+    r = Router(Config(kv_seconds=0.05))
+    runner, _ = await serve(r.app())
+    try:
+        r.set_engines({"a-full": urls["full"], "b-empty": urls["empty"]})
+        await asyncio.sleep(0.3)
+        kv = {name: e.kv for name, e in r.picker.engines.items()}
+        assert kv == {"a-full": kv_usage(pages["full"]), "b-empty": 0.0}
+        for engine in r.picker.engines.values():
+            engine.outstanding = 1
+        pick = r.picker.pick()
+        assert pick is not None
+        assert pick.engine.name == "b-empty"
+    finally:
+        await runner.cleanup()
+        for one in runners:
+            await one.cleanup()

@@ -120,3 +120,25 @@ def test_the_command_line_names_its_mistakes() -> None:
             parser().parse_args(bad)
     with pytest.raises(SystemExit):
         parser().parse_args(["--service", "s", "--engine", "a=http://x:1"])
+
+
+def test_an_engine_s_kv_cache_usage_is_read_from_vllm_s_own_page() -> None:
+    """The real vLLM 0.32 captures: idle, under load and under KV pressure; the name before 0.12 too;
+    a page without either (or with a nonsense figure) is no reading."""
+    from qwen_router.app import kv_usage
+
+    from tests.conftest import DATA
+
+    names = ("idle", "under-load", "kv-pressure")
+    pages = {n: (DATA / f"vllm-0.32-metrics-{n}.txt").read_text() for n in names}
+    assert kv_usage(pages["idle"]) == 0.0
+    assert kv_usage(pages["under-load"]) == pytest.approx(0.2047, abs=1e-4)
+    assert kv_usage(pages["kv-pressure"]) == pytest.approx(0.9606, abs=1e-4)
+    old = (
+        'vllm:gpu_cache_usage_perc{engine="0",model_name="q"} 0.5\n'
+        'vllm:gpu_cache_usage_perc{engine="1",model_name="q"} 0.7\n'
+    )
+    assert kv_usage(old) == pytest.approx(0.6)
+    assert kv_usage("vllm:num_requests_running 3\n") is None
+    assert kv_usage("vllm:kv_cache_usage_perc 7\n") is None
+    assert kv_usage("vllm:kv_cache_usage_percentile 0.5\n") is None, "another metric of a longer name"
