@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import copy
 import functools
+from pathlib import Path
 from typing import Any
 
 import celpy
 import kubernetes_validate
 import kubernetes_validate.utils
+import yaml
 from openapi_schema_validator import OAS30Validator
 
 from qwen_operator import crd
@@ -159,10 +161,24 @@ def unknown_fields(node_schema: dict[str, Any], value: Any, path: str = "") -> l
     return found
 
 
-def admission_errors(obj: dict[str, Any]) -> list[str]:
+def upstream_schema(path: Path, version: str = "v1") -> dict[str, Any]:
+    """The openAPIV3Schema of one version of a CRD kept under tests/data (an upstream copy)."""
+    return _upstream_schema(str(path), version)
+
+
+@functools.lru_cache(maxsize=8)
+def _upstream_schema(path: str, version: str) -> dict[str, Any]:
+    crd_doc = yaml.safe_load(Path(path).read_text())
+    (found,) = [v for v in crd_doc["spec"]["versions"] if v["name"] == version]
+    s: dict[str, Any] = found["schema"]["openAPIV3Schema"]
+    return s
+
+
+def admission_errors(obj: dict[str, Any], node_schema: dict[str, Any] | None = None) -> list[str]:
     """What ``kubectl apply`` of ``obj`` would be told: unknown fields, schema errors, then CEL rule
-    messages (after the API server drops nulls and applies defaults)."""
-    s = _schema()  # read only
+    messages (after the API server drops nulls and applies defaults). Against the QwenService CRD, or
+    ``node_schema`` (another CRD's, read only)."""
+    s = _schema() if node_schema is None else node_schema  # read only
     unknown = unknown_fields(s, obj)
     if unknown:
         return unknown

@@ -53,6 +53,9 @@ CHAT_UI_PORT = 7860
 # The router (router/, images/router), released with the operator.
 DEFAULT_ROUTER_IMAGE = "ghcr.io/qwenops/qwen-router:0.1.0"
 ROUTER_PORT = 8000
+# The Gateway API Inference Extension's endpoint picker (routing.mode InferencePool): the last release of
+# its upstream chart (config/charts/inferencepool, v1.5.0); the EPP has since moved to llm-d-router.
+DEFAULT_ENDPOINT_PICKER_IMAGE = "registry.k8s.io/gateway-api-inference-extension/epp:v1.5.0"
 
 # Flags the operator sets itself, by vLLM's option dest; repeating them in extraArgs would make two
 # sources of truth (or, for the API key, a way around the Secret). vllm_flags lists every spelling
@@ -1156,23 +1159,72 @@ class BuiltinRouterSpec(_Model):
     )
 
 
+class GatewayRef(_Model):
+    """The Gateway (Gateway API) whose listener takes the model's traffic."""
+
+    name: ObjectName = Field(description="The Gateway's name.")
+    namespace: Annotated[str, Field(max_length=63, pattern=DNS_LABEL_PATTERN)] | None = Field(
+        default=None, description="Its namespace (this one when unset; another must allow the route)."
+    )
+    section_name: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)] | None = Field(
+        default=None, description="One listener of it, by name (all that accept the route when unset)."
+    )
+
+
+class InferencePoolSpec(_Model):
+    """The Gateway API Inference Extension: an InferencePool of the vLLM pods and its endpoint picker."""
+
+    endpoint_picker_image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        pattern=r"^[^\s]+$",
+        description=(
+            "The endpoint picker's image. Unset: the operator's default, "
+            "QWEN_OPERATOR_ENDPOINT_PICKER_IMAGE (the upstream one, registry.k8s.io/"
+            "gateway-api-inference-extension/epp)."
+        ),
+    )
+    failure_mode: Literal["FailOpen", "FailClose"] = Field(
+        default="FailOpen",
+        description=(
+            "What the Gateway does while the endpoint picker does not answer: FailOpen sends requests to "
+            "a pod of the pool anyway (upstream chart's default), FailClose refuses them."
+        ),
+    )
+    gateway_ref: GatewayRef | None = Field(
+        default=None,
+        description="A Gateway to route the model's traffic from: an HTTPRoute NAME (all paths) to the pool.",
+    )
+
+
 class RoutingSpec(_Model):
-    mode: Literal["None", "Builtin"] = Field(
+    mode: Literal["None", "Builtin", "InferencePool"] = Field(
         default="None",
         description=(
             "None: the Service picks a pod at random (kube-proxy). Builtin: the Service reaches a router "
             "(a Deployment of its own, images/router) that sends each request to the pod with the fewest "
             "outstanding requests, keeps a conversation or a shared prompt prefix on one pod (bounded "
             "load), and holds requests while no pod is ready; the vLLM pods get a headless Service of "
-            "their own, NAME-engines. A serving service moves to the router once a router pod is Ready."
+            "their own, NAME-engines. A serving service moves to the router once a router pod is Ready. "
+            "InferencePool: an InferencePool NAME (Gateway API Inference Extension) of the vLLM pods, its "
+            "endpoint picker (NAME-epp) and, with a gatewayRef, an HTTPRoute; the Service NAME stays."
         ),
     )
     builtin: BuiltinRouterSpec = _section(BuiltinRouterSpec, "The router's settings (mode Builtin).")
+    inference_pool: InferencePoolSpec = _section(
+        InferencePoolSpec, "The InferencePool and its endpoint picker (mode InferencePool)."
+    )
 
     @property
     def router(self) -> BuiltinRouterSpec | None:
         """The built-in router's settings when the mode asks for it."""
         return self.builtin if self.mode == "Builtin" else None
+
+    @property
+    def pool(self) -> InferencePoolSpec | None:
+        """The InferencePool's settings when the mode asks for it."""
+        return self.inference_pool if self.mode == "InferencePool" else None
 
 
 # ----------------------------------------------------------------------------------------- the spec

@@ -53,6 +53,9 @@ LEASES = Resource("coordination.k8s.io", "v1", "leases")
 SERVICEACCOUNTS = Resource("", "v1", "serviceaccounts")
 ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles")
 ROLEBINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings")
+CONFIGMAPS = Resource("", "v1", "configmaps")
+INFERENCEPOOLS = Resource("inference.networking.k8s.io", "v1", "inferencepools")
+HTTPROUTES = Resource("gateway.networking.k8s.io", "v1", "httproutes")
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,38 @@ API_CALLS: tuple[ApiCall, ...] = (
         "never called by the operator: Kubernetes lets it grant the router's Role only what it holds",
     ),
     ApiCall(
+        "",
+        "configmaps",
+        ("get", "create", "patch", "delete"),
+        "the endpoint picker's plugins (spec.routing.mode InferencePool); deleted only when owned and off",
+    ),
+    ApiCall(
+        "inference.networking.k8s.io",
+        "inferencepools",
+        ("get", "list", "watch", "create", "patch", "delete"),
+        "the InferencePool (mode InferencePool); list and watch only so that the picker's Role may grant "
+        "them",
+    ),
+    ApiCall(
+        "inference.networking.x-k8s.io",
+        "inferenceobjectives",
+        ("get", "list", "watch"),
+        "never called by the operator: the endpoint picker's Role grants them",
+    ),
+    ApiCall(
+        "inference.networking.x-k8s.io",
+        "inferencemodelrewrites",
+        ("get", "list", "watch"),
+        "never called by the operator: the endpoint picker's Role grants them",
+    ),
+    ApiCall(
+        "gateway.networking.k8s.io",
+        "httproutes",
+        ("get", "create", "patch", "delete"),
+        "the HTTPRoute from a Gateway to the InferencePool (inferencePool.gatewayRef); deleted only when "
+        "owned",
+    ),
+    ApiCall(
         "networking.k8s.io",
         "networkpolicies",
         ("get", "create", "patch", "delete"),
@@ -134,8 +169,9 @@ API_CALLS: tuple[ApiCall, ...] = (
     ApiCall(
         "",
         "pods",
-        ("list", "watch", "patch"),
-        "the scaler's cache of ready pods to observe; pod-deletion-cost before a scale-down",
+        ("get", "list", "watch", "patch"),
+        "the scaler's cache of ready pods to observe; pod-deletion-cost before a scale-down; get only so "
+        "that the endpoint picker's Role may grant it",
     ),
     ApiCall(
         "",

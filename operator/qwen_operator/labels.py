@@ -101,3 +101,23 @@ def router_labels(name: str) -> dict[str, str]:
         "app.kubernetes.io/managed-by": MANAGED_BY,
         **router_selector(name),
     }
+
+
+EPP_OF_LABEL = "serving.qwenops.io/endpoint-picker-of"
+
+
+def epp_name(name: str) -> str:
+    """The endpoint picker's Deployment, Service, ConfigMap, ServiceAccount, Role and RoleBinding."""
+    return _suffixed(name, "-epp")
+
+
+def epp_selector(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/component": "endpoint-picker", EPP_OF_LABEL: name}
+
+
+def epp_labels(name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "endpoint-picker",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        **epp_selector(name),
+    }

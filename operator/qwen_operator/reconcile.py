@@ -16,7 +16,10 @@ from pydantic import ValidationError
 
 from qwen_operator import api, labels, render, status, validation
 from qwen_operator.kube import (
+    CONFIGMAPS,
     DEPLOYMENTS,
+    HTTPROUTES,
+    INFERENCEPOOLS,
     JOBS,
     NETWORKPOLICIES,
     PODDISRUPTIONBUDGETS,
@@ -27,6 +30,7 @@ from qwen_operator.kube import (
     ClusterAPI,
     Resource,
     is_forbidden,
+    is_not_found,
     refusal,
     summary,
 )
@@ -104,6 +108,7 @@ async def _optional(
     svc: api.QwenService,
     outcome: Outcome,
     problems: list[status.Problem],
+    name: str | None = None,
 ) -> None:
     """Create or update an object the spec may ask for (a NetworkPolicy, a PodDisruptionBudget), or
     remove the one this service made when it no longer does. An operator whose RBAC predates the kind
@@ -112,7 +117,7 @@ async def _optional(
         if desired is not None:
             await _apply(cluster, res, desired, svc, outcome, problems)
         else:
-            await _remove_owned(cluster, res, kind, svc, outcome)
+            await _remove_owned(cluster, res, kind, svc, outcome, name)
     except Exception as exc:
         if not is_forbidden(exc):
             raise
@@ -147,53 +152,89 @@ async def _chat_ui(
     await _remove_owned(cluster, DEPLOYMENTS, "Deployment", svc, outcome, name)
 
 
-# The router's objects by kind, in the order they are made (and removed in reverse).
-ROUTER_KINDS: dict[str, Resource] = {
+# What routing makes, by kind (removed in the reverse order of the renderer's).
+ROUTING_KINDS: dict[str, Resource] = {
     "ServiceAccount": SERVICEACCOUNTS,
     "Role": ROLES,
     "RoleBinding": ROLEBINDINGS,
+    "ConfigMap": CONFIGMAPS,
     "Deployment": DEPLOYMENTS,
     "PodDisruptionBudget": PODDISRUPTIONBUDGETS,
+    "Service": SERVICES,
+    "NetworkPolicy": NETWORKPOLICIES,
+    "InferencePool": INFERENCEPOOLS,
+    "HTTPRoute": HTTPROUTES,
+}
+# Kinds a cluster may not have: their CRDs come with the Gateway API (Inference Extension).
+OPTIONAL_APIS = {
+    "InferencePool": (
+        "the Gateway API Inference Extension's CRDs (inferencepools.inference.networking.k8s.io)"
+    ),
+    "HTTPRoute": "the Gateway API's CRDs (httproutes.gateway.networking.k8s.io)",
 }
 
 
-async def _router(
+async def _routing(
     cluster: ClusterAPI,
     svc: api.QwenService,
     outcome: Outcome,
     problems: list[status.Problem],
     defaults: render.Defaults,
 ) -> bool | None:
-    """With ``routing.mode: Builtin``, the router's objects, the engines' Service and the router's
-    NetworkPolicy; returns whether the Service ``NAME`` should select the router's pods now. A service
-    that already serves switches only once a router pod is Ready (its clients never meet a Service with
-    no endpoints); a new one, at once. Without the router, None (see :func:`_unroute`)."""
-    objects = render.render_router(svc, defaults)
+    """What ``spec.routing`` asks for: the router's objects (``Builtin``) or the InferencePool's
+    (``InferencePool``). Returns whether the Service ``NAME`` should select the router's pods now (a
+    service that already serves moves to the router only once a router pod is Ready, so that its
+    clients never meet a Service without endpoints; a new one, at once), False for an InferencePool
+    (the Service stays), None without either (see :func:`_unroute`)."""
+    mode = svc.spec.routing.mode
+    objects = render.render_router(svc, defaults) or render.render_inference_pool(svc, defaults)
     if objects is None:
         return None
     deployment: dict[str, Any] | None = None
+    engines = render.render_engines_service(svc)
     try:
-        for obj in objects:
-            applied = await _apply(cluster, ROUTER_KINDS[obj["kind"]], obj, svc, outcome, problems)
-            if obj["kind"] == "Deployment":
+        for obj in [*objects, *([engines] if engines is not None else [])]:
+            kind = obj["kind"]
+            try:
+                applied = await _apply(cluster, ROUTING_KINDS[kind], obj, svc, outcome, problems)
+            except Exception as exc:
+                if kind not in OPTIONAL_APIS or not is_not_found(exc):
+                    raise
+                problems.append(
+                    status.Problem(
+                        f"{kind}Unavailable",
+                        f"this cluster has no {kind} API: install {OPTIONAL_APIS[kind]}, or choose "
+                        "another spec.routing.mode; clients reach the vLLM pods through the Service",
+                    )
+                )
+                continue
+            if kind == "Deployment":
                 deployment = applied
     except Exception as exc:
         if not is_forbidden(exc):
             raise
         problems.append(
             status.Problem(
-                "RouterForbidden",
-                f"the operator may not manage the router's objects ({summary(exc)}), so clients reach "
-                "the vLLM pods directly: grant it serviceaccounts, roles and rolebindings "
-                "get/create/patch/delete and endpointslices get/list/watch (the Helm chart's RBAC does)",
+                "RoutingForbidden",
+                f"the operator may not manage the objects of routing mode {mode} ({summary(exc)}), so "
+                "clients reach the vLLM pods directly: grant what the Helm chart's RBAC grants "
+                "(serviceaccounts, roles and rolebindings get/create/patch/delete, and the rest)",
             )
         )
         return False
-    for res, kind, wanted in (
-        (SERVICES, "Service", render.render_engines_service(svc)),
-        (NETWORKPOLICIES, "NetworkPolicy", render.render_router_network_policy(svc)),
-    ):
-        await _optional(cluster, res, kind, wanted, svc, outcome, problems)
+    if mode != "Builtin":
+        return False
+    policy = render.render_router_network_policy(svc)  # made, changed or removed with spec.networkPolicy
+    await _optional(
+        cluster,
+        NETWORKPOLICIES,
+        "NetworkPolicy",
+        policy,
+        svc,
+        outcome,
+        problems,
+        labels.router_name(svc.name),
+    )
     st = (deployment or {}).get("status") or {}
     if st.get("readyReplicas"):
         return True
@@ -218,16 +259,43 @@ async def _router(
     return switched
 
 
+def _made_for(mode: str, name: str) -> list[tuple[str, str]]:
+    """(kind, name) of what routing ``mode`` makes for the QwenService ``name``, in removal order."""
+    if mode == "Builtin":
+        router = labels.router_name(name)
+        return [
+            ("NetworkPolicy", router),
+            ("Service", labels.engines_name(name)),
+            *(
+                (kind, router)
+                for kind in ("PodDisruptionBudget", "Deployment", "RoleBinding", "Role", "ServiceAccount")
+            ),
+        ]
+    if mode == "InferencePool":
+        epp = labels.epp_name(name)
+        return [
+            ("HTTPRoute", name),
+            ("InferencePool", name),
+            *(
+                (kind, epp)
+                for kind in ("Service", "Deployment", "ConfigMap", "RoleBinding", "Role", "ServiceAccount")
+            ),
+        ]
+    return []
+
+
 async def _unroute(cluster: ClusterAPI, svc: api.QwenService, outcome: Outcome) -> None:
-    """Without the router: remove what this service made for it (the Service already selects the vLLM
-    pods again). Looked for only while the status says there is one (``status.routing``)."""
-    if svc.status.routing is None:
+    """When the routing mode changed: remove what this service made for the previous one (the Service
+    already selects the vLLM pods again). Looked for only while the status names a mode."""
+    before, now = svc.status.routing, svc.spec.routing.mode
+    if before is None or before == now:
         return
-    name = labels.router_name(svc.name)
-    await _remove_owned(cluster, NETWORKPOLICIES, "NetworkPolicy", svc, outcome, name)
-    await _remove_owned(cluster, SERVICES, "Service", svc, outcome, labels.engines_name(svc.name))
-    for kind, res in reversed(ROUTER_KINDS.items()):
-        await _remove_owned(cluster, res, kind, svc, outcome, name)
+    for kind, name in _made_for(before, svc.name):
+        try:
+            await _remove_owned(cluster, ROUTING_KINDS[kind], kind, svc, outcome, name)
+        except Exception as exc:
+            if not (kind in OPTIONAL_APIS and is_not_found(exc)):
+                raise
 
 
 async def _download_job(
@@ -386,13 +454,12 @@ async def reconcile(
         deployment = await _apply(
             cluster, DEPLOYMENTS, render.render_deployment(svc), svc, outcome, problems, skip
         )
-        step = "router"
-        to_router = await _router(cluster, svc, outcome, problems, defaults)
+        step = "routing"
+        to_router = await _routing(cluster, svc, outcome, problems, defaults)
         step = "Service"
         await _apply(cluster, SERVICES, render.render_service(svc, bool(to_router)), svc, outcome, problems)
-        if to_router is None:
-            step = "router"
-            await _unroute(cluster, svc, outcome)
+        step = "routing"
+        await _unroute(cluster, svc, outcome)
         step = "NetworkPolicy"
         await _optional(
             cluster, NETWORKPOLICIES, step, render.render_network_policy(svc), svc, outcome, problems

@@ -564,6 +564,8 @@ def render_network_policy(svc: api.QwenService) -> dict[str, Any] | None:
         peers = [{"podSelector": {"matchLabels": labels.router_selector(svc.name)}}, *_monitoring(net)]
     else:
         peers = _client_peers(svc)
+    if svc.spec.routing.pool is not None:  # the endpoint picker reads the pods' /metrics
+        peers.append({"podSelector": {"matchLabels": labels.epp_selector(svc.name)}})
     return _network_policy(_metadata(svc), labels.selector_labels(svc.name), peers, api.VLLM_PORT)
 
 
@@ -648,6 +650,7 @@ class Defaults:
 
     chat_ui_image: str = api.DEFAULT_CHAT_UI_IMAGE
     router_image: str = api.DEFAULT_ROUTER_IMAGE
+    endpoint_picker_image: str = api.DEFAULT_ENDPOINT_PICKER_IMAGE
 
 
 DEFAULTS = Defaults()  # an operator with no settings of its own
@@ -883,6 +886,236 @@ def render_router(svc: api.QwenService, defaults: Defaults = DEFAULTS) -> list[d
     ]
 
 
+EPP_GRPC_PORT, EPP_HEALTH_PORT, EPP_METRICS_PORT = 9002, 9003, 9090  # upstream's defaults
+EPP_CONFIG_FILE = "default-plugins.yaml"
+# The endpoint picker's plugins: vLLM's queue, KV-cache usage and prefix cache, weighed as the upstream
+# chart weighs them by default (2, 2, 3); the metrics read from each pod's /metrics.
+EPP_CONFIG = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: prefix-cache-scorer
+- type: metrics-data-source
+  parameters:
+    scheme: http
+    path: /metrics
+- type: core-metrics-extractor
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+    weight: 2
+  - pluginRef: kv-cache-utilization-scorer
+    weight: 2
+  - pluginRef: prefix-cache-scorer
+    weight: 3
+"""
+
+
+def render_inference_pool(svc: api.QwenService, defaults: Defaults = DEFAULTS) -> list[dict[str, Any]] | None:
+    """``spec.routing.mode: InferencePool`` (Gateway API Inference Extension,
+    ``inference.networking.k8s.io/v1``), or None: the InferencePool ``NAME`` of the vLLM pods, its
+    endpoint picker (a ServiceAccount whose Role reads pods and the extension's objects in this
+    namespace, the plugins' ConfigMap, a one-replica Deployment, as upstream recommends, and its gRPC
+    Service ``NAME-epp``) and, with a ``gatewayRef``, an HTTPRoute ``NAME`` from that Gateway to the
+    pool. The Service ``NAME`` stays as it is."""
+    pool = svc.spec.routing.pool
+    if pool is None:
+        return None
+    spec, name = svc.spec, labels.epp_name(svc.name)
+    selector = labels.epp_selector(svc.name)
+
+    def meta() -> dict[str, Any]:
+        return _metadata(svc, name=name, object_labels=labels.epp_labels(svc.name))
+
+    def field(path: str) -> dict[str, Any]:
+        return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+    grpc = {"port": EPP_HEALTH_PORT, "service": "inference-extension"}
+    container = {
+        "name": "epp",
+        "image": pool.endpoint_picker_image or defaults.endpoint_picker_image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": [
+            "--pool-name",
+            svc.name,
+            "--pool-namespace",
+            svc.namespace,
+            "--pool-group",
+            "inference.networking.k8s.io",
+            "--grpc-port",
+            str(EPP_GRPC_PORT),
+            "--grpc-health-port",
+            str(EPP_HEALTH_PORT),
+            "--metrics-port",
+            str(EPP_METRICS_PORT),
+            "--zap-encoder",
+            "json",
+            "--config-file",
+            f"/config/{EPP_CONFIG_FILE}",
+            "--tracing=false",
+            "--metrics-endpoint-auth=false",
+        ],
+        "ports": [
+            {"name": "grpc", "containerPort": EPP_GRPC_PORT, "protocol": "TCP"},
+            {"name": "grpc-health", "containerPort": EPP_HEALTH_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": EPP_METRICS_PORT, "protocol": "TCP"},
+        ],
+        "env": [
+            {"name": "NAMESPACE", **field("metadata.namespace")},
+            {"name": "POD_NAME", **field("metadata.name")},
+        ],
+        "livenessProbe": {"grpc": grpc, "initialDelaySeconds": 5, "periodSeconds": 10},
+        "readinessProbe": {"grpc": grpc, "periodSeconds": 2},
+        "volumeMounts": [{"name": "plugins", "mountPath": "/config", "readOnly": True}],
+        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "4Gi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    pod: dict[str, Any] = {
+        **_pod_basics(spec),
+        "serviceAccountName": name,
+        "automountServiceAccountToken": True,  # it watches the pool and its pods
+        "securityContext": {
+            "seccompProfile": {"type": "RuntimeDefault"},
+            "runAsNonRoot": True,
+            "runAsUser": 65532,  # the upstream image is distroless, nonroot
+            "runAsGroup": 65532,
+        },
+        "containers": [container],
+        # As long as the longest request through it may take (upstream: the pool's longest grace).
+        "terminationGracePeriodSeconds": termination_grace_seconds(spec),
+        "volumes": [{"name": "plugins", "configMap": {"name": name}}],
+    }
+    if spec.scheduling.priority_class_name:
+        pod["priorityClassName"] = spec.scheduling.priority_class_name
+    read = ["get", "list", "watch"]
+    objects: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": meta(),
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta(),
+            "rules": [
+                {"apiGroups": [""], "resources": ["pods"], "verbs": read},
+                {
+                    "apiGroups": ["inference.networking.k8s.io"],
+                    "resources": ["inferencepools"],
+                    "verbs": read,
+                },
+                {
+                    "apiGroups": ["inference.networking.x-k8s.io"],
+                    "resources": ["inferenceobjectives", "inferencemodelrewrites"],
+                    "verbs": read,
+                },
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta(),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": svc.namespace}],
+        },
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(), "data": {EPP_CONFIG_FILE: EPP_CONFIG}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": meta(),
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": selector},
+                # One active picker (its prefix-cache view is its own): the old goes before the new starts.
+                "strategy": {"type": "Recreate"},
+                "revisionHistoryLimit": 3,
+                "template": {
+                    "metadata": {
+                        "labels": labels.epp_labels(svc.name),
+                        "annotations": {"checksum/config": spec_hash(EPP_CONFIG)},
+                    },
+                    "spec": pod,
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta(),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": selector,
+                "ports": [
+                    {
+                        "name": "grpc",
+                        "port": EPP_GRPC_PORT,
+                        "targetPort": "grpc",
+                        "protocol": "TCP",
+                        "appProtocol": "http2",
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "inference.networking.k8s.io/v1",
+            "kind": "InferencePool",
+            "metadata": _metadata(svc),
+            "spec": {
+                "selector": {"matchLabels": labels.selector_labels(svc.name)},
+                "targetPorts": [{"number": api.VLLM_PORT}],
+                "endpointPickerRef": {
+                    "name": name,
+                    "port": {"number": EPP_GRPC_PORT},
+                    "failureMode": pool.failure_mode,
+                },
+            },
+        },
+    ]
+    gateway = pool.gateway_ref
+    if gateway is not None:
+        parent: dict[str, Any] = {
+            "group": "gateway.networking.k8s.io",
+            "kind": "Gateway",
+            "name": gateway.name,
+        }
+        if gateway.namespace:
+            parent["namespace"] = gateway.namespace
+        if gateway.section_name:
+            parent["sectionName"] = gateway.section_name
+        objects.append(
+            {
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "HTTPRoute",
+                "metadata": _metadata(svc),
+                "spec": {
+                    "parentRefs": [parent],
+                    "rules": [
+                        {
+                            "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                            "backendRefs": [
+                                {
+                                    "group": "inference.networking.k8s.io",
+                                    "kind": "InferencePool",
+                                    "name": svc.name,
+                                }
+                            ],
+                        }
+                    ],
+                },
+            }
+        )
+    return objects
+
+
 CHAT_UI_TLS_DIR = "/etc/qwen-chat/tls"
 
 
@@ -906,7 +1139,7 @@ def render_all(svc: api.QwenService, defaults: Defaults = DEFAULTS) -> list[dict
         render_router_network_policy(svc),
     )
     chat = render_chat_ui(svc, defaults) or ()
-    router = render_router(svc, defaults) or ()
+    router = render_router(svc, defaults) or render_inference_pool(svc, defaults) or ()
     return [
         render_deployment(svc),
         render_service(svc),

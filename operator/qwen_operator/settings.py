@@ -60,6 +60,15 @@ class OperatorSettings(BaseSettings):
         pattern=r"^[^\s]+$",
         description="The router's image for a QwenService whose spec.routing.builtin.image is unset.",
     )
+    endpoint_picker_image: str = Field(
+        default=api.DEFAULT_ENDPOINT_PICKER_IMAGE,
+        min_length=1,
+        pattern=r"^[^\s]+$",
+        description=(
+            "The endpoint picker's image for a QwenService whose spec.routing.inferencePool."
+            "endpointPickerImage is unset."
+        ),
+    )
     allow_host_path: bool = Field(
         default=False,
         description="Let a QwenService mount a node path (model.source.hostPath): node filesystem access.",
@@ -146,7 +155,11 @@ class OperatorSettings(BaseSettings):
 
     def render_defaults(self) -> render.Defaults:
         """What a spec leaves out, as this operator's admin chose it."""
-        return render.Defaults(chat_ui_image=self.chat_ui_image, router_image=self.router_image)
+        return render.Defaults(
+            chat_ui_image=self.chat_ui_image,
+            router_image=self.router_image,
+            endpoint_picker_image=self.endpoint_picker_image,
+        )
 
     def policy(self) -> validation.Policy:
         """What QwenServices may ask for beyond the safe defaults."""

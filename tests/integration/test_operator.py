@@ -530,3 +530,27 @@ async def test_the_router_takes_over_the_service_once_ready_and_leaves_no_trace(
     assert service is not None
     assert service["spec"]["selector"] == labels.selector_labels("qwen")
     assert emulator.get(DEPLOY, NS, "qwen") is not None, "the model stays"
+
+
+async def test_an_inference_pool_and_its_endpoint_picker_come_and_go_with_the_spec(emulator, operator):
+    """routing.mode InferencePool through the real operator: the pool, the picker and the HTTPRoute to
+    the named Gateway reach the API; the Service stays on the vLLM pods; mode None removes them."""
+    made = {
+        "inference.networking.k8s.io/v1/inferencepools": "qwen",
+        "gateway.networking.k8s.io/v1/httproutes": "qwen",
+        DEPLOY: "qwen-epp",
+        SERVICE: "qwen-epp",
+        "v1/configmaps": "qwen-epp",
+        "rbac.authorization.k8s.io/v1/roles": "qwen-epp",
+    }
+    routing = {"mode": "InferencePool", "inferencePool": {"gatewayRef": {"name": "gw"}}}
+    await emulator.put(QSVC, qsvc(routing=routing))
+    for kind, name in made.items():
+        await eventually(lambda k=kind, n=name: emulator.get(k, NS, n), what=f"{kind} {name}")
+    service = emulator.get(SERVICE, NS, "qwen")
+    assert service is not None
+    assert service["spec"]["selector"] == labels.selector_labels("qwen")
+    await emulator.patch(QSVC, NS, "qwen", {"spec": {"routing": {"mode": "None"}}})
+    for kind, name in made.items():
+        await eventually(lambda k=kind, n=name: emulator.get(k, NS, n) is None, what=f"{kind} {name} gone")
+    assert emulator.get(DEPLOY, NS, "qwen") is not None, "the model stays"

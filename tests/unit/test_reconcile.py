@@ -430,7 +430,58 @@ async def test_a_router_that_never_comes_up_is_reported_and_clients_keep_the_vll
 async def test_a_router_the_rbac_forbids_is_a_problem_and_clients_keep_the_vllm_pods(minimal):
     cluster = Refusing("roles", 403)
     out = await reconcile.reconcile(cluster, _routed(minimal), NOW)
-    (event,) = [e for e in out.events if e.reason == "RouterForbidden"]
+    (event,) = [e for e in out.events if e.reason == "RoutingForbidden"]
     assert "roles and rolebindings get/create/patch/delete" in event.message
     assert _selects(cluster) == labels.selector_labels("qwen")
     assert ("create", "deployments") in cluster.writes, "the model is still served"
+
+
+POOL_OBJECTS = [
+    ("serviceaccounts", "ml", "qwen-epp"),
+    ("roles", "ml", "qwen-epp"),
+    ("rolebindings", "ml", "qwen-epp"),
+    ("configmaps", "ml", "qwen-epp"),
+    ("deployments", "ml", "qwen-epp"),
+    ("services", "ml", "qwen-epp"),
+    ("inferencepools", "ml", "qwen"),
+]
+
+
+async def test_switching_between_routing_modes_leaves_only_what_the_new_one_needs(minimal):
+    """InferencePool -> Builtin -> None: each switch makes the new mode's objects and removes the old
+    one's; the Service stays on the vLLM pods with an InferencePool."""
+    cluster = FakeCluster()
+    out = await reconcile.reconcile(cluster, _routed(minimal, "InferencePool"), NOW)
+    for key in POOL_OBJECTS:
+        assert key in cluster.objects, key
+    assert _selects(cluster) == labels.selector_labels("qwen")
+    assert out.status["routing"] == "InferencePool"
+
+    out = await reconcile.reconcile(cluster, _routed(minimal, "Builtin", status=out.status), NOW)
+    for key in POOL_OBJECTS:
+        assert key not in cluster.objects, key
+    for key in ROUTER_OBJECTS:
+        assert key in cluster.objects, key
+    assert out.status["routing"] == "Builtin"
+
+    out = await reconcile.reconcile(cluster, _routed(minimal, "None", status=out.status), NOW)
+    assert {k for k in cluster.objects if k[2] != "qwen"} == set(), "something of a routing mode stayed"
+    assert "routing" not in out.status
+
+
+class NoInferenceApi(FakeCluster):
+    """A cluster without the Gateway API Inference Extension's CRDs: 404 for inferencepools."""
+
+    async def create(self, res: Resource, obj: Any) -> dict[str, Any]:
+        if res.plural == "inferencepools":
+            raise ApiException(status=404, reason="Not Found")
+        return await super().create(res, obj)
+
+
+async def test_a_cluster_without_the_inference_pool_crd_is_told_what_to_install(minimal):
+    cluster = NoInferenceApi()
+    out = await reconcile.reconcile(cluster, _routed(minimal, "InferencePool"), NOW)
+    (event,) = [e for e in out.events if e.reason == "InferencePoolUnavailable"]
+    assert "inferencepools.inference.networking.k8s.io" in event.message
+    assert ("deployments", "ml", "qwen") in cluster.objects, "the model is still served"
+    assert out.status["phase"] == "Degraded"

@@ -681,3 +681,72 @@ def test_the_router_s_image_is_the_operator_s_default_unless_the_spec_names_one(
 def test_router_settings_that_cannot_work_are_refused(minimal, builtin, message) -> None:
     with pytest.raises(InvalidSpec, match=message):
         make(minimal, routing={"mode": "Builtin", "builtin": builtin})
+
+
+POOL_CRD = DATA / "upstream" / "inference.networking.k8s.io_inferencepools-v1.6.0.yaml"
+ROUTE_CRD = DATA / "upstream" / "gateway.networking.k8s.io_httproutes-v1.4.0.yaml"
+
+
+def test_an_inference_pool_and_its_picker_are_what_the_upstream_crds_and_kubernetes_accept(minimal) -> None:
+    """routing.mode InferencePool: the InferencePool and the HTTPRoute pass the Gateway API (Inference
+    Extension)'s own CRD schemas and CEL rules (copies under tests/data/upstream); the rest,
+    kubernetes-validate. The pool selects the vLLM pods on their port and names the picker's Service on
+    its gRPC port; the picker reads only pods and the extension's objects; the vLLM pods' policy admits
+    it; the Service NAME stays on the vLLM pods."""
+    from tests.k8s import admission_errors, upstream_schema
+
+    gateway = {"name": "inference-gw", "namespace": "gateways", "sectionName": "http"}
+    svc = make(
+        minimal,
+        routing={
+            "mode": "InferencePool",
+            "inferencePool": {"gatewayRef": gateway, "failureMode": "FailClose"},
+        },
+        networkPolicy={"enabled": True},
+    )
+    rendered = render.render_all(svc)
+    by = {(o["kind"], o["metadata"]["name"]): o for o in rendered}
+    pool, route = by["InferencePool", "qwen"], by["HTTPRoute", "qwen"]
+    assert admission_errors(pool, upstream_schema(POOL_CRD)) == []
+    assert admission_errors(route, upstream_schema(ROUTE_CRD)) == []
+    for obj in rendered:
+        if obj["kind"] not in ("InferencePool", "HTTPRoute"):
+            validate_k8s(obj)
+
+    assert pool["spec"]["selector"]["matchLabels"] == labels.selector_labels("qwen")
+    assert pool["spec"]["targetPorts"] == [{"number": api.VLLM_PORT}]
+    picker = pool["spec"]["endpointPickerRef"]
+    service = by["Service", "qwen-epp"]
+    assert (picker["name"], picker["port"]["number"]) == ("qwen-epp", service["spec"]["ports"][0]["port"])
+    assert picker["failureMode"] == "FailClose"
+    deployment = by["Deployment", "qwen-epp"]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--pool-name") + 1] == "qwen"
+    assert args[args.index("--pool-namespace") + 1] == "ml"
+    assert container["image"] == api.DEFAULT_ENDPOINT_PICKER_IMAGE
+    config = args[args.index("--config-file") + 1]
+    mounted = container["volumeMounts"][0]["mountPath"]
+    assert config.startswith(mounted + "/")
+    assert config.rsplit("/", 1)[1] in by["ConfigMap", "qwen-epp"]["data"]
+    rules = by["Role", "qwen-epp"]["rules"]
+    assert {r for rule in rules for r in rule["resources"]} == {
+        "pods", "inferencepools", "inferenceobjectives", "inferencemodelrewrites"
+    }  # fmt: skip
+    assert all(rule["verbs"] == ["get", "list", "watch"] for rule in rules)
+    assert route["spec"]["parentRefs"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", **gateway}
+    ]
+    assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == "qwen"
+    peers = by["NetworkPolicy", "qwen"]["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {"matchLabels": labels.epp_selector("qwen")}} in peers
+    assert by["Service", "qwen"]["spec"]["selector"] == labels.selector_labels("qwen")
+    assert ("Deployment", "qwen-router") not in by
+
+    # Without a gatewayRef, no HTTPRoute (the pool is for a route of the user's own).
+    bare = render.render_all(make(minimal, routing={"mode": "InferencePool"}))
+    assert "HTTPRoute" not in {o["kind"] for o in bare}
+    # The copies do check: a pool with a port twice is refused by the upstream rule.
+    twice = {**pool, "spec": {**pool["spec"], "targetPorts": [{"number": 8000}, {"number": 8000}]}}
+    assert admission_errors(twice, upstream_schema(POOL_CRD)) == ["port number must be unique"]
