@@ -134,6 +134,7 @@ Quantity = Annotated[
 ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
 ConfigKey = Annotated[str, Field(min_length=1, max_length=253, pattern=CONFIG_KEY_PATTERN)]
 LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+ImageName = Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\s]+$")]  # no whitespace
 # A string vLLM receives as a flag's value: it must not look like a flag itself.
 FlagValue = Annotated[
     str,
@@ -1076,11 +1077,8 @@ class ChatUISpec(_Model):
         default=None,
         description="Secret (this namespace) with the user name and password the page asks for.",
     )
-    image: str | None = Field(
+    image: ImageName | None = Field(
         default=None,
-        min_length=1,
-        max_length=512,
-        pattern=r"^[^\s]+$",
         description=(
             "The chat page's image (images/chatui; no whitespace). Unset: the operator's default, "
             "QWEN_OPERATOR_CHAT_UI_IMAGE (chart value chatUI.image)."
@@ -1120,11 +1118,8 @@ HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]*$"  # an HTTP header name (R
 class BuiltinRouterSpec(_Model):
     """The operator's own router (images/router) in front of the vLLM pods."""
 
-    image: str | None = Field(
+    image: ImageName | None = Field(
         default=None,
-        min_length=1,
-        max_length=512,
-        pattern=r"^[^\s]+$",
         description=(
             "The router's image (images/router; no whitespace). Unset: the operator's default, "
             "QWEN_OPERATOR_ROUTER_IMAGE (chart value router.image)."
@@ -1174,11 +1169,8 @@ class GatewayRef(_Model):
 class InferencePoolSpec(_Model):
     """The Gateway API Inference Extension: an InferencePool of the vLLM pods and its endpoint picker."""
 
-    endpoint_picker_image: str | None = Field(
+    endpoint_picker_image: ImageName | None = Field(
         default=None,
-        min_length=1,
-        max_length=512,
-        pattern=r"^[^\s]+$",
         description=(
             "The endpoint picker's image. Unset: the operator's default, "
             "QWEN_OPERATOR_ENDPOINT_PICKER_IMAGE (the upstream one, registry.k8s.io/"

@@ -99,18 +99,24 @@ def may_sleep(
         return Sleep(False, f"idle {_s(idle_seconds)}; to zero at {fixed:g} s (zeroAfterIdleSeconds)")
     if idle_seconds < MIN_IDLE_SECONDS:
         return Sleep(False, f"idle {_s(idle_seconds)}, to zero after {_s(MIN_IDLE_SECONDS)} at least")
-    longer = [g - idle_seconds for g in gaps if g > idle_seconds]
-    if len(longer) >= MIN_HISTORY:
-        remaining = statistics.median(longer)
+    remaining = expected_remaining(idle_seconds, gaps)
+    if remaining is not None:
         how = (
-            f"idle {_s(idle_seconds)}; of {len(longer)} past gaps this long, half lasted {_s(remaining)} "
-            f"more, against a {_s(cold_start)} cold start"
+            f"idle {_s(idle_seconds)}; of the past gaps this long, half lasted {_s(remaining)} more, "
+            f"against a {_s(cold_start)} cold start"
         )
         return Sleep(remaining > cold_start, how, remaining)
     how = f"idle {_s(idle_seconds)}, as long as a {_s(cold_start)} cold start"
     if idle_seconds >= cold_start:
         return Sleep(True, how + " (too few past gaps this long to expect more)")
     return Sleep(False, f"idle {_s(idle_seconds)}; to zero at {_s(cold_start)}, a cold start's length")
+
+
+def expected_remaining(idle_seconds: float, gaps: Sequence[float]) -> float | None:
+    """How much longer a gap idle ``idle_seconds`` so far is expected to last: the median of what the
+    past gaps at least this long lasted beyond it; None with fewer than ``MIN_HISTORY`` of them."""
+    longer = [g - idle_seconds for g in gaps if g > idle_seconds]
+    return float(statistics.median(longer)) if len(longer) >= MIN_HISTORY else None
 
 
 def cold_start_seconds(recent: Sequence[float], remembered: float | None) -> float:

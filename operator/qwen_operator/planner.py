@@ -577,7 +577,7 @@ def plan(
         n, late = acted
         message += (
             f"; model: at {n} replica{'s' if n != 1 else ''} {_one(100 * late)}% of first tokens predicted"
-            f" later than {_fmt(bound)} s (load factor {_fmt(sizing.correction)})"
+            f" later than {_fmt(bound)} s (load factor {sizing.correction:.1f})"
         )
     reading = _reading(sizing, sized)
     return Plan(

@@ -742,6 +742,31 @@ def render_chat_ui(
     return deployment, service
 
 
+def _rule(group: str, *resources: str, verbs: list[str]) -> dict[str, Any]:
+    return {"apiGroups": [group], "resources": list(resources), "verbs": verbs}
+
+
+def _identity(meta: Any, name: str, namespace: str, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A component's ServiceAccount (no token unless its pod asks), its Role with ``rules`` and the
+    RoleBinding between them, all called ``name`` with ``meta()``'s metadata."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": meta(),
+            "automountServiceAccountToken": False,
+        },
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(), "rules": rules},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta(),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+    ]
+
+
 ROUTER_API_KEY_ENV = "QWEN_ROUTER_API_KEY"
 ROUTER_USER = 10001  # the router image's user
 ROUTER_PROGRESS_DEADLINE_SECONDS = 180  # a router that is not up by then is reported (RouterUnavailable)
@@ -833,32 +858,9 @@ def render_router(svc: api.QwenService, defaults: Defaults = DEFAULTS) -> list[d
     def meta() -> dict[str, Any]:
         return _metadata(svc, name=name, object_labels=labels.router_labels(svc.name))
 
+    read = ["get", "list", "watch"]
     return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": meta(),
-            "automountServiceAccountToken": False,
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": meta(),
-            "rules": [
-                {
-                    "apiGroups": ["discovery.k8s.io"],
-                    "resources": ["endpointslices"],
-                    "verbs": ["get", "list", "watch"],
-                }
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": meta(),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": svc.namespace}],
-        },
+        *_identity(meta, name, svc.namespace, [_rule("discovery.k8s.io", "endpointslices", verbs=read)]),
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -996,37 +998,21 @@ def render_inference_pool(svc: api.QwenService, defaults: Defaults = DEFAULTS) -
         pod["priorityClassName"] = spec.scheduling.priority_class_name
     read = ["get", "list", "watch"]
     objects: list[dict[str, Any]] = [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": meta(),
-            "automountServiceAccountToken": False,
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": meta(),
-            "rules": [
-                {"apiGroups": [""], "resources": ["pods"], "verbs": read},
-                {
-                    "apiGroups": ["inference.networking.k8s.io"],
-                    "resources": ["inferencepools"],
-                    "verbs": read,
-                },
-                {
-                    "apiGroups": ["inference.networking.x-k8s.io"],
-                    "resources": ["inferenceobjectives", "inferencemodelrewrites"],
-                    "verbs": read,
-                },
+        *_identity(
+            meta,
+            name,
+            svc.namespace,
+            [
+                _rule("", "pods", verbs=read),
+                _rule("inference.networking.k8s.io", "inferencepools", verbs=read),
+                _rule(
+                    "inference.networking.x-k8s.io",
+                    "inferenceobjectives",
+                    "inferencemodelrewrites",
+                    verbs=read,
+                ),
             ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": meta(),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": svc.namespace}],
-        },
+        ),
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(), "data": {EPP_CONFIG_FILE: EPP_CONFIG}},
         {
             "apiVersion": "apps/v1",

@@ -503,7 +503,16 @@ def _at_zero(
             state,
         )
     since = state.idle.last_request
-    when = f"no request since {since:%Y-%m-%d %H:%M:%S}" if since else "no request seen"
+    when = f"no request since {since:%Y-%m-%d %H:%M:%S} UTC" if since else "no request seen"
+    remaining = idle.expected_remaining((now - since).total_seconds(), state.idle.gaps) if since else None
+    if remaining is not None:
+        wake = now + timedelta(seconds=remaining)
+        when += (
+            f"; the next expected around {wake:%Y-%m-%d %H:%M} UTC "
+            "(half of the past gaps this long ended by then)"
+        )
+    else:
+        when += "; too few past gaps this long to expect the next"
     return Decision(
         0,
         Reason.SCALED_TO_ZERO,

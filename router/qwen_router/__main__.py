@@ -46,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
         "--kv-seconds",
         type=float,
         default=Config.kv_seconds,
-        help="how often each engine's KV-cache usage is read from its /metrics (0: never)",
+        help="how often each engine's load and KV-cache usage are read from its /metrics (0: never)",
     )
     p.add_argument(
         "--grace-seconds",

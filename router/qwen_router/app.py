@@ -1,6 +1,7 @@
 """The OpenAI-compatible pass-through: every path but the router's own (``/metrics``, ``/healthz``) goes
 to one engine, picked per request (:mod:`.picker`), and its answer streams back as it comes. Each
-engine's KV-cache usage is read from its own /metrics every ``kv_seconds``, for the picker.
+engine's requests running and waiting and its KV-cache usage are read from its own /metrics every
+``kv_seconds``, for the picker (other router replicas load the same engines).
 
 - While no engine is ready, a request waits in :class:`.hold.Hold` up to ``hold_seconds``; a streaming
   one gets its response headers at once and an SSE comment every ``keepalive_seconds``, so that
@@ -42,25 +43,37 @@ SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 3
 
 
 KV_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # vLLM >= 0.12, and before
+QUEUE_NAMES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 KV_PAGE_BYTES = 2 * 1024 * 1024  # of an engine's /metrics, at most (vLLM's is ~100 KB)
+
+
+def _values(text: str, name: str, high: float) -> list[float]:
+    """The values of ``name``'s series in a /metrics page, those within 0..``high``."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+            try:
+                value = float(line.rsplit(" ", 1)[1])
+            except (IndexError, ValueError):
+                continue
+            if 0 <= value <= high:
+                out.append(value)
+    return out
 
 
 def kv_usage(text: str) -> float | None:
     """The mean KV-cache usage (0-1) over an engine's series in a /metrics page (the current name
     first), or None when it reports none."""
     for name in KV_NAMES:
-        values = []
-        for line in text.splitlines():
-            if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
-                try:
-                    value = float(line.rsplit(" ", 1)[1])
-                except (IndexError, ValueError):
-                    continue
-                if 0 <= value <= 1.5:
-                    values.append(value)
+        values = _values(text, name, 1.5)
         if values:
             return sum(values) / len(values)
     return None
+
+
+def queued(text: str) -> float:
+    """Requests running and waiting on an engine, summed over its series (0 when it reports none)."""
+    return sum(sum(_values(text, name, 1e6)) for name in QUEUE_NAMES)
 
 
 @dataclass
@@ -76,7 +89,7 @@ class Config:
     api_key: str | None = None  # clients must send it as a bearer token (None: not checked here)
     engine_api_key: str | None = None  # sent to the engines (None: the client's header passes through)
     session_header: str | None = "x-session-id"
-    kv_seconds: float = 2.0  # how often each engine's KV-cache usage is read from its /metrics (0: never)
+    kv_seconds: float = 0.5  # how often each engine's load and KV usage are read from its /metrics (0: never)
 
 
 @dataclass
@@ -165,21 +178,21 @@ class Router:
         deadline = aiohttp.ClientTimeout(total=max(0.5, min(2.0, self.config.kv_seconds)))
         while True:
             engines = list(self.picker.engines.values())
-            usages = await asyncio.gather(*(self._kv_of(e.url, deadline) for e in engines))
-            for engine, usage in zip(engines, usages, strict=True):
-                engine.kv = usage
+            pages = await asyncio.gather(*(self._page_of(e.url, deadline) for e in engines))
+            for engine, page in zip(engines, pages, strict=True):
+                engine.kv = None if page is None else kv_usage(page)
+                engine.reported = 0.0 if page is None else queued(page)
             await asyncio.sleep(self.config.kv_seconds)
 
-    async def _kv_of(self, url: str, deadline: aiohttp.ClientTimeout) -> float | None:
+    async def _page_of(self, url: str, deadline: aiohttp.ClientTimeout) -> str | None:
         assert self._session is not None
         try:
             async with self._session.get(f"{url}/metrics", timeout=deadline, allow_redirects=False) as r:
                 if r.status != 200:
                     return None
-                text = (await r.content.read(KV_PAGE_BYTES)).decode("utf-8", "replace")
+                return (await r.content.read(KV_PAGE_BYTES)).decode("utf-8", "replace")
         except (aiohttp.ClientError, TimeoutError):
             return None
-        return kv_usage(text)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry), content_type="text/plain")

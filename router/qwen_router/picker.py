@@ -4,11 +4,14 @@
   rendezvous hashing over the ready engines, so that a conversation's turns reuse its prefix cache.
 - Otherwise a request whose prompt has a leading text (a system prompt, a conversation's first turns)
   goes to that text's engine the same way.
-- Either only while that engine holds at most ``bound`` times the mean outstanding requests (one more
-  counted): consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2018). Past
-  it, the next engine in the text's order that is within it.
-- Without either, the engine with the fewest requests outstanding, weighted by how full its KV cache
-  is (when known): ``outstanding x (1 + kv)``.
+- Either only while that engine holds at most ``bound`` times the mean load (one more counted):
+  consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2018). Past it, the next
+  engine in the text's order that is within it.
+- Without either, the least loaded engine, weighted by how full its KV cache is (when known):
+  ``load x (1 + kv)``.
+
+An engine's load is the larger of the requests this router has outstanding on it and the requests
+the engine itself last reported running and waiting: other router replicas send to it too.
 
 Rendezvous hashing moves only the texts of an engine that comes or goes.
 """
@@ -31,6 +34,11 @@ class Engine:
     url: str
     outstanding: int = 0
     kv: float | None = None  # its KV cache usage (0-1), when the router reads it
+    reported: float = 0.0  # requests running and waiting, as the engine last reported them
+
+    @property
+    def load(self) -> float:
+        return max(float(self.outstanding), self.reported)
 
 
 @dataclass(frozen=True)
@@ -69,13 +77,13 @@ class Picker:
             return None
         key, reason = (session, "session") if session else (prefix, "prefix") if prefix else (None, "least")
         if key is None:
-            return Pick(min(ready, key=lambda e: (e.outstanding * (1 + (e.kv or 0.0)), e.name)), "least")
-        limit = self.bound * (sum(e.outstanding for e in ready) + 1) / len(ready)
+            return Pick(min(ready, key=lambda e: (e.load * (1 + (e.kv or 0.0)), e.name)), "least")
+        limit = self.bound * (sum(e.load for e in ready) + 1) / len(ready)
         order = sorted(ready, key=lambda e: _weight(e, key))
         for i, engine in enumerate(order):
-            if engine.outstanding + 1 <= max(limit, 1.0):
+            if engine.load + 1 <= max(limit, 1.0):
                 return Pick(engine, reason if i == 0 else "overflow")
-        return Pick(min(order, key=lambda e: e.outstanding), "overflow")
+        return Pick(min(order, key=lambda e: e.load), "overflow")
 
 
 def prefix_of(body: Mapping[str, object]) -> str | None:

@@ -147,12 +147,16 @@ class NodeAgent:
         router_python: str | None = None,
         kubeconfig: Path | None = None,
         router_port: int | None = None,
+        vllm_nice: int = 0,
     ) -> None:
         # Router pods: the operator's interpreter (qwen_router), each on its own loopback address and
         # one port (the operator reads them there, QWEN_OPERATOR_ROUTER_METRICS_PORT).
         self.router_python, self.kubeconfig = router_python, kubeconfig
         self.router_port = router_port or free_port()
         self.routers_started = 0
+        # On a node of two cores the router pods share the servers' cores; with vllm_nice the servers
+        # yield to them, as routers with CPUs of their own would not wait for the servers' turns.
+        self.vllm_nice = vllm_nice
         self.slices: set[tuple[str, str]] = set()
         self.emulator = emulator
         self.python = python
@@ -213,7 +217,7 @@ class NodeAgent:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=lambda: os.sched_setaffinity(0, cores),
+                preexec_fn=lambda: (os.sched_setaffinity(0, cores), os.nice(0 if router else self.vllm_nice)),
             )
         pod = LocalPod(namespace, name, deployment, port, folder, process, template, time.time(), log=log)
         pod.cores, pod.host, pod.router = cores, host, router
@@ -300,6 +304,17 @@ class NodeAgent:
         self.note("pod-exited", pod=pod.name, code=pod.exit_code)
         await self.emulator.patch(PODS, pod.namespace, pod.name, {"metadata": {"finalizers": None}})
         del self.pods[pod.name]
+
+    async def kill(self, name: str) -> None:
+        """A pod lost at once, as when its node fails (a test's doing, not a crash): SIGKILL, no
+        preStop, gone from the API at once; its Deployment gets a new one at the next sync."""
+        pod = self.pods.pop(name)
+        pod.terminating_at = time.time()
+        _kill_group(pod.process)
+        pod.exited_at, pod.exit_code = time.time(), pod.process.returncode
+        self.note("pod-killed", pod=name, by="test")
+        await self.emulator.patch(PODS, pod.namespace, name, {"metadata": {"finalizers": None}})
+        await self.emulator.remove(PODS, pod.namespace, name)
 
     # ------------------------------------------------------------------ loop
     async def sync(self) -> None:

@@ -547,8 +547,7 @@ async def test_an_inference_pool_and_its_endpoint_picker_come_and_go_with_the_sp
     await emulator.put(QSVC, qsvc(routing=routing))
     for kind, name in made.items():
         await eventually(lambda k=kind, n=name: emulator.get(k, NS, n), what=f"{kind} {name}")
-    service = emulator.get(SERVICE, NS, "qwen")
-    assert service is not None
+    service = await eventually(lambda: emulator.get(SERVICE, NS, "qwen"), what="the Service")
     assert service["spec"]["selector"] == labels.selector_labels("qwen")
     await emulator.patch(QSVC, NS, "qwen", {"spec": {"routing": {"mode": "None"}}})
     for kind, name in made.items():

@@ -193,6 +193,7 @@ def test_the_scaled_to_zero_condition_says_why_and_only_where_it_can_happen() ->
     (cond,) = [c for c in status.conditions if c.type == SCALED_TO_ZERO]
     assert (cond.status, cond.reason) == ("True", "Idle")
     assert "the router holds the next request" in cond.message
+    assert "too few past gaps this long to expect the next" in cond.message
     plain = scaling_status(status, asleep, T0.isoformat(), 1, can_sleep=False)
     assert SCALED_TO_ZERO not in [c.type for c in plain.conditions]
 
@@ -218,3 +219,13 @@ def test_zero_replicas_need_the_router_and_the_crd_says_so_too() -> None:
     assert not parse(_body(autoscaling={"enabled": True})).spec.scales_to_zero
     rules = api.QwenServiceSpec.model_json_schema()["x-kubernetes-validations"]
     assert any(r["message"] == api.SCALE_TO_ZERO_NEEDS_ROUTER for r in rules)
+
+
+def test_at_zero_the_message_says_when_the_next_request_is_expected() -> None:
+    """With past gaps as long as this one, the status names the expected wake time: an hour-long
+    gap history, idle for 10 minutes at 09:10 -> about 10:00."""
+    state = State(idle=idle.IdleState(T0, 5.0, (HOUR, HOUR, HOUR, 2 * HOUR)), last_evaluated=T0)
+    now = T0 + timedelta(minutes=10)
+    decision = decide(replace(seen(0), router=RouterSample(arrivals=5)), spec(), state, now)
+    assert decision.reason == Reason.SCALED_TO_ZERO
+    assert "the next expected around 2026-12-07 10:00 UTC" in decision.message

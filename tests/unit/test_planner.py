@@ -69,7 +69,7 @@ def test_a_fresh_service_is_sized_by_the_model_with_the_seeded_capacity_behind_i
     # waiting on 4 replicas: the model finds one replica enough (the capacity alone would keep two).
     assert p.need == 1
     assert p.message.endswith(
-        "model: at 1 replica 0.7% of first tokens predicted later than 2 s (load factor 0.65)"
+        "model: at 1 replica 0.7% of first tokens predicted later than 2 s (load factor 0.6)"
     )
     assert p.message.startswith("load 3600 prompt + 492 generated tokens/s = 2 replicas' worth")
     assert "a replica carrying 60% of its GPU's nominal rate at this SLO (headroom +100%)" in p.message
@@ -324,7 +324,7 @@ def test_decide_scales_on_the_slo_plan_and_says_why() -> None:
     assert decision.reason is scaling.Reason.BELOW_TARGET
     assert decision.message.startswith("load 2700 prompt + 369 generated tokens/s = 2.4 replicas' worth")
     assert decision.message.endswith(
-        "model: at 2 replicas 0.1% of first tokens predicted later than 2 s (load factor 0.65)"
+        "model: at 2 replicas 0.1% of first tokens predicted later than 2 s (load factor 0.6)"
     )
     # 300 waiting, and half the window's requests queued over 2.5 s: a failure, where the capacity
     # (2.68 seed replicas' worth at 60%) is the floor under the model's answer.

@@ -142,3 +142,24 @@ def test_an_engine_s_kv_cache_usage_is_read_from_vllm_s_own_page() -> None:
     assert kv_usage("vllm:num_requests_running 3\n") is None
     assert kv_usage("vllm:kv_cache_usage_perc 7\n") is None
     assert kv_usage("vllm:kv_cache_usage_percentile 0.5\n") is None, "another metric of a longer name"
+
+
+def test_what_an_engine_reports_counts_with_what_this_router_sent_it() -> None:
+    """Another router replica loaded e0 (it reports 6 running and waiting, of which this router sent
+    none): the least loaded is e1, and a prefix whose favourite is e0 overflows past it."""
+    from qwen_router.app import queued
+
+    from tests.conftest import DATA
+
+    assert queued((DATA / "vllm-0.32-metrics-kv-pressure.txt").read_text()) == 32.0  # 20 running, 12 waiting
+    assert queued("vllm:num_requests_waiting_by_reason 3\n") == 0.0
+    p = picker(2)
+    text = next(f"text {i}" for i in range(100) if p.pick(prefix=f"text {i}").engine.name == "e0")  # type: ignore[union-attr]
+    p.engines["e0"].reported = 6
+    p.engines["e1"].outstanding = 2
+    pick = p.pick()
+    assert pick is not None
+    assert pick.engine.name == "e1", "the least loaded, counting what e0 reports"
+    overflow = p.pick(prefix=text)
+    assert overflow is not None
+    assert (overflow.engine.name, overflow.reason) == ("e1", "overflow")
