@@ -223,6 +223,8 @@ async def _routing(
         )
         return False
     if mode != "Builtin":
+        if not any(o["kind"] == "HTTPRoute" for o in objects):  # a gatewayRef removed: its route goes
+            await _remove_unless_absent(cluster, "HTTPRoute", svc, outcome, svc.name)
         return False
     policy = render.render_router_network_policy(svc)  # made, changed or removed with spec.networkPolicy
     await _optional(
@@ -291,11 +293,19 @@ async def _unroute(cluster: ClusterAPI, svc: api.QwenService, outcome: Outcome) 
     if before is None or before == now:
         return
     for kind, name in _made_for(before, svc.name):
-        try:
-            await _remove_owned(cluster, ROUTING_KINDS[kind], kind, svc, outcome, name)
-        except Exception as exc:
-            if not (kind in OPTIONAL_APIS and is_not_found(exc)):
-                raise
+        await _remove_unless_absent(cluster, kind, svc, outcome, name)
+
+
+async def _remove_unless_absent(
+    cluster: ClusterAPI, kind: str, svc: api.QwenService, outcome: Outcome, name: str
+) -> None:
+    """Remove what this service made of ``kind``, where the cluster has that API and the operator may
+    look (what it could not see, it could not have made)."""
+    try:
+        await _remove_owned(cluster, ROUTING_KINDS[kind], kind, svc, outcome, name)
+    except Exception as exc:
+        if not ((kind in OPTIONAL_APIS and is_not_found(exc)) or is_forbidden(exc)):
+            raise
 
 
 async def _download_job(

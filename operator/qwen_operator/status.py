@@ -251,10 +251,14 @@ def scaling_status(
     available = decision.metrics_available
     obs = decision.observation
     active_reason = "ValidMetricFound" if available else scaling.Reason.METRICS_UNAVAILABLE.value
+    # At zero no pod reports, and that is the point: the router's queue decides (asleep or waking).
+    asleep = decision.reason in (scaling.Reason.SCALED_TO_ZERO, scaling.Reason.WAKE) and not available
+    if asleep:
+        active_reason = decision.reason.value
     conds = set_condition(
         old.conditions,
         SCALING_ACTIVE,
-        available,
+        available or asleep,
         ADVISORY if advisory and available else active_reason,
         f"advisory, spec.replicas rules: {decision.message}" if advisory else decision.message,
         now,

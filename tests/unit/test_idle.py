@@ -194,6 +194,8 @@ def test_the_scaled_to_zero_condition_says_why_and_only_where_it_can_happen() ->
     assert (cond.status, cond.reason) == ("True", "Idle")
     assert "the router holds the next request" in cond.message
     assert "too few past gaps this long to expect the next" in cond.message
+    (active,) = [c for c in status.conditions if c.type == "ScalingActive"]
+    assert (active.status, active.reason) == ("True", "ScaledToZero"), "asleep is no metrics failure"
     plain = scaling_status(status, asleep, T0.isoformat(), 1, can_sleep=False)
     assert SCALED_TO_ZERO not in [c.type for c in plain.conditions]
 

@@ -485,3 +485,23 @@ async def test_a_cluster_without_the_inference_pool_crd_is_told_what_to_install(
     assert "inferencepools.inference.networking.k8s.io" in event.message
     assert ("deployments", "ml", "qwen") in cluster.objects, "the model is still served"
     assert out.status["phase"] == "Degraded"
+
+
+async def test_a_gateway_ref_removed_takes_its_route_along(minimal):
+    cluster = FakeCluster()
+    body = _routed(minimal, "InferencePool")
+    body["spec"]["routing"]["inferencePool"] = {"gatewayRef": {"name": "gw"}}
+    out = await reconcile.reconcile(cluster, body, NOW)
+    assert ("httproutes", "ml", "qwen") in cluster.objects
+    out = await reconcile.reconcile(cluster, _routed(minimal, "InferencePool", status=out.status), NOW)
+    assert ("httproutes", "ml", "qwen") not in cluster.objects
+    assert ("inferencepools", "ml", "qwen") in cluster.objects, "the pool stays"
+
+
+async def test_turning_off_a_mode_the_rbac_never_allowed_does_not_fail(minimal):
+    cluster = Refusing("roles", 403)
+    out = await reconcile.reconcile(cluster, _routed(minimal), NOW)
+    assert "RoutingForbidden" in [e.reason for e in out.events]
+    off = await reconcile.reconcile(cluster, _routed(minimal, "None", status=out.status), NOW)
+    assert off.status is not None
+    assert "routing" not in off.status
