@@ -627,8 +627,8 @@ class RouterReader:
             return client_failure(exc, self.timeout)
 
     async def read(self, targets: Sequence[Target]) -> dict[tuple[str, str], RouterSample]:
-        """One sample per target with a router: sums over the router pods that answered; an error when
-        none did (or none is ready)."""
+        """One sample per target with a router: sums over its ready router pods; an error when one of
+        them does not answer (its held requests would go unseen) or none is ready."""
         asked = [(t, p) for t in targets if t.routers for p in t.routers]
         results: list[tuple[float, float, float] | str] = []
         if asked:
@@ -646,10 +646,10 @@ class RouterReader:
         for t in targets:
             if t.routers is None:
                 continue
-            if t.key in got:
+            if t.key in got and not failed.get(t.key):
                 waiting, in_flight, arrivals = (sum(x) for x in zip(*got[t.key], strict=True))
                 out[t.key] = RouterSample(waiting, in_flight, arrivals, len(got[t.key]))
-            else:
+            else:  # a ready router that does not answer may hold requests: no reading, rather than half
                 why = "; ".join(failed[t.key][:3]) if failed.get(t.key) else "no router pod is ready"
                 out[t.key] = RouterSample(error=why)
         return out
