@@ -101,6 +101,12 @@ bench-slo-train: $(STAMP) ## SLO mode vs the concurrency target on the training 
 bench-router: $(STAMP) ## The router's added latency (p50/p99 at 200 streaming req/s on one core) and memory at 2,000 streams -> bench/results/router.*
 	$(PY) -m qwen_tools.benchrouter --out bench/results
 
+bench-routing: $(STAMP) ## Long prompts, a flash crowd and conversations through a Service, a least-requests gateway and our router (4 seeds, ~30 min on 2 cores) -> bench/results/routing.*
+	$(PY) -m qwen_tools.sim.routing --traces bench/traces --out bench/results
+
+bench-routing-train: $(STAMP) ## The router's picking and the surge signal on the training split only (~5 min) -> bench/results/routing-train.json
+	$(PY) -m qwen_tools.sim.routetrain --traces bench/traces --out bench/results
+
 bench-operator: $(STAMP) ## The operator at 10/100/1000 QwenServices (kmock + real Prometheus) -> bench/results/operator.*
 	$(PY) bench/operator_scale.py
 
@@ -157,4 +163,4 @@ lock: ## Re-resolve constraints.txt from pyproject.toml (after changing a pin)
 clean: ## Remove the virtual environments, caches and e2e artifacts
 	rm -rf $(VENV) $(VLLM_VENV) $(CHATUI_VENV) build/e2e .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-.PHONY: help install chatui-env image-chatui image-chatui-push test lint format crds manifests image image-push image-router image-router-push chart chart-push image-loadtest demo bench bench-tune bench-slo-train bench-router bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean
+.PHONY: help install chatui-env image-chatui image-chatui-push test lint format crds manifests image image-push image-router image-router-push chart chart-push image-loadtest demo bench bench-tune bench-slo-train bench-router bench-routing bench-routing-train bench-operator simulate render run vllm-env vllm-options e2e loadtest lock clean

@@ -1195,9 +1195,10 @@ class RoutingSpec(_Model):
         default="None",
         description=(
             "None: the Service picks a pod at random (kube-proxy). Builtin: the Service reaches a router "
-            "(a Deployment of its own, images/router) that sends each request to the pod with the fewest "
-            "outstanding requests, keeps a conversation or a shared prompt prefix on one pod (bounded "
-            "load), and holds requests while no pod is ready; the vLLM pods get a headless Service of "
+            "(a Deployment of its own, images/router) that keeps a conversation or a shared prompt prefix "
+            "on the pods that hold it in their prefix cache (bounded load), sends other requests to the "
+            "pod with the least prompt work pending, and holds requests while no pod is ready; the vLLM "
+            "pods get a headless Service of "
             "their own, NAME-engines. A serving service moves to the router once a router pod is Ready. "
             "InferencePool: an InferencePool NAME (Gateway API Inference Extension) of the vLLM pods, its "
             "endpoint picker (NAME-epp) and, with a gatewayRef, an HTTPRoute; the Service NAME stays."

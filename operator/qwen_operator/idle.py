@@ -43,8 +43,10 @@ class RouterSample:
 @dataclass(frozen=True)
 class IdleState:
     last_request: datetime | None = None  # the last evaluation that saw activity
-    arrivals: float | None = None  # the router's arrivals counter then
+    arrivals: float | None = None  # the router's arrivals counter at its last reading ...
+    arrivals_at: datetime | None = None  # ... and when (in memory only: a restart starts afresh)
     gaps: tuple[float, ...] = ()  # past idle gaps, seconds, oldest first
+    dispersion: float = 1.0  # of the counter's increments (qwen_operator.surge), in memory only
 
 
 def active(router: RouterSample, pods_busy: float, arrivals_before: float | None) -> bool:
@@ -65,14 +67,14 @@ def track(
     if router is None or router.error is not None:
         return state
     if first or state.last_request is None:
-        return IdleState(now, router.arrivals, state.gaps)
+        return IdleState(now, router.arrivals, now, state.gaps, state.dispersion)
     if not active(router, pods_busy, state.arrivals):
-        return replace(state, arrivals=router.arrivals)
+        return replace(state, arrivals=router.arrivals, arrivals_at=now)
     gap = (now - state.last_request).total_seconds()
     gaps = state.gaps
     if gap >= MIN_IDLE_SECONDS:
         gaps = (*gaps, gap)[-MAX_GAPS:]
-    return IdleState(now, router.arrivals, gaps)
+    return IdleState(now, router.arrivals, now, gaps, state.dispersion)
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ from typing import Literal
 
 from qwen_operator import api
 from qwen_operator.perf import sizing as sizer
+from qwen_operator.surge import Surge
 from qwen_operator.traffic import Traffic
 
 DEFAULT_COLD_START = 180.0  # seconds, until the service's own pods were seen starting
@@ -439,10 +440,13 @@ def plan(
     kv: Sequence[float] = (),
     kv_target: float = 1.0,
     running: float = 0.0,
+    *,
+    surge: Surge | None = None,
 ) -> Plan | None:
     """The replicas the SLO needs, or None without traffic data (the targets then decide).
     ``kv``: the ready pods' KV-cache usage (0-1), those that report it; ``kv_target``: the usage a
-    replica should stay under."""
+    replica should stay under; ``surge``: arrivals the router counted above the window's rate (the
+    load planned for is then at least the router's rate; nothing is learned from it)."""
     if traffic is None or not traffic.usable() or ready <= 0:
         return None
     user = slo.replica_capacity
@@ -512,6 +516,8 @@ def plan(
     rise = max(trend, 0.0) * cold
     # A rise smaller than RISE_FLOOR of the level is noise; a larger one is planned for (at most 2x).
     forecast = max(work, min(level + rise, 2 * work + 1)) if rise > RISE_FLOOR * level else work
+    if surge is not None:
+        forecast = max(forecast, work * surge.factor)
     hold = burst_hold(peaks)
     need = max(forecast, hold) / scale
     # The performance model sizes the fleet where it can predict for this mix (step 6), for the load
@@ -545,6 +551,11 @@ def plan(
         f"(headroom {_pct(headroom)}); TTFT <= {_fmt(bound)} s for {within} (SLO {_fmt(slo.percentile)}%"
         f"{', under pressure' if failed_now else ''})"
     )
+    if surge is not None:
+        message += (
+            f"; the router counts {_one(surge.rate)} requests/s over the last {surge.seconds:.0f} s, "
+            f"{_one(surge.factor)}x the window's rate: planning for it"
+        )
     if kv_full or brink:
         message += f"; KV cache {_percent(kv_peak)} full on the busiest pod (target {_percent(kv_target)})"
     if brink == "forget":

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from qwen_operator import api, idle
+from qwen_operator import api, idle, surge
 from qwen_operator.perf.sizing import GRID, Sizing
 from qwen_operator.perf.stepmodel import Fit
 from qwen_operator.planner import Capacity, Plan, PlanState, plan
@@ -196,6 +196,14 @@ def kv_waiting(samples: Iterable[PodSample], target: float) -> float:
     return total
 
 
+def _routed(router: idle.RouterSample | None) -> float | None:
+    """The requests at the pods and held for one, as the router counts them (None: no reading)."""
+    if router is None or router.error is not None or router.routers <= 0:
+        return None
+    value = router.in_flight + router.waiting
+    return value if math.isfinite(value) and value >= 0 else None
+
+
 def _replicas_for(need: float, current: int, tolerance: float) -> int:
     """Replicas for a need; within the tolerance band around ``current`` it is ``current``."""
     if current > 0 and abs(need / current - 1) <= tolerance:
@@ -238,6 +246,9 @@ def recommend(
     missing = len(silent)
     current = obs.replicas
     sigs = signals(usable, spec.targets)
+    routed = _routed(obs.router)
+    if routed is not None and routed > sigs[0].value:  # the same count, seconds fresh, not a scrape late
+        sigs[0] = Signal("concurrency", routed, sigs[0].target, " (as the router counts it now)")
     conc = sigs[0].value
     if slo is not None:  # the SLO plan replaces the concurrency target; KV usage stays as a cap
         sigs[0] = Signal("slo", slo.need, 1.0)
@@ -435,7 +446,11 @@ def decide(obs: Observation, spec: api.AutoscalingSpec, state: State, now: datet
         arrivals = None if first else before.arrivals
         return _stamp_scale_times(_at_zero(obs, spec, state, now, arrivals), current, now)
     traffic = combine(s.traffic for s in usable.values() if s.traffic is not None)
-    slo = _slo_plan(obs, spec, usable, traffic, state, now)
+    fresh = None
+    if traffic is not None:
+        fresh, dispersion = surge.of(obs.router, before, now, traffic.requests_per_second)
+        state = replace(state, idle=replace(state.idle, dispersion=dispersion))
+    slo = _slo_plan(obs, spec, usable, traffic, state, now, fresh)
     if slo is not None:
         state = replace(state, plan=slo.state)
     need = recommend(obs, spec, usable, traffic, slo)
@@ -553,8 +568,10 @@ def _slo_plan(
     traffic: Traffic | None,
     state: State,
     now: datetime,
+    fresh: surge.Surge | None = None,
 ) -> Plan | None:
-    """SLO mode's plan from the ready pods' traffic, or None (no SLO, or no traffic yet)."""
+    """SLO mode's plan from the ready pods' traffic (and a surge the router saw since), or None (no
+    SLO, or no traffic yet)."""
     if spec.slo is None:
         return None
     waiting = sum(s.waiting for s in usable.values())
@@ -562,7 +579,18 @@ def _slo_plan(
     ready, kv, target = len(obs.ready_pods), kv_usages(usable), spec.targets.kv_cache_usage
     running = sum(s.running for s in usable.values())
     return plan(
-        traffic, ready, spec.slo, seed, state.plan, now, obs.cold_starts, waiting, kv, target, running
+        traffic,
+        ready,
+        spec.slo,
+        seed,
+        state.plan,
+        now,
+        obs.cold_starts,
+        waiting,
+        kv,
+        target,
+        running,
+        surge=fresh,
     )
 
 

@@ -31,7 +31,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from qwen_router.hold import Full, Hold
-from qwen_router.picker import Picker, prefix_of
+from qwen_router.picker import CHARS_PER_TOKEN, Pending, Picker, prefix_of
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +324,8 @@ class Router:
             if attempt:
                 self.metrics.retries.inc()
             engine.outstanding += 1
+            # Its prompt counts as work ahead of the engine's next first token until a byte comes back.
+            pending = Pending(engine, len(body) // CHARS_PER_TOKEN)
             self.metrics.in_flight.labels(engine.name).inc()
             try:
                 async with self._session.request(
@@ -331,12 +333,13 @@ class Router:
                     data=body or None, headers=self._headers(request), allow_redirects=False,
                 ) as upstream:  # fmt: skip
                     self.metrics.picks.labels(pick.reason).inc()
-                    return await self._relay(request, upstream, arrived, response)
+                    return await self._relay(request, upstream, arrived, response, pending)
             except aiohttp.ClientConnectorError as exc:  # nothing reached the engine: safe to try another
                 log.info("engine %s unreachable (%s); trying another", engine.name, type(exc).__name__)
                 continue
             finally:
                 engine.outstanding -= 1
+                pending.done()
                 self.metrics.in_flight.labels(engine.name).dec()
         message = "no ready engine could be reached"
         if response is not None:
@@ -350,6 +353,7 @@ class Router:
         upstream: aiohttp.ClientResponse,
         arrived: float,
         response: web.StreamResponse | None,
+        pending: Pending,
     ) -> web.StreamResponse:
         first = True
         if response is not None and upstream.status >= 400:  # a held stream: its 200 is already sent
@@ -363,6 +367,7 @@ class Router:
         async for chunk in upstream.content.iter_any():
             if first:
                 self.metrics.ttft.observe(time.monotonic() - arrived)
+                pending.done()
                 first = False
             await response.write(chunk)
         await response.write_eof()

@@ -428,6 +428,7 @@ async def routed(
 ) -> AsyncIterator[tuple[PodPlayer, Any, str]]:
     """The pods played as above, and a real router (qwen_router) on the router pod's address."""
     from aiohttp import web
+
     from qwen_router.app import Config, Router
 
     router = Router(Config(hold_seconds=60, keepalive_seconds=0.2))

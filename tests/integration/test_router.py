@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+
 from qwen_router.app import Config, Router
 
 pytestmark = pytest.mark.timeout(60)
@@ -27,11 +28,13 @@ class Engine:
     status: int = 200
     seen: list[dict[str, Any]] = field(default_factory=list)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    reached: asyncio.Event = field(default_factory=asyncio.Event)  # a request came
     url: str = ""
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.seen.append({"body": body, "headers": dict(request.headers), "path": request.path_qs})
+        self.reached.set()
         if self.status != 200:
             return web.json_response({"error": {"message": "engine says no"}}, status=self.status)
         if not body.get("stream"):
@@ -123,8 +126,7 @@ async def test_a_stream_comes_through_as_the_engine_writes_it(
             assert (await resp.json())["data"][0]["id"] == "qwen"
     assert engine.seen[0]["path"] == "/v1/chat/completions?x=1"
     metrics = await _metrics(url)
-    assert 'qwen_router_picks_total{reason="prefix"} 1.0' in metrics
-    assert 'qwen_router_picks_total{reason="least"} 1.0' in metrics
+    assert 'qwen_router_picks_total{reason="least"} 2.0' in metrics, "a new prefix, and /v1/models"
 
 
 async def test_requests_are_held_until_an_engine_is_ready_with_keepalives_for_streams(
@@ -259,7 +261,6 @@ async def test_the_router_follows_the_engines_endpoint_slices(emulator: Any) -> 
     """The watcher lists and watches the engines' Service's EndpointSlices on the emulated API: ready
     endpoints only, across slices, as they change."""
     from qwen_router.endpoints import watch_slices
-
     from qwen_tools.emulator import ENDPOINTSLICES
 
     seen: list[dict[str, str]] = []
@@ -398,7 +399,6 @@ async def test_the_router_reads_each_engine_s_kv_cache_and_sends_new_work_to_the
     """Two engines with one request each in flight; one reports its KV cache 96% full (the real vLLM
     capture under pressure), the other idle: the next request goes to the idle one."""
     from qwen_router.app import kv_usage
-
     from tests.conftest import DATA
 
     pages = {
@@ -431,3 +431,27 @@ async def test_the_router_reads_each_engine_s_kv_cache_and_sends_new_work_to_the
         await runner.cleanup()
         for one in runners:
             await one.cleanup()
+
+
+async def test_a_long_prompt_not_yet_answered_steers_the_next_request_elsewhere(
+    engines: list[Engine], router: tuple[Router, str]
+) -> None:
+    r, url = router
+    slow, streaming = engines
+    slow.delay = 1.0  # answers (its first byte) after a second
+    streaming.chunks, streaming.delay = 30, 0.1
+    async with aiohttp.ClientSession() as client:
+        r.set_engines({"b": streaming.url})
+        async with client.post(f"{url}/v1/chat/completions", json={**CHAT, "stream": True}) as one:
+            await one.content.readline()  # engine b has answered its prompt: one request, none pending
+            r.set_engines({"a": slow.url, "b": streaming.url})
+            long_prompt = {**CHAT, "messages": [{"role": "user", "content": "x" * 40_000}]}
+            long = asyncio.create_task(client.post(f"{url}/v1/chat/completions", json=long_prompt))
+            await slow.reached.wait()
+            assert r.picker.engines["a"].pending >= 10_000, "its prompt is counted until a byte comes back"
+            async with client.post(f"{url}/v1/chat/completions", json=CHAT) as short:
+                assert short.status == 200
+            assert len(streaming.seen) == 2, "one request each, but b has no prompt waiting: b takes it"
+            assert len(slow.seen) == 1
+            (await long).release()
+        assert r.picker.engines["a"].pending == 0

@@ -177,7 +177,7 @@ def test_traffic_keeps_it_up_and_a_schedule_window_may_hold_it_awake() -> None:
 
 def test_the_idle_state_survives_a_restart_through_the_status() -> None:
     """Gaps are kept in the status; idleness counts afresh after a restart (never asleep early)."""
-    gaps = idle.IdleState(T0, 5.0, (400.0, 7200.0))
+    gaps = idle.IdleState(T0, 5.0, gaps=(400.0, 7200.0))
     _, _, decision = run(spec(), ticks=6, state=State(idle=gaps))
     status = scaling_status(api.QwenServiceStatus(), decision, T0.isoformat(), 1, can_sleep=True)
     back = state_from_status(status)
@@ -226,7 +226,7 @@ def test_zero_replicas_need_the_router_and_the_crd_says_so_too() -> None:
 def test_at_zero_the_message_says_when_the_next_request_is_expected() -> None:
     """With past gaps as long as this one, the status names the expected wake time: an hour-long
     gap history, idle for 10 minutes at 09:10 -> about 10:00."""
-    state = State(idle=idle.IdleState(T0, 5.0, (HOUR, HOUR, HOUR, 2 * HOUR)), last_evaluated=T0)
+    state = State(idle=idle.IdleState(T0, 5.0, gaps=(HOUR, HOUR, HOUR, 2 * HOUR)), last_evaluated=T0)
     now = T0 + timedelta(minutes=10)
     decision = decide(replace(seen(0), router=RouterSample(arrivals=5)), spec(), state, now)
     assert decision.reason == Reason.SCALED_TO_ZERO

@@ -182,9 +182,9 @@ def test_the_router_s_own_metrics_are_read_and_anything_else_is_refused() -> Non
     """The router's page as its registry writes it (held, in flight per engine, arrivals); a page
     without them (a vLLM pod's, say) or with a negative or NaN figure is no reading."""
     from prometheus_client import generate_latest
-    from qwen_router.app import Router
 
     from qwen_operator.metrics import parse_router_metrics
+    from qwen_router.app import Router
 
     router = Router()
     router.metrics.arrivals.inc(7)

@@ -1,4 +1,5 @@
-"""The simulator's data plane options: vLLM's prefix cache, prefix-affinity routing, closed-loop clients."""
+"""The simulator's data plane options: vLLM's prefix cache, the routers (a Service, a least-requests
+gateway, our router's own picker) and their holding, closed-loop clients."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from dataclasses import replace
 import pytest
 
 from qwen_operator import cli
-from qwen_tools.sim import policies, score, trace
-from qwen_tools.sim.cluster import Cluster, Settings, simulate
-from qwen_tools.sim.engine import DONE, Engine, Request
+from qwen_router import picker
+from qwen_tools.sim import cluster, policies, score, trace
+from qwen_tools.sim.cluster import Cluster, ColdStart, Settings, simulate
+from qwen_tools.sim.engine import DONE, REJECTED, Engine, Request
 from qwen_tools.sim.gpus import GPUS
 from tests.conftest import DATA
 
@@ -114,7 +116,7 @@ def test_prefix_affinity_keeps_an_application_on_one_pod_and_saves_prefill() -> 
     # 200 applications' system prompts over 8 pods: without affinity, every pod computes each one.
     t = trace.load(SLICE).with_shared_prompts(seed=1)
     fleet = policies.Static(8)
-    affine = simulate(t, fleet, settings(router="prefix", seed=1, max_replicas=8, start_replicas=8))
+    affine = simulate(t, fleet, settings(router="builtin", seed=1, max_replicas=8, start_replicas=8))
     spread = simulate(t, fleet, settings(router="least", seed=1, max_replicas=8, start_replicas=8))
 
     def hit_rate(result: object) -> float:
@@ -133,7 +135,7 @@ def test_prefix_affinity_gives_way_to_a_less_loaded_pod() -> None:
     # One application only: all of it would land on one pod; bounded load spreads it.
     base = trace.load(SLICE)
     one_app = base.with_shared_prompts(seed=1, apps=1, share=1.0)
-    result = simulate(one_app, policies.Static(4), settings(router="prefix", seed=1, warmup=0.0))
+    result = simulate(one_app, policies.Static(4), settings(router="builtin", seed=1, warmup=0.0))
     per_pod = sorted(len(p.engine.finished) for p in result.pods)
     assert per_pod[0] > 0.05 * sum(per_pod), "every pod takes a share when the favourites are loaded"
     assert per_pod[-1] < 0.4 * sum(per_pod), "no pod takes everything"
@@ -168,5 +170,72 @@ def test_simulate_takes_the_data_plane_options(capsys: pytest.CaptureFixture[str
     assert cli.main([*common, "--clients", "20", "--think", "5"]) == 0
     closed = json.loads(capsys.readouterr().out)
     assert 20 <= closed["requests"] < 1445, "twenty clients send what their answers allow, not the trace"
-    assert cli.main([*common, "--router", "prefix", "--shared-prompts", "50"]) == 0
+    assert cli.main([*common, "--router", "builtin", "--shared-prompts", "50"]) == 0
     assert json.loads(capsys.readouterr().out)["requests"] == 1445
+
+
+class _OneReplica:
+    """Asks for one replica at its first evaluation (the fleet starts empty)."""
+
+    name, interval, deletion_cost = "one", 1.0, False
+
+    def desired(self, view: object) -> int:
+        return 1
+
+
+def _from_empty(router: str, requests: int = 10) -> list[Request]:
+    t = trace.Trace("burst", tuple(float(i) for i in range(requests)), (200,) * requests, (10,) * requests)
+    cold = ColdStart(20.0, 21.0)
+    return Cluster(t, _OneReplica(), replace(Settings(A10G, 0, 1, 0, router, cold_start=cold))).run().requests
+
+
+def test_a_service_refuses_what_arrives_with_no_pod_ready_and_a_router_holds_it() -> None:
+    assert {r.outcome for r in _from_empty("random")} == {REJECTED}, "nothing behind the Service"
+    for router in ("least", "builtin"):
+        held = _from_empty(router)
+        assert {r.outcome for r in held} == {DONE}, router
+        assert min(r.ttft for r in held if r.ttft is not None) > 10, "answered once the pod was ready"
+
+
+def test_the_builtin_router_holds_up_to_its_queue_size_then_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cluster, "HOLD_QUEUE", 3)
+    outcomes = Counter(r.outcome for r in _from_empty("builtin"))
+    assert outcomes == {DONE: 3, REJECTED: 7}
+
+
+def test_the_builtin_router_routes_with_the_routers_own_picker(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One application's system prompt: the picker sends it to its favourite within the load bound; with
+    # the bound made loose, the favourite takes everything: the simulation follows the router's code.
+    t = trace.load(SLICE).with_shared_prompts(seed=1, apps=1, share=1.0, tokens=(2000, 2000))
+    tight = simulate(t, policies.Static(4), settings(router="builtin", seed=1, warmup=0.0))
+    real = picker.Picker
+    monkeypatch.setattr(picker, "Picker", lambda: real(bound=100.0))
+    loose = simulate(t, policies.Static(4), settings(router="builtin", seed=1, warmup=0.0))
+    busiest = [max(len(p.engine.finished) for p in r.pods) / len(r.requests) for r in (tight, loose)]
+    assert busiest[0] < 0.4 < 0.8 < busiest[1]  # (prompts shorter than the name stay spread)
+
+
+class _Recorder:
+    """Keeps one replica and records what each evaluation saw of the router."""
+
+    name, interval, deletion_cost = "recorder", 15.0, False
+
+    def __init__(self) -> None:
+        self.seen: list[object] = []
+
+    def desired(self, view: policies.View) -> int:
+        self.seen.append(view.router)
+        return 1
+
+
+def test_the_scaler_reads_the_builtin_routers_counts_as_it_would_its_metrics() -> None:
+    t = trace.load(SLICE)
+    behind = _Recorder()
+    simulate(t, behind, settings(router="builtin", seed=1, warmup=0.0, start_replicas=1))
+    counts = [r.arrivals for r in behind.seen]  # type: ignore[attr-defined]
+    assert counts == sorted(counts), "a counter"
+    assert counts[-1] == len(t)
+    assert any(r.in_flight > 0 for r in behind.seen)  # type: ignore[attr-defined]
+    service = _Recorder()
+    simulate(t, service, settings(router="random", seed=1, warmup=0.0, start_replicas=1))
+    assert set(service.seen) == {None}, "a Service has no metrics of its own"

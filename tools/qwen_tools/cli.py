@@ -16,7 +16,7 @@ from qwen_operator import api, validation
 from qwen_operator.cli import documents
 from qwen_tools import install
 from qwen_tools.sim import policies, report, run, score, trace
-from qwen_tools.sim.cluster import COLD_STARTS
+from qwen_tools.sim.cluster import COLD_STARTS, ROUTERS
 from qwen_tools.sim.gpus import GPUS
 
 
@@ -143,9 +143,10 @@ def add_simulate(sub: Any) -> None:
     sm.add_argument("--max", type=int, default=5, help="maxReplicas (without --spec)")
     sm.add_argument(
         "--router",
-        choices=["random", "least", "prefix"],
+        choices=ROUTERS,
         default="random",
-        help="how requests pick a pod: random (a Service), least outstanding requests, or prefix affinity",
+        help="how requests reach a pod: random (a Service), least (a least-requests gateway) or builtin "
+        "(spec.routing.mode Builtin: our router's picking and holding)",
     )
     sm.add_argument(
         "--shared-prompts",

@@ -88,7 +88,7 @@ SCENARIOS = (
         "a10g",
         "conv2x2+shared",
         max_replicas=10,
-        router="prefix",
+        router="builtin",
         calibration="drawn",
         burn_in=BURN_IN,
     ),
@@ -246,11 +246,14 @@ SHARED_SOURCES = (
     "qwen_tools/sim/trace.py",
     "qwen_tools/sim/tune.py",
     "qwen_operator/traffic.py",
+    "qwen_router/picker.py",
 )
 OURS_SOURCES = (
     "qwen_operator/api.py",
     "qwen_operator/gpu_targets.py",
+    "qwen_operator/idle.py",
     "qwen_operator/planner.py",
+    "qwen_operator/surge.py",
     "qwen_operator/scaling.py",
     "qwen_operator/perf",
 )
@@ -272,12 +275,14 @@ def fingerprint(kind: str = "ours") -> str:
     """The digest of what runs of ``kind`` depend on: after a change to the scaler, only our policies'
     runs are made again; after one to a peer, only the peers'."""
     import qwen_operator
+    import qwen_router
     import qwen_tools
 
     digest = hashlib.sha256()
     roots = {
         "qwen_tools": Path(qwen_tools.__file__).parent,
         "qwen_operator": Path(qwen_operator.__file__).parent,
+        "qwen_router": Path(qwen_router.__file__).parent,
     }
     for name in sources_of(kind):
         package, _, rest = name.partition("/")
@@ -484,9 +489,12 @@ def _mean(values: Any) -> float:
     return sum(clean) / len(clean) if clean else math.nan
 
 
-def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def aggregate(
+    runs: Sequence[Mapping[str, Any]], scenarios: Sequence[Scenario] = (*SCENARIOS, *QUICK)
+) -> dict[str, Any]:
     """Per scenario: each policy's crossing (per seed, then a 95% interval), its scores at the tuned
     setting, its share of the static pool sized for the peak, the references, and the verdicts."""
+    gpus = {s.name: s.gpu for s in scenarios}
     out: dict[str, Any] = {}
     for name in dict.fromkeys(r["scenario"] for r in runs):
         refs = {r["seed"]: r for r in runs if r["scenario"] == name and r["kind"] == "references"}
@@ -540,7 +548,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 ],
             }
         out[name] = {
-            "gpu": next(s.gpu for s in (*SCENARIOS, *QUICK) if s.name == name),
+            "gpu": gpus[name],
             "seeds": seeds,
             "cards": {str(s): refs[s]["card"] for s in seeds},
             "requests": refs[seeds[0]]["requests"],

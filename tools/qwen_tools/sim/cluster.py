@@ -12,12 +12,13 @@ from __future__ import annotations
 import heapq
 import math
 import random
-import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from qwen_tools.sim.engine import KILLED, TIMEOUT, Engine, Request
+from qwen_operator.idle import RouterSample
+from qwen_router import picker
+from qwen_tools.sim.engine import KILLED, REJECTED, TIMEOUT, Engine, Request
 from qwen_tools.sim.gpus import GPU
 from qwen_tools.sim.policies import Policy, Sample, View
 from qwen_tools.sim.trace import Trace
@@ -150,7 +151,7 @@ class Settings:
     min_replicas: int = 1
     max_replicas: int = 5
     start_replicas: int = 1
-    router: str = "random"  # a Service; "least": least outstanding requests; "prefix": prefix affinity
+    router: str = "random"  # see ROUTERS
     scrape_interval: int = 15
     cold_start: ColdStart = field(default_factory=ColdStart)
     grace_seconds: float = 150.0  # terminationGracePeriodSeconds of the rendered Deployment
@@ -170,9 +171,19 @@ class Settings:
     think: float = 10.0
 
 
-# Prefix affinity: a request goes to its prefix's first choice (rendezvous hashing over the ready pods)
-# unless that pod holds more than this many times the mean outstanding requests (bounded load).
-AFFINITY_BOUND = 1.25
+# How requests reach the pods:
+# - "random": a Kubernetes Service (kube-proxy picks a ready pod at random; with none ready the
+#   connection is refused: the request fails at once);
+# - "least": a gateway that sends each request to the pod with the fewest outstanding and holds
+#   requests while no pod is ready (as Knative's activator or a peer's gateway does);
+# - "builtin": spec.routing.mode Builtin, our router's own picking code (qwen_router.picker: prefix
+#   affinity with bounded load, else least loaded weighted by KV use) and its bounded hold queue.
+ROUTERS = ("random", "least", "builtin")
+HOLD_QUEUE = 1000  # the builtin router's spec.routing.router.queueSize default: past it, 429
+# The router names a request's prefix by its prompt's first PREFIX_CHARS characters: at ~4 characters
+# a token, a shared system prompt names it when it is at least this many tokens long; a shorter one is
+# followed by the request's own text, which makes the name unique to the request.
+PREFIX_TOKENS = picker.PREFIX_CHARS // 4
 
 
 class Cluster:
@@ -190,7 +201,10 @@ class Cluster:
         self.pods: list[Pod] = []
         self.live: list[Pod] = []
         self.replicas = settings.start_replicas
-        self.gateway: deque[Request] = deque()  # requests waiting for any ready pod
+        if settings.router not in ROUTERS:
+            raise ValueError(f"unknown router {settings.router!r}; choose from {', '.join(ROUTERS)}")
+        self.gateway: deque[Request] = deque()  # requests held for a ready pod (not with "random")
+        self.picker = picker.Picker()
         self.requests: list[Request] = []
         self.actions: list[tuple[float, int, int]] = []
         self.timeline: list[Point] = []
@@ -297,18 +311,43 @@ class Cluster:
         self.requests.append(req)
         ready = self._ready_pods(req.arrival)
         if not ready:
-            self.gateway.append(req)
+            self._hold(req)
             return
-        if self.s.router == "least" or (self.s.router == "prefix" and not req.prefix):
-            for p in ready:
-                p.engine.advance(req.arrival)
-            pod = min(ready, key=lambda p: (p.engine.num_running + p.engine.num_waiting, p.name))
-        elif self.s.router == "prefix":
-            pod = _affine(ready, req)
-        else:
+        if self.s.router == "random":
             pod = self.route_rng.choice(ready)
             pod.engine.advance(req.arrival)
+        else:
+            pod = self._pick(ready, req, req.arrival)
         pod.engine.add(req)
+
+    def _pick(self, ready: list[Pod], req: Request, now: float) -> Pod:
+        """The least loaded pod ("least"), or the one our router's picker chooses, knowing what it
+        knows of each engine: its requests outstanding and its KV-cache use."""
+        for p in ready:
+            p.engine.advance(now)
+        if self.s.router == "least":
+            return min(ready, key=lambda p: (p.engine.num_running + p.engine.num_waiting, p.name))
+        by_name = {p.name: p for p in ready}
+        self.picker.update(dict.fromkeys(by_name, ""))
+        for name, engine in self.picker.engines.items():
+            e = by_name[name].engine
+            engine.outstanding = e.num_running + e.num_waiting
+            engine.kv = e.kv_usage
+            engine.pending = sum(r.prompt for r in (*e.waiting, *e.running) if r.first_token is None)
+        shared = req.prefix and req.prefix_len >= PREFIX_TOKENS
+        choice = self.picker.pick(prefix=f"app-{req.prefix}" if shared else f"request-{req.id}")
+        assert choice is not None
+        return by_name[choice.engine.name]
+
+    def _hold(self, req: Request) -> None:
+        """No pod is ready: a Service refuses the connection; a router or gateway holds the request
+        (the builtin router up to its queue size, then 429)."""
+        full = self.s.router == "builtin" and len(self.gateway) >= HOLD_QUEUE
+        if self.s.router == "random" or full:
+            req.outcome = REJECTED
+            self._ended(req, req.arrival)
+            return
+        self.gateway.append(req)
 
     def _flush_gateway(self, now: float) -> None:
         while self.gateway:
@@ -322,9 +361,7 @@ class Cluster:
             if not ready:
                 return
             self.gateway.popleft()
-            pod = min(ready, key=lambda p: p.engine.num_running + p.engine.num_waiting)
-            pod.engine.advance(now)
-            pod.engine.add(req)
+            self._pick(ready, req, now).engine.add(req)
 
     # ------------------------------------------------------------------------------ the loop
 
@@ -458,12 +495,21 @@ class Cluster:
             {p.name: p.sample for p in ready if p.sample is not None},
             self.s.gpu.max_num_seqs,
             tuple(p.ready_at - p.created for p in ready),
+            self._router_sample(),
         )
         desired = self.policy.desired(view)
         if desired != self.replicas:
             self.actions.append((now, self.replicas, desired))
             self.replicas = desired
         self._scale(now, self.replicas)
+
+    def _router_sample(self) -> RouterSample | None:
+        """Our router's own metrics, read as the scaler reads them (each evaluation, not scraped):
+        requests held, requests at the pods, and its arrivals counter."""
+        if self.s.router != "builtin":
+            return None
+        at_pods = sum(p.engine.num_running + p.engine.num_waiting for p in self.live)
+        return RouterSample(float(len(self.gateway)), float(at_pods), float(self._next), routers=1)
 
     def _record(self, now: float, arrivals: int) -> None:
         ready = [p for p in self.live if p.ready(now)]
@@ -479,17 +525,6 @@ class Cluster:
                 sum(p.engine.kv_usage for p in ready) / len(ready) if ready else 0.0,
             )
         )
-
-
-def _affine(ready: list[Pod], req: Request) -> Pod:
-    """Prefix affinity with bounded load: the pods in the prefix's rendezvous-hash order, the first one
-    whose outstanding requests stay within ``AFFINITY_BOUND`` x the mean (one more counted)."""
-    for p in ready:
-        p.engine.advance(req.arrival)
-    loads = {p.name: p.engine.num_running + p.engine.num_waiting for p in ready}
-    bound = math.ceil(AFFINITY_BOUND * (sum(loads.values()) + 1) / len(ready))
-    order = sorted(ready, key=lambda p: zlib.crc32(f"{p.name}/{req.prefix}".encode()))
-    return next((p for p in order if loads[p.name] + 1 <= bound), min(order, key=lambda p: loads[p.name]))
 
 
 def simulate(trace: Trace, policy: Policy, settings: Settings) -> Result:

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from qwen_operator import api, scaling
 from qwen_operator.gpu_targets import default_concurrency, seed_capacity
+from qwen_operator.idle import RouterSample
 from qwen_operator.traffic import TRAFFIC_WINDOW_SECONDS, Totals, Traffic
 from qwen_tools.sim import peers
 
@@ -41,6 +42,7 @@ class View:
     samples: Mapping[str, Sample]  # latest scrape per ready pod (absent until the first scrape)
     max_num_seqs: int
     starts: tuple[float, ...] = ()  # seconds from creation to ready of the ready pods
+    router: RouterSample | None = None  # what our router's /metrics says now (routing "builtin")
 
     def fresh(self) -> list[Sample]:
         return [self.samples[p] for p in self.ready if p in self.samples]
@@ -291,6 +293,7 @@ class Ours:
                 if pod in view.ready
             },
             cold_starts=view.starts,
+            router=view.router,
         )
 
     def desired(self, view: View) -> int:
