@@ -87,7 +87,7 @@ image-loadtest: ## Build the load kit's image for in-cluster runs (examples/load
 demo: $(STAMP) ## The real operator scaling simulated vLLM pods on an embedded Kubernetes API (~2.5 min)
 	$(PY) -m qwen_tools.demo
 
-bench: $(STAMP) ## The held-out benchmark (8 scenarios x 5 tuned policies x 4 seeds, each compared where it crosses the SLO; runs cached in bench/.cache), then the operator at 10 and 1,000 services -> bench/results/
+bench: $(STAMP) ## The held-out benchmark (9 scenarios x 5 tuned policies x 4 seeds, each compared where it crosses the SLO; runs cached in bench/.cache), then the operator at 10 and 1,000 services -> bench/results/
 	$(PY) -m qwen_tools.sim.bench --traces bench/traces --out bench/results --docs docs/benchmark.md
 	$(PY) bench/operator_scale.py --services 10,1000 --interval 5
 
