@@ -177,7 +177,7 @@ class Settings:
 # - "least": a gateway that sends each request to the pod with the fewest outstanding and holds
 #   requests while no pod is ready (as Knative's activator or a peer's gateway does);
 # - "builtin": spec.routing.mode Builtin, our router's own picking code (qwen_router.picker: prefix
-#   affinity with bounded load, else least loaded weighted by KV use) and its bounded hold queue.
+#   affinity with bounded load, else the least prompt work pending) and its bounded hold queue.
 ROUTERS = ("random", "least", "builtin")
 HOLD_QUEUE = 1000  # the builtin router's spec.routing.router.queueSize default: past it, 429
 # The router names a request's prefix by its prompt's first PREFIX_CHARS characters: at ~4 characters
@@ -322,7 +322,8 @@ class Cluster:
 
     def _pick(self, ready: list[Pod], req: Request, now: float) -> Pod:
         """The least loaded pod ("least"), or the one our router's picker chooses, knowing what it
-        knows of each engine: its requests outstanding and its KV-cache use."""
+        knows of each engine: its requests outstanding, the prompt tokens of those without a first
+        token yet (the router estimates them from the requests' sizes) and its KV-cache use."""
         for p in ready:
             p.engine.advance(now)
         if self.s.router == "least":
