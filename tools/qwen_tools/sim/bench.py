@@ -164,6 +164,15 @@ KNOBS: dict[str, Knob] = {
 }
 
 
+def load_pinned(folder: Path, source: str) -> trace.Trace:
+    """A published trace (``TRACES``) from ``folder``, refused unless it is the pinned file."""
+    file, digest = TRACES[source]
+    path = folder / file
+    if trace.sha256(path) != digest:
+        raise SystemExit(f"{path}: sha256 differs from the pinned {digest}")
+    return trace.load(path, source)
+
+
 def build_trace(name: str, folder: Path, seed: int) -> trace.Trace:
     """``conv2`` (the conversation trace's second half), ``conv2x2`` (played twice), ``code``, or a
     variant ``conv2-<variant>``; ``+shared`` adds applications' system prompts (with_shared_prompts)."""
@@ -175,12 +184,7 @@ def build_trace(name: str, folder: Path, seed: int) -> trace.Trace:
     base_name, _, variant = name.partition("-")
     looped = base_name == "conv2x2"
     base_name = "conv2" if looped else base_name
-    source = "conv" if base_name == "conv2" else base_name
-    file, digest = TRACES[source]
-    path = folder / file
-    if trace.sha256(path) != digest:
-        raise SystemExit(f"{path}: sha256 differs from the pinned {digest}")
-    base = trace.load(path, source)
+    base = load_pinned(folder, "conv" if base_name == "conv2" else base_name)
     if base_name == "conv2":
         base = base.window(base.duration / 2, base.duration / 2 + 1)
     if looped:
@@ -805,17 +809,23 @@ def jobs_for(
     return jobs
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qwen_tools.sim.bench", description=__doc__)
+def run_arguments(parser: argparse.ArgumentParser, policies: Sequence[str]) -> None:
+    """The options of a held-out run (``make bench``, ``make bench-routing``): where the traces, the
+    tuned settings, the outputs and the cache are, how many seeds and workers, which policies."""
     parser.add_argument("--traces", default="bench/traces", type=Path)
     parser.add_argument("--out", default="bench/results", type=Path)
     parser.add_argument("--tuned", default=None, type=Path, help="tuned settings (default: OUT/tuned.json)")
     parser.add_argument("--seeds", type=int, default=4, help=f"how many of {SCORING_SEEDS}")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--policies", default=",".join(policies), help="comma-separated policies")
+    parser.add_argument("--cache", default=str(CACHE), help="where runs are kept ('' for none)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qwen_tools.sim.bench", description=__doc__)
+    run_arguments(parser, POLICIES)
     parser.add_argument("--quick", action="store_true", help="one 15-minute scenario (for tests)")
     parser.add_argument("--only", help="run only scenarios whose name contains this")
-    parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated policies")
-    parser.add_argument("--cache", default=str(CACHE), help="where runs are kept ('' for none)")
     parser.add_argument(
         "--from-json",
         type=Path,

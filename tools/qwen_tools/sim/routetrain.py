@@ -39,17 +39,14 @@ LONG_SECONDS = 1800.0
 OURS = {"ttft": 3.0, "stabilization": 300}  # tuned.json's a10g setting for ours, kept here for the record
 
 
-def _first_half(traces: Path, seed: int) -> trace.Trace:
-    file, digest = bench.TRACES["conv"]
-    path = traces / file
-    if trace.sha256(path) != digest:
-        raise SystemExit(f"{path}: sha256 differs from the pinned {digest}")
-    return tune.training_traces(trace.load(path, "conv"), seed)["conv-first-half"]
+def _training(traces: Path, seed: int) -> dict[str, trace.Trace]:
+    """The tuning's training traces (the conversation trace's first half, the ramp built from it)."""
+    return tune.training_traces(bench.load_pinned(traces, "conv"), seed)
 
 
 def picking(job: tuple[Path, int, str, int, str]) -> dict[str, Any]:
     traces, seed, kind, size, router = job
-    first = _first_half(traces, seed)
+    first = _training(traces, seed)["conv-first-half"]
     requests = (
         trace.long_prompts(first, LONG_SECONDS, seed) if kind == "long" else first.with_shared_prompts(seed)
     )
@@ -65,13 +62,19 @@ def picking(job: tuple[Path, int, str, int, str]) -> dict[str, Any]:
 def surging(job: tuple[Path, int, str, bool]) -> dict[str, Any]:
     traces, seed, kind, on = job
     surge.SURGE_Z = 3.0 if on else float("inf")  # this worker's runs only
-    first = _first_half(traces, seed)
+    training = _training(traces, seed)
     if kind == "steps":
         requests = trace.flash_crowd(
-            first, 3600, seed, base_level=0.5, spike=2.0, spike_seconds=(600, 900), gap_seconds=(600, 900)
+            training["conv-first-half"],
+            3600,
+            seed,
+            base_level=0.5,
+            spike=2.0,
+            spike_seconds=(600, 900),
+            gap_seconds=(600, 900),
         )
     else:
-        requests = tune.training_traces(trace.load(traces / bench.TRACES["conv"][0], "conv"), seed)[kind]
+        requests = training[kind]
     scenario = Scenario("train-a10g", "a10g", max_replicas=tune.MAX_REPLICAS, router="builtin")  # as tune.py
     policy = tune.configured("ours", 1, tune.MAX_REPLICAS, OURS, scenario.model.product)
     result = Cluster(requests, policy, scenario.settings(seed, start_replicas(requests, scenario))).run()
@@ -80,30 +83,27 @@ def surging(job: tuple[Path, int, str, bool]) -> dict[str, Any]:
     return {"test": "surge", "trace": kind, "seed": seed, "surge": on, **scores}
 
 
-def _run(job: tuple[Any, ...]) -> dict[str, Any]:
-    return picking(job) if len(job) == 5 else surging(job)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qwen_tools.sim.routetrain", description=__doc__)
     parser.add_argument("--traces", default="bench/traces", type=Path)
     parser.add_argument("--out", default="bench/results", type=Path)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args(argv)
-    jobs: list[tuple[Any, ...]] = [
+    picks = [
         (args.traces, seed, kind, size, router)
         for seed in SEEDS
         for kind in ("long", "shared")
         for size in STATIC_SIZES
         for router in ROUTERS
     ]
-    jobs += [
+    surges = [
         (args.traces, seed, kind, on)
         for seed in SEEDS
         for kind in ("conv-first-half", "ramp-0.5-2x", "steps")
         for on in (False, True)
     ]
-    runs = tune.in_pool(_run, jobs, args.workers, every=20)
+    runs = tune.in_pool(picking, picks, args.workers, every=20)
+    runs += tune.in_pool(surging, surges, args.workers, every=20)
     for r in runs:
         print(json.dumps(r))
     args.out.mkdir(parents=True, exist_ok=True)

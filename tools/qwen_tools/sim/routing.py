@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -108,10 +107,6 @@ def summarize(runs: Sequence[Mapping[str, Any]], chosen: Sequence[Scenario]) -> 
     return out
 
 
-def _fmt(m: Mapping[str, float], digits: int = 2, pct: bool = False) -> str:
-    return bench._fmt(m, digits, pct)
-
-
 def _ratio(r: Mapping[str, Any] | None) -> str:
     if r is None:
         return "n/a"
@@ -154,7 +149,7 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
             pool = row["static_pool"]
             cells = [
                 router,
-                f"{pool['replicas']} replicas, {_fmt(pool['gpu_hours'])} GPU-h",
+                f"{pool['replicas']} replicas, {bench._fmt(pool['gpu_hours'])} GPU-h",
                 _ratio(row["vs_service"]["references"]),
             ]
             for p in kinds:
@@ -165,16 +160,16 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
                 seeds, at = len(sc["seeds"]), st["at_tuned"]
                 crossed = st["crossed_on_seeds"] == seeds
                 cells += [
-                    _fmt(st["gpu_hours_at_slo"])
+                    bench._fmt(st["gpu_hours_at_slo"])
                     if crossed
                     else f"did not cross on {seeds - st['crossed_on_seeds']}/{seeds} seeds: "
                     + "; ".join(st["why_not"]),
                     _ratio(row["vs_service"].get(p)),
                     ", ".join(
                         (
-                            _fmt(at["slo_attainment"], pct=True),
-                            _fmt(at["gpu_hours"]),
-                            _fmt(at["ttft_p99_s"], 1),
+                            bench._fmt(at["slo_attainment"], pct=True),
+                            bench._fmt(at["gpu_hours"]),
+                            bench._fmt(at["ttft_p99_s"], 1),
                         )
                     ),
                 ]
@@ -198,14 +193,8 @@ def _scenarios_of(meta: Mapping[str, Any]) -> dict[str, Scenario]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qwen_tools.sim.routing", description=__doc__)
-    parser.add_argument("--traces", default="bench/traces", type=Path)
-    parser.add_argument("--out", default="bench/results", type=Path)
-    parser.add_argument("--tuned", default=None, type=Path, help="tuned settings (default: OUT/tuned.json)")
-    parser.add_argument("--seeds", type=int, default=4, help=f"how many of {bench.SCORING_SEEDS}")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    bench.run_arguments(parser, POLICIES)
     parser.add_argument("--only", help="run only scenarios whose label contains this")
-    parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated policies")
-    parser.add_argument("--cache", default=str(bench.CACHE), help="where runs are kept ('' for none)")
     parser.add_argument(
         "--from-json",
         type=Path,
