@@ -56,6 +56,8 @@ ROUTER_PORT = 8000
 # The Gateway API Inference Extension's endpoint picker (routing.mode InferencePool): the last release of
 # its upstream chart (config/charts/inferencepool, v1.5.0); the EPP has since moved to llm-d-router.
 DEFAULT_ENDPOINT_PICKER_IMAGE = "registry.k8s.io/gateway-api-inference-extension/epp:v1.5.0"
+# The image pre-pull DaemonSet's container that holds each pod (engine.prePullImage).
+DEFAULT_PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 
 # Flags the operator sets itself, by vLLM's option dest; repeating them in extraArgs would make two
 # sources of truth (or, for the API key, a way around the Secret). vllm_flags lists every spelling
@@ -83,6 +85,15 @@ MANAGED_FLAGS = (
     "enable_auto_tool_choice",
     "tool_call_parser",
 )
+# --load-format: managed only while spec.engine.loadFormat is set (objects that pass it in extraArgs keep
+# working).
+LOAD_FORMAT_FLAG = ("load_format",)
+# vLLM 0.32's model loaders (vllm.model_executor.model_loader) that read weights faster from a shared
+# volume or an object store, and the default; the e2e checks that vLLM's parser and loader registry
+# accept each one. Each needs its package in the serving image (runai-model-streamer, fastsafetensors,
+# instanttensor).
+LoadFormat = Literal["auto", "safetensors", "fastsafetensors", "instanttensor", "runai_streamer"]
+LOAD_FORMATS: tuple[str, ...] = get_args(LoadFormat)
 # Environment variables the operator sets itself.
 MANAGED_ENV = ("VLLM_API_KEY", "HF_TOKEN", "HF_HOME", "HOME", "USER", "VLLM_NO_USAGE_STATS")
 
@@ -377,6 +388,12 @@ class EngineSpec(_Model):
                 "extraArgs must not set flags the operator manages or --config (use the spec's fields): "
                 + ", ".join(vllm_flags.canonical(MANAGED_FLAGS)),
             ),
+            (
+                "!has(self.loadFormat) || !has(self.extraArgs) || self.extraArgs.all(a, !a.matches('"
+                + vllm_flags.managed_pattern(LOAD_FORMAT_FLAG)
+                + "'))",
+                "extraArgs must not set --load-format when loadFormat is set",
+            ),
         )
     )
     image: str = Field(
@@ -424,7 +441,25 @@ class EngineSpec(_Model):
         description="--shutdown-timeout: how long vLLM drains in-flight requests on SIGTERM.",
     )
     startup_timeout_seconds: int = Field(
-        default=1800, ge=60, le=14400, description="How long a pod may take to load the model before restart."
+        default=1800,
+        ge=60,
+        le=14400,
+        description="How long a pod's engine may take to serve before the kubelet restarts it; raised (in"
+        " steps, never lowered by itself) to over 3x the longest engine start measured lately when one"
+        " took more than a third of it (status.startup.startupProbeSeconds).",
+    )
+    load_format: LoadFormat | None = Field(
+        default=None,
+        description="--load-format: how vLLM reads the weights: fastsafetensors (GPU direct reads of"
+        " safetensors), instanttensor (CUDA, pipelined direct I/O), runai_streamer (Run:ai Model"
+        " Streamer: concurrent reads, good on network volumes and object stores). The serving image"
+        " must include the loader's package. Unset: vLLM's default.",
+    )
+    pre_pull_image: bool = Field(
+        default=False,
+        description="Pull the serving image ahead on every node the pods may land on (a DaemonSet that"
+        " matches spec.scheduling and runs nothing), so a replica on such a node starts without pulling"
+        " it. Reported in the ImagePrePulled condition; it never holds serving back.",
     )
     extra_args: list[str] = Field(
         default_factory=list,
@@ -1473,6 +1508,43 @@ Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "Invalid"]
 PHASES: tuple[str, ...] = get_args(Phase)
 
 
+class StartupPhases(_Model):
+    """Seconds of a pod's cold start, by phase (a phase whose ends the API did not record is absent)."""
+
+    node: float | None = Field(default=None, description="Created to scheduled: waiting for a node.")
+    init: float | None = Field(default=None, description="Scheduled to initialized: the init containers.")
+    image: float | None = Field(default=None, description="To the engine container's start: the image pull.")
+    engine: float | None = Field(
+        default=None, description="Container start to Ready: weights, compilation, the server up."
+    )
+    total: float | None = Field(default=None, description="Created to Ready.")
+
+
+class StartupSample(StartupPhases):
+    pod: str = Field(max_length=253)
+    uid: str = Field(max_length=64)
+    ready_at: Timestamp
+
+
+class StartupStatus(_Model):
+    """Where the service's pods' cold starts went, from the pods' own timestamps."""
+
+    pods: int = Field(default=0, description="Pods measured since the service was created.")
+    last: StartupPhases = Field(default_factory=StartupPhases, description="The latest pod's phases.")
+    p90: StartupPhases = Field(
+        default_factory=StartupPhases, description="Each phase's 90th percentile over the recent pods."
+    )
+    startup_probe_seconds: int | None = Field(
+        default=None,
+        description="The engine's start-up budget the startup probe gives (spec.engine.startupTimeoutSeconds,"
+        " raised after a measured start longer than a third of it; never lowered by itself).",
+    )
+    budget_base: int | None = Field(
+        default=None, description="The startupTimeoutSeconds the raised budget was measured against."
+    )
+    recent: list[StartupSample] = Field(default_factory=list, max_length=64)
+
+
 class QwenServiceStatus(_Model):
     model_config = ConfigDict(extra="ignore")
     phase: Phase | None = None
@@ -1482,6 +1554,7 @@ class QwenServiceStatus(_Model):
     desired_replicas: int | None = Field(default=None, description="Replicas the operator asks for.")
     last_scale_time: Timestamp | None = Field(default=None, description="When replicas last changed.")
     autoscaling: AutoscalingStatus | None = None
+    startup: StartupStatus | None = None
     observed_generation: int | None = None
     endpoint: str | None = Field(default=None, description="In-cluster OpenAI-compatible base URL.")
     chat_ui: str | None = Field(

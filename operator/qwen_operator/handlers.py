@@ -173,7 +173,12 @@ async def _reconcile(
             return Outcome()
         config = memo.config
         outcome = await reconcile.reconcile(
-            memo.cluster, fresh, rfc3339(utcnow()), config.policy(), config.render_defaults()
+            memo.cluster,
+            fresh,
+            rfc3339(utcnow()),
+            config.policy(),
+            config.render_defaults(),
+            await memo.fleet.pods(),
         )
     if in_handler:
         _post(body, outcome, logger)
@@ -207,9 +212,20 @@ async def pod_seen(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any)
 async def deployment_event(
     type: str | None, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
-    """A managed Deployment changed (rollout progress, drift, deletion): keep the scaler's cache, and
-    re-run its owner's reconcile."""
+    """A managed Deployment changed (rollout progress, a pod ready, drift, deletion): keep the scaler's
+    cache, and re-run its owner's reconcile."""
     memo.fleet.apply("deployments", type, dict(body))
+    await _owner_changed(body, memo, logger)
+
+
+@kopf.on.event("apps", "v1", "daemonsets", labels=MANAGED)
+async def daemonset_event(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """An image pre-pull DaemonSet changed (nodes pulled, a pull failing): re-run its owner's reconcile,
+    which reports it (ImagePrePulled)."""
+    await _owner_changed(body, memo, logger)
+
+
+async def _owner_changed(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger) -> None:
     owner = owner_of(body)
     if owner is None or memo.get("cluster") is None:
         return

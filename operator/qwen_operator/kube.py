@@ -42,6 +42,7 @@ class Resource:
 
 QWENSERVICES = Resource(api.GROUP, api.VERSION, api.PLURAL)
 DEPLOYMENTS = Resource("apps", "v1", "deployments")
+DAEMONSETS = Resource("apps", "v1", "daemonsets")
 SERVICES = Resource("", "v1", "services")
 PODS = Resource("", "v1", "pods")
 EVENTS = Resource("", "v1", "events")
@@ -82,6 +83,12 @@ API_CALLS: tuple[ApiCall, ...] = (
         ("get", "list", "watch", "create", "patch", "delete"),
         "the vLLM workload (watched), the chat page's and the router's; only those two are ever deleted "
         "(turned off)",
+    ),
+    ApiCall(
+        "apps",
+        "daemonsets",
+        ("get", "list", "watch", "create", "patch", "delete"),
+        "the image pre-pull (spec.engine.prePullImage; watched for its progress), deleted when turned off",
     ),
     ApiCall(
         "",

@@ -43,6 +43,24 @@ def download_labels(name: str) -> dict[str, str]:
     }
 
 
+PREPULL_OF_LABEL = "serving.qwenops.io/image-prepull-of"
+
+
+def prepull_labels(name: str) -> dict[str, str]:
+    """The image pre-pull DaemonSet's labels: none of the serving pods' selector either."""
+    return {
+        "app.kubernetes.io/name": APP_NAME,
+        "app.kubernetes.io/component": "image-prepull",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        PREPULL_OF_LABEL: name,
+    }
+
+
+def prepull_name(name: str) -> str:
+    """The image pre-pull DaemonSet."""
+    return _suffixed(name, "-prepull")
+
+
 CHAT_UI_OF_LABEL = "serving.qwenops.io/chat-ui-of"
 
 

@@ -9,20 +9,22 @@ handlers post the returned events), so it runs in unit tests against a fake
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
-from qwen_operator import api, labels, render, status, validation
+from qwen_operator import api, labels, render, startup, status, telemetry, validation
 from qwen_operator.kube import (
     CONFIGMAPS,
+    DAEMONSETS,
     DEPLOYMENTS,
     HTTPROUTES,
     INFERENCEPOOLS,
     JOBS,
     NETWORKPOLICIES,
     PODDISRUPTIONBUDGETS,
+    PODS,
     ROLEBINDINGS,
     ROLES,
     SERVICEACCOUNTS,
@@ -150,6 +152,80 @@ async def _chat_ui(
     name = labels.chat_ui_name(svc.name)
     await _remove_owned(cluster, SERVICES, "Service", svc, outcome, name)
     await _remove_owned(cluster, DEPLOYMENTS, "Deployment", svc, outcome, name)
+
+
+PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+
+
+async def _image_prepull(
+    cluster: ClusterAPI,
+    svc: api.QwenService,
+    outcome: Outcome,
+    problems: list[status.Problem],
+    pods: Sequence[Mapping[str, Any]],
+    defaults: render.Defaults,
+) -> tuple[bool, str, str] | None:
+    """The image pre-pull DaemonSet while ``engine.prePullImage``, and its ImagePrePulled condition
+    (status, reason, message); the one this service made goes when it is turned off (None). A pull that
+    fails is reported here and never holds serving back: the serving pods pull for themselves."""
+    desired = render.render_image_prepull(svc, defaults)
+    name = labels.prepull_name(svc.name)
+    if desired is None:
+        if any(c.type == status.IMAGE_PREPULLED for c in svc.status.conditions):
+            await _optional(cluster, DAEMONSETS, "DaemonSet", None, svc, outcome, problems, name)
+        return None
+    try:
+        live = await _apply(cluster, DAEMONSETS, desired, svc, outcome, problems)
+    except Exception as exc:
+        if not is_forbidden(exc):
+            raise
+        return (
+            False,
+            "Forbidden",
+            (
+                "the operator may not manage DaemonSets: grant it daemonsets get/list/watch/create/patch/"
+                "delete (the Helm chart's RBAC does); the pods pull the image themselves"
+            ),
+        )
+    if live is None:  # someone else's object by that name: a ResourceConflict problem says so
+        return False, "ResourceConflict", f"DaemonSet {name} is not this service's"
+    image = svc.spec.engine.image
+    failing = [
+        (p["metadata"].get("name", ""), waiting)
+        for p in pods
+        if (p.get("metadata") or {}).get("namespace") == svc.namespace
+        and ((p.get("metadata") or {}).get("labels") or {}).get(labels.PREPULL_OF_LABEL) == svc.name
+        for c in (p.get("status") or {}).get("initContainerStatuses") or []
+        if c.get("name") == "pull"
+        and (waiting := (c.get("state") or {}).get("waiting") or {}).get("reason") in PULL_FAILURES
+    ]
+    st = live.get("status") or {}
+    nodes, have = int(st.get("desiredNumberScheduled", 0) or 0), int(st.get("numberReady", 0) or 0)
+    if failing:
+        pod, waiting = failing[0]
+        return (
+            False,
+            "PullFailed",
+            (
+                f"{len(failing)} node(s) cannot pull {image}: {waiting.get('reason')}: "
+                f"{waiting.get('message', '')} (pod {pod}); the serving pods pull it themselves, and fail "
+                "alike on those nodes: check the image name and spec.engine.imagePullSecrets"
+            ),
+        )
+    observed = st.get("observedGeneration")  # absent until the DaemonSet controller has seen it
+    current = observed is not None and int(observed) >= int(live["metadata"].get("generation", 0) or 0)
+    if current and nodes == 0:
+        return (
+            False,
+            "NoNodes",
+            (
+                "no node matches the pods' nodeSelector, tolerations and node affinity yet; the image is "
+                "pulled on each that joins"
+            ),
+        )
+    if current and have >= nodes:
+        return True, "Pulled", f"{image} is on the {nodes} node(s) the pods may land on"
+    return False, "Pulling", f"{have} of {nodes} node(s) have {image}"
 
 
 # What routing makes, by kind (removed in the reverse order of the renderer's).
@@ -442,8 +518,11 @@ async def reconcile(
     now: str,
     policy: validation.Policy | None = None,
     defaults: render.Defaults = render.DEFAULTS,
+    pods: Sequence[Mapping[str, Any]] | None = None,
 ) -> Outcome:
-    """Bring one QwenService's workload in line with its spec; return what happened.
+    """Bring one QwenService's workload in line with its spec; return what happened. ``pods``: the
+    managed pods the caller's watch has (listed when None); those of this service that became ready
+    since the last look go into ``status.startup``, which sizes the startup probe.
 
     A spec the API server refuses (HTTP 400/422 on create or patch) is reported as ``InvalidSpec`` with
     the server's message instead of raised: a retry cannot fix it, and what already runs keeps running.
@@ -454,6 +533,9 @@ async def reconcile(
     except validation.InvalidSpec as exc:
         return await _invalid(cluster, body, exc.messages, now, outcome)
 
+    if pods is None:
+        pods = await cluster.list(PODS, svc.namespace, labels.selector_string(svc.name))
+    svc, counted = _measure_startups(svc, pods)
     problems: list[status.Problem] = []
     # The scaler owns the Deployment's replicas while autoscaling is on (and acts: advisory, spec.replicas).
     skip = ("replicas",) if svc.spec.autoscaling.owns_replicas else ()
@@ -480,6 +562,8 @@ async def reconcile(
         )
         step = "chat UI"
         await _chat_ui(cluster, svc, outcome, problems, defaults)
+        step = "DaemonSet"
+        prepulled = await _image_prepull(cluster, svc, outcome, problems, pods, defaults)
     except Exception as exc:
         message = refusal(exc)
         if message is None:  # busy, failing or away: say so, and let the caller retry
@@ -495,7 +579,30 @@ async def reconcile(
     cached = _model_cached(svc, job, problems)
     for problem in problems:
         outcome.events.append(Event("Warning", problem.reason, problem.message))
-    new = status.compute_status(svc, deployment, now, problems, cached)
+    new = status.compute_status(svc, deployment, now, problems, cached, prepulled)
     new = new.model_copy(update={"routing": None if to_router is None else svc.spec.routing.mode})
     await write_status(cluster, body, new, outcome)
+    for sample in counted:  # once written: a failed write counts them at the next reconcile instead
+        for phase in startup.PHASES:
+            if (seconds := getattr(sample, phase)) is not None:
+                telemetry.POD_STARTUP.labels(svc.namespace, svc.name, phase).observe(seconds)
     return outcome
+
+
+def _measure_startups(
+    svc: api.QwenService, pods: Sequence[Mapping[str, Any]]
+) -> tuple[api.QwenService, list[api.StartupSample]]:
+    """``svc`` with the start-ups of its pods that became ready since the last look in its status (and
+    the startup probe's budget they call for), and those pods' samples."""
+    selector = labels.selector_labels(svc.name).items()
+    mine = [
+        p
+        for p in pods
+        if (p.get("metadata") or {}).get("namespace") == svc.namespace
+        and selector <= ((p.get("metadata") or {}).get("labels") or {}).items()
+    ]
+    measured, counted = startup.fold(svc.status.startup, mine)
+    measured = startup.with_budget(svc.spec, measured)
+    if measured == svc.status.startup:
+        return svc, counted
+    return svc.model_copy(update={"status": svc.status.model_copy(update={"startup": measured})}), counted

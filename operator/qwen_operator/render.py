@@ -14,6 +14,7 @@ from typing import Any
 
 from qwen_operator import api, labels
 from qwen_operator.gpu_targets import GPU_PRODUCT_LABEL
+from qwen_operator.startup import probe_budget
 
 MODELS_DIR = "/models"
 CACHE_DIR = "/cache"
@@ -21,7 +22,9 @@ CACHE_DIR = "/cache"
 PRESTOP_SLEEP_SECONDS = 10
 # Extra grace beyond the pre-stop pause and vLLM's own drain, before the kubelet kills the pod.
 GRACE_MARGIN_SECONDS = 15
-STARTUP_PROBE_PERIOD_SECONDS = 10
+# The startup probe asks often (a refused connection costs nothing), so a pod is Ready within about this
+# long of its engine serving (the kubelet runs the readiness probe at once when the startup probe passes).
+STARTUP_PROBE_PERIOD_SECONDS = 2
 # Rollouts may take as long as a model load, and more: leave the Deployment controller room.
 PROGRESS_DEADLINE_MARGIN_SECONDS = 600
 # emptyDir for vLLM and torch caches when weights come from a volume (the Hub cache is sized apart).
@@ -78,6 +81,7 @@ def vllm_args(spec: api.QwenServiceSpec) -> list[str]:
         ("--max-num-seqs", e.max_num_seqs),
         ("--enable-auto-tool-choice", e.enable_auto_tool_choice or None),
         ("--tool-call-parser", e.tool_call_parser),
+        ("--load-format", e.load_format),
     ]
     for flag, value in optional:
         if value is True:
@@ -233,12 +237,11 @@ def _http_probe(period: int, timeout: int, failures: int) -> dict[str, Any]:
     }
 
 
-def _container(spec: api.QwenServiceSpec, mounts: list[dict[str, Any]]) -> dict[str, Any]:
-    startup = _http_probe(
-        STARTUP_PROBE_PERIOD_SECONDS,
-        5,
-        math.ceil(spec.engine.startup_timeout_seconds / STARTUP_PROBE_PERIOD_SECONDS),
-    )
+def _container(
+    spec: api.QwenServiceSpec, mounts: list[dict[str, Any]], budget: int | None = None
+) -> dict[str, Any]:
+    seconds = spec.engine.startup_timeout_seconds if budget is None else budget
+    startup = _http_probe(STARTUP_PROBE_PERIOD_SECONDS, 5, math.ceil(seconds / STARTUP_PROBE_PERIOD_SECONDS))
     container: dict[str, Any] = {
         "name": "vllm",
         "image": spec.engine.image,
@@ -288,6 +291,52 @@ def _wait_for_cache(svc: api.QwenService) -> dict[str, Any]:
         "volumeMounts": [{"name": "cache", "mountPath": CACHE_DIR, "readOnly": True}],
         "resources": SMALL_CONTAINER,
         "securityContext": _container_security(svc.spec),
+    }
+
+
+def render_image_prepull(svc: api.QwenService, defaults: Defaults | None = None) -> dict[str, Any] | None:
+    """The DaemonSet that pulls the serving image onto every node the serving pods may land on
+    (``engine.prePullImage``), or None. Its init container is the serving image doing nothing, then a
+    pause container holds the pod (and so the image: the kubelet's image GC spares images in use). It
+    asks for no GPU, matches the pods' node selector, tolerations and node affinity (not their pod
+    (anti-)affinity, which is about serving pods), and carries none of the serving pods' labels."""
+    spec = svc.spec
+    if not spec.engine.pre_pull_image:
+        return None
+    defaults = defaults or DEFAULTS
+    small = {"resources": SMALL_CONTAINER, "securityContext": _container_security(spec)}
+    pod: dict[str, Any] = {
+        "initContainers": [
+            {
+                "name": "pull",
+                "image": spec.engine.image,
+                "imagePullPolicy": spec.engine.image_pull_policy,
+                "command": ["sh", "-c", "true"],
+                **small,
+            }
+        ],
+        "containers": [{"name": "hold", "image": defaults.pause_image, **small}],
+        "terminationGracePeriodSeconds": 1,
+        **_pod_basics(spec),
+    }
+    sched = spec.scheduling
+    if sched.node_selector:
+        pod["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in sched.tolerations]
+    if sched.affinity and sched.affinity.get("nodeAffinity"):
+        pod["affinity"] = {"nodeAffinity": sched.affinity["nodeAffinity"]}
+    own = labels.prepull_labels(svc.name)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": _metadata(svc, name=labels.prepull_name(svc.name), object_labels=own),
+        "spec": {
+            "selector": {"matchLabels": own},
+            # The pods serve nothing: all of them may be replaced at once when the image changes.
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "100%"}},
+            "template": {"metadata": {"labels": own}, "spec": pod},
+        },
     }
 
 
@@ -378,11 +427,17 @@ def _pod_security(spec: api.QwenServiceSpec) -> dict[str, Any]:
     }
 
 
+def startup_budget(svc: api.QwenService) -> int:
+    """Seconds the engine may take to serve before the kubelet restarts it: the spec's, raised from the
+    starts measured (status.startup; qwen_operator.startup.probe_budget)."""
+    return probe_budget(svc.spec, svc.status.startup)[0]
+
+
 def pod_template(svc: api.QwenService) -> dict[str, Any]:
     spec = svc.spec
     volumes, mounts = _volumes(spec)
     pod: dict[str, Any] = {
-        "containers": [_container(spec, mounts)],
+        "containers": [_container(spec, mounts, startup_budget(svc))],
         "volumes": volumes,
         "terminationGracePeriodSeconds": termination_grace_seconds(spec),
         **_pod_basics(spec),
@@ -508,8 +563,7 @@ def render_deployment(svc: api.QwenService) -> dict[str, Any]:
                 },
             },
             "revisionHistoryLimit": 3,
-            "progressDeadlineSeconds": svc.spec.engine.startup_timeout_seconds
-            + PROGRESS_DEADLINE_MARGIN_SECONDS,
+            "progressDeadlineSeconds": startup_budget(svc) + PROGRESS_DEADLINE_MARGIN_SECONDS,
             "template": template,
         },
     }
@@ -651,6 +705,7 @@ class Defaults:
     chat_ui_image: str = api.DEFAULT_CHAT_UI_IMAGE
     router_image: str = api.DEFAULT_ROUTER_IMAGE
     endpoint_picker_image: str = api.DEFAULT_ENDPOINT_PICKER_IMAGE
+    pause_image: str = api.DEFAULT_PAUSE_IMAGE
 
 
 DEFAULTS = Defaults()  # an operator with no settings of its own
@@ -1121,6 +1176,7 @@ def render_all(svc: api.QwenService, defaults: Defaults = DEFAULTS) -> list[dict
         render_network_policy(svc),
         render_disruption_budget(svc),
         render_download_job(svc),
+        render_image_prepull(svc, defaults),
         render_engines_service(svc),
         render_router_network_policy(svc),
     )

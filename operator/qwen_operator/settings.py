@@ -69,6 +69,12 @@ class OperatorSettings(BaseSettings):
             "endpointPickerImage is unset."
         ),
     )
+    pause_image: str = Field(
+        default=api.DEFAULT_PAUSE_IMAGE,
+        min_length=1,
+        pattern=r"^[^\s]+$",
+        description="The container that holds an image pre-pull pod (spec.engine.prePullImage).",
+    )
     allow_host_path: bool = Field(
         default=False,
         description="Let a QwenService mount a node path (model.source.hostPath): node filesystem access.",
@@ -159,6 +165,7 @@ class OperatorSettings(BaseSettings):
             chat_ui_image=self.chat_ui_image,
             router_image=self.router_image,
             endpoint_picker_image=self.endpoint_picker_image,
+            pause_image=self.pause_image,
         )
 
     def policy(self) -> validation.Policy:

@@ -19,6 +19,7 @@ SCALING_ACTIVE = "ScalingActive"
 SCALING_LIMITED = "ScalingLimited"
 METRICS_AVAILABLE = "MetricsAvailable"
 MODEL_CACHED = "ModelCached"
+IMAGE_PREPULLED = "ImagePrePulled"
 SCALED_TO_ZERO = "ScaledToZero"
 SCALING_CONDITIONS = (SCALING_ACTIVE, SCALING_LIMITED, METRICS_AVAILABLE, SCALED_TO_ZERO)
 
@@ -84,9 +85,11 @@ def compute_status(
     now: str,
     problems: Sequence[Problem] = (),
     cached: tuple[bool, str, str] | None = None,
+    prepulled: tuple[bool, str, str] | None = None,
 ) -> api.QwenServiceStatus:
-    """The status a QwenService should show, given its Deployment (or None), any problems, and where its
-    model cache stands (``cached``: the ModelCached condition while the spec prefills one)."""
+    """The status a QwenService should show, given its Deployment (or None), any problems, where its
+    model cache stands (``cached``: the ModelCached condition while the spec prefills one) and its image
+    pre-pull (``prepulled``: the ImagePrePulled condition while the spec asks for it; never a problem)."""
     old = svc.status
     gen = svc.metadata.generation
     conds: list[api.Condition] = list(old.conditions)
@@ -163,6 +166,11 @@ def compute_status(
         conds = set_condition(conds, MODEL_CACHED, cached[0], cached[1], cached[2], now, gen)
     elif not render.prefilled(svc.spec):  # (prefilled, but not looked at this time: kept as it was)
         conds = [c for c in conds if c.type != MODEL_CACHED]
+
+    if prepulled is not None:
+        conds = set_condition(conds, IMAGE_PREPULLED, *prepulled, now, gen)
+    else:
+        conds = [c for c in conds if c.type != IMAGE_PREPULLED]
 
     if not svc.spec.autoscaling.enabled:
         conds = set_condition(

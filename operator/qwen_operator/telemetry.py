@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from qwen_operator import api, scaling
+from qwen_operator import api, scaling, startup
 
 _SERVICE = ["namespace", "name"]
 DESIRED_REPLICAS = Gauge("qwen_operator_desired_replicas", "Replicas the scaler asks for.", _SERVICE)
@@ -151,7 +151,7 @@ def forget_service(namespace: str, name: str) -> None:
         _remove(SERVICE_PHASE, namespace, name, known)
     for gauge, _ in _STATUS_FIELDS:
         _remove(gauge, namespace, name)
-    for phase in ("node", "init", "image", "engine", "total"):
+    for phase in startup.PHASES:
         with contextlib.suppress(KeyError):
             POD_STARTUP.remove(namespace, name, phase)
 

@@ -128,6 +128,11 @@ def semantic_errors(spec: api.QwenServiceSpec) -> list[str]:
                 f"spec.engine.extraArgs: {arg!r} sets {flag}, which the operator manages; "
                 "use the spec's field instead (model, engine, apiKeySecretRef, ...)"
             )
+        elif e.load_format is not None and vllm_flags.managed_option(arg, api.LOAD_FORMAT_FLAG):
+            errors.append(
+                f"spec.engine.extraArgs: {arg!r} sets --load-format, which spec.engine.loadFormat sets; "
+                "keep one of them"
+            )
     for var in e.env:
         if var.name in api.MANAGED_ENV:
             errors.append(f"spec.engine.env: {var.name} is set by the operator; remove it from env")

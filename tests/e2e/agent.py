@@ -8,7 +8,8 @@ For every Deployment the operator owns, the agent keeps ``spec.replicas`` pods:
   own 127.0.0.1 port. Volume mounts become folders: ``hostPath`` volumes their path, ``emptyDir``
   volumes a folder of the pod's (so ``/tmp`` and ``/cache`` stay inside the pod's folder);
 - **ready**: once the readiness probe's path answers 200, the Pod's ``Ready`` condition turns True, and
-  the pod joins the endpoints file (what a Service would balance over);
+  the pod joins the endpoints file (what a Service would balance over); the Pod's conditions and its
+  container's start are stamped as a kubelet would, so the operator measures the cold start's phases;
 - **scale down**: the pod with the lowest ``pod-deletion-cost`` goes first (then unready, then newest),
   as the ReplicaSet controller picks; it is marked terminating and leaves the endpoints at once, then
   the agent runs the ``preStop`` hook, sends SIGTERM to the server (vLLM drains for
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import math
 import os
 import secrets
@@ -39,9 +39,8 @@ from typing import Any
 import aiohttp
 
 from qwen_operator import labels
-from qwen_operator.objects import rfc3339
 from qwen_tools.demo import free_port
-from qwen_tools.emulator import DEPLOY, ENDPOINTSLICES, PODS, SERVICE, Emulator
+from qwen_tools.emulator import DEPLOY, ENDPOINTSLICES, PODS, SERVICE, Emulator, now, pod_status
 
 ENTRYPOINT = ["-m", "vllm.entrypoints.openai.api_server"]
 FINALIZER = "e2e.qwenops.io/node-agent"
@@ -58,6 +57,7 @@ class LocalPod:
     template: dict[str, Any]
     started: float
     ready_at: float | None = None
+    created: str = ""  # the Pod's creationTimestamp (the API's clock, whole seconds)
     terminating_at: float | None = None
     exited_at: float | None = None
     exit_code: int | None = None
@@ -243,9 +243,14 @@ class NodeAgent:
                 "finalizers": [FINALIZER],
             },
             "spec": template["spec"],
-            "status": {"phase": "Pending", "podIP": host, "hostIP": "127.0.0.1"},
+            # Scheduled on this node, no init containers, the container started with the process.
+            "status": {
+                **pod_status(now(), now(), container=container["name"]),
+                "podIP": host,
+                "hostIP": "127.0.0.1",
+            },
         }
-        await self.emulator.put(PODS, body)
+        pod.created = (await self.emulator.put(PODS, body))["metadata"]["creationTimestamp"]
         self.note("pod-started", pod=name, port=port, cores=sorted(cores), argv=argv)
 
     def _cores(self, container: dict[str, Any]) -> set[int]:
@@ -344,10 +349,9 @@ class NodeAgent:
                 if pod.ready_at is None and await self._probe(pod):
                     pod.ready_at = time.time()
                     self.note("pod-ready", pod=pod.name, seconds=round(pod.ready_at - pod.started, 1))
-                    now = rfc3339(datetime.datetime.now(datetime.UTC))
-                    condition = {"type": "Ready", "status": "True", "lastTransitionTime": now}
-                    patch = {"status": {"phase": "Running", "conditions": [condition]}}
-                    await self.emulator.patch(PODS, ns, pod.name, patch, sub="status")
+                    container = pod.template["spec"]["containers"][0]["name"]
+                    ready = pod_status(pod.created, pod.created, now(), container)
+                    await self.emulator.patch(PODS, ns, pod.name, {"status": ready}, sub="status")
             serving = [p for p in self.pods.values() if p.deployment == name and p.terminating_at is None]
             ready = sum(1 for p in serving if p.ready_at is not None)
             counts = {

@@ -41,6 +41,7 @@ from tests.e2e.agent import NodeAgent
 from tests.prom import Prometheus
 
 from qwen_operator import api, kube
+from qwen_tools import vllmlog
 from qwen_tools.demo import free_port
 from qwen_tools.emulator import DEPLOY, EVENTS, QSVC, Emulator, install
 
@@ -541,6 +542,26 @@ async def test_operator_scales_real_vllm_under_load(
     for direction in ("up", "down"):
         counts = [float(x.rsplit(" ", 1)[1]) for x in decisions if f'direction="{direction}"' in x]
         assert sum(counts) == 1, (direction, decisions)
+
+    # Each pod's cold start by phase: the operator's, from the pod's timestamps (status.startup, its
+    # metrics), and vLLM's own, from its log (startup.json in the artifacts).
+    measured = status.get("startup") or {}
+    assert measured.get("pods") == 2, measured
+    logs = {p.name: vllmlog.phases(p.read_text(errors="replace")) for p in run.artifacts.glob("vllm-*.log")}
+    (run.artifacts / "startup.json").write_text(json.dumps({"status": measured, "vllm": logs}, indent=2))
+    assert len(logs) == 2, sorted(logs)
+    for name, phases in logs.items():
+        assert phases["weights"] is not None, (name, phases)
+        assert phases["engine_init"] is not None, (name, phases)
+        assert phases["serving"] is not None, (name, phases)
+    engine = [s["engine"] for s in measured["recent"]]
+    # vLLM logs from after the interpreter's imports; the API's clock is whole seconds.
+    assert max(p["serving"] for p in logs.values()) <= max(engine) + 2, (engine, logs)
+    started_count = [
+        line for line in run.operator_metrics.splitlines()
+        if line.startswith("qwen_operator_pod_startup_seconds_count{") and 'phase="engine"' in line
+    ]  # fmt: skip
+    assert [float(x.rsplit(" ", 1)[1]) for x in started_count] == [2.0], started_count
 
     # Every API call the operator made is one its RBAC grants.
     granted = {(c.group, c.resource, verb) for c in kube.API_CALLS for verb in c.verbs}

@@ -72,3 +72,31 @@ def test_every_refused_spelling_is_one_the_real_parser_maps_to_a_managed_option(
         reaches_managed = bool(set(dests) & {*api.MANAGED_FLAGS, "config"})
         refused = vllm_flags.managed_option(arg, api.MANAGED_FLAGS) is not None
         assert refused == reaches_managed, (arg, dests)
+
+
+def test_every_load_format_the_crd_offers_is_one_vllm_parses_and_has_a_loader_for(vllm_python: str) -> None:
+    """spec.engine.loadFormat's values: vLLM's serve parser takes each as --load-format, and its model
+    loader registry has a loader for it (a name it does not know fails at start-up, after the pull)."""
+    import json
+
+    script = (
+        "import sys, json\n"
+        "from vllm.entrypoints.cli.serve import ServeSubcommand\n"
+        "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+        "from vllm.model_executor.model_loader import _LOAD_FORMAT_TO_MODEL_LOADER as loaders\n"
+        "p = FlexibleArgumentParser()\n"
+        "ServeSubcommand().subparser_init(p.add_subparsers())\n"
+        "out = {f: [vars(p.parse_args(['serve', 'm', '--load-format', f]))['load_format'], f in loaders]\n"
+        "       for f in json.loads(sys.argv[1])}\n"
+        "print(json.dumps(out))\n"
+    )
+    run = subprocess.run(
+        [vllm_python, "-c", script, json.dumps(list(api.LOAD_FORMATS))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env={**os.environ, "VLLM_NO_USAGE_STATS": "1"},
+    )
+    parsed = json.loads(run.stdout.strip().splitlines()[-1])
+    assert parsed == {f: [f, True] for f in api.LOAD_FORMATS}

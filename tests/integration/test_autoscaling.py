@@ -17,7 +17,7 @@ import prometheus_client
 import pytest
 
 from qwen_operator import labels
-from qwen_tools.emulator import Emulator
+from qwen_tools.emulator import Emulator, now, pod_status
 from tests.fakevllm import FakeVLLM, free_port
 from tests.integration.conftest import DEPLOY, PODS, QSVC, eventually
 from tests.integration.test_operator import NS, condition, events, qsvc
@@ -68,16 +68,18 @@ class PodPlayer:
                 "kind": "Pod",
                 "metadata": {"name": name, "namespace": NS, "labels": labels.common_labels(self.name)},
                 "spec": {"containers": [{"name": "vllm", "image": "vllm"}]},
-                "status": {"phase": "Pending", "podIP": server.host},
+                "status": {**pod_status(scheduled=now()), "podIP": server.host},
             },
         )
 
     async def _ready(self, name: str) -> None:
         await asyncio.sleep(self.startup)
-        ready = {"type": "Ready", "status": "True"}
-        await self.emulator.patch(
-            PODS, NS, name, {"status": {"phase": "Running", "conditions": [ready]}}, sub="status"
-        )
+        pod = self.emulator.get(PODS, NS, name)
+        if pod is None:
+            return
+        created = pod["metadata"]["creationTimestamp"]
+        status = pod_status(scheduled=created, started=created, ready=now())
+        await self.emulator.patch(PODS, NS, name, {"status": status}, sub="status")
 
     def _cost(self, pod: dict[str, Any]) -> int:
         return int((pod["metadata"].get("annotations") or {}).get(COST, "0"))

@@ -173,6 +173,8 @@ SPECS = st.fixed_dictionaries(
                     ["vllm/vllm-openai:v0.32.0", "r.io/v@sha256:ab"], [" vllm ", "", "a b", "v\t"], "v :\n"
                 ),
                 "imagePullSecrets": st.lists(NAMES, max_size=2),
+                "prePullImage": st.booleans(),
+                "loadFormat": st.sampled_from(["runai_streamer", "auto", "pt"]),
                 "extraArgs": st.lists(FLAGS, max_size=3),
                 "env": st.lists(
                     st.fixed_dictionaries(

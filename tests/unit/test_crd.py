@@ -109,6 +109,12 @@ INVALID = [
     ("spec.engine", {"enableAutoToolChoice": True}, "enableAutoToolChoice needs toolCallParser"),
     ("spec.engine", {"extraArgs": ["--port=9000"]}, "must not set flags the operator manages"),
     ("spec.engine", {"extraArgs": ["--model", "x"]}, "must not set flags the operator manages"),
+    (
+        "spec.engine",
+        {"loadFormat": "runai_streamer", "extraArgs": ["--load-format=pt"]},
+        "must not set --load-format when loadFormat is set",
+    ),
+    ("spec.engine.loadFormat", "pt", "is not one of"),
     ("metadata.name", "Qwen_7B", "DNS-1035 label"),
     ("spec.engine.gpuMemoryUtilization", 1.5, "maximum"),
     ("spec.engine.dtype", "int4", "is not one of"),
@@ -195,6 +201,8 @@ def test_a_valid_variant_of_each_rejected_case_passes(minimal):
         _with(_with(minimal, "spec.resources", {"gpus": 4}), "spec.engine", {"tensorParallelSize": 2}),
         _with(minimal, "spec.engine", {"enableAutoToolChoice": True, "toolCallParser": "hermes"}),
         _with(minimal, "spec.engine", {"extraArgs": ["--enable-prefix-caching", "--port-offset=1"]}),
+        _with(minimal, "spec.engine", {"extraArgs": ["--load-format", "pt"]}),  # no loadFormat: theirs
+        _with(minimal, "spec.engine", {"loadFormat": "fastsafetensors", "prePullImage": True}),
         _with(minimal, "spec.resources", {"gpus": 0}),
         _with(minimal, "spec.resources", {"cpu": "500m", "memory": "1.5Gi", "sharedMemorySize": "1e9"}),
         _with(minimal, "spec.resources", {"gpuResourceName": "amd.com/gpu"}),

@@ -52,6 +52,16 @@ class FakeCluster:
         self.writes.append(("delete", res.plural))
         del self.objects[(res.plural, namespace, name)]
 
+    async def list(self, res: Resource, namespace: str | None, selector: str | None = None) -> list[Any]:
+        wanted = dict(s.split("=", 1) for s in selector.split(",")) if selector else {}
+        return [
+            copy.deepcopy(o)
+            for (plural, ns, _), o in self.objects.items()
+            if plural == res.plural
+            and namespace in (None, ns)
+            and wanted.items() <= (o["metadata"].get("labels") or {}).items()
+        ]
+
 
 async def test_first_reconcile_creates_all_then_a_second_writes_nothing(minimal):
     cluster = FakeCluster()

@@ -103,6 +103,7 @@ def test_every_emitted_flag_exists_in_vllm(minimal):
             "maxNumSeqs": 8,
             "enableAutoToolChoice": True,
             "toolCallParser": "hermes",
+            "loadFormat": "runai_streamer",
         },
     )
     emitted = {a.split("=")[0] for a in args(everything) if a.startswith("--")}
@@ -300,6 +301,8 @@ def test_a_spec_with_every_field_renders_valid_objects(minimal):
                 {"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             ],
             "imagePullSecrets": ["regcred"],
+            "prePullImage": True,
+            "loadFormat": "fastsafetensors",
         },
         scheduling={
             "tolerations": [{"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"}],
@@ -330,7 +333,7 @@ def test_a_spec_with_every_field_renders_valid_objects(minimal):
         disruptionBudget={"maxUnavailable": 2},
     )
     rendered = render.render_all(svc)
-    assert [o["kind"] for o in rendered] == ["Deployment", "Service", "PodDisruptionBudget"]
+    assert [o["kind"] for o in rendered] == ["Deployment", "Service", "PodDisruptionBudget", "DaemonSet"]
     for obj in rendered:
         validate_k8s(obj)
 
@@ -750,3 +753,68 @@ def test_an_inference_pool_and_its_picker_are_what_the_upstream_crds_and_kuberne
     # The copies do check: a pool with a port twice is refused by the upstream rule.
     twice = {**pool, "spec": {**pool["spec"], "targetPorts": [{"number": 8000}, {"number": 8000}]}}
     assert admission_errors(twice, upstream_schema(POOL_CRD)) == ["port number must be unique"]
+
+
+def test_the_image_pre_pull_lands_where_the_pods_may_and_is_never_a_replica(minimal):
+    """engine.prePullImage: a DaemonSet whose init container is the serving image (pulled on each node
+    the pods may land on: their node selector, tolerations and node affinity), held by the pause image
+    the operator's admin chose; no GPU, and none of the serving pods' labels (the Service, the scaler
+    and the disruption budget never count it)."""
+    node_affinity = {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["l4"]}]}]
+        }
+    }
+    svc = make(
+        minimal,
+        engine={"prePullImage": True, "image": "r.io/vllm:1", "imagePullSecrets": ["regcred"]},
+        scheduling={
+            "nodeSelector": {"pool": "gpu"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": {
+                "nodeAffinity": node_affinity,
+                "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []},
+            },
+        },
+    )
+    assert render.render_image_prepull(make(minimal)) is None, "off by default"
+    ds = render.render_image_prepull(svc, render.Defaults(pause_image="mirror.io/pause:3.10"))
+    assert ds is not None
+    validate_k8s(ds)
+    pod = ds["spec"]["template"]["spec"]
+    (pull,) = pod["initContainers"]
+    (hold,) = pod["containers"]
+    assert (pull["image"], hold["image"]) == ("r.io/vllm:1", "mirror.io/pause:3.10")
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert pod["affinity"] == {"nodeAffinity": node_affinity}, "pod (anti-)affinity is about serving pods"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    for c in (pull, hold):
+        assert "nvidia.com/gpu" not in str(c["resources"])
+    selector = labels.selector_labels("qwen").items()
+    assert not selector <= ds["spec"]["template"]["metadata"]["labels"].items()
+    assert ds["metadata"]["ownerReferences"][0]["kind"] == "QwenService"
+
+
+def test_the_startup_probe_asks_often_and_its_budget_grows_from_measured_starts(minimal):
+    """Ready within STARTUP_PROBE_PERIOD_SECONDS of the engine serving; the spec's budget until a start
+    measured in status.startup took more than a third of it, then the next step above three times it
+    (and the Deployment's progress deadline with it)."""
+
+    def probe(svc: api.QwenService) -> tuple[int, int]:
+        dep = render.render_deployment(svc)
+        p = dep["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+        return p["periodSeconds"] * p["failureThreshold"], dep["spec"]["progressDeadlineSeconds"]
+
+    svc = make(minimal)
+    assert render.STARTUP_PROBE_PERIOD_SECONDS <= 2
+    assert probe(svc) == (1800, 1800 + render.PROGRESS_DEADLINE_MARGIN_SECONDS)
+
+    def measured(engine: float) -> api.QwenService:
+        sample = api.StartupSample(pod="p", uid="u", ready_at="2026-12-07T10:00:00Z", engine=engine)
+        st = api.QwenServiceStatus(startup=api.StartupStatus(pods=1, recent=[sample]))
+        return svc.model_copy(update={"status": st})
+
+    assert probe(measured(500))[0] == 1800, "within a third of the budget: unchanged (no rollout)"
+    assert probe(measured(700))[0] == 2700
+    assert probe(measured(7000))[0] == 14400, "at most the CRD's maximum"

@@ -31,6 +31,10 @@ def body(minimal: dict[str, Any], **spec: Any) -> dict[str, Any]:
         ),
         ({"engine": {"extraArgs": ["--port=1"]}}, "'--port=1' sets --port, which the operator manages"),
         ({"engine": {"env": [{"name": "HF_TOKEN", "value": "x"}]}}, "HF_TOKEN is set by the operator"),
+        (
+            {"engine": {"loadFormat": "runai_streamer", "extraArgs": ["--load-f", "pt"]}},
+            "'--load-f' sets --load-format, which spec.engine.loadFormat sets; keep one of them",
+        ),
         ({"engine": {"enableAutoToolChoice": True}}, "needs spec.engine.toolCallParser"),
         ({"engine": {"tensorParallelSize": 2}, "resources": {"gpus": 3}}, "must be a multiple of"),
         ({"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}, "minReplicas (3) must be <= maxReplicas (2)"),

@@ -53,7 +53,7 @@ STATUS_SUBRESOURCE = {("apps", "deployments"), ("serving.qwenops.io", "qwenservi
 SCALE_SUBRESOURCE = STATUS_SUBRESOURCE
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -283,7 +283,7 @@ class Emulator(kmock.KubernetesEmulator):
             obj.pop("status", None)
         self._admit(obj)
         meta.update(
-            uid=str(uuid.uuid4()), generation=1, creationTimestamp=_now(), resourceVersion=self._next_rv()
+            uid=str(uuid.uuid4()), generation=1, creationTimestamp=now(), resourceVersion=self._next_rv()
         )
         if key in self._objects:
             self._objects[key].create(obj)
@@ -351,7 +351,7 @@ class Emulator(kmock.KubernetesEmulator):
             raise kmock.KubernetesError(409, "Conflict", f"precondition failed: UID {want_uid}")
         if old["metadata"].get("finalizers"):
             if not old["metadata"].get("deletionTimestamp"):
-                old["metadata"].update(deletionTimestamp=_now(), resourceVersion=self._next_rv())
+                old["metadata"].update(deletionTimestamp=now(), resourceVersion=self._next_rv())
                 self._objects[key].history.append(old)
                 self._record(request.resource, "MODIFIED", old)
             return old
@@ -517,6 +517,7 @@ class Emulator(kmock.KubernetesEmulator):
 
 QSVC = "serving.qwenops.io/v1alpha1/qwenservices"
 DEPLOY = "apps/v1/deployments"
+DAEMONSETS = "apps/v1/daemonsets"
 SERVICE = "v1/services"
 EVENTS = "v1/events"
 PODS = "v1/pods"
@@ -526,6 +527,32 @@ PDBS = "policy/v1/poddisruptionbudgets"
 JOBS = "batch/v1/jobs"
 LEASES = "coordination.k8s.io/v1/leases"
 ENDPOINTSLICES = "discovery.k8s.io/v1/endpointslices"
+
+
+def pod_status(
+    scheduled: str, started: str | None = None, ready: str | None = None, container: str = "vllm"
+) -> dict[str, Any]:
+    """A pod's status as the scheduler and the kubelet write it (on a node that has the image, with no
+    init containers): scheduled and initialized at ``scheduled``, the container running since
+    ``started``, Ready at ``ready`` (RFC 3339 times). What the operator reads a cold start's phases from."""
+
+    def condition(kind: str, status: bool, at: str) -> dict[str, str]:
+        return {"type": kind, "status": "True" if status else "False", "lastTransitionTime": at}
+
+    out: dict[str, Any] = {
+        "phase": "Running" if started else "Pending",
+        "conditions": [
+            condition("PodScheduled", True, scheduled),
+            condition("Initialized", True, scheduled),
+            condition("ContainersReady", ready is not None, ready or scheduled),
+            condition("Ready", ready is not None, ready or scheduled),
+        ],
+    }
+    if started:
+        state = {"running": {"startedAt": started}}
+        running = {"name": container, "ready": ready is not None, "restartCount": 0, "started": True}
+        out["containerStatuses"] = [{**running, "state": state}]
+    return out
 
 
 def declare(emulator: Emulator) -> None:
@@ -542,6 +569,7 @@ def declare(emulator: Emulator) -> None:
     res[DEPLOY] = kmock.ResourceInfo(
         kind="Deployment", namespaced=True, verbs=verbs, subresources={"status", "scale"}
     )
+    res[DAEMONSETS] = kmock.ResourceInfo(kind="DaemonSet", namespaced=True, verbs=verbs)
     res[SERVICE] = kmock.ResourceInfo(kind="Service", namespaced=True, verbs=verbs)
     res[PODS] = kmock.ResourceInfo(kind="Pod", namespaced=True, verbs=verbs)
     res[EVENTS] = kmock.ResourceInfo(kind="Event", namespaced=True, verbs=verbs)

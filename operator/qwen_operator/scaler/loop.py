@@ -13,7 +13,7 @@ import datetime
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -24,7 +24,7 @@ from qwen_operator.kube import ClusterAPI, NotLeading, is_conflict, is_transient
 from qwen_operator.metrics import MetricsSource, PodsSource, RouterReader
 from qwen_operator.objects import key
 from qwen_operator.scaler.actuate import Actuator, Changed, Evaluated
-from qwen_operator.scaler.targets import Candidate, candidates, startup_phases
+from qwen_operator.scaler.targets import Candidate, candidates
 from qwen_operator.settings import OperatorSettings
 from qwen_operator.sources import SourceRefused, Sources
 
@@ -49,7 +49,6 @@ class Autoscaler:
         self.states: dict[str, scaling.State] = {}  # by uid; last_evaluated lives only here
         self.exported: set[tuple[str, str]] = set()  # autoscaled services with per-service gauges
         self.known: set[tuple[str, str]] = set()  # every service, with its status gauges
-        self.started: set[str] = set()  # pods (uid) whose start-up phases were recorded
         self.actuator = Actuator(
             cluster,
             config.policy(),
@@ -137,19 +136,6 @@ class Autoscaler:
         for body in listed:  # every service, autoscaled or not: what its status says
             telemetry.record_service(*key(body), body.get("status") or {})
 
-    def _record_startups(self, found: Sequence[Candidate], pods: Sequence[Mapping[str, Any]]) -> None:
-        """Each ready pod's start-up phases, once per pod; pods gone from the cluster are forgotten."""
-        alive = {str(p["metadata"].get("uid")) for p in pods}
-        self.started &= alive
-        for c in found:
-            for pod in c.pods:
-                uid = str(pod["metadata"].get("uid"))
-                if uid in self.started:
-                    continue
-                self.started.add(uid)
-                for phase, seconds in startup_phases(pod).items():
-                    telemetry.POD_STARTUP.labels(c.svc.namespace, c.svc.name, phase).observe(seconds)
-
     async def tick(self) -> list[Evaluated]:
         """One evaluation of every service that is due."""
         started = time.monotonic()
@@ -173,7 +159,6 @@ class Autoscaler:
             return []
         pods = await self.fleet.pods()
         found = candidates(due, await self.fleet.deployments(), pods)
-        self._record_startups(found, pods)
         todo = [c for c in found if (c.svc.metadata.uid or "") not in self.inflight_services]
         groups: dict[MetricsSource, list[Candidate]] = defaultdict(list)
         refused: list[tuple[Candidate, scaling.Observation]] = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,45 +33,6 @@ def start_seconds(pod: Mapping[str, Any]) -> float | None:
         return None
     seconds = (became - created).total_seconds()
     return seconds if seconds > 0 else None
-
-
-STARTUP_PHASES = ("node", "init", "image", "engine", "total")
-
-
-def startup_phases(pod: Mapping[str, Any], container: str = "vllm") -> dict[str, float]:
-    """Where a ready pod's cold start went, in seconds, from what the API records: ``node`` (created to
-    scheduled: waiting for a node, a node autoscaler's provisioning included), ``init`` (scheduled to
-    initialized: the init containers, the model cache among them), ``image`` (to the engine container's
-    start: pulling the image, creating the container), ``engine`` (to Ready: loading the weights,
-    compiling, the server up, the readiness probe), and ``total``. A phase whose ends are not both
-    recorded is left out; none without a Ready condition."""
-    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-    conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
-    if "Ready" not in conditions:
-        return {}
-    started = next(
-        (
-            ((s.get("state") or {}).get("running") or {}).get("startedAt")
-            for s in status.get("containerStatuses") or []
-            if s.get("name") == container
-        ),
-        None,
-    )
-    marks = [
-        ("created", parse_time(meta.get("creationTimestamp"))),
-        ("node", parse_time((conditions.get("PodScheduled") or {}).get("lastTransitionTime"))),
-        ("init", parse_time((conditions.get("Initialized") or {}).get("lastTransitionTime"))),
-        ("image", parse_time(started)),
-        ("engine", parse_time(conditions["Ready"].get("lastTransitionTime"))),
-    ]
-    out: dict[str, float] = {}
-    for (_, begun), (phase, ended) in itertools.pairwise(marks):
-        if begun is not None and ended is not None and ended >= begun:
-            out[phase] = (ended - begun).total_seconds()
-    created, ready = marks[0][1], marks[-1][1]
-    if created is not None and ready is not None and ready > created:
-        out["total"] = (ready - created).total_seconds()
-    return out
 
 
 def ready_pods_by_service(
