@@ -1542,6 +1542,13 @@ class StartupStatus(_Model):
     budget_base: int | None = Field(
         default=None, description="The startupTimeoutSeconds the raised budget was measured against."
     )
+    compile_cache_generation: int = Field(
+        default=0,
+        ge=0,
+        description="How many times the operator started vLLM's compile cache afresh (a start failed in"
+        " it); each time the pods get a new, empty directory.",
+    )
+    compile_cache_reset_at: Timestamp | None = Field(default=None, description="When it last did.")
     recent: list[StartupSample] = Field(default_factory=list, max_length=64)
 
 

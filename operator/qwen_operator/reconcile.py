@@ -9,6 +9,7 @@ handlers post the returned events), so it runs in unit tests against a fake
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,7 +37,7 @@ from qwen_operator.kube import (
     refusal,
     summary,
 )
-from qwen_operator.objects import owned_by, patch_ops
+from qwen_operator.objects import owned_by, parse_time, patch_ops
 from qwen_operator.outcome import Event, Outcome
 from qwen_operator.writes import write_status
 
@@ -535,8 +536,8 @@ async def reconcile(
 
     if pods is None:
         pods = await cluster.list(PODS, svc.namespace, labels.selector_string(svc.name))
-    svc, counted = _measure_startups(svc, pods)
-    problems: list[status.Problem] = []
+    svc, counted, started_events, problems = _startups(svc, pods, now)
+    outcome.events.extend(started_events)
     # The scaler owns the Deployment's replicas while autoscaling is on (and acts: advisory, spec.replicas).
     skip = ("replicas",) if svc.spec.autoscaling.owns_replicas else ()
     step = "Job"
@@ -589,11 +590,13 @@ async def reconcile(
     return outcome
 
 
-def _measure_startups(
-    svc: api.QwenService, pods: Sequence[Mapping[str, Any]]
-) -> tuple[api.QwenService, list[api.StartupSample]]:
-    """``svc`` with the start-ups of its pods that became ready since the last look in its status (and
-    the startup probe's budget they call for), and those pods' samples."""
+def _startups(
+    svc: api.QwenService, pods: Sequence[Mapping[str, Any]], now: str
+) -> tuple[api.QwenService, list[api.StartupSample], list[Event], list[status.Problem]]:
+    """``svc`` with what its pods' starts say in its status: the start-ups of those that became ready
+    since the last look (and the startup probe's budget they call for), and a new compile cache when a
+    start failed in the one the pods use; those pods' samples; an Event and the problems to report (a
+    full cache volume)."""
     selector = labels.selector_labels(svc.name).items()
     mine = [
         p
@@ -602,7 +605,44 @@ def _measure_startups(
         and selector <= ((p.get("metadata") or {}).get("labels") or {}).items()
     ]
     measured, counted = startup.fold(svc.status.startup, mine)
+    events: list[Event] = []
+    problems: list[status.Problem] = []
+    failures = startup.start_failures(mine)
+    full = startup.cache_full(failures)
+    if full is not None:
+        problems.append(
+            status.Problem(
+                "CacheVolumeFull",
+                f"pod {full.pod} failed for want of space ({_said(full.message, startup.NO_SPACE)}): the "
+                "volume under /cache (the model cache, vLLM's compile cache) is full; give it more room "
+                "(spec.model.source.hub.cache.sizeLimit, or the PVC's size) or free some",
+            )
+        )
+    current = render.pods_cache_dir(svc)
+    corrupt = startup.corrupt_compile_cache(failures, current)
+    if corrupt is not None:
+        fresh = startup.reset_compile_cache(measured, parse_time(now) or datetime.datetime.now(datetime.UTC))
+        if fresh is not None:
+            measured = fresh
+            new_dir = render.compile_cache_dir(svc.spec, fresh.compile_cache_generation)
+            events.append(
+                Event(
+                    "Warning",
+                    "CompileCacheReset",
+                    f"pod {corrupt.pod}'s engine failed in its compile cache {current} "
+                    f"({_said(corrupt.message, startup.COMPILE_CACHE_MARK, current)}); the pods start over "
+                    f"with an empty one, {new_dir}, and compile once more. If they still fail, the cause "
+                    f"is elsewhere: kubectl logs {corrupt.pod} -c vllm --previous",
+                )
+            )
     measured = startup.with_budget(svc.spec, measured)
-    if measured == svc.status.startup:
-        return svc, counted
-    return svc.model_copy(update={"status": svc.status.model_copy(update={"startup": measured})}), counted
+    if measured != svc.status.startup:
+        svc = svc.model_copy(update={"status": svc.status.model_copy(update={"startup": measured})})
+    return svc, counted, events, problems
+
+
+def _said(message: str, *marks: str) -> str:
+    """The last line of a log tail that has one of ``marks`` (else its last line), shortened."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    line = next((x for x in reversed(lines) if any(m and m in x for m in marks)), lines[-1] if lines else "")
+    return line if len(line) <= 300 else line[:297] + "..."

@@ -122,13 +122,15 @@ def cache_key(spec: api.QwenServiceSpec) -> str:
     return hashlib.sha256(f"{spec.model.name}@{spec.model.revision or ''}".encode()).hexdigest()[:16]
 
 
-def compile_cache_dir(spec: api.QwenServiceSpec) -> str:
+def compile_cache_dir(spec: api.QwenServiceSpec, generation: int = 0) -> str:
     """vLLM's own caches (``VLLM_CACHE_ROOT``: torch.compile's artefacts, CUDA graph and kernel
     caches) on the model cache's volume, in a directory keyed by everything that makes them invalid
     elsewhere: the model and its revision, the image (the vLLM and torch versions), dtype,
     quantization, tensor parallelism and the GPU product the pods are pinned to. On a shared claim the
     first replica fills it and the later ones, and restarts, read it; on a node-disk cache (an
-    emptyDir) it lasts as long as the pod. vLLM adds its own hash of the configuration inside it."""
+    emptyDir) it lasts as long as the pod. vLLM adds its own hash of the configuration inside it.
+    ``generation``: how many times the operator started it afresh after a start failed in it
+    (status.startup.compileCacheGeneration); each is a new, empty directory."""
     engine = spec.engine
     parts = (
         spec.model.name,
@@ -140,18 +142,18 @@ def compile_cache_dir(spec: api.QwenServiceSpec) -> str:
         spec.scheduling.node_selector.get(GPU_PRODUCT_LABEL, ""),
     )
     key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
-    return f"{CACHE_DIR}/vllm/{key}"
+    return f"{CACHE_DIR}/vllm/{key}" + (f"-{generation}" if generation else "")
 
 
 def cache_marker(spec: api.QwenServiceSpec) -> str:
     return f"{CACHE_MARKERS}/{cache_key(spec)}.complete"
 
 
-def _env(spec: api.QwenServiceSpec) -> list[dict[str, Any]]:
+def _env(spec: api.QwenServiceSpec, cache_dir: str) -> list[dict[str, Any]]:
     env = [
         *_hub_env(spec),
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
-        {"name": "VLLM_CACHE_ROOT", "value": compile_cache_dir(spec)},
+        {"name": "VLLM_CACHE_ROOT", "value": cache_dir},
     ]
     if prefilled(spec):  # the download Job filled the cache: start from it, without asking the Hub
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
@@ -238,7 +240,7 @@ def _http_probe(period: int, timeout: int, failures: int) -> dict[str, Any]:
 
 
 def _container(
-    spec: api.QwenServiceSpec, mounts: list[dict[str, Any]], budget: int | None = None
+    spec: api.QwenServiceSpec, mounts: list[dict[str, Any]], budget: int | None = None, cache_dir: str = ""
 ) -> dict[str, Any]:
     seconds = spec.engine.startup_timeout_seconds if budget is None else budget
     startup = _http_probe(STARTUP_PROBE_PERIOD_SECONDS, 5, math.ceil(seconds / STARTUP_PROBE_PERIOD_SECONDS))
@@ -249,13 +251,16 @@ def _container(
         "command": ["vllm", "serve"],
         "args": vllm_args(spec),
         "ports": [{"name": "http", "containerPort": api.VLLM_PORT, "protocol": "TCP"}],
-        "env": _env(spec),
+        "env": _env(spec, cache_dir or compile_cache_dir(spec)),
         "volumeMounts": mounts,
         "startupProbe": startup,
         "readinessProbe": _http_probe(5, 5, 3),
         "livenessProbe": _http_probe(15, 10, 4),
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_SECONDS)]}}},
         "securityContext": _container_security(spec),
+        # A failed start keeps its log's tail as the termination message: the operator reads why (a
+        # full cache volume, a corrupt compile cache) from the pod's status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     resources = _resources(spec)
     if resources:
@@ -427,6 +432,12 @@ def _pod_security(spec: api.QwenServiceSpec) -> dict[str, Any]:
     }
 
 
+def pods_cache_dir(svc: api.QwenService) -> str:
+    """The compile cache directory the service's pods get now (its generation is in status.startup)."""
+    startup = svc.status.startup
+    return compile_cache_dir(svc.spec, startup.compile_cache_generation if startup is not None else 0)
+
+
 def startup_budget(svc: api.QwenService) -> int:
     """Seconds the engine may take to serve before the kubelet restarts it: the spec's, raised from the
     starts measured (status.startup; qwen_operator.startup.probe_budget)."""
@@ -437,7 +448,7 @@ def pod_template(svc: api.QwenService) -> dict[str, Any]:
     spec = svc.spec
     volumes, mounts = _volumes(spec)
     pod: dict[str, Any] = {
-        "containers": [_container(spec, mounts, startup_budget(svc))],
+        "containers": [_container(spec, mounts, startup_budget(svc), pods_cache_dir(svc))],
         "volumes": volumes,
         "terminationGracePeriodSeconds": termination_grace_seconds(spec),
         **_pod_basics(spec),

@@ -12,6 +12,7 @@ import datetime
 import itertools
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from qwen_operator import api
@@ -156,4 +157,98 @@ def with_budget(spec: api.QwenServiceSpec, startup: api.StartupStatus | None) ->
             "startup_probe_seconds": raised,
             "budget_base": None if raised is None else spec.engine.startup_timeout_seconds,
         }
+    )
+
+
+# ------------------------------------------------------------------ starts that fail, and what they say
+# The engine container keeps its log's tail as its termination message (terminationMessagePolicy
+# FallbackToLogsOnError), so the operator reads why a start failed without reading logs.
+NO_SPACE = "No space left on device"
+COMPILE_CACHE_MARK = "torch_compile_cache"  # vLLM's directory for torch.compile's artefacts
+CACHE_RESET_SECONDS = 3600  # a compile cache is started afresh at most once an hour
+
+
+@dataclass(frozen=True)
+class StartFailure:
+    """A pod of the service that is not serving and whose engine failed (or that was evicted)."""
+
+    pod: str
+    reason: str  # the kubelet's: Error, OOMKilled, Evicted, ...
+    exit_code: int | None
+    restarts: int
+    message: str  # the log tail the kubelet kept, or the eviction's message
+    cache_dir: str | None  # the pod's VLLM_CACHE_ROOT
+
+
+def start_failures(pods: Sequence[Mapping[str, Any]], container: str = "vllm") -> list[StartFailure]:
+    """The pods that are not Ready and whose ``container`` last ended in failure, or that were evicted."""
+    out = []
+    for pod in pods:
+        status = pod.get("status") or {}
+        if _ready_at(pod) is not None:
+            continue
+        spec_container: Mapping[str, Any] = next(
+            (c for c in (pod.get("spec") or {}).get("containers") or [] if c.get("name") == container), {}
+        )
+        env = {e.get("name"): e.get("value") for e in spec_container.get("env") or []}
+        cache_dir = None if env.get("VLLM_CACHE_ROOT") is None else str(env["VLLM_CACHE_ROOT"])
+        name = str((pod.get("metadata") or {}).get("name", ""))
+        if status.get("reason") == "Evicted":
+            out.append(StartFailure(name, "Evicted", None, 0, str(status.get("message", "")), cache_dir))
+            continue
+        for c in status.get("containerStatuses") or []:
+            ended = ((c.get("lastState") or {}).get("terminated") or {}) if c.get("name") == container else {}
+            if ended and ended.get("exitCode") not in (None, 0):
+                out.append(
+                    StartFailure(
+                        name,
+                        str(ended.get("reason") or "Error"),
+                        int(ended["exitCode"]),
+                        int(c.get("restartCount", 0) or 0),
+                        str(ended.get("message") or ""),
+                        cache_dir,
+                    )
+                )
+    return out
+
+
+def cache_full(failures: Sequence[StartFailure]) -> StartFailure | None:
+    """A start that failed for want of space (vLLM's log says so), or a pod evicted for its cache's
+    emptyDir outgrowing its size limit."""
+    return next(
+        (
+            f
+            for f in failures
+            if NO_SPACE in f.message or (f.reason == "Evicted" and "emptydir" in f.message.lower())
+        ),
+        None,
+    )
+
+
+def corrupt_compile_cache(failures: Sequence[StartFailure], cache_dir: str) -> StartFailure | None:
+    """A start that failed in the compile cache the pods use now: its log's tail names that cache
+    (a traceback through a half-written or corrupt entry). Not one that ran out of space."""
+    return next(
+        (
+            f
+            for f in failures
+            if f.cache_dir == cache_dir
+            and NO_SPACE not in f.message
+            and (cache_dir in f.message or COMPILE_CACHE_MARK in f.message)
+        ),
+        None,
+    )
+
+
+def reset_compile_cache(
+    startup: api.StartupStatus | None, now: datetime.datetime
+) -> api.StartupStatus | None:
+    """``startup`` with the compile cache's next generation (a new, empty directory), or None when it
+    was started afresh less than CACHE_RESET_SECONDS ago."""
+    base = startup or api.StartupStatus()
+    last = base.compile_cache_reset_at
+    if last is not None and (now - last).total_seconds() < CACHE_RESET_SECONDS:
+        return None
+    return base.model_copy(
+        update={"compile_cache_generation": base.compile_cache_generation + 1, "compile_cache_reset_at": now}
     )

@@ -169,3 +169,89 @@ async def test_the_image_pre_pull_is_reported_and_never_degrades_the_service(min
     out = await reconcile.reconcile(cluster, body, NOW, pods=[])
     assert (DAEMONSETS.plural, "ml", "qwen-prepull") not in cluster.objects
     assert all(c["type"] != "ImagePrePulled" for c in out.status["conditions"])
+
+
+def failed_pod(uid: str, message: str, cache_dir: str, reason: str = "Error") -> dict[str, Any]:
+    """A pod whose engine failed at start (three times) and keeps its log's tail as its termination
+    message (terminationMessagePolicy FallbackToLogsOnError)."""
+    p = started_pod(uid)
+    p["spec"] = {"containers": [{"name": "vllm", "env": [{"name": "VLLM_CACHE_ROOT", "value": cache_dir}]}]}
+    p["status"]["conditions"][-1]["status"] = "False"
+    p["status"]["containerStatuses"][0] |= {
+        "restartCount": 3,
+        "lastState": {"terminated": {"exitCode": 1, "reason": reason, "message": message}},
+    }
+    return p
+
+
+async def test_a_start_that_fails_in_the_compile_cache_gets_a_new_one_once_an_hour(minimal) -> None:
+    """A traceback through the pods' compile cache (a half-written or corrupt entry): the pods get a
+    new, empty directory (a Warning Event says why and what to do if they still fail); the same pods
+    failing again with the old directory do not reset it twice; a failure elsewhere resets nothing."""
+    cluster = FakeCluster()
+    svc = parse(minimal)
+    from qwen_operator import render
+
+    first = render.compile_cache_dir(svc.spec)
+    trace = (
+        "Traceback (most recent call last):\n"
+        f'  File "...", line 12, in load\nEOFError: Ran out of input: {first}/torch_compile_cache/ab/rank_0'
+    )
+    out = await reconcile.reconcile(cluster, minimal, NOW, pods=[failed_pod("a", trace, first)])
+    assert out.status["startup"]["compileCacheGeneration"] == 1
+    second = render.compile_cache_dir(svc.spec, 1)
+    assert second != first
+    env = cluster.objects[(DEPLOYMENTS.plural, "ml", "qwen")]["spec"]["template"]["spec"]["containers"][0][
+        "env"
+    ]
+    assert {"name": "VLLM_CACHE_ROOT", "value": second} in env
+    (event,) = [e for e in out.events if e.reason == "CompileCacheReset"]
+    assert event.type == "Warning"
+    assert "EOFError" in event.message
+    assert second in event.message
+    # Old pods still failing on the old directory (even an hour on): nothing more.
+    body = {**copy.deepcopy(minimal), "status": out.status}
+    again = await reconcile.reconcile(
+        cluster, body, "2026-12-07T13:30:00Z", pods=[failed_pod("a", trace, first)]
+    )
+    assert again.status["startup"]["compileCacheGeneration"] == 1
+    assert not [e for e in again.events if e.reason == "CompileCacheReset"]
+    # A new pod fails in the new one within the hour: not reset again (the cause may be elsewhere).
+    trace2 = trace.replace(first, second)
+    body = {**copy.deepcopy(minimal), "status": again.status}
+    soon = await reconcile.reconcile(
+        cluster, body, "2026-12-07T12:30:00Z", pods=[failed_pod("b", trace2, second)]
+    )
+    assert soon.status["startup"]["compileCacheGeneration"] == 1
+    later = await reconcile.reconcile(
+        cluster, body, "2026-12-07T13:01:00Z", pods=[failed_pod("b", trace2, second)]
+    )
+    assert later.status["startup"]["compileCacheGeneration"] == 2
+    # A failure that does not name the cache (CUDA out of memory, say) resets nothing.
+    oom = failed_pod("c", "torch.OutOfMemoryError: CUDA out of memory.", first)
+    other = await reconcile.reconcile(FakeCluster(), minimal, NOW, pods=[oom])
+    assert (other.status.get("startup") or {}).get("compileCacheGeneration", 0) == 0
+
+
+async def test_a_full_cache_volume_is_a_clear_condition(minimal) -> None:
+    svc = parse(minimal)
+    from qwen_operator import render
+
+    tail = "...\nOSError: [Errno 28] No space left on device: '/cache/vllm/x/torch_compile_cache/a'"
+    full = failed_pod("a", tail, render.compile_cache_dir(svc.spec))
+    out = await reconcile.reconcile(FakeCluster(), minimal, NOW, pods=[full])
+    degraded = next(c for c in out.status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "CacheVolumeFull")
+    assert "Errno 28" in degraded["message"]
+    assert "sizeLimit" in degraded["message"]
+    assert (out.status.get("startup") or {}).get("compileCacheGeneration", 0) == 0, "full is not corrupt"
+    evicted = started_pod("e")
+    evicted["status"] = {
+        "phase": "Failed",
+        "reason": "Evicted",
+        "message": 'Usage of EmptyDir volume "cache" exceeds the limit "10Gi". ',
+    }
+    out = await reconcile.reconcile(FakeCluster(), minimal, NOW, pods=[evicted])
+    degraded = next(c for c in out.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "CacheVolumeFull"
+    assert "EmptyDir" in degraded["message"]
