@@ -125,6 +125,8 @@ class Target:
     pods: tuple[PodRef, ...]
     cold_starts: tuple[float, ...] = ()  # seconds from creation to Ready of its ready pods
     routers: tuple[PodRef, ...] | None = None  # its router's ready pods (None: no router in front)
+    node_waits: tuple[float, ...] = ()  # of its ready pods, seconds from creation to scheduled
+    waiting_for_node: int = 0  # its pods unschedulable now
 
     @property
     def key(self) -> tuple[str, str]:
@@ -141,6 +143,8 @@ class Target:
             error=error,
             cold_starts=self.cold_starts,
             router=router,
+            node_waits=self.node_waits,
+            waiting_for_node=self.waiting_for_node,
         )
 
 

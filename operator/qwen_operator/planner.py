@@ -182,8 +182,18 @@ def _percent(x: float) -> str:
     return f"{round(100 * x)}%"
 
 
-def cold_start(slo: api.LatencySLO, state: PlanState, seen: Sequence[float]) -> tuple[float, float | None]:
-    """The cold start to plan for, and the measurement to keep (the mean of the latest ones seen)."""
+def cold_start(
+    slo: api.LatencySLO,
+    state: PlanState,
+    seen: Sequence[float],
+    node_waits: Sequence[float] = (),
+    waiting_for_node: int = 0,
+) -> tuple[float, float | None]:
+    """The cold start to plan for, and the measurement to keep (the mean of the latest ones seen).
+    The measurement holds the node waits as often as they came; while pods wait for a node now, a
+    replica asked for now waits too: the horizon is then the pods' own start (their measured start
+    less their node waits) plus the slowest node wait seen lately (``node_waits``: those of the ready
+    pods), if that is longer."""
     measured = state.cold_start_seconds
     fresh = [s for s in seen if math.isfinite(s) and 0 < s < 3 * 3600]
     if fresh:
@@ -191,7 +201,12 @@ def cold_start(slo: api.LatencySLO, state: PlanState, seen: Sequence[float]) -> 
         measured = latest if measured is None else 0.5 * measured + 0.5 * latest
     if slo.cold_start_seconds is not None:
         return float(slo.cold_start_seconds), measured
-    return (measured if measured is not None else DEFAULT_COLD_START), measured
+    cold = measured if measured is not None else DEFAULT_COLD_START
+    waits = [w for w in node_waits if math.isfinite(w) and 0 <= w < 3 * 3600]
+    if waiting_for_node > 0 and waits and fresh:
+        own = max(sum(fresh) / len(fresh) - sum(waits) / len(waits), 0.0)
+        cold = max(cold, own + max(waits))
+    return cold, measured
 
 
 @dataclass(frozen=True)
@@ -442,6 +457,8 @@ def plan(
     running: float = 0.0,
     *,
     surge: Surge | None = None,
+    node_waits: Sequence[float] = (),
+    waiting_for_node: int = 0,
 ) -> Plan | None:
     """The replicas the SLO needs, or None without traffic data (the targets then decide).
     ``kv``: the ready pods' KV-cache usage (0-1), those that report it; ``kv_target``: the usage a
@@ -511,7 +528,7 @@ def plan(
     if kv_full:
         failed_now = True
     scale, carried, failed = _learn(state, initial, load, work / ready, failed_now, fade, brink)
-    cold, measured = cold_start(slo, state, cold_starts)
+    cold, measured = cold_start(slo, state, cold_starts, node_waits, waiting_for_node)
     level, trend = _smooth(state, work, now)
     rise = max(trend, 0.0) * cold
     # A rise smaller than RISE_FLOOR of the level is noise; a larger one is planned for (at most 2x).
@@ -555,6 +572,11 @@ def plan(
         message += (
             f"; the router counts {_one(surge.rate)} requests/s over the last {surge.seconds:.0f} s, "
             f"{_one(surge.factor)}x the window's rate: planning for it"
+        )
+    if waiting_for_node > 0 and measured is not None and cold > measured:
+        message += (
+            f"; {waiting_for_node} pod(s) waiting for a node: planning {cold:.0f} s ahead (a start "
+            f"{measured:.0f} s on average)"
         )
     if kv_full or brink:
         message += f"; KV cache {_percent(kv_peak)} full on the busiest pod (target {_percent(kv_target)})"

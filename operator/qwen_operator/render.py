@@ -240,10 +240,11 @@ def _http_probe(period: int, timeout: int, failures: int) -> dict[str, Any]:
 
 
 def _container(
-    spec: api.QwenServiceSpec, mounts: list[dict[str, Any]], budget: int | None = None, cache_dir: str = ""
+    spec: api.QwenServiceSpec, mounts: list[dict[str, Any]], budget: int, cache_dir: str
 ) -> dict[str, Any]:
-    seconds = spec.engine.startup_timeout_seconds if budget is None else budget
-    startup = _http_probe(STARTUP_PROBE_PERIOD_SECONDS, 5, math.ceil(seconds / STARTUP_PROBE_PERIOD_SECONDS))
+    """The vLLM container; ``budget``: the seconds its engine may take to serve; ``cache_dir``: its
+    compile cache."""
+    startup = _http_probe(STARTUP_PROBE_PERIOD_SECONDS, 5, math.ceil(budget / STARTUP_PROBE_PERIOD_SECONDS))
     container: dict[str, Any] = {
         "name": "vllm",
         "image": spec.engine.image,
@@ -251,7 +252,7 @@ def _container(
         "command": ["vllm", "serve"],
         "args": vllm_args(spec),
         "ports": [{"name": "http", "containerPort": api.VLLM_PORT, "protocol": "TCP"}],
-        "env": _env(spec, cache_dir or compile_cache_dir(spec)),
+        "env": _env(spec, cache_dir),
         "volumeMounts": mounts,
         "startupProbe": startup,
         "readinessProbe": _http_probe(5, 5, 3),

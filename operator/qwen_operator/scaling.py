@@ -96,6 +96,8 @@ class Observation:
     ready_pods: tuple[str, ...]
     samples: Mapping[str, PodSample] = field(default_factory=dict)
     cold_starts: tuple[float, ...] = ()  # seconds from creation to Ready of the service's recent pods
+    node_waits: tuple[float, ...] = ()  # of those, seconds waiting for a node (created to scheduled)
+    waiting_for_node: int = 0  # the service's pods unschedulable now (waiting for a node)
     error: str | None = None  # the metrics source failed (unreachable, timeout, bad answer)
     router: idle.RouterSample | None = None  # the router's figures (None: no router in front)
 
@@ -591,6 +593,8 @@ def _slo_plan(
         target,
         running,
         surge=fresh,
+        node_waits=obs.node_waits,
+        waiting_for_node=obs.waiting_for_node,
     )
 
 

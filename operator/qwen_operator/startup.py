@@ -62,6 +62,14 @@ def phases(pod: Mapping[str, Any], container: str = "vllm") -> dict[str, float]:
     return out
 
 
+def unschedulable(pod: Mapping[str, Any]) -> bool:
+    """Whether the scheduler found no node for the pod (yet): it waits for one (a node autoscaler's)."""
+    return any(
+        c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+
+
 def _ready_at(pod: Mapping[str, Any]) -> datetime.datetime | None:
     for c in (pod.get("status") or {}).get("conditions") or []:
         if c.get("type") == "Ready" and c.get("status") == "True":
@@ -110,7 +118,6 @@ def fold(
         seen.add(uid)
     if not new:
         return previous, []
-    new.sort(key=lambda s: s.ready_at)
     recent = sorted([*recent, *new], key=lambda s: s.ready_at)[-KEPT:]
     base = previous or api.StartupStatus()
     latest = recent[-1]

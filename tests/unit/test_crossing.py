@@ -127,6 +127,23 @@ def test_pods_launched_together_wait_for_the_same_new_node() -> None:
     plain = Cluster(quiet, policies.Static(5), Settings(A10G, 0, 5, 0, cold_start=start))
     plain._scale(0.0, 5)
     assert all(p.ready_at < 20 for p in plain.pods)
+    # What the policies see of it: the pods waiting for a node now, and each ready pod's wait.
+    seen: list[policies.View] = []
+
+    class Watch(policies.Static):
+        def desired(self, view: policies.View) -> int:
+            seen.append(view)
+            return super().desired(view)
+
+    watched = Cluster(quiet, Watch(5), Settings(A10G, 0, 5, 0, cold_start=start, nodes=nodes))
+    watched._scale(0.0, 5)
+    for at in (100.0, 2000.0):
+        watched._evaluate(at)
+    assert seen[0].unscheduled == 5
+    assert seen[0].ready == ()
+    assert seen[1].unscheduled == 0
+    assert len(seen[1].node_waits) == 5
+    assert all(w >= 300 for w in seen[1].node_waits)
 
 
 def test_queue_time_is_observed_when_a_request_finishes_as_vllm_does() -> None:

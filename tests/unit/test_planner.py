@@ -268,6 +268,30 @@ def test_the_cold_start_is_measured_from_the_pods_unless_named() -> None:
     assert q.cold_start == 300
 
 
+def test_while_pods_wait_for_a_node_the_horizon_holds_the_slowest_node_wait() -> None:
+    """Ready pods that started in 120 and 300 s, 0 and 180 s of it waiting for a node: on average a
+    start takes 210 s. With a pod unschedulable now, a replica asked for now waits for a node too: the
+    plan looks 120 s (their own start) + 180 s (the slowest wait) ahead, and says why; with none
+    waiting, the average; a named cold start is taken as it is."""
+    seen, waits = (120.0, 300.0), (0.0, 180.0)
+    calm = plan(traffic(1), 2, SLO, SEED, PlanState(), T0, cold_starts=seen, node_waits=waits)
+    assert calm is not None
+    assert calm.cold_start == 210
+    short = plan(
+        traffic(1), 2, SLO, SEED, PlanState(), T0, cold_starts=seen, node_waits=waits, waiting_for_node=1
+    )
+    assert short is not None
+    assert short.cold_start == 300
+    assert short.state.cold_start_seconds == 210, "what is kept is the measurement"
+    assert "1 pod(s) waiting for a node: planning 300 s ahead" in short.message
+    named = api.LatencySLO(time_to_first_token_seconds=2, cold_start_seconds=90)
+    fixed = plan(
+        traffic(1), 2, named, SEED, PlanState(), T0, cold_starts=seen, node_waits=waits, waiting_for_node=1
+    )
+    assert fixed is not None
+    assert fixed.cold_start == 90
+
+
 def test_no_traffic_or_too_few_requests_give_no_plan_or_no_verdict() -> None:
     assert plan(None, 2, SLO, SEED, PlanState(), T0) is None
     assert plan(traffic(1), 0, SLO, SEED, PlanState(), T0) is None

@@ -255,3 +255,24 @@ async def test_a_full_cache_volume_is_a_clear_condition(minimal) -> None:
     degraded = next(c for c in out.status["conditions"] if c["type"] == "Degraded")
     assert degraded["reason"] == "CacheVolumeFull"
     assert "EmptyDir" in degraded["message"]
+
+
+def test_the_scaler_sees_the_node_waits_of_ready_pods_and_the_pods_waiting_for_a_node_now() -> None:
+    from qwen_operator.scaler.targets import candidates
+    from tests.unit.test_scaler import deployment, service
+
+    body = service("qwen")
+    pending = {
+        "metadata": {"name": "qwen-p", "namespace": "ml", "uid": "p", "labels": labels.common_labels("qwen")},
+        "status": {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}],
+        },
+    }
+    other = copy.deepcopy(pending)
+    other["metadata"] |= {"name": "x-p", "labels": labels.common_labels("x")}
+    (found,) = candidates([(parse(body), body)], [deployment("qwen")], [started_pod("a"), pending, other])
+    assert found.target.node_waits == (95.0,)
+    assert found.target.waiting_for_node == 1, "its own pods only"
+    obs = found.target.observation({})
+    assert (obs.node_waits, obs.waiting_for_node) == ((95.0,), 1)

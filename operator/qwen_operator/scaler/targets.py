@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from qwen_operator import api, labels
+from qwen_operator import api, labels, startup
 from qwen_operator.metrics import PodRef, Target
 from qwen_operator.objects import is_ready, key, owned_by, parse_time
 
@@ -59,6 +59,12 @@ def candidates(
     by_key = {key(d): d for d in deployments}
     ready = ready_pods_by_service(pods)
     routers = ready_pods_by_service(pods, labels.ROUTER_OF_LABEL)
+    unscheduled: Counter[tuple[str, str]] = Counter(
+        (p["metadata"]["namespace"], owner)
+        for p in pods
+        if startup.unschedulable(p)
+        and (owner := (p["metadata"].get("labels") or {}).get(labels.SERVICE_LABEL))
+    )
     out = []
     for svc, body in due:
         dep = by_key.get((svc.namespace, svc.name))
@@ -77,6 +83,8 @@ def candidates(
                 PodRef(p["metadata"]["name"], (p.get("status") or {}).get("podIP"))
                 for p in sorted(routers[svc.namespace, svc.name], key=lambda p: str(p["metadata"]["name"]))
             ),
+            tuple(w for w in (startup.phases(p).get("node") for p in mine) if w is not None),
+            unscheduled[svc.namespace, svc.name],
         )
         out.append(Candidate(svc, body, target, mine))
     return out

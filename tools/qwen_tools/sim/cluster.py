@@ -96,6 +96,7 @@ class Pod:
     removed: float | None = None  # stopped taking traffic (scale-down)
     deleted: float | None = None
     sample: Sample | None = None
+    scheduled: float = 0.0  # when its node was there (created + the wait for a node)
     busy_mark: float = 0.0
     seen: int = 0  # finished requests already handed back to their closed-loop clients
 
@@ -244,13 +245,15 @@ class Cluster:
 
     def _create(self, now: float, warm: bool = False, engine_since: float | None = None) -> None:
         self._n += 1
-        ready_at = now if warm else now + self._node_wait(now) + self.s.cold_start.sample(self.cold_rng)
+        node_wait = 0.0 if warm else self._node_wait(now)
+        ready_at = now if warm else now + node_wait + self.s.cold_start.sample(self.cold_rng)
         pod = Pod(
             f"pod-{self._n}",
             now,
             ready_at,
             Engine(self.s.gpu, now if engine_since is None else engine_since),
             self.scrape_rng.randrange(self.s.scrape_interval),
+            scheduled=now + node_wait,
         )
         self.pods.append(pod)
         self.live.append(pod)
@@ -497,6 +500,8 @@ class Cluster:
             self.s.gpu.max_num_seqs,
             tuple(p.ready_at - p.created for p in ready),
             self._router_sample(),
+            tuple(p.scheduled - p.created for p in ready),
+            sum(1 for p in self.live if p.scheduled > now),
         )
         desired = self.policy.desired(view)
         if desired != self.replicas:

@@ -43,6 +43,8 @@ class View:
     max_num_seqs: int
     starts: tuple[float, ...] = ()  # seconds from creation to ready of the ready pods
     router: RouterSample | None = None  # what our router's /metrics says now (routing "builtin")
+    node_waits: tuple[float, ...] = ()  # of the ready pods, seconds from creation to a node
+    unscheduled: int = 0  # pods waiting for a node now
 
     def fresh(self) -> list[Sample]:
         return [self.samples[p] for p in self.ready if p in self.samples]
@@ -294,6 +296,8 @@ class Ours:
             },
             cold_starts=view.starts,
             router=view.router,
+            node_waits=view.node_waits,
+            waiting_for_node=view.unscheduled,
         )
 
     def desired(self, view: View) -> int:

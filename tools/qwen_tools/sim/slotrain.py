@@ -64,6 +64,19 @@ SCENARIOS = (
     # minutes neither scored nor billed.
     Scenario("steady1-a10g", "a10g", "conv1x2", max_replicas=10, calibration="drawn", burn_in=bench.BURN_IN),
     Scenario("steady1-v100", "v100", "conv1x2", max_replicas=10, calibration="drawn", burn_in=bench.BURN_IN),
+    # Pods that may wait for a GPU node (cluster.Nodes: a node autoscaler's provisioning, shared by the
+    # pods launched while one is on its way), as the benchmark's -node-autoscaling scenario runs.
+    Scenario("ramp-a10g-nodes", "a10g", "ramp", max_replicas=12, nodes=True),
+    Scenario("flash1-a10g-nodes", "a10g", "flash1", max_replicas=12, nodes=True),
+    Scenario(
+        "steady1-a10g-nodes",
+        "a10g",
+        "conv1x2",
+        max_replicas=10,
+        calibration="drawn",
+        burn_in=bench.BURN_IN,
+        nodes=True,
+    ),
 )
 
 
