@@ -272,6 +272,7 @@ def test_the_scaler_sees_the_node_waits_of_ready_pods_and_the_pods_waiting_for_a
     other = copy.deepcopy(pending)
     other["metadata"] |= {"name": "x-p", "labels": labels.common_labels("x")}
     (found,) = candidates([(parse(body), body)], [deployment("qwen")], [started_pod("a"), pending, other])
+    assert found.target.cold_starts == (217.0,)
     assert found.target.node_waits == (95.0,)
     assert found.target.waiting_for_node == 1, "its own pods only"
     obs = found.target.observation({})

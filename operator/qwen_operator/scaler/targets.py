@@ -9,7 +9,7 @@ from typing import Any
 
 from qwen_operator import api, labels, startup
 from qwen_operator.metrics import PodRef, Target
-from qwen_operator.objects import is_ready, key, owned_by, parse_time
+from qwen_operator.objects import is_ready, key, owned_by
 
 
 @dataclass(frozen=True)
@@ -20,19 +20,6 @@ class Candidate:
     body: Mapping[str, Any]
     target: Target
     pods: tuple[Mapping[str, Any], ...]
-
-
-def start_seconds(pod: Mapping[str, Any]) -> float | None:
-    """Seconds from a pod's creation to its Ready condition (its cold start), when both are known."""
-    created = parse_time((pod.get("metadata") or {}).get("creationTimestamp"))
-    ready = next(
-        (c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None
-    )
-    became = parse_time((ready or {}).get("lastTransitionTime"))
-    if created is None or became is None:
-        return None
-    seconds = (became - created).total_seconds()
-    return seconds if seconds > 0 else None
 
 
 def ready_pods_by_service(
@@ -71,19 +58,20 @@ def candidates(
         if dep is None or not owned_by(dep, svc):
             continue
         mine = tuple(sorted(ready[svc.namespace, svc.name], key=lambda p: str(p["metadata"]["name"])))
+        started = [startup.phases(p) for p in mine]
         target = Target(
             svc.namespace,
             svc.name,
             int(dep.get("spec", {}).get("replicas", 1)),
             tuple(PodRef(p["metadata"]["name"], (p.get("status") or {}).get("podIP")) for p in mine),
-            tuple(s for s in (start_seconds(p) for p in mine) if s is not None),
+            tuple(ph["total"] for ph in started if "total" in ph),
             None
             if svc.spec.routing.router is None
             else tuple(
                 PodRef(p["metadata"]["name"], (p.get("status") or {}).get("podIP"))
                 for p in sorted(routers[svc.namespace, svc.name], key=lambda p: str(p["metadata"]["name"]))
             ),
-            tuple(w for w in (startup.phases(p).get("node") for p in mine) if w is not None),
+            tuple(ph["node"] for ph in started if "node" in ph),
             unscheduled[svc.namespace, svc.name],
         )
         out.append(Candidate(svc, body, target, mine))
