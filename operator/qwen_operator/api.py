@@ -22,14 +22,12 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
-    PrivateAttr,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 
 from qwen_operator import labels, urls, vllm_flags
 from qwen_operator.gpu_targets import (
-    DEFAULT_CAPACITY,
     DEFAULT_CONCURRENCY,
     GPU_PRODUCT_LABEL,
     default_concurrency,
@@ -867,12 +865,6 @@ class LatencySLO(_Model):
     first token within ``timeToFirstTokenSeconds`` (and, if set, their output tokens at most
     ``timePerOutputTokenSeconds`` apart on average)."""
 
-    # The GPU's seed capacity (prompt, generated tok/s), filled in by QwenServiceSpec.scaling().
-    _seed: tuple[float, float] = PrivateAttr(default=DEFAULT_CAPACITY)
-
-    def seed(self) -> tuple[float, float]:
-        return self._seed
-
     time_to_first_token_seconds: float = Field(
         gt=0, le=600, description="Time to first token (queueing and prefill included) a request may take."
     )
@@ -1316,16 +1308,19 @@ class QwenServiceSpec(_Model):
         auto = self.autoscaling
         product = self.scheduling.node_selector.get(GPU_PRODUCT_LABEL)
         tp = self.engine.tensor_parallel_size
-        if auto.slo is not None:
-            slo = auto.slo.model_copy()
-            slo._seed = seed_capacity(product, tp)
-            auto = auto.model_copy(update={"slo": slo})
         targets = auto.targets
         if targets.concurrency_per_replica is not None:
             return auto
         target = default_concurrency(product, tp, self.engine.max_num_seqs)
         filled = targets.model_copy(update={"concurrency_per_replica": target})
         return auto.model_copy(update={"targets": filled})
+
+    def seed_capacity(self) -> tuple[float, float]:
+        """One replica's peak prompt and generated tokens per second on the GPU the pods are pinned to
+        (the nodeSelector's product, times the tensor-parallel size): where SLO mode's performance
+        model starts before it has learned the replicas' own speed."""
+        product = self.scheduling.node_selector.get(GPU_PRODUCT_LABEL)
+        return seed_capacity(product, self.engine.tensor_parallel_size)
 
     @property
     def scales_to_zero(self) -> bool:

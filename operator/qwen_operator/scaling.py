@@ -1,7 +1,10 @@
 """The scaling decision: a pure function of what was observed, the spec, the state and the time.
 
-``decide(observation, spec, state, now) -> Decision`` runs small named stages; each may change the
-replica count and says why (:class:`Reason`):
+``decide(observation, spec, state, now, seed) -> Decision`` runs small named stages; each may change
+the replica count and says why (:class:`Reason`). ``spec`` is the autoscaling block resolved against
+the rest of the QwenService (``QwenServiceSpec.scaling()``: the GPU's concurrency target filled in),
+``seed`` the GPU's peak token rates (``QwenServiceSpec.seed_capacity()``), where SLO mode's model
+starts:
 
 1. ``recommend``: per signal (concurrency, KV-cache usage with the waiting requests' share, optionally
    waiting requests) the replicas the load needs; the largest wins; a tolerance band around the
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from qwen_operator import api, idle, surge
+from qwen_operator.gpu_targets import DEFAULT_CAPACITY
 from qwen_operator.perf.sizing import GRID, Sizing
 from qwen_operator.perf.stepmodel import Fit
 from qwen_operator.planner import Capacity, Plan, PlanState, plan
@@ -434,7 +438,12 @@ def _data_run_broken(state: State, spec: api.AutoscalingSpec, now: datetime) -> 
     return (now - state.last_evaluated).total_seconds() > limit
 
 
-def decide(obs: Observation, spec: api.AutoscalingSpec, state: State, now: datetime) -> Decision:
+DEFAULT_SEED = Capacity(*DEFAULT_CAPACITY)  # no GPU named: the generic card's
+
+
+def decide(
+    obs: Observation, spec: api.AutoscalingSpec, state: State, now: datetime, seed: Capacity = DEFAULT_SEED
+) -> Decision:
     """The replicas a QwenService should have now, why, and the state to remember."""
     current = obs.replicas
     window = spec.scale_down.stabilization_window_seconds
@@ -452,7 +461,7 @@ def decide(obs: Observation, spec: api.AutoscalingSpec, state: State, now: datet
     if traffic is not None:
         fresh, dispersion = surge.of(obs.router, before, now, traffic.requests_per_second)
         state = replace(state, idle=replace(state.idle, dispersion=dispersion))
-    slo = _slo_plan(obs, spec, usable, traffic, state, now, fresh)
+    slo = _slo_plan(obs, spec, usable, traffic, state, now, seed, fresh)
     if slo is not None:
         state = replace(state, plan=slo.state)
     need = recommend(obs, spec, usable, traffic, slo)
@@ -570,6 +579,7 @@ def _slo_plan(
     traffic: Traffic | None,
     state: State,
     now: datetime,
+    seed: Capacity,
     fresh: surge.Surge | None = None,
 ) -> Plan | None:
     """SLO mode's plan from the ready pods' traffic (and a surge the router saw since), or None (no
@@ -577,7 +587,6 @@ def _slo_plan(
     if spec.slo is None:
         return None
     waiting = sum(s.waiting for s in usable.values())
-    seed = Capacity(*spec.slo.seed())
     ready, kv, target = len(obs.ready_pods), kv_usages(usable), spec.targets.kv_cache_usage
     running = sum(s.running for s in usable.values())
     return plan(

@@ -10,6 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from qwen_operator import api, scaling, status
+from qwen_operator.gpu_targets import GPU_PRODUCT_LABEL
 from qwen_operator.perf import sizing
 from qwen_operator.planner import Capacity, Plan, PlanState, burst_hold, plan, seed_share
 from qwen_operator.traffic import INF, Histogram, Traffic
@@ -362,6 +363,25 @@ def test_decide_scales_on_the_slo_plan_and_says_why() -> None:
     assert decision.observation.prompt_tokens_per_second == 2700
     assert decision.observation.ttft_within_slo_percent == 100
     assert decision.state.plan.capacity_scale == pytest.approx(0.6, rel=1e-3)
+
+
+def test_slo_mode_starts_from_the_gpu_the_pods_are_pinned_to() -> None:
+    """The spec resolves the GPU's seed from its nodeSelector (a replica over several GPUs gets the
+    generic one); decide() plans with the seed it is given: the same load is fewer A100s than A10Gs."""
+    body: dict[str, object] = {
+        "model": {"name": "Qwen/Qwen2.5-7B-Instruct"},
+        "autoscaling": {"enabled": True, "slo": {"timeToFirstTokenSeconds": 2}},
+    }
+    a100 = {"scheduling": {"nodeSelector": {GPU_PRODUCT_LABEL: "NVIDIA-A100-SXM4-80GB"}}}
+    assert api.QwenServiceSpec.model_validate(body).seed_capacity() == (6000.0, 820.0)
+    assert api.QwenServiceSpec.model_validate({**body, **a100}).seed_capacity() == (15000.0, 2670.0)
+    split = {**body, **a100, "engine": {"tensorParallelSize": 2}}
+    assert api.QwenServiceSpec.model_validate(split).seed_capacity() == (6000.0, 820.0)
+    load = obs(3, traffic(0.3, waited=0.5), waiting=100)  # a failure: the capacity is the floor
+    on_a10g = scaling.decide(load, slo_spec(), WARM, T0)
+    on_a100 = scaling.decide(load, slo_spec(), WARM, T0, scaling.Capacity(15000.0, 2670.0))
+    assert on_a10g.replicas == 5
+    assert on_a100.replicas < on_a10g.replicas, on_a100.message
 
 
 def test_without_traffic_the_concurrency_target_decides() -> None:

@@ -646,8 +646,9 @@ def test_a_model_cache_shortens_the_simulated_cold_start() -> None:
 
 
 def test_the_training_crossing_is_read_between_the_two_bounds_around_99_percent() -> None:
-    """``slotrain --bounds``: where SLO mode's mean attainment crosses 99%, by linear interpolation;
-    an upper bound (the cheapest met) when every bound met it; none when none brackets it."""
+    """``slotrain --bounds`` (and ``--peer``): where a policy's mean attainment crosses 99%, by linear
+    interpolation; an upper bound (the cheapest met) when every level met it; none when none brackets
+    it. A peer's target, like SLO mode's bound, spends less as it grows, whatever order the runs came in."""
     from qwen_tools.sim.slotrain import crossings
 
     rows = [
@@ -656,8 +657,26 @@ def test_the_training_crossing_is_read_between_the_two_bounds_around_99_percent(
         (1.5, ("b", "ours", 2.0, 1.0, 1.0)),
         (3.0, ("b", "ours", 1.5, 0.995, 1.0)),
         (1.5, ("c", "ours", 9.0, 0.9, 1.0)),
+        (27.0, ("a", "kpa", 2.0, 0.98, 1.0)),
+        (18.0, ("a", "kpa", 3.0, 1.0, 1.0)),
     ]
     table = crossings(rows).splitlines()
-    assert table[2] == "| a | 1.5 s: 3.00 / 99.50%, 2 s: 2.50 / 98.50% | 2.75 |"
-    assert table[3].endswith("| <= 1.50 |")
-    assert table[4].endswith("| none |")
+    assert table[2] == "| a | kpa | 18: 3.00 / 100.00%, 27: 2.00 / 98.00% | 2.50 |"
+    assert table[3] == "| a | ours | 1.5 s: 3.00 / 99.50%, 2 s: 2.50 / 98.50% | 2.75 |"
+    assert table[4].endswith("| <= 1.50 |")
+    assert table[5].endswith("| none |")
+
+
+def test_a_peer_is_swept_on_the_training_split_with_its_other_settings_as_tuned() -> None:
+    """``slotrain --peer kpa:18,27``: each level of the KPA's target, with the windows ``make
+    bench-tune`` chose for the scenario's GPU (the A10G's for a card it did not tune on), every seed."""
+    from qwen_tools.sim.slotrain import SCENARIOS, SEEDS, _peer_jobs
+
+    tuned = {"tuned": {"a10g": {"kpa": {"chosen": {"target": 27.0, "windows": [240.0, 180.0]}}}}}
+    chosen = [sc for sc in SCENARIOS if sc.name in ("steady1-a10g", "steady1-v100")]
+    jobs = _peer_jobs("kpa:18,27", tuned, chosen, Path("traces"))
+    assert len(jobs) == 2 * 2 * len(SEEDS)
+    assert {(j.scenario.name, dict(j.config)["target"]) for j in jobs} == {
+        (name, level) for name in ("steady1-a10g", "steady1-v100") for level in (18.0, 27.0)
+    }
+    assert all(dict(j.config)["windows"] == [240.0, 180.0] and j.policy == "kpa" for j in jobs)

@@ -20,6 +20,7 @@ from qwen_operator import api, labels, scaling, status, telemetry, validation
 from qwen_operator.kube import DEPLOYMENTS, PODS, QWENSERVICES, ClusterAPI, is_not_found
 from qwen_operator.objects import rfc3339
 from qwen_operator.outcome import Event, Outcome
+from qwen_operator.planner import Capacity
 from qwen_operator.scaler.targets import Candidate
 from qwen_operator.writes import create_events, write_status
 
@@ -65,7 +66,8 @@ class Actuator:
     ) -> tuple[scaling.Decision, api.QwenServiceStatus]:
         """The pure decision for one service, and the status it leads to (no I/O)."""
         state = self.states.get(svc.metadata.uid or "") or scaling.state_from_status(svc.status)
-        decision = scaling.decide(obs, svc.spec.scaling(), state, now)
+        seed = Capacity(*svc.spec.seed_capacity())
+        decision = scaling.decide(obs, svc.spec.scaling(), state, now, seed)
         return decision, status.scaling_status(
             svc.status,
             decision,

@@ -16,6 +16,7 @@ from typing import Protocol
 from qwen_operator import api, scaling
 from qwen_operator.gpu_targets import default_concurrency, seed_capacity
 from qwen_operator.idle import RouterSample
+from qwen_operator.planner import Capacity
 from qwen_operator.traffic import TRAFFIC_WINDOW_SECONDS, Totals, Traffic
 from qwen_tools.sim import peers
 
@@ -263,6 +264,7 @@ class Ours:
     spec: api.AutoscalingSpec
     name: str = "ours"
     deletion_cost: bool = True
+    seed: Capacity = scaling.DEFAULT_SEED  # the GPU's, as the operator reads the nodeSelector's
     state: scaling.State = field(default_factory=scaling.State)
     reasons: list[tuple[float, str]] = field(default_factory=list)
     interval: float = 0.0
@@ -302,7 +304,7 @@ class Ours:
 
     def desired(self, view: View) -> int:
         decision = scaling.decide(
-            self.observation(view), self.spec, self.state, EPOCH + timedelta(seconds=view.now)
+            self.observation(view), self.spec, self.state, EPOCH + timedelta(seconds=view.now), self.seed
         )
         self.state = decision.state
         self.reasons.append((view.now, decision.reason.value))
@@ -342,15 +344,13 @@ def ours_spec(
     )
 
 
-def slo_spec(
-    auto: api.AutoscalingSpec, gpu_product: str | None, ttft: float | None = None
-) -> api.AutoscalingSpec:
+def slo_mode(auto: api.AutoscalingSpec, gpu_product: str | None, ttft: float | None = None) -> Ours:
     """SLO mode as a user sets it: ``auto`` with its ``slo`` (else TTFT <= 2 s for 99%, or ``ttft``),
-    its capacity seeded from ``gpu_product`` as the operator seeds it from the nodeSelector."""
+    its model seeded from ``gpu_product`` as the operator seeds it from the nodeSelector."""
     slo = auto.slo or api.LatencySLO(time_to_first_token_seconds=2.0)
     slo = slo.model_copy(update={} if ttft is None else {"time_to_first_token_seconds": ttft})
-    slo._seed = seed_capacity(gpu_product)
-    return auto.model_copy(update={"slo": slo, "enabled": True})
+    spec = auto.model_copy(update={"slo": slo, "enabled": True})
+    return Ours(spec, seed=Capacity(*seed_capacity(gpu_product)))
 
 
 def make(
@@ -370,7 +370,7 @@ def make(
     if name.startswith("static:"):
         return Static(int(name.split(":", 1)[1]))
     factories: dict[str, Callable[[], Policy]] = {
-        "ours": lambda: Ours(slo_spec(auto, gpu_product)) if spec is None or spec.slo else Ours(auto),
+        "ours": lambda: slo_mode(auto, gpu_product) if spec is None or spec.slo else Ours(auto),
         "ours-target": lambda: Ours(auto, name="ours-target"),
         "hpa": lambda: HPA(lo, hi, target),
         "hpa-waiting": lambda: HPA(lo, hi, max(1.0, target / 4), metric="waiting"),

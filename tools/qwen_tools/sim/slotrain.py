@@ -7,7 +7,11 @@ an hour of it run as the benchmark runs its steady scenarios (drawn cards, warm 
 the benchmark's GPUs, and on cards and a calibration it does not use (V100, H100, the A10G's slow end),
 so that no rule fits three cards. SLO mode's rules were designed on these; the held-out scenarios judge
 them (``make bench``). Prints, per scenario and policy, the mean GPU-hours and SLO attainment
-(TTFT <= 2 s; and on the length-scaled target) over the seeds.
+(TTFT <= 2 s; and on the length-scaled target) over the seeds. With ``--bounds`` (SLO mode's TTFT
+bound) and ``--peer`` (a peer's main knob, e.g. ``kpa:18,22,27``, its other settings as ``make
+bench-tune`` chose them on its own training split), where each crosses 99%: the benchmark's question,
+asked of the training split, so that a rule can be compared with a tuned peer before the held-out
+scenarios are run.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ import argparse
 import itertools
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
+from typing import Any
 
-from qwen_tools.sim import bench, policies, trace
+from qwen_tools.sim import bench, policies, trace, tune
 from qwen_tools.sim.cluster import Cluster
 from qwen_tools.sim.run import Scenario, start_replicas
 from qwen_tools.sim.score import fixed_target, length_scaled_target, summarize
@@ -83,10 +88,11 @@ SCENARIOS = (
 @dataclass(frozen=True)
 class Job:
     scenario: Scenario
-    policy: str  # "ours" (SLO mode) or "ours-target" (the concurrency target)
+    policy: str  # "ours" (SLO mode), "ours-target" (the concurrency target), or a peer with ``config``
     seed: int
     traces: Path
     ttft: float | None = None  # SLO mode's bound (None: the README's 2 s); the scoring stays 2 s
+    config: tuple[tuple[str, object], ...] = ()  # a peer's settings (tune.configured), knob swept
 
 
 def run_job(job: Job) -> tuple[str, str, float, float, float]:
@@ -99,7 +105,11 @@ def run_job(job: Job) -> tuple[str, str, float, float, float]:
     )
     if job.ttft is not None:
         auto = policies.ours_spec(sc.min_replicas, sc.max_replicas)
-        policy = policies.Ours(policies.slo_spec(auto, sc.model.product, job.ttft))
+        policy = policies.slo_mode(auto, sc.model.product, job.ttft)
+    if job.config:
+        policy = tune.configured(
+            job.policy, sc.min_replicas, sc.max_replicas, dict(job.config), sc.model.product
+        )
     start = bench.start_replicas(sc) if sc.burn_in else start_replicas(requests, sc)
     result = Cluster(requests, policy, sc.settings(job.seed, start)).run()
     flat, scaled = summarize(result, fixed_target()), summarize(result, length_scaled_target(sc.model))
@@ -124,14 +134,20 @@ def table(rows: Sequence[tuple[str, str, float, float, float]]) -> str:
 
 
 def crossings(rows: Sequence[tuple[float, tuple[str, str, float, float, float]]]) -> str:
-    """Per scenario, SLO mode's mean GPU-hours and attainment at each bound, and the GPU-hours where the
-    attainment crosses 99% (linear between the two bounds around it; "<=" the cheapest bound's when
-    every bound met it, an upper bound; "none" when no pair brackets it)."""
-    grouped: dict[str, dict[float, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
-    for ttft, (name, _, gpu_h, flat, _) in rows:
-        grouped[name][ttft].append((gpu_h, flat))
-    lines = ["| scenario (training) | GPU-h / TTFT <= 2 s at each bound | GPU-h at 99% |", "|---|---|---|"]
-    for name, by_bound in sorted(grouped.items()):
+    """Per scenario and policy, the mean GPU-hours and attainment at each level of the swept knob (SLO
+    mode's bound, a peer's target: either spends less as it grows), and the GPU-hours where the
+    attainment crosses 99% (linear between the two levels around it; "<=" the cheapest level's when
+    every level met it, an upper bound; "none" when no pair brackets it)."""
+    grouped: dict[tuple[str, str], dict[float, list[tuple[float, float]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for level, (name, policy, gpu_h, flat, _) in rows:
+        grouped[name, policy][level].append((gpu_h, flat))
+    lines = [
+        "| scenario (training) | policy | GPU-h / TTFT <= 2 s at each level | GPU-h at 99% |",
+        "|---|---|---|---|",
+    ]
+    for (name, policy), by_bound in sorted(grouped.items()):
         points = [
             (t, statistics.mean(g for g, _ in v), statistics.mean(a for _, a in v))
             for t, v in sorted(by_bound.items())
@@ -143,9 +159,28 @@ def crossings(rows: Sequence[tuple[float, tuple[str, str, float, float, float]]]
             if a1 >= 0.99 > a2:
                 cross = f"{g1 + (g2 - g1) * (a1 - 0.99) / (a1 - a2):.2f}"
                 break
-        shown = ", ".join(f"{t:g} s: {g:.2f} / {100 * a:.2f}%" for t, g, a in points)
-        lines.append(f"| {name} | {shown} | {cross} |")
+        unit = " s" if policy == "ours" else ""  # SLO mode's bound; a peer's target is a count
+        shown = ", ".join(f"{t:g}{unit}: {g:.2f} / {100 * a:.2f}%" for t, g, a in points)
+        lines.append(f"| {name} | {policy} | {shown} | {cross} |")
     return "\n".join(lines)
+
+
+def _knob(policy: str) -> str:
+    return bench.KNOBS[policy].name
+
+
+def _peer_jobs(peer: str, tuned: Mapping[str, Any], chosen: Sequence[Scenario], traces: Path) -> list[Job]:
+    """A peer swept over its main knob, its other settings as ``make bench-tune`` chose them for each
+    scenario's GPU (on the same training split, seeds 0-2)."""
+    name, _, levels = peer.partition(":")
+    jobs = []
+    for sc in chosen:
+        by_gpu = tuned["tuned"]
+        setting = by_gpu.get(sc.gpu, by_gpu["a10g"])[name]["chosen"]  # cards it was not tuned on: the A10G's
+        for level in levels.split(","):
+            config = {**setting, _knob(name): float(level)}
+            jobs += [Job(sc, name, seed, traces, config=tuple(config.items())) for seed in SEEDS]
+    return jobs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,15 +192,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="",
         help="SLO mode only, at each of these TTFT bounds (e.g. 1.5,2,3): where it crosses 99%% at 2 s",
     )
+    parser.add_argument(
+        "--peer",
+        default="",
+        help="also sweep a tuned peer's knob, its other settings from --tuned (e.g. kpa:18,22,27,33)",
+    )
+    parser.add_argument("--tuned", type=Path, default=Path("bench/results/tuned.json"))
     parser.add_argument("--scenarios", default="", help="only these (comma-separated names)")
     args = parser.parse_args(argv)
     chosen = [sc for sc in SCENARIOS if not args.scenarios or sc.name in args.scenarios.split(",")]
-    if args.bounds:
-        bounds = [float(b) for b in args.bounds.split(",")]
-        jobs = [Job(sc, "ours", seed, args.traces, b) for b in bounds for sc in chosen for seed in SEEDS]
+    if args.bounds or args.peer:
+        jobs = [
+            Job(sc, "ours", seed, args.traces, float(b))
+            for b in filter(None, args.bounds.split(","))
+            for sc in chosen
+            for seed in SEEDS
+        ]
+        if args.peer:
+            jobs += _peer_jobs(args.peer, bench.load_tuned(args.tuned), chosen, args.traces)
         with Pool(args.workers) as pool:
             rows = pool.map(run_job, jobs)
-        print(crossings([(job.ttft or 2.0, row) for job, row in zip(jobs, rows, strict=True)]))
+        levels = [job.ttft if job.ttft is not None else dict(job.config)[_knob(job.policy)] for job in jobs]
+        print(crossings([(float(lv), row) for lv, row in zip(levels, rows, strict=True)]))  # type: ignore[arg-type]
         return 0
     jobs = [Job(sc, p, seed, args.traces) for sc in chosen for p in ("ours-target", "ours") for seed in SEEDS]
     with Pool(args.workers) as pool:

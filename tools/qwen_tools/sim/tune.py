@@ -78,7 +78,7 @@ def configured(
                 "scaleDown": {"stabilizationWindowSeconds": int(config["stabilization"])},
             }
         )
-        return policies.Ours(policies.slo_spec(auto, gpu_product, config["ttft"]))
+        return policies.slo_mode(auto, gpu_product, config["ttft"])
     if name == "ours-target":
         spec = api.AutoscalingSpec.model_validate(
             {
