@@ -171,7 +171,8 @@ def _knob(policy: str) -> str:
 
 def _peer_jobs(peer: str, tuned: Mapping[str, Any], chosen: Sequence[Scenario], traces: Path) -> list[Job]:
     """A peer swept over its main knob, its other settings as ``make bench-tune`` chose them for each
-    scenario's GPU (on the same training split, seeds 0-2)."""
+    scenario's GPU on its own training split (the conversation trace's first half and a ramp of it,
+    seeds 0-2; never the held-out scenarios)."""
     name, _, levels = peer.partition(":")
     jobs = []
     for sc in chosen:
