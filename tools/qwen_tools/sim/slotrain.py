@@ -92,7 +92,14 @@ class Job:
     seed: int
     traces: Path
     ttft: float | None = None  # SLO mode's bound (None: the README's 2 s); the scoring stays 2 s
-    config: tuple[tuple[str, object], ...] = ()  # a peer's settings (tune.configured), knob swept
+    config: tuple[tuple[str, Any], ...] = ()  # a peer's settings (tune.configured), knob swept
+
+    @property
+    def level(self) -> float:
+        """Where the swept knob stands: SLO mode's bound, or the peer's main knob."""
+        if self.ttft is not None:
+            return self.ttft
+        return float(dict(self.config)[bench.KNOBS[self.policy].name])
 
 
 def run_job(job: Job) -> tuple[str, str, float, float, float]:
@@ -100,16 +107,16 @@ def run_job(job: Job) -> tuple[str, str, float, float, float]:
     conv = trace.load(job.traces / source, "conv")
     requests = _traces(conv.window(0, conv.duration / 2), job.seed)[job.scenario.trace]()
     sc = job.scenario
-    policy: policies.Policy = policies.make(
-        job.policy, sc.min_replicas, sc.max_replicas, None, sc.model.product
-    )
-    if job.ttft is not None:
-        auto = policies.ours_spec(sc.min_replicas, sc.max_replicas)
-        policy = policies.slo_mode(auto, sc.model.product, job.ttft)
+    policy: policies.Policy
     if job.config:
         policy = tune.configured(
             job.policy, sc.min_replicas, sc.max_replicas, dict(job.config), sc.model.product
         )
+    elif job.ttft is not None:
+        auto = policies.ours_spec(sc.min_replicas, sc.max_replicas)
+        policy = policies.slo_mode(auto, sc.model.product, job.ttft)
+    else:
+        policy = policies.make(job.policy, sc.min_replicas, sc.max_replicas, None, sc.model.product)
     start = bench.start_replicas(sc) if sc.burn_in else start_replicas(requests, sc)
     result = Cluster(requests, policy, sc.settings(job.seed, start)).run()
     flat, scaled = summarize(result, fixed_target()), summarize(result, length_scaled_target(sc.model))
@@ -165,21 +172,16 @@ def crossings(rows: Sequence[tuple[float, tuple[str, str, float, float, float]]]
     return "\n".join(lines)
 
 
-def _knob(policy: str) -> str:
-    return bench.KNOBS[policy].name
-
-
 def _peer_jobs(peer: str, tuned: Mapping[str, Any], chosen: Sequence[Scenario], traces: Path) -> list[Job]:
     """A peer swept over its main knob, its other settings as ``make bench-tune`` chose them for each
     scenario's GPU on its own training split (the conversation trace's first half and a ramp of it,
     seeds 0-2; never the held-out scenarios)."""
     name, _, levels = peer.partition(":")
-    jobs = []
+    jobs, by_gpu = [], tuned["tuned"]
     for sc in chosen:
-        by_gpu = tuned["tuned"]
         setting = by_gpu.get(sc.gpu, by_gpu["a10g"])[name]["chosen"]  # cards it was not tuned on: the A10G's
         for level in levels.split(","):
-            config = {**setting, _knob(name): float(level)}
+            config = {**setting, bench.KNOBS[name].name: float(level)}
             jobs += [Job(sc, name, seed, traces, config=tuple(config.items())) for seed in SEEDS]
     return jobs
 
@@ -213,8 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             jobs += _peer_jobs(args.peer, bench.load_tuned(args.tuned), chosen, args.traces)
         with Pool(args.workers) as pool:
             rows = pool.map(run_job, jobs)
-        levels = [job.ttft if job.ttft is not None else dict(job.config)[_knob(job.policy)] for job in jobs]
-        print(crossings([(float(lv), row) for lv, row in zip(levels, rows, strict=True)]))  # type: ignore[arg-type]
+        print(crossings([(job.level, row) for job, row in zip(jobs, rows, strict=True)]))
         return 0
     jobs = [Job(sc, p, seed, args.traces) for sc in chosen for p in ("ours-target", "ours") for seed in SEEDS]
     with Pool(args.workers) as pool:
