@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -1441,6 +1441,11 @@ class ScalerState(_Model):
     ``lastScaleUpTime`` is written with every scale-up; the window and ``dataSince`` change with the load
     and are written at most once a minute while the decision holds (a restart is a gap in the data
     anyway, so the window starts again then)."""
+
+    # The fields a status write must not wait for (the cooldown after a scale-up; the idle gaps that
+    # decide scale to zero); every other field is written at most once a minute while the decision
+    # holds (``status.LAG_TOLERANT_STATE``), a restart losing at most that.
+    WRITTEN_AT_ONCE: ClassVar[frozenset[str]] = frozenset({"last_scale_up_time", "idle_gaps"})
 
     model_config = ConfigDict(extra="ignore")
     last_scale_up_time: Timestamp | None = None

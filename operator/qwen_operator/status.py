@@ -9,7 +9,6 @@ from datetime import datetime
 from typing import Any
 
 from qwen_operator import api, labels, render, scaling
-from qwen_operator.planner import PlanState
 
 READY = "Ready"
 PROGRESSING = "Progressing"
@@ -194,23 +193,6 @@ def compute_status(
     )
 
 
-def _plan_status(plan: PlanState) -> dict[str, Any]:
-    """SLO mode's learned and smoothed figures, rounded (they are for a restart, not for precision)."""
-    if plan.updated is None:
-        return {}
-    return {
-        "capacity_scale": None if plan.capacity_scale is None else round(plan.capacity_scale, 4),
-        "demand_level": None if plan.level is None else round(plan.level, 4),
-        "demand_trend": round(plan.trend, 6),
-        "demand_updated": plan.updated,
-        "demand_peaks": [api.DemandPeak(at=t, work=round(w, 4)) for t, w in plan.peaks],
-        "cold_start_seconds": None if plan.cold_start_seconds is None else round(plan.cold_start_seconds, 1),
-        "capacity_carried": None if plan.carried is None else round(plan.carried, 4),
-        "capacity_failed": None if plan.failed is None else round(plan.failed, 4),
-        "performance_model": None if plan.sizing is None else scaling.model_state(plan.sizing),
-    }
-
-
 ADVISORY = "Advisory"  # ScalingActive's reason in mode Advisory
 AWAITING_FIRST_SCRAPE = "AwaitingFirstScrape"
 
@@ -308,22 +290,13 @@ def scaling_status(
         )
     else:
         conds = [c for c in conds if c.type != SCALED_TO_ZERO]
-    idle_state = state.idle
     auto = api.AutoscalingStatus(
         reason=decision.reason.value,
         message=brief(decision.message),
         recommendation=decision.recommendation,
         advised_replicas=decision.replicas if advisory else None,
         observation=obs,
-        state=api.ScalerState(
-            last_scale_up_time=state.last_scale_up_time,
-            data_since=state.data_since,
-            recommendations=[api.Recommendation(since=t, replicas=r) for t, r in state.history],
-            **_plan_status(state.plan),
-            last_request_time=idle_state.last_request,
-            router_arrivals=idle_state.arrivals,
-            idle_gaps=[round(g) for g in idle_state.gaps] or None,
-        ),
+        state=scaling.state_to_status(state),
     )
     if advisory:
         return old.model_copy(update={"conditions": conds, "autoscaling": auto})
@@ -352,20 +325,10 @@ def invalid_status(
 # Everything else (replicas, reasons, condition states, scale times, how many pods are ready and report)
 # is material.
 DISPLAY_ONLY = ("message", "observation", "recommendation")
-LAG_TOLERANT_STATE = (
-    "dataSince",
-    "recommendations",
-    "capacityScale",
-    "demandLevel",
-    "demandTrend",
-    "demandUpdated",
-    "demandPeaks",
-    "coldStartSeconds",
-    "capacityCarried",
-    "capacityFailed",
-    "performanceModel",
-    "lastRequestTime",  # a restart counts idleness afresh (never to zero early)
-    "routerArrivals",
+LAG_TOLERANT_STATE = tuple(
+    info.alias or name
+    for name, info in api.ScalerState.model_fields.items()
+    if name not in api.ScalerState.WRITTEN_AT_ONCE
 )
 OBSERVED_COUNTS = ("readyReplicas", "podsWithData")
 

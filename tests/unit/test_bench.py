@@ -134,7 +134,7 @@ def test_each_scenario_allows_enough_replicas_for_its_slo(scenario: run.Scenario
 
 def test_a_change_to_our_scaler_re_runs_our_policies_only() -> None:
     ours, peer, references = (set(bench.sources_of(k)) for k in ("ours-target", "kpa", "references"))
-    assert "qwen_operator/planner.py" in ours - peer
+    assert "qwen_operator/scaling" in ours - peer
     assert "qwen_tools/sim/peers.py" in peer - ours
     assert references == ours & peer
     assert bench.fingerprint("ours") == bench.fingerprint("ours-target") != bench.fingerprint("kpa")

@@ -13,7 +13,7 @@ from qwen_operator.perf import queueing, sizing
 from qwen_operator.perf.predict import Mix
 from qwen_operator.perf.queueing import POOLED, RANDOM, Load
 from qwen_operator.perf.stepmodel import Fit, StepModel, Window
-from qwen_operator.planner import rise_band
+from qwen_operator.scaling.slo import rise_band
 from qwen_operator.traffic import INF, Histogram, Traffic
 from qwen_tools.sim.engine import QUEUE_BUCKETS, TTFT_BUCKETS
 

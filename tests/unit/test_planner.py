@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from qwen_operator import api, scaling, status
 from qwen_operator.gpu_targets import GPU_PRODUCT_LABEL
 from qwen_operator.perf import sizing
-from qwen_operator.planner import Capacity, Plan, PlanState, burst_hold, plan, seed_share
+from qwen_operator.scaling.slo import Capacity, Plan, PlanState, Seen, burst_hold, plan, seed_share
 from qwen_operator.traffic import INF, Histogram, Traffic
 
 T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
@@ -55,7 +55,7 @@ def run(
     plans = []
     start = T0 if state.updated is None else state.updated + timedelta(seconds=every)  # carries on
     for i, t in enumerate(loads):
-        p = plan(t, ready, slo, SEED, state, start + timedelta(seconds=every * i), waiting=waiting)
+        p = plan(Seen(t, ready, waiting=waiting), slo, SEED, state, start + timedelta(seconds=every * i))
         assert p is not None
         plans.append(p)
         state = p.state
@@ -93,7 +93,7 @@ def test_the_seed_share_is_where_the_prefill_queue_keeps_the_slo() -> None:
     (long,) = run([traffic(1.2, requests=20)], ready=4)  # 5400-token prompts: 0.9 s of prefill
     assert long.scale < 0.35 < short.scale
     # Prompts prefilled but none finished yet in the window: the first tokens count them.
-    unfinished = plan(replace(traffic(1.2), requests=0), 4, SLO, SEED, PlanState(), T0)
+    unfinished = plan(Seen(replace(traffic(1.2), requests=0), 4), SLO, SEED, PlanState(), T0)
     assert unfinished is not None
     assert unfinished.scale == pytest.approx(0.6, abs=0.01)
 
@@ -215,7 +215,7 @@ def test_a_backlog_served_after_a_scale_up_or_a_burst_window_teaches_nothing() -
 
 def test_waiting_requests_count_as_demand() -> None:
     (idle_queue,) = run([traffic(1.2, requests=120)], ready=2)
-    p = plan(traffic(1.2, requests=120), 2, SLO, SEED, PlanState(), T0, waiting=60)
+    p = plan(Seen(traffic(1.2, requests=120), 2, waiting=60), SLO, SEED, PlanState(), T0)
     assert p is not None
     # 60 waiting at the window's cost per request (1.2 / 2 per second), served within a minute.
     assert p.work == pytest.approx(1.2 + 60 * (1.2 / 2) / 60)
@@ -226,7 +226,7 @@ def test_waiting_requests_cost_what_a_started_one_does_while_few_finish() -> Non
     # A thrashing cache: 120 first tokens in the minute, but only 6 requests finished. Per finished
     # request the window's work would make each waiting request cost 20 times its share.
     thrashing = replace(traffic(1.2, requests=120), requests=6.0)
-    p = plan(thrashing, 2, SLO, SEED, PlanState(), T0, waiting=60)
+    p = plan(Seen(thrashing, 2, waiting=60), SLO, SEED, PlanState(), T0)
     assert p is not None
     assert p.work == pytest.approx(1.2 + 60 * (1.2 / 2) / 60)
 
@@ -259,12 +259,12 @@ def test_bursts_are_held_not_chased() -> None:
 
 
 def test_the_cold_start_is_measured_from_the_pods_unless_named() -> None:
-    p = plan(traffic(1), 2, SLO, SEED, PlanState(), T0, cold_starts=(120.0, 140.0))
+    p = plan(Seen(traffic(1), 2, cold_starts=(120.0, 140.0)), SLO, SEED, PlanState(), T0)
     assert p is not None
     assert p.cold_start == 130
     assert p.state.cold_start_seconds == 130
     named = api.LatencySLO(time_to_first_token_seconds=2, cold_start_seconds=300)
-    q = plan(traffic(1), 2, named, SEED, PlanState(), T0, cold_starts=(120.0,))
+    q = plan(Seen(traffic(1), 2, cold_starts=(120.0,)), named, SEED, PlanState(), T0)
     assert q is not None
     assert q.cold_start == 300
 
@@ -275,11 +275,15 @@ def test_while_pods_wait_for_a_node_the_horizon_holds_the_slowest_node_wait() ->
     plan looks 120 s (their own start) + 180 s (the slowest wait) ahead, and says why; with none
     waiting, the average; a named cold start is taken as it is."""
     seen, waits = (120.0, 300.0), (0.0, 180.0)
-    calm = plan(traffic(1), 2, SLO, SEED, PlanState(), T0, cold_starts=seen, node_waits=waits)
+    calm = plan(Seen(traffic(1), 2, cold_starts=seen, node_waits=waits), SLO, SEED, PlanState(), T0)
     assert calm is not None
     assert calm.cold_start == 210
     short = plan(
-        traffic(1), 2, SLO, SEED, PlanState(), T0, cold_starts=seen, node_waits=waits, waiting_for_node=1
+        Seen(traffic(1), 2, cold_starts=seen, node_waits=waits, waiting_for_node=1),
+        SLO,
+        SEED,
+        PlanState(),
+        T0,
     )
     assert short is not None
     assert short.cold_start == 300
@@ -287,16 +291,20 @@ def test_while_pods_wait_for_a_node_the_horizon_holds_the_slowest_node_wait() ->
     assert "1 pod(s) waiting for a node: planning 300 s ahead" in short.message
     named = api.LatencySLO(time_to_first_token_seconds=2, cold_start_seconds=90)
     fixed = plan(
-        traffic(1), 2, named, SEED, PlanState(), T0, cold_starts=seen, node_waits=waits, waiting_for_node=1
+        Seen(traffic(1), 2, cold_starts=seen, node_waits=waits, waiting_for_node=1),
+        named,
+        SEED,
+        PlanState(),
+        T0,
     )
     assert fixed is not None
     assert fixed.cold_start == 90
 
 
 def test_no_traffic_or_too_few_requests_give_no_plan_or_no_verdict() -> None:
-    assert plan(None, 2, SLO, SEED, PlanState(), T0) is None
-    assert plan(traffic(1), 0, SLO, SEED, PlanState(), T0) is None
-    few = plan(traffic(1, fast=0.0, waited=0.0, requests=5), 2, SLO, SEED, PlanState(), T0)
+    assert plan(Seen(None, 2), SLO, SEED, PlanState(), T0) is None
+    assert plan(Seen(traffic(1), 0), SLO, SEED, PlanState(), T0) is None
+    few = plan(Seen(traffic(1, fast=0.0, waited=0.0, requests=5), 2), SLO, SEED, PlanState(), T0)
     assert few is not None
     assert few.attainment is None
     assert not few.pressure, "five requests say nothing about a 99th percentile"
@@ -307,7 +315,7 @@ def test_a_user_capacity_from_tune_is_taken_at_face_value() -> None:
         time_to_first_token_seconds=2,
         replica_capacity=api.ReplicaCapacity(prompt_tokens_per_second=3000, generation_tokens_per_second=410),
     )
-    p = plan(traffic(0.5), 4, tuned, SEED, PlanState(), T0)
+    p = plan(Seen(traffic(0.5), 4), tuned, SEED, PlanState(), T0)
     assert p is not None
     assert p.work == pytest.approx(1.0), "half the seed's throughput: twice the work"
     assert p.scale == 1.0, "no evidence above it yet"
@@ -516,7 +524,7 @@ def test_slo_decisions_stay_in_bounds_and_never_drop_without_data(
 def test_a_window_shorter_than_a_minute_late_in_the_minute_plans() -> None:
     # The pods source's window is the time between two scrapes; the minute's peak began earlier.
     short = replace(traffic(1.0), seconds=10, prompt_tokens=500, generation_tokens=68, requests=20)
-    p = plan(short, 2, SLO, SEED, PlanState(), T0 + timedelta(seconds=50))
+    p = plan(Seen(short, 2), SLO, SEED, PlanState(), T0 + timedelta(seconds=50))
     assert p is not None
     assert p.work == pytest.approx(50 / 6000 + 6.8 / 820)
 

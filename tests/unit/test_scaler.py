@@ -172,7 +172,7 @@ async def test_a_pod_gone_before_its_deletion_cost_is_set_does_not_stop_the_scal
     cluster = Vanishing()
     scaler = Autoscaler(cluster, OperatorSettings(), clock=lambda: NOW, fleet=ThreeReplicas(["chat"]))  # type: ignore[arg-type]
     # An hour of unbroken data, no recent scale-up: the idle service may shrink now.
-    scaler.states["uid-chat"] = State(
+    scaler.memory.states["uid-chat"] = State(
         data_since=NOW - datetime.timedelta(hours=1), last_evaluated=NOW - datetime.timedelta(seconds=15)
     )
     idle = Idle("idle", 0.0)
@@ -320,7 +320,7 @@ async def test_every_service_exports_its_status_whether_it_autoscales_or_not() -
 
     fleet = Listed()
     scaler = Autoscaler(Cluster(), OperatorSettings(), clock=lambda: NOW, fleet=fleet)  # type: ignore[arg-type]
-    scaler.states["uid-auto"] = scaling.State(last_evaluated=NOW)  # not due: only the export runs
+    scaler.memory.states["uid-auto"] = scaling.State(last_evaluated=NOW)  # not due: only the export runs
     await scaler.tick()
     value = REGISTRY.get_sample_value
     fixed_labels = {"namespace": "ml", "name": "fixed"}
@@ -397,11 +397,11 @@ async def test_a_deleted_service_is_forgotten() -> None:
     scaler.sources.for_service = for_service  # type: ignore[method-assign]
     await scaler.tick()
     scaler.actuator.locks[("ml", "gone")] = asyncio.Lock()  # as the reconcile leaves one
-    assert {"uid-kept", "uid-gone"} <= set(scaler.states)
+    assert {"uid-kept", "uid-gone"} <= set(scaler.memory.states)
     fleet.names = ["kept"]
     await scaler.tick()
-    assert set(scaler.states) == {"uid-kept"}
-    assert set(scaler.actuator.refreshed) <= {"uid-kept"}
+    assert set(scaler.memory.states) == {"uid-kept"}
+    assert set(scaler.memory.refreshed) <= {"uid-kept"}
     assert ("ml", "gone") not in scaler.actuator.locks
     assert ("ml", "gone") not in scaler.known
 

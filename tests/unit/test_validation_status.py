@@ -224,3 +224,35 @@ def test_pods_awaiting_their_first_scrape_are_unknown_for_the_grace_then_unavail
     seen = status.scaling_status(waiting, decision(1, True), start, 1)
     lost = status.scaling_status(seen, decision(1, False), start, 1)
     assert metrics(lost)[:2] == ("False", "MetricsUnavailable"), "lost after being seen: at once"
+
+
+def test_learned_figures_wait_for_the_next_refresh_but_a_scale_up_time_and_idle_gaps_do_not() -> None:
+    """A status that differs only in what the scaler learns every sample describes the same decision
+    (written at most once a minute); the cooldown's start and the idle gaps are written at once."""
+    base = {
+        "desiredReplicas": 3,
+        "autoscaling": {
+            "reason": "AtTarget",
+            "state": {
+                "lastScaleUpTime": NOW,
+                "idleGaps": [600],
+                "demandLevel": 1.5,
+                "performanceModel": {"windows": 3},
+                "recommendations": [{"since": NOW, "replicas": 3}],
+            },
+        },
+    }
+
+    def changed(**state: Any) -> dict[str, Any]:
+        out = copy.deepcopy(base)
+        out["autoscaling"]["state"].update(state)
+        return out
+
+    same = status.material(base)
+    assert status.material(changed(demandLevel=2.5, performanceModel={"windows": 4})) == same
+    assert status.material(changed(recommendations=[{"since": LATER, "replicas": 2}])) == same
+    assert status.material(changed(lastScaleUpTime=LATER)) != same
+    assert status.material(changed(idleGaps=[600, 900])) != same
+    # Every persisted field is one or the other, named as the API server stores it.
+    fields = {info.alias for info in api.ScalerState.model_fields.values()}
+    assert set(status.LAG_TOLERANT_STATE) == fields - {"lastScaleUpTime", "idleGaps"}

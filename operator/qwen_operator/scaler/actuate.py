@@ -20,8 +20,9 @@ from qwen_operator import api, labels, scaling, status, telemetry, validation
 from qwen_operator.kube import DEPLOYMENTS, PODS, QWENSERVICES, ClusterAPI, is_not_found
 from qwen_operator.objects import rfc3339
 from qwen_operator.outcome import Event, Outcome
-from qwen_operator.planner import Capacity
+from qwen_operator.scaler.memory import Memory
 from qwen_operator.scaler.targets import Candidate
+from qwen_operator.scaling import Capacity
 from qwen_operator.writes import create_events, write_status
 
 log = logging.getLogger(__name__)
@@ -44,28 +45,27 @@ class Evaluated:
 
 
 class Actuator:
-    """Decides for one service and writes what changed. ``states`` holds each service's scaling state
-    by uid between evaluations (its durable part is also in the status, for a restart)."""
+    """Decides for one service and writes what changed. ``memory`` holds what the scaler keeps for each
+    service between evaluations (:class:`~.memory.Memory`)."""
 
     def __init__(
         self,
         cluster: ClusterAPI,
         policy: validation.Policy,
         locks: dict[tuple[str, str], asyncio.Lock],
-        states: dict[str, scaling.State],
+        memory: Memory,
         refresh_seconds: float = 60.0,
     ) -> None:
-        self.cluster, self.policy, self.locks, self.states = cluster, policy, locks, states
+        self.cluster, self.policy, self.locks, self.memory = cluster, policy, locks, memory
         # While the decision and the conditions hold, the status's live figures are refreshed at most
         # this often (QWEN_OPERATOR_STATUS_REFRESH_SECONDS).
         self.refresh_seconds = refresh_seconds
-        self.refreshed: dict[str, datetime.datetime] = {}  # by uid: when this process last wrote its status
 
     def decide(
         self, svc: api.QwenService, obs: scaling.Observation, now: datetime.datetime
     ) -> tuple[scaling.Decision, api.QwenServiceStatus]:
         """The pure decision for one service, and the status it leads to (no I/O)."""
-        state = self.states.get(svc.metadata.uid or "") or scaling.state_from_status(svc.status)
+        state = self.memory.states.get(svc.metadata.uid or "") or scaling.state_from_status(svc.status)
         seed = Capacity(*svc.spec.seed_capacity())
         decision = scaling.decide(obs, svc.spec.scaling(), state, now, seed)
         return decision, status.scaling_status(
@@ -84,14 +84,14 @@ class Actuator:
         obs = advised(svc, obs)
         decision, new = self.decide(svc, obs, now)
         patch, old = status.status_patch(new), candidate.body.get("status") or {}
-        last = self.refreshed.get(uid)
+        last = self.memory.refreshed.get(uid)
         recent = last is not None and 0 <= (now - last).total_seconds() < self.refresh_seconds
         if decision.replicas == obs.replicas and (
             patch == old or (recent and status.material(patch) == status.material(old))
         ):
             # Nothing to write (the steady state), or only live figures refreshed less than a minute
             # ago: the cached copy is enough. No read, no lock, no write.
-            self.states[uid] = decision.state
+            self.memory.states[uid] = decision.state
             result = Evaluated(svc.namespace, svc.name, decision, obs.replicas)
         else:
             svc, result = await self._write(svc, obs, candidate.pods, now)
@@ -126,7 +126,7 @@ class Actuator:
             elif replicas != obs.replicas:  # changed since the watch reported it: decide from the fresh count
                 obs = replace(obs, replicas=replicas)
             decision, new = self.decide(svc, obs, now)
-            self.states[svc.metadata.uid or ""] = decision.state
+            self.memory.states[svc.metadata.uid or ""] = decision.state
             result = Evaluated(svc.namespace, svc.name, decision, obs.replicas)
             out = result.outcome
             if not acting and decision.replicas != obs.replicas:
@@ -145,7 +145,7 @@ class Actuator:
                 log.info("%s/%s %s %s", svc.namespace, svc.name, verb, message)
             out.events += _metrics_events(svc.status, new, decision.message)
             await write_status(self.cluster, fresh, new, out)
-            self.refreshed[svc.metadata.uid or ""] = now
+            self.memory.refreshed[svc.metadata.uid or ""] = now
             await create_events(self.cluster, fresh, out.events, now)
         return svc, result
 

@@ -24,6 +24,7 @@ from qwen_operator.kube import ClusterAPI, NotLeading, is_conflict, is_transient
 from qwen_operator.metrics import MetricsSource, PodsSource, RouterReader
 from qwen_operator.objects import key
 from qwen_operator.scaler.actuate import Actuator, Changed, Evaluated
+from qwen_operator.scaler.memory import Memory
 from qwen_operator.scaler.targets import Candidate, candidates
 from qwen_operator.settings import OperatorSettings
 from qwen_operator.sources import SourceRefused, Sources
@@ -46,14 +47,14 @@ class Autoscaler:
         self.config = config
         self.clock = clock
         self.fleet = fleet or ListedFleet(cluster, config.namespaces)
-        self.states: dict[str, scaling.State] = {}  # by uid; last_evaluated lives only here
+        self.memory = Memory()  # what is kept for each service between evaluations, by uid
         self.exported: set[tuple[str, str]] = set()  # autoscaled services with per-service gauges
         self.known: set[tuple[str, str]] = set()  # every service, with its status gauges
         self.actuator = Actuator(
             cluster,
             config.policy(),
             locks if locks is not None else {},
-            self.states,
+            self.memory,
             refresh_seconds=config.status_refresh_seconds,
         )
         self.pods_source = pods_source or PodsSource(
@@ -105,7 +106,7 @@ class Autoscaler:
                 log.exception("scaler tick failed")
 
     def _due(self, svc: api.QwenService, now: datetime.datetime) -> bool:
-        last = self.states.get(svc.metadata.uid or "", scaling.State()).last_evaluated
+        last = self.memory.states.get(svc.metadata.uid or "", scaling.State()).last_evaluated
         if last is None:
             return True
         elapsed = (now - last).total_seconds()
@@ -114,11 +115,7 @@ class Autoscaler:
 
     def _forget_deleted(self, listed: list[Mapping[str, Any]]) -> None:
         """Everything the scaler keeps per service, forgotten in one place once the service is gone."""
-        alive = {body["metadata"].get("uid") for body in listed}
-        for uid in [uid for uid in self.states if uid not in alive]:
-            del self.states[uid]
-        for uid in [uid for uid in self.actuator.refreshed if uid not in alive]:
-            del self.actuator.refreshed[uid]
+        self.memory.forget({body["metadata"].get("uid") for body in listed})
         exported = {
             key(body) for body in listed if (body.get("spec", {}).get("autoscaling") or {}).get("enabled")
         }

@@ -268,9 +268,8 @@ OURS_SOURCES = (
     "qwen_operator/api.py",
     "qwen_operator/gpu_targets.py",
     "qwen_operator/idle.py",
-    "qwen_operator/planner.py",
     "qwen_operator/surge.py",
-    "qwen_operator/scaling.py",
+    "qwen_operator/scaling",
     "qwen_operator/perf",
 )
 PEER_SOURCES = ("qwen_tools/sim/peers.py",)

@@ -16,7 +16,7 @@ from typing import Protocol
 from qwen_operator import api, scaling
 from qwen_operator.gpu_targets import default_concurrency, seed_capacity
 from qwen_operator.idle import RouterSample
-from qwen_operator.planner import Capacity
+from qwen_operator.scaling import Capacity
 from qwen_operator.traffic import TRAFFIC_WINDOW_SECONDS, Totals, Traffic
 from qwen_tools.sim import peers
 

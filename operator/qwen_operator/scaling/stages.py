@@ -8,10 +8,11 @@ starts:
 
 1. ``recommend``: per signal (concurrency, KV-cache usage with the waiting requests' share, optionally
    waiting requests) the replicas the load needs; the largest wins; a tolerance band around the
-   current count moves nothing. In SLO mode (``spec.autoscaling.slo``) the planner's need takes the
-   concurrency signal's place while the pods report traffic: the fewest replicas the performance model
-   (:mod:`qwen_operator.perf`) predicts keep the SLO at the load expected one cold start ahead, with
-   the capacity learned from the windows (:mod:`qwen_operator.planner`) where the model cannot say.
+   current count moves nothing. In SLO mode (``spec.autoscaling.slo``) the plan's need is the first
+   signal, in the concurrency's place, while the pods report traffic: the fewest replicas the
+   performance model (:mod:`qwen_operator.perf`) predicts keep the SLO at the load expected one cold
+   start ahead, with the capacity learned from the windows (:mod:`.slo`) where the model cannot say.
+   The plan is made first (``_slo_plan``), as it also carries the state SLO mode learns.
 2. cold start: the count compared with is the Deployment's (ready pods plus pods starting), so pods on
    the way count as capacity; only load beyond them scales up again.
 3. ``scale_up``: immediate, at most +``maxStepPercent`` % or +``maxStepReplicas`` per step; load far
@@ -37,9 +38,8 @@ from datetime import UTC, datetime, timedelta
 
 from qwen_operator import api, idle, surge
 from qwen_operator.gpu_targets import DEFAULT_CAPACITY
-from qwen_operator.perf.sizing import GRID, Sizing
-from qwen_operator.perf.stepmodel import Fit
-from qwen_operator.planner import Capacity, Plan, PlanState, plan
+from qwen_operator.scaling.slo import Capacity, Plan, Seen, plan
+from qwen_operator.scaling.state import State
 from qwen_operator.traffic import Traffic, combine
 
 
@@ -106,21 +106,6 @@ class Observation:
     router: idle.RouterSample | None = None  # the router's figures (None: no router in front)
 
 
-@dataclass(frozen=True)
-class State:
-    """What the windows and cooldowns remember. Everything but ``last_evaluated`` lives in status."""
-
-    last_scale_time: datetime | None = None
-    last_scale_up_time: datetime | None = None
-    data_since: datetime | None = None
-    history: tuple[tuple[datetime, int], ...] = ()  # runs of equal recommendations: (since, replicas)
-    last_evaluated: datetime | None = None  # in memory only, so a restart reads as a gap in the data
-    plan: PlanState = field(
-        default_factory=PlanState
-    )  # SLO mode: learned capacity, smoothed load, peaks, cold start
-    idle: idle.IdleState = field(default_factory=idle.IdleState)  # with the router: requests and gaps
-
-
 # ---------------------------------------------------------------------------------------- outputs
 
 
@@ -174,10 +159,13 @@ def _fmt(x: float) -> str:
     return f"{x:.2f}".rstrip("0").rstrip(".") if x != int(x) else str(int(x))
 
 
-def signals(samples: Mapping[str, PodSample], targets: api.ScalingTargets) -> list[Signal]:
-    """Each signal's total over the pods and the replicas it needs at its per-replica target."""
-    concurrency = sum(s.running + s.waiting for s in samples.values())
-    out = [Signal("concurrency", concurrency, targets.concurrency())]
+def signals(
+    samples: Mapping[str, PodSample], targets: api.ScalingTargets, load: Signal, slo: Plan | None = None
+) -> list[Signal]:
+    """Each signal's total over the pods and the replicas it needs at its per-replica target: the load
+    (``load``: :func:`concurrency`), or in SLO mode the plan's need in its place; the KV-cache usage
+    (a cap in either mode); the waiting requests, when targeted."""
+    out = [load if slo is None else Signal("slo", slo.need, 1.0)]
     if kv := kv_usages(samples):
         used, waiting = sum(kv), kv_waiting(samples.values(), targets.kv_cache_usage)
         detail = f" ({_fmt(used)} used + {_fmt(waiting)} for requests waiting for room)" if waiting else ""
@@ -185,6 +173,18 @@ def signals(samples: Mapping[str, PodSample], targets: api.ScalingTargets) -> li
     if targets.waiting_per_replica is not None:
         out.append(Signal("waiting", sum(s.waiting for s in samples.values()), targets.waiting_per_replica))
     return out
+
+
+def concurrency(
+    samples: Mapping[str, PodSample], targets: api.ScalingTargets, router: idle.RouterSample | None
+) -> Signal:
+    """The requests at the pods and waiting there, or as the router counts them now when it counts
+    more (the same count, seconds fresh, not a scrape late)."""
+    value = sum(s.running + s.waiting for s in samples.values())
+    routed = _routed(router)
+    if routed is not None and routed > value:
+        return Signal("concurrency", routed, targets.concurrency(), " (as the router counts it now)")
+    return Signal("concurrency", value, targets.concurrency())
 
 
 def kv_waiting(samples: Iterable[PodSample], target: float) -> float:
@@ -251,13 +251,9 @@ def recommend(
     silent = sorted(pod for pod in obs.ready_pods if pod not in usable)
     missing = len(silent)
     current = obs.replicas
-    sigs = signals(usable, spec.targets)
-    routed = _routed(obs.router)
-    if routed is not None and routed > sigs[0].value:  # the same count, seconds fresh, not a scrape late
-        sigs[0] = Signal("concurrency", routed, sigs[0].target, " (as the router counts it now)")
-    conc = sigs[0].value
-    if slo is not None:  # the SLO plan replaces the concurrency target; KV usage stays as a cap
-        sigs[0] = Signal("slo", slo.need, 1.0)
+    load = concurrency(usable, spec.targets, obs.router)
+    sigs = signals(usable, spec.targets, load, slo)
+    conc = load.value
     top = max(sigs, key=lambda s: s.need)
     up = max(_replicas_for(s.need, current, spec.tolerance) for s in sigs)
     down = max(_replicas_for(s.need + missing, current, spec.tolerance) for s in sigs)
@@ -586,25 +582,19 @@ def _slo_plan(
     SLO, or no traffic yet)."""
     if spec.slo is None:
         return None
-    waiting = sum(s.waiting for s in usable.values())
-    ready, kv, target = len(obs.ready_pods), kv_usages(usable), spec.targets.kv_cache_usage
-    running = sum(s.running for s in usable.values())
-    return plan(
+    seen = Seen(
         traffic,
-        ready,
-        spec.slo,
-        seed,
-        state.plan,
-        now,
-        obs.cold_starts,
-        waiting,
-        kv,
-        target,
-        running,
-        surge=fresh,
+        len(obs.ready_pods),
+        running=sum(s.running for s in usable.values()),
+        waiting=sum(s.waiting for s in usable.values()),
+        kv=kv_usages(usable),
+        kv_target=spec.targets.kv_cache_usage,
+        cold_starts=obs.cold_starts,
         node_waits=obs.node_waits,
         waiting_for_node=obs.waiting_for_node,
+        surge=fresh,
     )
+    return plan(seen, spec.slo, seed, state.plan, now)
 
 
 def _bound_message(limit: Reason, bounds: Limits) -> str:
@@ -637,74 +627,3 @@ def deletion_costs(obs: Observation) -> dict[str, int]:
     }
     busiest = max(costs.values(), default=0)
     return {pod: costs.get(pod, busiest) for pod in obs.ready_pods}
-
-
-# ---------------------------------------------------------------------------- status conversions
-
-
-def state_from_status(status: api.QwenServiceStatus) -> State:
-    """The persisted part of the state (``last_evaluated`` is not persisted: a restart is a gap)."""
-    state = (status.autoscaling or api.AutoscalingStatus()).state or api.ScalerState()
-    return State(
-        last_scale_time=status.last_scale_time,
-        last_scale_up_time=state.last_scale_up_time,
-        data_since=state.data_since,
-        history=tuple((r.since, r.replicas) for r in state.recommendations),
-        plan=PlanState(
-            capacity_scale=state.capacity_scale,
-            level=state.demand_level,
-            trend=state.demand_trend or 0.0,
-            updated=state.demand_updated,
-            peaks=tuple((p.at, p.work) for p in state.demand_peaks or ()),
-            cold_start_seconds=state.cold_start_seconds,
-            carried=state.capacity_carried,
-            failed=state.capacity_failed,
-            sizing=sizing_of(state.performance_model),
-        ),
-        idle=idle.IdleState(
-            last_request=state.last_request_time,
-            arrivals=state.router_arrivals,
-            gaps=tuple(float(g) for g in state.idle_gaps or () if g > 0)[-idle.MAX_GAPS :],
-        ),
-    )
-
-
-def _sig(x: float) -> float:
-    return float(f"{x:.6g}")
-
-
-def model_state(sizing: Sizing) -> api.PerformanceModelState:
-    """The performance model as the status keeps it (six significant digits)."""
-    fit = sizing.fit
-    return api.PerformanceModelState(
-        step=[_sig(v) for v in fit.theta],
-        covariance=[_sig(v) for v in fit.covariance],
-        prior=[_sig(v) for v in fit.prior],
-        windows=fit.windows,
-        rejected=fit.rejected,
-        likelihood=[round(v, 3) for v in sizing.likelihood],
-        prompt_tokens=None if sizing.prompt is None else round(sizing.prompt, 1),
-        output_tokens=None if sizing.output is None else round(sizing.output, 1),
-    )
-
-
-def sizing_of(state: api.PerformanceModelState | None) -> Sizing | None:
-    """The performance model back from the status; None (start again from the GPU table) when absent,
-    from another grid, or not a model (a hand-edited status: negative or non-finite figures)."""
-    if state is None or (state.likelihood and len(state.likelihood) != len(GRID)):
-        return None
-    if len(state.prior) not in (0, 4) or not all(
-        v > 0 and math.isfinite(v) for v in (*state.step, *state.prior)
-    ):
-        return None
-    figures = (
-        *state.covariance,
-        *state.likelihood,
-        state.prompt_tokens or 0,
-        state.output_tokens or 0,
-    )
-    if not all(math.isfinite(v) for v in figures):
-        return None
-    fit = Fit(tuple(state.step), tuple(state.covariance), state.windows, state.rejected, tuple(state.prior))
-    likelihood = tuple(state.likelihood) if state.likelihood else (0.0,) * len(GRID)
-    return Sizing(fit, likelihood, state.prompt_tokens, state.output_tokens)

@@ -56,6 +56,10 @@ one replica carries while the SLO holds, learned. Each evaluation:
    and for a user's ``replicaCapacity`` (taken at its word); it is a floor under the model's answer in
    a window that failed the SLO at its load, and under a TPOT bound, which the model does not predict.
 
+In the code: ``plan(seen, slo, seed, state, now)`` runs the stages in that order (``_demand``: step 1;
+``_verdict``: steps 2-3 with the KV caches' brink; ``_learn``: the capacity; ``_outlook``: steps 4-5;
+``_size``: step 6) and :mod:`.explain` words the result.
+
 Pure: no I/O, no clock.
 """
 
@@ -69,6 +73,7 @@ from typing import Literal
 
 from qwen_operator import api
 from qwen_operator.perf import sizing as sizer
+from qwen_operator.scaling import explain
 from qwen_operator.surge import Surge
 from qwen_operator.traffic import Traffic
 
@@ -158,28 +163,6 @@ class Plan:
     state: PlanState
     message: str
     model: api.ModelReading | None = None  # what the performance model believes and predicts
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.2f}".rstrip("0").rstrip(".")
-
-
-def _tokens(x: float) -> str:
-    """A rate of tokens, as a person reads it: whole tokens from 10 up."""
-    return f"{x:.0f}" if x >= 10 else _one(x)
-
-
-def _one(x: float) -> str:
-    """One decimal at most: 1.15 reads 1.2, 2.0 reads 2."""
-    return f"{x:.1f}".rstrip("0").rstrip(".")
-
-
-def _pct(x: float) -> str:
-    return "none" if not math.isfinite(100 * x) else f"{round(100 * x):+d}%"
-
-
-def _percent(x: float) -> str:
-    return f"{round(100 * x)}%"
 
 
 def cold_start(
@@ -443,27 +426,67 @@ def _size(
     return sizing, sizer.fewest(sizing, planned, allowance, bound, 1, max(4 * ready, 64))
 
 
-def plan(
-    traffic: Traffic | None,
-    ready: int,
-    slo: api.LatencySLO,
-    seed: Capacity,
-    state: PlanState,
-    now: datetime,
-    cold_starts: Sequence[float] = (),
-    waiting: float = 0.0,
-    kv: Sequence[float] = (),
-    kv_target: float = 1.0,
-    running: float = 0.0,
-    *,
-    surge: Surge | None = None,
-    node_waits: Sequence[float] = (),
-    waiting_for_node: int = 0,
-) -> Plan | None:
-    """The replicas the SLO needs, or None without traffic data (the targets then decide).
-    ``kv``: the ready pods' KV-cache usage (0-1), those that report it; ``kv_target``: the usage a
-    replica should stay under; ``surge``: arrivals the router counted above the window's rate (the
-    load planned for is then at least the router's rate; nothing is learned from it)."""
+@dataclass(frozen=True)
+class Seen:
+    """What the service showed this evaluation: its traffic over the source's window, its ready pods
+    and what they hold now, its pods' start times, and the router's surge. ``kv``: the ready pods'
+    KV-cache usage (0-1), those that report it; ``kv_target``: the usage a replica should stay under;
+    ``surge``: arrivals the router counted above the window's rate (the load planned for is then at
+    least the router's rate; nothing is learned from it)."""
+
+    traffic: Traffic | None
+    ready: int
+    running: float = 0.0  # requests in their batches now, summed over the ready pods
+    waiting: float = 0.0  # requests waiting for room, summed
+    kv: Sequence[float] = ()
+    kv_target: float = 1.0
+    cold_starts: Sequence[float] = ()  # seconds from creation to Ready of the service's recent pods
+    node_waits: Sequence[float] = ()  # of those, seconds waiting for a node
+    waiting_for_node: int = 0  # pods unschedulable now
+    surge: Surge | None = None
+
+
+@dataclass(frozen=True)
+class Demand:
+    """Step 1: the load, in seed replicas' worth of tokens."""
+
+    served: float  # what the window's tokens came to
+    work: float  # with the requests waiting now, to be served within BACKLOG_SECONDS
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Steps 2-3: what this window says about one replica's capacity at the SLO."""
+
+    evidence: Evidence | None
+    loaded: bool  # a miss at this load is the load's doing
+    settled: bool  # the fleet held long enough for its latency to teach
+    failed: bool | None  # this window failed the SLO at its load (None: it teaches nothing)
+    pooled: float | None  # the share that missed over the windows at about this load
+    pool: tuple[tuple[int, float, float], ...]
+    fleet_since: datetime | None
+    kv_peak: float  # the busiest pod's KV-cache usage, and the fleet's mean
+    kv_mean: float
+    kv_full: bool  # failed only for a cache past the target
+    brink: Literal["forget", "margin"] | None
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """Steps 4-5: the load to plan for, one cold start ahead."""
+
+    cold: float  # the cold start planned for
+    measured: float | None  # the measured one, kept
+    level: float
+    trend: float
+    forecast: float
+    hold: float  # a burst's work held
+    planned: float  # the larger of those and the rises the last half hour showed over the horizon
+
+
+def plan(seen: Seen, slo: api.LatencySLO, seed: Capacity, state: PlanState, now: datetime) -> Plan | None:
+    """The replicas the SLO needs, or None without traffic data (the targets then decide)."""
+    traffic, ready = seen.traffic, seen.ready
     if traffic is None or not traffic.usable() or ready <= 0:
         return None
     user = slo.replica_capacity
@@ -474,43 +497,119 @@ def plan(
     )
     allowance = 1 - slo.percentile / 100
     bound = slo.time_to_first_token_seconds
-    if user is not None:
-        initial = USER_SCALE
-    else:
-        # The mean prompt, per finished request (or per first token while none finished); unknown, the
-        # most cautious share.
-        prefills = traffic.requests or traffic.ttft.count
-        prefill = (
-            traffic.prompt_tokens / prefills / capacity.prompt_tokens_per_second if prefills > 0 else 0.0
-        )
-        initial = seed_share(bound, prefill, allowance) if prefill > 0 else SEED_SHARE_BOUNDS[0]
-    evidence = Evidence.of(traffic, bound, slo.time_per_output_token_seconds)
+    initial = USER_SCALE if user is not None else _initial_share(traffic, capacity, bound, allowance)
+    demand = _demand(traffic, seen.waiting, capacity)
+    peaks = _peaks(state, demand.work, now)
+    elapsed = 0.0 if state.updated is None else max((now - state.updated).total_seconds(), 0.0)
+    new = 1.0 if state.updated is None else min(elapsed / traffic.seconds, 1.0)  # windows overlap
+    fade = math.exp(-elapsed / MEMORY_SECONDS)
+    verdict = _verdict(seen, slo, state, demand, peaks, initial, now, new, fade)
+    load = demand.served / ready  # seed replicas' worth on each ready replica: its physical load
+    scale, carried, failed = _learn(
+        state, initial, load, demand.work / ready, verdict.failed, fade, verdict.brink
+    )
+    outlook = _outlook(seen, slo, state, demand, peaks, now)
+    # Step 6: the performance model sizes the fleet where it can predict for this mix, for the load
+    # expected one cold start ahead, the requests waiting now included.
+    ahead = outlook.planned / demand.served if demand.served > 0 else 1.0  # the backlog and the forecast
+    sizing, sized = _size(
+        state, traffic, capacity, ready, seen.running, (allowance, bound), verdict.settled, ahead, new
+    )
+    need = max(outlook.forecast, outlook.hold) / scale
+    # The model decides only while it explains what it sees: a window that failed the SLO at its load
+    # keeps the capacity's answer as a floor, and a load factor at the edge of its range means the
+    # model is off by more than it can correct (a card far from its table, a workload it does not fit).
+    # A user's capacity (from qwen-operator tune) is taken at its word; the TPOT bound, which the model
+    # does not predict, keeps the capacity learned from the windows' decode misses as a floor.
+    acted = sized if user is None and sizing.explains() else None
+    if acted is not None:
+        floor = slo.time_per_output_token_seconds is not None or bool(verdict.failed)
+        need = max(need, acted[0]) if floor else float(acted[0])
+    new_state = PlanState(
+        scale,
+        outlook.level,
+        outlook.trend,
+        now,
+        peaks,
+        outlook.measured,
+        carried,
+        failed,
+        ready,
+        verdict.fleet_since,
+        verdict.pool,
+        sizing,
+    )
+    message = explain.describe(
+        seen, slo, demand.work, scale, verdict, outlook, acted, sizing.correction, BRINK_MARGIN
+    )
+    evidence = verdict.evidence
+    return Plan(
+        need,
+        demand.work,
+        outlook.forecast,
+        outlook.hold,
+        None if evidence is None else evidence.within,
+        None if evidence is None else evidence.decode,
+        bool(verdict.failed),
+        scale,
+        outlook.cold,
+        new_state,
+        message,
+        _reading(sizing, sized),
+    )
+
+
+def _initial_share(traffic: Traffic, capacity: Capacity, bound: float, allowance: float) -> float:
+    """Where the capacity starts without a user's: the share of the seed a single queue in front of the
+    prefill allows for the mean prompt (per finished request, or per first token while none finished);
+    unknown, the most cautious share."""
+    prefills = traffic.requests or traffic.ttft.count
+    prefill = traffic.prompt_tokens / prefills / capacity.prompt_tokens_per_second if prefills > 0 else 0.0
+    return seed_share(bound, prefill, allowance) if prefill > 0 else SEED_SHARE_BOUNDS[0]
+
+
+def _demand(traffic: Traffic, waiting: float, capacity: Capacity) -> Demand:
+    """Step 1. What was served hides what could not be: the requests waiting now are demand too, to be
+    served within BACKLOG_SECONDS (each costs what the window's requests cost on average: per request
+    started or finished, whichever more did, as few finish while a cache thrashes)."""
     served = capacity.work(traffic)
-    # What was served hides what could not be: the requests waiting now are demand too, to be served
-    # within BACKLOG_SECONDS (each costs what the window's requests cost on average: per request
-    # started or finished, whichever more did, as few finish while a cache thrashes).
     rate = max(traffic.requests_per_second, traffic.ttft.count / traffic.seconds)
     per_request = served / rate if rate > 0 else 0.0
-    work = served + max(waiting, 0.0) * per_request / BACKLOG_SECONDS
-    peaks = _peaks(state, work, now)
+    return Demand(served, served + max(waiting, 0.0) * per_request / BACKLOG_SECONDS)
+
+
+def _verdict(
+    seen: Seen,
+    slo: api.LatencySLO,
+    state: PlanState,
+    demand: Demand,
+    peaks: tuple[tuple[datetime, float], ...],
+    initial: float,
+    now: datetime,
+    new: float,
+    fade: float,
+) -> Verdict:
+    """Steps 2-3: whether this window failed the SLO at its load, judged with the windows at about
+    that load, and what the KV caches add."""
+    traffic = seen.traffic
+    assert traffic is not None  # plan() returns before without one
+    allowance, bound = 1 - slo.percentile / 100, slo.time_to_first_token_seconds
+    evidence = Evidence.of(traffic, bound, slo.time_per_output_token_seconds)
     # Evidence is judged on the fleet that served it, at the load it served. First tokens and queue
     # waits are counted when they end: a backlog built on fewer replicas shows after a scale-up, spread
     # over more; and the minutes after a burst still count its waits against the quiet that follows.
     # (None: no change seen since the first evaluation, or a restart.)
-    fleet_since = state.fleet_since if state.fleet in (None, ready) else now
+    fleet_since = state.fleet_since if state.fleet in (None, seen.ready) else now
     # (Peaks are kept per minute: this one's may have started longer ago than a short window.)
     recent = [w for t, w in peaks if (now - t).total_seconds() <= (SETTLE_WINDOWS + 1) * traffic.seconds]
     settled = (
         fleet_since is None or (now - fleet_since).total_seconds() >= SETTLE_WINDOWS * traffic.seconds
-    ) and work >= STEADY * max(recent, default=work)
-    elapsed = 0.0 if state.updated is None else max((now - state.updated).total_seconds(), 0.0)
-    fade = math.exp(-elapsed / MEMORY_SECONDS)
-    load = served / ready  # seed replicas' worth on each ready replica: its physical load
+    ) and demand.work >= STEADY * max(recent, default=demand.work)
+    load = demand.served / seen.ready
     believed = state.capacity_scale if state.capacity_scale is not None else initial
     loaded = _loaded(load, believed)
     failed_now, pooled, pool = None, None, state.pool
-    if evidence is not None and settled and served > 0:
-        new = 1.0 if state.updated is None else min(elapsed / traffic.seconds, 1.0)  # windows overlap
+    if evidence is not None and settled and demand.served > 0:
         failed_now, pooled, pool = _judge(state, evidence, load, loaded, allowance, new, fade)
     # Near a full KV cache vLLM preempts and recomputes: throughput falls and the queue grows faster
     # than a loose bound shows in time. A loaded replica that fills its cache past the target while its
@@ -519,114 +618,40 @@ def plan(
     # way there (a cache fills over minutes).
     # When the first tokens fail too, the failure teaches as usual, but the aim stays at most
     # BRINK_MARGIN of the brink (between carried and failed, it could sit a hair below it).
+    kv = seen.kv
     kv_peak, kv_mean = max(kv, default=0.0), sum(kv) / len(kv) if kv else 0.0
-    over = failed_now is not None and loaded and kv_peak > kv_target
+    over = failed_now is not None and loaded and kv_peak > seen.kv_target
     kv_full = over and failed_now is False
     brink: Literal["forget", "margin"] | None = None
-    if over and kv_mean > BRINK_MEAN * kv_target:
+    if over and kv_mean > BRINK_MEAN * seen.kv_target:
         brink = "forget" if kv_full else "margin"
     if kv_full:
         failed_now = True
-    scale, carried, failed = _learn(state, initial, load, work / ready, failed_now, fade, brink)
-    cold, measured = cold_start(slo, state, cold_starts, node_waits, waiting_for_node)
+    return Verdict(
+        evidence, loaded, settled, failed_now, pooled, pool, fleet_since, kv_peak, kv_mean, kv_full, brink
+    )
+
+
+def _outlook(
+    seen: Seen,
+    slo: api.LatencySLO,
+    state: PlanState,
+    demand: Demand,
+    peaks: tuple[tuple[datetime, float], ...],
+    now: datetime,
+) -> Outlook:
+    """Steps 4-5: the forecast one cold start ahead, the burst held, and the load planned for."""
+    work = demand.work
+    cold, measured = cold_start(slo, state, seen.cold_starts, seen.node_waits, seen.waiting_for_node)
     level, trend = _smooth(state, work, now)
     rise = max(trend, 0.0) * cold
     # A rise smaller than RISE_FLOOR of the level is noise; a larger one is planned for (at most 2x).
     forecast = max(work, min(level + rise, 2 * work + 1)) if rise > RISE_FLOOR * level else work
-    if surge is not None:
-        forecast = max(forecast, work * surge.factor)
+    if seen.surge is not None:
+        forecast = max(forecast, work * seen.surge.factor)
     hold = burst_hold(peaks)
-    need = max(forecast, hold) / scale
-    # The performance model sizes the fleet where it can predict for this mix (step 6), for the load
-    # expected one cold start ahead, the requests waiting now included.
     planned = max(forecast, hold, work * rise_band(peaks, cold + EVALUATION_SLACK))
-    ahead = planned / served if served > 0 else 1.0  # the backlog and the forecast
-    new = 1.0 if state.updated is None else min(elapsed / traffic.seconds, 1.0)
-    sizing, sized = _size(state, traffic, capacity, ready, running, (allowance, bound), settled, ahead, new)
-    # The model decides only while it explains what it sees: a window that failed the SLO at its load
-    # keeps the capacity's answer as a floor, and a load factor at the edge of its range means the
-    # model is off by more than it can correct (a card far from its table, a workload it does not fit).
-    # A user's capacity (from qwen-operator tune) is taken at its word; the TPOT bound, which the model
-    # does not predict, keeps the capacity learned from the windows' decode misses as a floor.
-    acted = sized if user is None and sizing.explains() else None
-    if acted is not None:
-        floor = slo.time_per_output_token_seconds is not None or bool(failed_now)
-        need = max(need, acted[0]) if floor else float(acted[0])
-    new_state = PlanState(
-        scale, level, trend, now, peaks, measured, carried, failed, ready, fleet_since, pool, sizing
-    )
-    within = "n/a" if evidence is None else f"{_one(100 * evidence.within)}%"
-    tpot_bound = slo.time_per_output_token_seconds
-    if tpot_bound is not None:
-        decode = "n/a" if evidence is None or evidence.decode is None else f"{_one(100 * evidence.decode)}%"
-        within += f", TPOT <= {_fmt(tpot_bound)} s for {decode}"
-    headroom = ready * scale / work - 1 if work > 0 else math.inf
-    message = (
-        f"load {_tokens(traffic.prompt_tokens_per_second)} prompt + "
-        f"{_tokens(traffic.generation_tokens_per_second)} generated tokens/s = {_one(work / scale)} "
-        f"replicas' worth, a replica carrying {_percent(scale)} of its GPU's nominal rate at this SLO "
-        f"(headroom {_pct(headroom)}); TTFT <= {_fmt(bound)} s for {within} (SLO {_fmt(slo.percentile)}%"
-        f"{', under pressure' if failed_now else ''})"
-    )
-    if surge is not None:
-        message += (
-            f"; the router counts {_one(surge.rate)} requests/s over the last {surge.seconds:.0f} s, "
-            f"{_one(surge.factor)}x the window's rate: planning for it"
-        )
-    if waiting_for_node > 0 and measured is not None and cold > measured:
-        message += (
-            f"; {waiting_for_node} pod(s) waiting for a node: planning {cold:.0f} s ahead (a start "
-            f"{measured:.0f} s on average)"
-        )
-    if kv_full or brink:
-        message += f"; KV cache {_percent(kv_peak)} full on the busiest pod (target {_percent(kv_target)})"
-    if brink == "forget":
-        message += f", {_percent(kv_mean)} on average: the loads carried before are forgotten"
-    elif brink == "margin":
-        margin = _percent(1 - BRINK_MARGIN)
-        message += f", {_percent(kv_mean)} on average: the aim stays {margin} under this load"
-    slow = 0.0 if evidence is None else evidence.slow
-    if (
-        evidence is not None
-        and not failed_now
-        and max(1 - evidence.within, evidence.queued, slow) > allowance
-    ):
-        if evidence.misses(loaded)[0] <= allowance:
-            message += (
-                "; misses at light load are the prompts' own prefill time"
-                f"{' or the decoding speed' if slow > allowance else ''}: more replicas would not help"
-            )
-        elif pooled is not None:
-            message += (
-                f"; {_fmt(100 * pooled)}% missed over the windows at about this load: chance, not pressure"
-            )
-        else:
-            message += "; not judged: the ready count just changed, or a burst just ended"
-    if forecast > work * 1.05:
-        message += f"; forecast {_one(forecast / scale)} replicas' worth in {cold:.0f} s"
-    if hold > forecast:
-        message += f"; bursts shorter than a cold start: holding {_one(hold / scale)} replicas' worth"
-    if acted is not None:
-        n, late = acted
-        message += (
-            f"; model: at {n} replica{'s' if n != 1 else ''} {_one(100 * late)}% of first tokens predicted"
-            f" later than {_fmt(bound)} s (load factor {sizing.correction:.1f})"
-        )
-    reading = _reading(sizing, sized)
-    return Plan(
-        need,
-        work,
-        forecast,
-        hold,
-        None if evidence is None else evidence.within,
-        None if evidence is None else evidence.decode,
-        bool(failed_now),
-        scale,
-        cold,
-        new_state,
-        message,
-        reading,
-    )
+    return Outlook(cold, measured, level, trend, forecast, hold, planned)
 
 
 def _reading(sizing: sizer.Sizing, sized: tuple[int, float] | None) -> api.ModelReading:
