@@ -872,7 +872,10 @@ def render_router(svc: api.QwenService, defaults: Defaults = DEFAULTS) -> list[d
     if spec.api_key_secret_ref is not None:
         env.append(_secret_env(ROUTER_API_KEY_ENV, spec.api_key_secret_ref))
         args += ["--api-key-env", ROUTER_API_KEY_ENV, "--engine-api-key-env", ROUTER_API_KEY_ENV]
+    # Live while it answers; ready once it has listed the engines (until then a request would wait
+    # for the list behind a Service that already sends it here).
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "timeoutSeconds": 3}
+    ready_probe = {"httpGet": {"path": "/readyz", "port": "http"}, "timeoutSeconds": 3}
     container = {
         "name": "router",
         "image": router.image or defaults.router_image,
@@ -880,7 +883,7 @@ def render_router(svc: api.QwenService, defaults: Defaults = DEFAULTS) -> list[d
         "args": args,
         "ports": [{"name": "http", "containerPort": api.ROUTER_PORT, "protocol": "TCP"}],
         "env": env,
-        "readinessProbe": {**probe, "periodSeconds": 5},
+        "readinessProbe": {**ready_probe, "periodSeconds": 5},
         "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
         # Endpoints drop the pod before it stops taking connections.
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},

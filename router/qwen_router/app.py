@@ -1,5 +1,6 @@
-"""The OpenAI-compatible pass-through: every path but the router's own (``/metrics``, ``/healthz``) goes
-to one engine, picked per request (:mod:`.picker`), and its answer streams back as it comes. Each
+"""The OpenAI-compatible pass-through: every path but the router's own (``/metrics``, ``/healthz``,
+``/readyz``) goes to one engine, picked per request (:mod:`.picker`), and its answer streams back as it
+comes. Each
 engine's requests running and waiting and its KV-cache usage are read from its own /metrics every
 ``kv_seconds``, for the picker (other router replicas load the same engines).
 
@@ -133,11 +134,13 @@ class Router:
         self.metrics = Metrics()
         self._session: aiohttp.ClientSession | None = None
         self._kv_task: asyncio.Task[None] | None = None
+        self.listed = False  # the engines were listed once (an empty list too): /readyz answers 200
 
     # ------------------------------------------------------------------------------ engines
 
     def set_engines(self, ready: Mapping[str, str]) -> None:
         """The ready engines now (name -> base URL); held requests go as soon as one is ready."""
+        self.listed = True
         self.picker.update(ready)
         self.metrics.ready.set(len(self.picker.engines))
         if self.picker.engines:
@@ -149,6 +152,7 @@ class Router:
         app = web.Application(client_max_size=self.config.max_body_bytes)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
         app.router.add_route("*", "/{tail:.*}", self._proxy)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
@@ -198,6 +202,14 @@ class Router:
         return web.Response(body=generate_latest(self.metrics.registry), content_type="text/plain")
 
     async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        """Ready once the engines were listed, none ready included (a request is then held while one
+        starts): before that, a request would wait for the API client to load and list (about a
+        second on a fresh pod) behind a Service that already sends it here."""
+        if not self.listed:
+            return web.Response(status=503, text="the engines are not listed yet")
         return web.Response(text="ok")
 
     def _rejected(self, status: int, why: str, message: str) -> dict[str, Any]:

@@ -257,6 +257,18 @@ async def _metrics(url: str) -> str:
         return await resp.text()
 
 
+async def test_a_router_is_ready_once_it_has_listed_the_engines_even_none(router: tuple[Router, str]) -> None:
+    """Before its first list of engines a request would wait for the list behind a Service that
+    already sends it here: readiness (/readyz) waits for the list, liveness (/healthz) does not."""
+    r, url = router
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/readyz") as before, session.get(f"{url}/healthz") as live:
+            assert (before.status, live.status) == (503, 200)
+        r.set_engines({})  # listed, none ready: requests are held while one starts
+        async with session.get(f"{url}/readyz") as after:
+            assert after.status == 200
+
+
 async def test_the_router_follows_the_engines_endpoint_slices(emulator: Any) -> None:
     """The watcher lists and watches the engines' Service's EndpointSlices on the emulated API: ready
     endpoints only, across slices, as they change."""
