@@ -95,8 +95,8 @@ bench-tune: $(STAMP) ## Tune the benchmark's policies on its cards, training spl
 	$(PY) -m qwen_tools.sim.tune --traces bench/traces --out bench/results --merge \
 		--gpus a10g,a100-80gb --policies ours,hpa,keda,kpa,step
 
-bench-slo-train: $(STAMP) ## SLO mode vs the concurrency target on the training split only, 3 seeds (~2.5 min)
-	$(PY) -m qwen_tools.sim.slotrain --traces bench/traces
+bench-slo-train: $(STAMP) ## SLO mode vs the concurrency target on the training split only, 3 seeds (~2.5 min; ARGS="--seeds 201-210" for ten)
+	$(PY) -m qwen_tools.sim.slotrain --traces bench/traces $(ARGS)
 
 bench-router: $(STAMP) ## The router's added latency (p50/p99 at 200 streaming req/s on one core) and memory at 2,000 streams -> bench/results/router.*
 	$(PY) -m qwen_tools.benchrouter --out bench/results

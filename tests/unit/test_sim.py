@@ -680,3 +680,15 @@ def test_a_peer_is_swept_on_the_training_split_with_its_other_settings_as_tuned(
         (name, level) for name in ("steady1-a10g", "steady1-v100") for level in (18.0, 27.0)
     }
     assert all(dict(j.config)["windows"] == [240.0, 180.0] and j.policy == "kpa" for j in jobs)
+
+
+def test_the_training_split_takes_more_seeds_but_never_the_scoring_ones() -> None:
+    """``slotrain --seeds 201-210``: ten training seeds (three were too few to choose a scale-down rule
+    on); a scoring seed is refused, so that what decides a rule stays off the held-out split."""
+    from qwen_tools.sim.slotrain import main, seeds_of
+
+    assert seeds_of("201-205,208") == (201, 202, 203, 204, 205, 208)
+    with pytest.raises(ValueError, match=r"scoring seeds \(held out\)"):
+        seeds_of("100-105")
+    with pytest.raises(SystemExit):
+        main(["--seeds", "101", "--scenarios", "steady1-a10g"])

@@ -36,6 +36,21 @@ DIURNAL_SECONDS = 7200.0  # the training split's day (two hours), as it was firs
 SEEDS = (201, 202, 203)  # disjoint from the benchmark's scoring seeds (bench.SCORING_SEEDS, 101-104)
 
 
+def seeds_of(text: str) -> tuple[int, ...]:
+    """``--seeds``: a comma-separated list of seeds or ranges (``201-210``), none the benchmark scores
+    on: what decides a rule stays off the held-out split."""
+    seeds: list[int] = []
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        seeds += range(int(first), int(last or first) + 1)
+    scored = sorted(set(seeds) & set(bench.SCORING_SEEDS))
+    if scored:
+        raise ValueError(f"seeds {scored} are the benchmark's scoring seeds (held out): use others")
+    if not seeds:
+        raise ValueError("no seed given")
+    return tuple(seeds)
+
+
 def _traces(first: trace.Trace, seed: int) -> dict[str, Callable[[], trace.Trace]]:
     return {
         "conv1": lambda: first,
@@ -172,7 +187,13 @@ def crossings(rows: Sequence[tuple[float, tuple[str, str, float, float, float]]]
     return "\n".join(lines)
 
 
-def _peer_jobs(peer: str, tuned: Mapping[str, Any], chosen: Sequence[Scenario], traces: Path) -> list[Job]:
+def _peer_jobs(
+    peer: str,
+    tuned: Mapping[str, Any],
+    chosen: Sequence[Scenario],
+    traces: Path,
+    seeds: Sequence[int] = SEEDS,
+) -> list[Job]:
     """A peer swept over its main knob, its other settings as ``make bench-tune`` chose them for each
     scenario's GPU on its own training split (the conversation trace's first half and a ramp of it,
     seeds 0-2; never the held-out scenarios)."""
@@ -182,7 +203,7 @@ def _peer_jobs(peer: str, tuned: Mapping[str, Any], chosen: Sequence[Scenario], 
         setting = by_gpu.get(sc.gpu, by_gpu["a10g"])[name]["chosen"]  # cards it was not tuned on: the A10G's
         for level in levels.split(","):
             config = {**setting, bench.KNOBS[name].name: float(level)}
-            jobs += [Job(sc, name, seed, traces, config=tuple(config.items())) for seed in SEEDS]
+            jobs += [Job(sc, name, seed, traces, config=tuple(config.items())) for seed in seeds]
     return jobs
 
 
@@ -202,22 +223,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--tuned", type=Path, default=Path("bench/results/tuned.json"))
     parser.add_argument("--scenarios", default="", help="only these (comma-separated names)")
+    parser.add_argument(
+        "--seeds",
+        default=",".join(map(str, SEEDS)),
+        help="training seeds, e.g. 201-210 (three are few to choose a rule on; never the scoring seeds)",
+    )
     args = parser.parse_args(argv)
+    try:
+        seeds = seeds_of(args.seeds)
+    except ValueError as exc:
+        parser.error(str(exc))
     chosen = [sc for sc in SCENARIOS if not args.scenarios or sc.name in args.scenarios.split(",")]
     if args.bounds or args.peer:
         jobs = [
             Job(sc, "ours", seed, args.traces, float(b))
             for b in filter(None, args.bounds.split(","))
             for sc in chosen
-            for seed in SEEDS
+            for seed in seeds
         ]
         if args.peer:
-            jobs += _peer_jobs(args.peer, bench.load_tuned(args.tuned), chosen, args.traces)
+            jobs += _peer_jobs(args.peer, bench.load_tuned(args.tuned), chosen, args.traces, seeds)
         with Pool(args.workers) as pool:
             rows = pool.map(run_job, jobs)
         print(crossings([(job.level, row) for job, row in zip(jobs, rows, strict=True)]))
         return 0
-    jobs = [Job(sc, p, seed, args.traces) for sc in chosen for p in ("ours-target", "ours") for seed in SEEDS]
+    jobs = [Job(sc, p, seed, args.traces) for sc in chosen for p in ("ours-target", "ours") for seed in seeds]
     with Pool(args.workers) as pool:
         rows = pool.map(run_job, jobs)
     print(table(rows))
