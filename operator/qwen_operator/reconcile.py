@@ -534,8 +534,10 @@ async def reconcile(
     except validation.InvalidSpec as exc:
         return await _invalid(cluster, body, exc.messages, now, outcome)
 
-    if pods is None:
+    if pods is None:  # the serving pods, and the pre-pull DaemonSet's (a failed pull shows there)
         pods = await cluster.list(PODS, svc.namespace, labels.selector_string(svc.name))
+        if svc.spec.engine.pre_pull_image:
+            pods = [*pods, *await cluster.list(PODS, svc.namespace, f"{labels.PREPULL_OF_LABEL}={svc.name}")]
     svc, counted, started_events, problems = _startups(svc, pods, now)
     outcome.events.extend(started_events)
     # The scaler owns the Deployment's replicas while autoscaling is on (and acts: advisory, spec.replicas).

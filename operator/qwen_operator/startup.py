@@ -50,7 +50,7 @@ def phases(pod: Mapping[str, Any], container: str = "vllm") -> dict[str, float]:
         ("node", parse_time((conditions.get("PodScheduled") or {}).get("lastTransitionTime"))),
         ("init", parse_time((conditions.get("Initialized") or {}).get("lastTransitionTime"))),
         ("image", parse_time(started)),
-        ("engine", parse_time(conditions["Ready"].get("lastTransitionTime"))),
+        ("engine", _ready_at(pod)),
     ]
     out: dict[str, float] = {}
     for (_, begun), (phase, ended) in itertools.pairwise(marks):

@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client import REGISTRY
 
 from qwen_operator import api, labels, reconcile, startup
-from qwen_operator.kube import DAEMONSETS, DEPLOYMENTS
+from qwen_operator.kube import DAEMONSETS, DEPLOYMENTS, PODS
 from qwen_operator.validation import parse
 from tests.unit.test_reconcile import FakeCluster
 
@@ -159,6 +159,11 @@ async def test_the_image_pre_pull_is_reported_and_never_degrades_the_service(min
     assert "ImagePullBackOff" in message
     assert "qwen-prepull-x1" in message
     assert out.status["phase"] != "Degraded", "a pre-pull never holds serving back"
+    # Without the watch's pods (the reconcile lists them itself), the pre-pull pod is listed too.
+    cluster.objects[(PODS.plural, "ml", "qwen-prepull-x1")] = failing
+    listed = await reconcile.reconcile(cluster, body, NOW)
+    assert condition(listed)[:2] == ("False", "PullFailed")
+    del cluster.objects[(PODS.plural, "ml", "qwen-prepull-x1")]
     ds["status"]["numberReady"] = 2
     body["status"] = out.status
     out = await reconcile.reconcile(cluster, body, NOW, pods=[])

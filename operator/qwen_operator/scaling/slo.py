@@ -526,18 +526,18 @@ def plan(seen: Seen, slo: api.LatencySLO, seed: Capacity, state: PlanState, now:
         floor = slo.time_per_output_token_seconds is not None or bool(verdict.failed)
         need = max(need, acted[0]) if floor else float(acted[0])
     new_state = PlanState(
-        scale,
-        outlook.level,
-        outlook.trend,
-        now,
-        peaks,
-        outlook.measured,
-        carried,
-        failed,
-        ready,
-        verdict.fleet_since,
-        verdict.pool,
-        sizing,
+        capacity_scale=scale,
+        level=outlook.level,
+        trend=outlook.trend,
+        updated=now,
+        peaks=peaks,
+        cold_start_seconds=outlook.measured,
+        carried=carried,
+        failed=failed,
+        fleet=ready,
+        fleet_since=verdict.fleet_since,
+        pool=verdict.pool,
+        sizing=sizing,
     )
     message = explain.describe(
         seen, slo, demand.work, scale, verdict, outlook, acted, sizing.correction, BRINK_MARGIN
