@@ -29,7 +29,10 @@ def test_a_short_demo_scales_up_and_prints_the_story(
     assert "TooManyReplicas" not in out, "reasons in words"
     assert "AboveTarget" not in out, "reasons in words"
     assert "scaling up" in out or "at max" in out or "pods starting" in out
-    assert "ScaledUp: 2 -> 3: load " in out, out[-3000:]  # SLO mode's decision, on the token load
+    # The first scale-up is SLO mode's decision, on the token load. Its size depends on when the
+    # evaluation falls: at 40x an evaluation interval is 0.4 s of wall time, and on a loaded machine one
+    # that comes late sees more of the rise (2 -> 4 under the full suite on 2 cores, 2 -> 3 alone).
+    assert re.search(r"ScaledUp: 2 -> \d+: load ", out), out[-3000:]
     # What the first rows show is told before they appear: a warm start, and the load's shape.
     assert out.index("starts with 2 warm replicas") < out.index("sim time")
     assert out.index("a third of them until minute") < out.index("sim time")
