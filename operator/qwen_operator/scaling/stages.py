@@ -111,7 +111,7 @@ class Observation:
 
 @dataclass(frozen=True)
 class Signal:
-    name: str  # concurrency, kvCacheUsage, waiting
+    name: str  # concurrency (or slo, the plan in its place), kvCacheUsage, waiting
     value: float  # the total over the pods
     target: float  # per replica
     detail: str = ""  # what the value is made of, where it is not plain
