@@ -900,6 +900,11 @@ class LatencySLO(_Model):
         ),
     )
 
+    @property
+    def allowance(self) -> float:
+        """The share of requests that may miss the bounds (0.01 at the 99th percentile)."""
+        return 1 - self.percentile / 100
+
 
 Weekday = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 WEEKDAYS: tuple[Weekday, ...] = get_args(Weekday)  # datetime.weekday() order
@@ -1306,12 +1311,11 @@ class QwenServiceSpec(_Model):
     def scaling(self) -> AutoscalingSpec:
         """The autoscaling block with its GPU-dependent defaults filled in: what the scaler decides on."""
         auto = self.autoscaling
-        product = self.scheduling.node_selector.get(GPU_PRODUCT_LABEL)
-        tp = self.engine.tensor_parallel_size
         targets = auto.targets
         if targets.concurrency_per_replica is not None:
             return auto
-        target = default_concurrency(product, tp, self.engine.max_num_seqs)
+        product = self.scheduling.node_selector.get(GPU_PRODUCT_LABEL)
+        target = default_concurrency(product, self.engine.tensor_parallel_size, self.engine.max_num_seqs)
         filled = targets.model_copy(update={"concurrency_per_replica": target})
         return auto.model_copy(update={"targets": filled})
 

@@ -102,7 +102,7 @@ def describe(
 
 def _misses_not_pressure(slo: api.LatencySLO, verdict: Verdict) -> str:
     """Why misses beyond the allowance did not count as pressure ("" when they did, or were none)."""
-    evidence, allowance = verdict.evidence, 1 - slo.percentile / 100
+    evidence, allowance = verdict.evidence, slo.allowance
     slow = 0.0 if evidence is None else evidence.slow
     if evidence is None or verdict.failed or max(1 - evidence.within, evidence.queued, slow) <= allowance:
         return ""

@@ -459,6 +459,7 @@ class Verdict:
     """Steps 2-3: what this window says about one replica's capacity at the SLO."""
 
     evidence: Evidence | None
+    load: float  # seed replicas' worth served on each ready replica
     loaded: bool  # a miss at this load is the load's doing
     settled: bool  # the fleet held long enough for its latency to teach
     failed: bool | None  # this window failed the SLO at its load (None: it teaches nothing)
@@ -495,8 +496,7 @@ def plan(seen: Seen, slo: api.LatencySLO, seed: Capacity, state: PlanState, now:
         if user is not None
         else seed
     )
-    allowance = 1 - slo.percentile / 100
-    bound = slo.time_to_first_token_seconds
+    allowance, bound = slo.allowance, slo.time_to_first_token_seconds
     initial = USER_SCALE if user is not None else _initial_share(traffic, capacity, bound, allowance)
     demand = _demand(traffic, seen.waiting, capacity)
     peaks = _peaks(state, demand.work, now)
@@ -504,9 +504,8 @@ def plan(seen: Seen, slo: api.LatencySLO, seed: Capacity, state: PlanState, now:
     new = 1.0 if state.updated is None else min(elapsed / traffic.seconds, 1.0)  # windows overlap
     fade = math.exp(-elapsed / MEMORY_SECONDS)
     verdict = _verdict(seen, slo, state, demand, peaks, initial, now, new, fade)
-    load = demand.served / ready  # seed replicas' worth on each ready replica: its physical load
     scale, carried, failed = _learn(
-        state, initial, load, demand.work / ready, verdict.failed, fade, verdict.brink
+        state, initial, verdict.load, demand.work / ready, verdict.failed, fade, verdict.brink
     )
     outlook = _outlook(seen, slo, state, demand, peaks, now)
     # Step 6: the performance model sizes the fleet where it can predict for this mix, for the load
@@ -593,7 +592,7 @@ def _verdict(
     that load, and what the KV caches add."""
     traffic = seen.traffic
     assert traffic is not None  # plan() returns before without one
-    allowance, bound = 1 - slo.percentile / 100, slo.time_to_first_token_seconds
+    bound = slo.time_to_first_token_seconds
     evidence = Evidence.of(traffic, bound, slo.time_per_output_token_seconds)
     # Evidence is judged on the fleet that served it, at the load it served. First tokens and queue
     # waits are counted when they end: a backlog built on fewer replicas shows after a scale-up, spread
@@ -605,12 +604,12 @@ def _verdict(
     settled = (
         fleet_since is None or (now - fleet_since).total_seconds() >= SETTLE_WINDOWS * traffic.seconds
     ) and demand.work >= STEADY * max(recent, default=demand.work)
-    load = demand.served / seen.ready
+    load = demand.served / seen.ready  # seed replicas' worth on each ready replica: its physical load
     believed = state.capacity_scale if state.capacity_scale is not None else initial
     loaded = _loaded(load, believed)
     failed_now, pooled, pool = None, None, state.pool
     if evidence is not None and settled and demand.served > 0:
-        failed_now, pooled, pool = _judge(state, evidence, load, loaded, allowance, new, fade)
+        failed_now, pooled, pool = _judge(state, evidence, load, loaded, slo.allowance, new, fade)
     # Near a full KV cache vLLM preempts and recomputes: throughput falls and the queue grows faster
     # than a loose bound shows in time. A loaded replica that fills its cache past the target while its
     # first tokens still meet the SLO failed; if the fleet's caches are filling too (not one pod's few
@@ -628,7 +627,18 @@ def _verdict(
     if kv_full:
         failed_now = True
     return Verdict(
-        evidence, loaded, settled, failed_now, pooled, pool, fleet_since, kv_peak, kv_mean, kv_full, brink
+        evidence,
+        load,
+        loaded,
+        settled,
+        failed_now,
+        pooled,
+        pool,
+        fleet_since,
+        kv_peak,
+        kv_mean,
+        kv_full,
+        brink,
     )
 
 
