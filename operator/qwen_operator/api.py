@@ -32,7 +32,6 @@ from qwen_operator.gpu_targets import (
     GPU_PRODUCT_LABEL,
     default_concurrency,
     seed_capacity,
-    step_tokens,
 )
 
 GROUP = "serving.qwenops.io"
@@ -1326,14 +1325,6 @@ class QwenServiceSpec(_Model):
         model starts before it has learned the replicas' own speed."""
         product = self.scheduling.node_selector.get(GPU_PRODUCT_LABEL)
         return seed_capacity(product, self.engine.tensor_parallel_size)
-
-    def step_tokens(self) -> int:
-        """vLLM's token budget per engine step: ``--max-num-batched-tokens`` where extraArgs sets it, or
-        vLLM's default for the GPU the pods are pinned to (gpu_targets.step_tokens)."""
-        given = vllm_flags.value(self.engine.extra_args, "max_num_batched_tokens")
-        if given is not None and given.strip().isdigit() and int(given) > 0:
-            return int(given)
-        return step_tokens(self.scheduling.node_selector.get(GPU_PRODUCT_LABEL))
 
     @property
     def scales_to_zero(self) -> bool:

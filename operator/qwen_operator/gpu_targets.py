@@ -53,21 +53,3 @@ def seed_capacity(gpu_product: str | None, tensor_parallel_size: int = 1) -> tup
     if tensor_parallel_size != 1:
         return DEFAULT_CAPACITY
     return next((v for need, v in SEED_CAPACITY if need <= tokens), DEFAULT_CAPACITY)
-
-
-# vLLM's token budget per engine step (--max-num-batched-tokens) where a QwenService does not set it: the
-# OpenAI server's default, 8192 on cards with 70 GiB or more other than the A100, 2048 on the others
-# (vLLM's tests/engine/test_arg_utils.py, test_defaults_with_usage_context). SLO mode's model needs it:
-# with chunked prefill a request leaves vLLM's queue up to one such step before the prefill ahead of it
-# is done (qwen_operator.perf.queueing).
-DEFAULT_STEP_TOKENS = 2048
-LARGE_STEP_TOKENS = 8192
-LARGE_CARDS: tuple[frozenset[str], ...] = tuple(
-    frozenset({name}) for name in ("H100", "H200", "H20", "GH200", "B100", "B200", "GB200")
-)
-
-
-def step_tokens(gpu_product: str | None) -> int:
-    """vLLM's default token budget per step on ``gpu_product`` (``NVIDIA-H100-80GB-HBM3``: 8192)."""
-    tokens = set((gpu_product or "").upper().split("-"))
-    return LARGE_STEP_TOKENS if any(need <= tokens for need in LARGE_CARDS) else DEFAULT_STEP_TOKENS

@@ -11,7 +11,6 @@ builds the same test as one regular expression for the CRD's CEL rule.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 
 from qwen_operator.vllm_options import OPTIONS
 
@@ -51,22 +50,6 @@ def managed_option(arg: str, dests: tuple[str, ...]) -> str | None:
     if not name.startswith("--") and name[:2] in managed:
         return name[:2]  # a one-letter alias with its value attached (-qawq)
     return next((m for m in managed if m.startswith(name) and m[:2] == name[:2]), None)
-
-
-def value(args: Sequence[str], dest: str) -> str | None:
-    """What ``args`` set vLLM's option ``dest`` to, in any spelling that reaches it (``--flag=v`` or
-    ``--flag v``, underscores, an unambiguous prefix); the last one, as argparse takes it; None where
-    none sets it."""
-    spellings = set(_spellings(dest))
-    found = None
-    for i, arg in enumerate(args):
-        if "." in arg.split("=", 1)[0] or managed_option(arg, (dest,)) not in spellings:
-            continue
-        if "=" in arg:
-            found = arg.split("=", 1)[1]
-        elif i + 1 < len(args):
-            found = args[i + 1]
-    return found
 
 
 def _alternatives(words: list[str]) -> str:

@@ -9,13 +9,12 @@ from dataclasses import replace
 
 import pytest
 
-from qwen_operator.gpu_targets import DEFAULT_STEP_TOKENS
 from qwen_operator.perf import queueing, sizing
 from qwen_operator.perf.predict import Mix
 from qwen_operator.perf.queueing import POOLED, RANDOM, Load
 from qwen_operator.perf.stepmodel import Fit, StepModel, Window
 from qwen_operator.scaling.slo import rise_band
-from qwen_operator.traffic import INF, Histogram, Totals, Traffic, combine
+from qwen_operator.traffic import INF, Histogram, Traffic
 from qwen_tools.sim.engine import QUEUE_BUCKETS, TTFT_BUCKETS
 
 TRUE = StepModel(floor_s=0.012, per_seq_s=0.0006, prefill_tok_s=6000.0, per_context_s=9.5e-8)
@@ -106,23 +105,6 @@ def test_erlang_c_and_the_pooled_tail() -> None:
     # M/M/2 at 1 Erlang: P(W > t) = C exp(-(2 - 1) t / E[S]).
     load = Load(rate=1.0, prefill=1.0)
     assert queueing.wait_beyond(load, 2, 2.0, POOLED) == pytest.approx(math.exp(-2) / 3)
-
-
-def test_vllms_queue_time_ends_within_one_step_before_the_wait_does() -> None:
-    """With chunked prefill a request leaves vLLM's queue when its first chunk is scheduled, up to one
-    full step before the prefill ahead of it is done: its queue-time tail lies between the wait's at
-    ``t`` and at ``t + step``, is the wait's average over that step, and is the wait itself when the
-    step takes no time."""
-    load = Load(rate=3.0, prefill=0.2, decode=0.05, ca2=1.5, cs2=1.0)
-    step = 0.4
-    for t in (0.0, 0.3, 1.0, 2.5):
-        queued = queueing.queue_time_beyond(load, 1, t, step)
-        assert queueing.wait_beyond(load, 1, t + step) < queued < queueing.wait_beyond(load, 1, t)
-        points = [queueing.wait_beyond(load, 1, t + (k + 0.5) / 1000 * step) for k in range(1000)]
-        assert queued == pytest.approx(sum(points) / len(points), rel=1e-4)
-        assert queueing.queue_time_beyond(load, 1, t, 0.0) == pytest.approx(queueing.wait_beyond(load, 1, t))
-    assert queueing.queue_time_beyond(load, 1, 1.0, step, POOLED) < queueing.wait_beyond(load, 1, 1.0, POOLED)
-    assert queueing.queue_time_beyond(Load(rate=10.0, prefill=0.2), 1, 1.0, step) == 1.0, "saturated"
 
 
 def test_decoding_slows_the_prefill_server() -> None:
@@ -270,8 +252,7 @@ def served(model: StepModel, mix: Mix, replicas: int, factor: float, n: float = 
     """A minute as vLLM's histograms would show it if the replicas were ``factor`` times as full as
     the model says: queue times and first tokens from the model's own distributions at that load."""
     load = mix.at(factor * mix.rate).load(model)
-    step = model.step_seconds(0, DEFAULT_STEP_TOKENS, 0)  # a full step of prefill chunks, nothing decoding
-    queue = histogram(QUEUE_BUCKETS, lambda t: 1 - queueing.queue_time_beyond(load, replicas, t, step), n)
+    queue = histogram(QUEUE_BUCKETS, lambda t: 1 - queueing.wait_beyond(load, replicas, t), n)
     ttft = histogram(TTFT_BUCKETS, lambda t: 1 - queueing.first_token_beyond(load, replicas, t), n)
     return Traffic(60, mix.prompt * n, mix.output * n, n, ttft=ttft, queue_time=queue)
 
@@ -288,51 +269,6 @@ def test_the_load_factor_is_learned_from_the_windows_queue_times_and_first_token
         learned = sizing.observe(learned, traffic, mix, replicas, running=0, bound=2.0)
     assert learned.correction == pytest.approx(planted, rel=0.1)
     assert learned.explains()
-
-
-@pytest.mark.parametrize(("speed", "replicas"), [(1.3, 4), (1.3, 5), (1.6, 5), (1.6, 6)])
-def test_queue_times_and_first_tokens_of_a_simulated_fleet_say_the_same_load_factor(
-    speed: float, replicas: int
-) -> None:
-    """A static fleet of the simulator's engines (vLLM's scheduler: chunked prefill, a token budget per
-    step) on a real trace slice, made busier than the trace: the load factor its minutes of vLLM's
-    queue times alone say, and the one its first tokens' tail alone says, agree within two steps of
-    the grid. Taken as the wait before the prefill ahead is done, the queue times said a factor
-    3-5 steps lower (0.84-0.92 against 1.3-1.54): vLLM counts a request queued only until its first chunk
-    is scheduled."""
-    from qwen_tools.sim import policies, trace
-    from qwen_tools.sim.cluster import Cluster, Settings
-    from qwen_tools.sim.gpus import GPUS
-    from tests.conftest import DATA
-
-    card = GPUS["a10g"]
-    model = StepModel(card.floor_s, card.per_seq_s, card.prefill_tok_s, card.context_s_per_token)
-    t = trace.load(DATA / "traces" / "conv-5min.csv").looped(3).compressed(speed)
-    cluster = Cluster(t, policies.Static(replicas), replace(Settings(card, 1, replicas, replicas), seed=1))
-    by_queue = by_ttft = sizing.Sizing.start(model)
-    before: dict[str, Totals] = {}
-    minutes, busy = 0, 0.0
-    while not cluster.done:
-        cluster.step()
-        if cluster.second % 60 or cluster.second > t.duration:
-            continue
-        now = {pod.name: pod.engine.vllm_totals() for pod in cluster.live}
-        traffic = combine(filter(None, (now[n].since(before[n], 60) for n in now if n in before)))
-        before = now
-        mix = None if traffic is None else sizing.mix_of(traffic, MIX.ca2)
-        if traffic is None or mix is None:
-            continue
-        running = sum(pod.engine.num_running for pod in cluster.live)
-        budget = card.max_batched_tokens
-        queue_only, ttft_only = replace(traffic, ttft=Histogram()), replace(traffic, queue_time=Histogram())
-        by_queue = sizing.observe(by_queue, queue_only, mix, replicas, running, 2.0, budget)
-        by_ttft = sizing.observe(by_ttft, ttft_only, mix, replicas, running, 2.0, budget)
-        busy = mix.load(model).busy(replicas)
-        minutes += 1
-    assert minutes >= 6
-    assert busy >= sizing.INFORMATIVE_BUSY, "busy enough for the first tokens' tail to count"
-    step = math.log(sizing.GRID[1] / sizing.GRID[0])
-    assert abs(math.log(by_queue.correction / by_ttft.correction)) <= 2 * step + 1e-9
 
 
 def test_slack_is_information_the_fleet_shrinks_to_what_the_model_predicts() -> None:

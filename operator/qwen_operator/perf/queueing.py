@@ -17,15 +17,8 @@ variation, ``ca2`` (the index of dispersion of arrivals, measured) and ``cs2`` (
   probability of waiting (Erlang C) and an exponential tail at the rate the spare servers drain it,
   with the Allen-Cunneen factor for G/G/N: ``P(W > t) = C(N, a) exp(-2 (N - a) t / (E[S] (ca2 + cs2)))``.
 
-What vLLM reports as a request's queue time is not that wait. With chunked prefill a step schedules
-the running requests' next chunks first, then waiting requests while its token budget lasts, so a
-request leaves the queue in the step where the prefill ahead of it leaves room: up to one full step
-before the wait ends, at a point of that step taken as even (:func:`queue_time_beyond`). Read as the
-wait itself, vLLM's queue times said the replicas were about a third emptier than their first tokens
-said (docs/autoscaling.md).
-
 Both are approximations; what they give is the shape of the knee as N changes. The level is corrected
-by a factor on the load the caller learns from what the windows show (:mod:`.sizing`).
+by the ratio of the observed to the predicted quantile at the current N (the caller's business).
 """
 
 from __future__ import annotations
@@ -102,23 +95,6 @@ def wait_beyond(load: Load, replicas: int, seconds: float, routing: str = RANDOM
         return 1.0
     waits, decay, _ = tail
     return waits * math.exp(-decay * seconds)
-
-
-def queue_time_beyond(load: Load, replicas: int, seconds: float, step: float, routing: str = RANDOM) -> float:
-    """The share of requests whose queue time, as vLLM counts it, is longer than ``seconds``: with
-    chunked prefill a request leaves the queue when its first chunk is scheduled, in the step where
-    the prefill ahead of it leaves room in the step's token budget, up to one full step (``step``
-    seconds) before that prefill is done. Where within that step is taken as even: the wait's tail
-    beyond ``seconds + u x step``, averaged over ``u`` in [0, 1] (in closed form)."""
-    if load.rate <= 0 or load.prefill <= 0:
-        return 0.0
-    tail = _tail(load, replicas, routing)
-    if tail is None:
-        return 1.0
-    waits, decay, _ = tail
-    spread = decay * max(step, 0.0)
-    within_step = 1.0 if spread < 1e-9 else -math.expm1(-spread) / spread  # the mean of exp(-decay u step)
-    return waits * math.exp(-decay * seconds) * within_step
 
 
 def first_token_beyond(load: Load, replicas: int, seconds: float, routing: str = RANDOM) -> float:

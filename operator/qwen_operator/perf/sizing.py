@@ -34,9 +34,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from qwen_operator.gpu_targets import DEFAULT_STEP_TOKENS
 from qwen_operator.perf.predict import Mix
-from qwen_operator.perf.queueing import RANDOM, Load, first_token_beyond, queue_time_beyond
+from qwen_operator.perf.queueing import RANDOM, Load, first_token_beyond, wait_beyond
 from qwen_operator.perf.stepmodel import Fit, StepModel, Window
 from qwen_operator.traffic import Histogram, Traffic
 
@@ -123,13 +122,12 @@ def observe(
     replicas: int,
     running: float,
     bound: float,
-    step_tokens: int = DEFAULT_STEP_TOKENS,
     new: float = 1.0,
     routing: str = RANDOM,
 ) -> Sizing:
     """``sizing`` after one window served by ``replicas`` on a settled fleet (``running``: the requests
-    in their batches now, summed; ``step_tokens``: the engine's token budget per step; ``new``: the
-    share of the window not seen before, as windows overlap)."""
+    in their batches now, summed; ``new``: the share of the window not seen before, as windows
+    overlap)."""
     steps = traffic.steps
     per_replica = running / replicas if replicas > 0 else 0.0
     window = Window(
@@ -145,18 +143,12 @@ def observe(
     prompt = mix.prompt if sizing.prompt is None else keep * sizing.prompt + (1 - keep) * mix.prompt
     output = mix.output if sizing.output is None else keep * sizing.output + (1 - keep) * mix.output
     sizing = replace(sizing, fit=fit, prompt=prompt, output=output)
-    # Two windows onto the knee: the queue times, and under load the first tokens' tail from half the
-    # bound up (below the tail, and at light load, a first token is mostly the prompt's own prefill,
-    # which says nothing of the load). vLLM's queue time ends when a request's first chunk is
-    # scheduled, with chunked prefill up to one full step of the engine's budget (prefill chunks beside
-    # the batch's decoding) before the prefill ahead of it is done: the model's wait, less that much.
-    step = fit.model.step_seconds(per_replica, max(step_tokens - per_replica, 0.0), window.context_tokens)
-
-    def queued_beyond(load: Load, n: int, t: float, routing: str) -> float:
-        return queue_time_beyond(load, n, t, step, routing)
-
+    # Two windows onto the knee: the queue times (the wait before the first chunk is scheduled), and
+    # under load the first tokens' tail from half the bound up (with chunked prefill, prompts also
+    # wait for each other inside the batch, which the queue time does not show; below the tail, and
+    # at light load, a first token is mostly the prompt's own prefill, which says nothing of the load).
     sources: list[tuple[list[tuple[float, float]], Beyond]] = [
-        (_bucket_counts(traffic.queue_time), queued_beyond)
+        (_bucket_counts(traffic.queue_time), wait_beyond)
     ]
     if mix.load(fit.model).busy(replicas) >= INFORMATIVE_BUSY:
         sources.append((_tail_counts(traffic.ttft, bound / 2), first_token_beyond))

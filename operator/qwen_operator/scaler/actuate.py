@@ -66,7 +66,7 @@ class Actuator:
     ) -> tuple[scaling.Decision, api.QwenServiceStatus]:
         """The pure decision for one service, and the status it leads to (no I/O)."""
         state = self.memory.states.get(svc.metadata.uid or "") or scaling.state_from_status(svc.status)
-        seed = Capacity(*svc.spec.seed_capacity(), svc.spec.step_tokens())
+        seed = Capacity(*svc.spec.seed_capacity())
         decision = scaling.decide(obs, svc.spec.scaling(), state, now, seed)
         return decision, status.scaling_status(
             svc.status,

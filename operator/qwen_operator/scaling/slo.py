@@ -72,7 +72,6 @@ from datetime import datetime
 from typing import Literal
 
 from qwen_operator import api
-from qwen_operator.gpu_targets import DEFAULT_STEP_TOKENS
 from qwen_operator.perf import sizing as sizer
 from qwen_operator.scaling import explain
 from qwen_operator.surge import Surge
@@ -120,12 +119,10 @@ BRINK_MARGIN = 0.9  # after a brink the first tokens showed too, the aim stays a
 
 @dataclass(frozen=True)
 class Capacity:
-    """One replica's throughput in each kind of token, alone (the seed, or the user's), and its
-    engine's token budget per step (vLLM's ``--max-num-batched-tokens``)."""
+    """One replica's throughput in each kind of token, alone (the seed, or the user's)."""
 
     prompt_tokens_per_second: float
     generation_tokens_per_second: float
-    step_tokens: int = DEFAULT_STEP_TOKENS
 
     def work(self, traffic: Traffic) -> float:
         return (
@@ -424,7 +421,7 @@ def _size(
     if mix is None:
         return sizing, None
     if settled:
-        sizing = sizer.observe(sizing, traffic, mix, ready, running, bound, capacity.step_tokens, new)
+        sizing = sizer.observe(sizing, traffic, mix, ready, running, bound, new)
     planned = mix.at(mix.rate * max(ahead, 1.0))
     return sizing, sizer.fewest(sizing, planned, allowance, bound, 1, max(4 * ready, 64))
 
@@ -495,7 +492,7 @@ def plan(seen: Seen, slo: api.LatencySLO, seed: Capacity, state: PlanState, now:
         return None
     user = slo.replica_capacity
     capacity = (
-        Capacity(user.prompt_tokens_per_second, user.generation_tokens_per_second, seed.step_tokens)
+        Capacity(user.prompt_tokens_per_second, user.generation_tokens_per_second)
         if user is not None
         else seed
     )

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from qwen_operator import api, scaling
-from qwen_operator.gpu_targets import default_concurrency, seed_capacity, step_tokens
+from qwen_operator.gpu_targets import default_concurrency, seed_capacity
 from qwen_operator.idle import RouterSample
 from qwen_operator.scaling import Capacity
 from qwen_operator.traffic import TRAFFIC_WINDOW_SECONDS, Totals, Traffic
@@ -350,7 +350,7 @@ def slo_mode(auto: api.AutoscalingSpec, gpu_product: str | None, ttft: float | N
     slo = auto.slo or api.LatencySLO(time_to_first_token_seconds=2.0)
     slo = slo.model_copy(update={} if ttft is None else {"time_to_first_token_seconds": ttft})
     spec = auto.model_copy(update={"slo": slo, "enabled": True})
-    return Ours(spec, seed=Capacity(*seed_capacity(gpu_product), step_tokens(gpu_product)))
+    return Ours(spec, seed=Capacity(*seed_capacity(gpu_product)))
 
 
 def make(
