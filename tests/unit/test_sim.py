@@ -692,3 +692,27 @@ def test_the_training_split_takes_more_seeds_but_never_the_scoring_ones() -> Non
         seeds_of("100-105")
     with pytest.raises(SystemExit):
         main(["--seeds", "101", "--scenarios", "steady1-a10g"])
+
+
+def test_the_training_split_sends_shared_prompts_through_the_router_as_the_benchmark_does() -> None:
+    """``steady1-a10g-prefix``: the benchmark's -prefix-affinity conditions (our router, picking by
+    prefix; drawn cards; the warm start and burn-in; maxReplicas) on the training half of the trace,
+    played twice, with applications' shared system prompts drawn per seed: where a model that takes
+    every prompt token as work and the split as random is wrong (a change that passed every other
+    training scenario broke the SLO there)."""
+    from qwen_tools.sim import bench, slotrain, trace
+    from tests.conftest import DATA
+
+    ours = next(sc for sc in slotrain.SCENARIOS if sc.name == "steady1-a10g-prefix")
+    held_out = next(sc for sc in bench.SCENARIOS if sc.name == "steady-a10g-prefix-affinity")
+    same = ("gpu", "router", "calibration", "burn_in", "max_replicas")
+    assert [getattr(ours, k) for k in same] == [getattr(held_out, k) for k in same]
+    assert ours.router == "builtin"
+    first = trace.load(DATA / "traces" / "conv-5min.csv")
+    built = slotrain._traces(first, 201)[ours.trace]()
+    assert len(built) == 2 * len(first)
+    shared = [built.prefix(i) for i in range(len(built)) if built.prefix(i)[0]]
+    assert len(shared) > len(built) / 2, "most requests open with an application's system prompt"
+    assert len({pid for pid, _ in shared}) > 10, "many applications"
+    other_seed = slotrain._traces(first, 202)[ours.trace]()
+    assert [other_seed.prefix(i) for i in range(50)] != [built.prefix(i) for i in range(50)], "per seed"

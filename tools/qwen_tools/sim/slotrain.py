@@ -59,6 +59,7 @@ def _traces(first: trace.Trace, seed: int) -> dict[str, Callable[[], trace.Trace
         "diurnal1": lambda: trace.diurnal(first, 4, DIURNAL_SECONDS, seed),
         "long1": lambda: trace.long_prompts(first, bench.SYNTHETIC_SECONDS["long"], seed),
         "conv1x2": lambda: first.looped(2),
+        "conv1x2+shared": lambda: first.looped(2).with_shared_prompts(seed),
     }
 
 
@@ -84,6 +85,19 @@ SCENARIOS = (
     # minutes neither scored nor billed.
     Scenario("steady1-a10g", "a10g", "conv1x2", max_replicas=10, calibration="drawn", burn_in=bench.BURN_IN),
     Scenario("steady1-v100", "v100", "conv1x2", max_replicas=10, calibration="drawn", burn_in=bench.BURN_IN),
+    # Through our router, which picks by prefix, with applications' shared system prompts (vLLM's prefix
+    # cache computes a cached prefix once; its tokens still count as prompt tokens), as the benchmark's
+    # -prefix-affinity scenario runs: a model that assumes a random split and counts every prompt
+    # token as work is wrong here, and SLO mode must still keep the SLO.
+    Scenario(
+        "steady1-a10g-prefix",
+        "a10g",
+        "conv1x2+shared",
+        max_replicas=10,
+        router="builtin",
+        calibration="drawn",
+        burn_in=bench.BURN_IN,
+    ),
     # Pods that may wait for a GPU node (cluster.Nodes: a node autoscaler's provisioning, shared by the
     # pods launched while one is on its way), as the benchmark's -node-autoscaling scenario runs.
     Scenario("ramp-a10g-nodes", "a10g", "ramp", max_replicas=12, nodes=True),
