@@ -1,17 +1,17 @@
 """SLO mode against the concurrency target on the training split only (``make bench-slo-train``).
 
-Every trace here comes from the first half of the Azure conversation trace, with training seeds
-(201-203; ``--seeds 201-210`` for ten) that ``make bench`` never uses (it scores on 101-104): the trace
-itself, a 0.5-2x ramp, and diurnal, flash-crowd and long-prompt variants built the way the benchmark
-builds its held-out ones, and an hour of it run as the benchmark runs its steady scenarios (drawn cards,
-warm start, burn-in); on the benchmark's GPUs, and on cards and a calibration it does not use (V100,
-H100, the A10G's slow end), so that no rule fits three cards. SLO mode's rules were designed on these;
-the held-out scenarios judge them (``make bench``). Prints, per scenario and policy, the mean GPU-hours
-and SLO attainment (TTFT <= 2 s; and on the length-scaled target) over the seeds. With ``--bounds`` (SLO
-mode's TTFT bound) and ``--peer`` (a peer's main knob, e.g. ``kpa:18,22,27``, its other settings as
-``make bench-tune`` chose them on its own training split), where each crosses 99%: the benchmark's
-question, asked of the training split, so that a rule can be compared with a tuned peer before the
-held-out scenarios are run.
+Every trace here comes from the first half of the Azure conversation trace, with training seeds (201-203;
+``--seeds 201-210`` for ten) that ``make bench`` never uses (it scores on 101-104): the trace itself, a
+0.5-2x ramp, and diurnal, flash-crowd and long-prompt variants built the way the benchmark builds its
+held-out ones, and an hour of it run as the benchmark runs its steady scenarios (drawn cards, warm start,
+burn-in; also with shared system prompts through our router); on the benchmark's GPUs, and on cards and a
+calibration it does not use (V100, H100, the A10G's slow end), so that no rule fits three cards. SLO
+mode's rules were designed on these; the held-out scenarios judge them (``make bench``). Prints, per
+scenario and policy, the mean GPU-hours and SLO attainment (TTFT <= 2 s; and on the length-scaled target)
+over the seeds. With ``--bounds`` (SLO mode's TTFT bound) and ``--peer`` (a peer's main knob, e.g.
+``kpa:18,22,27``, its other settings as ``make bench-tune`` chose them on its own training split), where
+each crosses 99%: the benchmark's question, asked of the training split, so that a rule can be compared
+with a tuned peer before the held-out scenarios are run.
 """
 
 from __future__ import annotations
