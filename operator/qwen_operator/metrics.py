@@ -33,8 +33,8 @@ from qwen_operator.scaling import Observation, PodSample
 from qwen_operator.traffic import (
     TRAFFIC_WINDOW,
     TRAFFIC_WINDOW_SECONDS,
+    EngineTotals,
     Histogram,
-    StepTotals,
     Totals,
     Traffic,
 )
@@ -51,10 +51,15 @@ REQUESTS = "vllm:request_success_total"  # one series per finished_reason
 TTFT = "vllm:time_to_first_token_seconds"
 QUEUE_TIME = "vllm:request_queue_time_seconds"
 TPOT = "vllm:request_time_per_output_token_seconds"  # per request (not the per-token inter-token one)
-# The engine's steps (perf.stepmodel): each decode token's step time, and the tokens per step.
+# The engine's steps (perf.stepmodel): each decode token's step time, and the tokens per step; and
+# its prefix cache: prompt tokens looked up, and those it held (not computed again).
 ITL = "vllm:inter_token_latency_seconds"
 ITERATION = "vllm:iteration_tokens_total"
-STEP_COUNTERS = (f"{ITL}_sum", f"{ITL}_count", f"{ITERATION}_count", f"{ITERATION}_sum")
+PREFIX_QUERIES = "vllm:prefix_cache_queries_total"
+PREFIX_HITS = "vllm:prefix_cache_hits_total"
+ENGINE_COUNTERS = (
+    f"{ITL}_sum", f"{ITL}_count", f"{ITERATION}_count", f"{ITERATION}_sum", PREFIX_QUERIES, PREFIX_HITS,
+)  # fmt: skip
 
 # What a source reads and parses is bounded: a pod or a Prometheus answers with what it likes (a tenant
 # runs both), and the operator must neither run out of memory nor stall its event loop (where the
@@ -179,14 +184,14 @@ class _PodTotals:
         kv = self.kv or self.kv_old
         traffic = None
         if window is not None and self.counters:
-            traffic = Traffic(window, *self._counts(), *self._histograms(), steps=self._steps())
+            traffic = Traffic(window, *self._counts(), *self._histograms(), engine=self._engine())
         return PodSample(self.running, self.waiting, sum(kv) / len(kv) if kv else None, age, traffic)
 
     def totals(self) -> Totals | None:
-        return Totals(*self._counts(), *self._histograms(), steps=self._steps()) if self.counters else None
+        return Totals(*self._counts(), *self._histograms(), engine=self._engine()) if self.counters else None
 
-    def _steps(self) -> StepTotals:
-        return StepTotals(*(self.counters.get(name, 0.0) for name in STEP_COUNTERS))
+    def _engine(self) -> EngineTotals:
+        return EngineTotals(*(self.counters.get(name, 0.0) for name in ENGINE_COUNTERS))
 
     def _counts(self) -> tuple[float, float, float]:
         """Prompt tokens, generated tokens, finished requests."""
@@ -210,7 +215,7 @@ def _accumulate(acc: _PodTotals, name: str, value: float, le: str | None = None)
         acc.kv.append(value)
     elif name == KV_USAGE_OLD:
         acc.kv_old.append(value)
-    elif name in (PROMPT_TOKENS, GENERATION_TOKENS, REQUESTS) or name in STEP_COUNTERS:
+    elif name in (PROMPT_TOKENS, GENERATION_TOKENS, REQUESTS) or name in ENGINE_COUNTERS:
         acc.counters[name] = acc.counters.get(name, 0.0) + value
     elif le is not None and name in (f"{TTFT}_bucket", f"{QUEUE_TIME}_bucket", f"{TPOT}_bucket"):
         bounds = acc.buckets.setdefault(name.removesuffix("_bucket"), {})
@@ -419,7 +424,7 @@ def queries(service_label: str, window: str = TRAFFIC_WINDOW, match: str = "") -
         "ttft": increase(f"{TTFT}_bucket", "le"),
         "queue_time": increase(f"{QUEUE_TIME}_bucket", "le"),
         "tpot": increase(f"{TPOT}_bucket", "le"),
-        **{name: increase(name) for name in STEP_COUNTERS},
+        **{name: increase(name) for name in ENGINE_COUNTERS},
     }
 
 
@@ -561,7 +566,7 @@ class PrometheusSource:
             "ttft": f"{TTFT}_bucket",
             "queue_time": f"{QUEUE_TIME}_bucket",
             "tpot": f"{TPOT}_bucket",
-            **{name: name for name in STEP_COUNTERS},
+            **{name: name for name in ENGINE_COUNTERS},
         }
         for signal, series in answers.items():
             for item in series:

@@ -138,35 +138,46 @@ class Histogram:
 
 
 @dataclass(frozen=True)
-class StepTotals:
-    """What vLLM counts of its engine steps: ``vllm:inter_token_latency_seconds`` (sum and count: each
-    decode token's step) and ``vllm:iteration_tokens_total`` (count and sum: the steps and the tokens
-    they computed). Zero where a vLLM does not export them."""
+class EngineTotals:
+    """What vLLM counts of its engine: ``vllm:inter_token_latency_seconds`` (sum and count: each decode
+    token's step), ``vllm:iteration_tokens_total`` (count and sum: the steps and the tokens they
+    computed), and the prefix cache's ``vllm:prefix_cache_queries_total`` and
+    ``vllm:prefix_cache_hits_total`` (prompt tokens looked up, and those found cached, which the
+    engine does not compute again). Zero where a vLLM does not export them."""
 
     decode_seconds: float = 0.0
     decode_tokens: float = 0.0
     steps: float = 0.0
     step_tokens: float = 0.0
+    prefix_queries: float = 0.0
+    prefix_hits: float = 0.0
 
-    def minus(self, earlier: StepTotals) -> StepTotals:
+    @property
+    def cached_share(self) -> float:
+        """The share of the prompt tokens looked up that the prefix cache held (0 without lookups)."""
+        if self.prefix_queries <= 0:
+            return 0.0
+        return min(max(self.prefix_hits / self.prefix_queries, 0.0), 1.0)
+
+    def _values(self) -> tuple[float, ...]:
+        return (
+            self.decode_seconds,
+            self.decode_tokens,
+            self.steps,
+            self.step_tokens,
+            self.prefix_queries,
+            self.prefix_hits,
+        )
+
+    def minus(self, earlier: EngineTotals) -> EngineTotals:
         """The increase since ``earlier``; zero (unknown) when a count fell or is not finite."""
-        parts = (
-            self.decode_seconds - earlier.decode_seconds,
-            self.decode_tokens - earlier.decode_tokens,
-            self.steps - earlier.steps,
-            self.step_tokens - earlier.step_tokens,
-        )
+        parts = tuple(a - b for a, b in zip(self._values(), earlier._values(), strict=True))
         if any(not math.isfinite(v) or v < 0 for v in parts):
-            return StepTotals()
-        return StepTotals(*parts)
+            return EngineTotals()
+        return EngineTotals(*parts)
 
-    def plus(self, other: StepTotals, scale: float = 1.0) -> StepTotals:
-        return StepTotals(
-            self.decode_seconds + scale * other.decode_seconds,
-            self.decode_tokens + scale * other.decode_tokens,
-            self.steps + scale * other.steps,
-            self.step_tokens + scale * other.step_tokens,
-        )
+    def plus(self, other: EngineTotals, scale: float = 1.0) -> EngineTotals:
+        return EngineTotals(*(a + scale * b for a, b in zip(self._values(), other._values(), strict=True)))
 
 
 @dataclass(frozen=True)
@@ -179,7 +190,7 @@ class Totals:
     ttft: Histogram = Histogram()
     queue_time: Histogram = Histogram()
     tpot: Histogram = Histogram()  # per finished request: its mean time between output tokens
-    steps: StepTotals = field(default_factory=lambda: StepTotals())
+    engine: EngineTotals = field(default_factory=lambda: EngineTotals())
 
     def since(self, earlier: Totals, seconds: float) -> Traffic | None:
         """What was served between ``earlier`` and this scrape; None after a counter reset."""
@@ -190,13 +201,13 @@ class Totals:
         )
         if seconds <= 0 or any(not math.isfinite(c) or c < 0 for c in counts):
             return None
-        steps = self.steps.minus(earlier.steps)
+        engine = self.engine.minus(earlier.engine)
         ttft = self.ttft.minus(earlier.ttft) if self.ttft.buckets else Histogram()
         queue = self.queue_time.minus(earlier.queue_time) if self.queue_time.buckets else Histogram()
         tpot = self.tpot.minus(earlier.tpot) if self.tpot.buckets else Histogram()
         if ttft is None or queue is None or tpot is None:
             return None
-        return Traffic(seconds, *counts, ttft=ttft, queue_time=queue, tpot=tpot, steps=steps)
+        return Traffic(seconds, *counts, ttft=ttft, queue_time=queue, tpot=tpot, engine=engine)
 
 
 @dataclass(frozen=True)
@@ -210,7 +221,7 @@ class Traffic:
     ttft: Histogram = Histogram()
     queue_time: Histogram = Histogram()
     tpot: Histogram = Histogram()  # per finished request: its mean time between output tokens
-    steps: StepTotals = field(default_factory=lambda: StepTotals())
+    engine: EngineTotals = field(default_factory=lambda: EngineTotals())
 
     def usable(self) -> bool:
         counts = (self.seconds, self.prompt_tokens, self.generation_tokens, self.requests)
@@ -244,13 +255,15 @@ def combine(parts: Iterable[Traffic]) -> Traffic | None:
     prompt = sum(p.prompt_tokens * k for p, k in scaled)
     generation = sum(p.generation_tokens * k for p, k in scaled)
     requests = sum(p.requests * k for p, k in scaled)
-    steps = StepTotals()
+    engine = EngineTotals()
     for p, k in scaled:
-        steps = steps.plus(p.steps, k)
+        engine = engine.plus(p.engine, k)
     ttft, queue, tpot = Histogram(), Histogram(), Histogram()
     try:
         for p in parts:
             ttft, queue, tpot = ttft.plus(p.ttft), queue.plus(p.queue_time), tpot.plus(p.tpot)
     except ValueError:  # pods with other bucket bounds (mixed vLLM versions): latency unknown
         ttft, queue, tpot = Histogram(), Histogram(), Histogram()
-    return Traffic(seconds, prompt, generation, requests, ttft=ttft, queue_time=queue, tpot=tpot, steps=steps)
+    return Traffic(
+        seconds, prompt, generation, requests, ttft=ttft, queue_time=queue, tpot=tpot, engine=engine
+    )

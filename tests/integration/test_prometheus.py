@@ -95,7 +95,7 @@ async def test_query_count_does_not_grow_with_services(prometheus: Prometheus, p
         [target("ml", f"s{i}", f"s{i}-0") for i in range(5)]
         + [target("ns", f"x{i}", f"x{i}-0") for i in range(45)]
     )
-    assert one == many == len(src.queries) == 14
+    assert one == many == len(src.queries) == 16
 
 
 async def test_traffic_per_pod_from_counters_and_histograms(
@@ -138,10 +138,14 @@ async def test_traffic_per_pod_from_counters_and_histograms(
     assert t.requests > 0
     # The engine's steps (perf.stepmodel reads them): 35,000 decode tokens over 111.74 s of steps, and
     # 4,386 steps computing 53,038 tokens.
-    steps = t.steps
+    steps = t.engine
     assert steps.decode_seconds / steps.decode_tokens == pytest.approx(111.74 / 35000, rel=0.02)
     assert steps.step_tokens / steps.steps == pytest.approx(53038 / 4386, rel=0.02)
     assert steps.decode_tokens / t.ttft.count == pytest.approx(35000 / 72, rel=0.02)
+    # The prefix cache's lookups and hits (the model leaves the cached share out of the prefill):
+    # 22,446 prompt tokens looked up, 4,480 found.
+    assert steps.cached_share == pytest.approx(4480 / 22446, rel=0.02)
+    assert steps.prefix_queries / t.ttft.count == pytest.approx(22446 / 72, rel=0.02)
     idle = quiet.traffic
     assert (idle.prompt_tokens, idle.requests, idle.ttft.count) == (0, 0, 0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -77,6 +78,8 @@ def test_one_query_per_signal_grouped_by_namespace_pod_and_service() -> None:
         "vllm:inter_token_latency_seconds_count",
         "vllm:iteration_tokens_total_count",
         "vllm:iteration_tokens_total_sum",
+        "vllm:prefix_cache_queries_total",
+        "vllm:prefix_cache_hits_total",
     }
     for promql in q.values():
         assert "by (namespace, pod, serving_qwenops_io_service" in promql
@@ -163,7 +166,7 @@ def test_the_engine_steps_are_read_from_a_real_vllm_page() -> None:
     text = (DATA / "vllm-0.32-metrics-under-load.txt").read_text()
     _, totals = parse_vllm_totals(text)
     assert totals is not None
-    steps = totals.steps
+    steps = totals.engine
     expected = {}
     for line in text.splitlines():
         for name in ("inter_token_latency_seconds_sum", "inter_token_latency_seconds_count",
@@ -176,6 +179,31 @@ def test_the_engine_steps_are_read_from_a_real_vllm_page() -> None:
     assert steps.steps == expected["iteration_tokens_total_count"]
     assert steps.step_tokens == expected["iteration_tokens_total_sum"]
     assert steps.decode_tokens <= totals.generation_tokens
+
+
+def test_the_prefix_cache_s_lookups_and_hits_are_read_from_a_real_vllm_page() -> None:
+    """vLLM 0.32's prefix-cache counters (prompt tokens looked up, and those found cached): the share
+    of prompt tokens the engine did not compute, which the model's prefill leaves out; an increase
+    between two scrapes; none on a page without them (an older vLLM), which counts as nothing cached."""
+    _, loaded = parse_vllm_totals((DATA / "vllm-0.32-metrics-under-load.txt").read_text())
+    _, pressed = parse_vllm_totals((DATA / "vllm-0.32-metrics-kv-pressure.txt").read_text())
+    assert loaded is not None
+    assert pressed is not None
+    assert (loaded.engine.prefix_queries, loaded.engine.prefix_hits) == (22446, 4480)
+    assert loaded.engine.cached_share == pytest.approx(4480 / 22446)
+    assert pressed.engine.cached_share == pytest.approx(22784 / 28430)
+    later = replace(loaded, engine=replace(loaded.engine, prefix_queries=32446, prefix_hits=12480))
+    traffic = later.since(loaded, 60)
+    assert traffic is not None
+    assert traffic.engine.cached_share == pytest.approx(0.8)
+    old = "\n".join(
+        line
+        for line in (DATA / "vllm-0.32-metrics-under-load.txt").read_text().splitlines()
+        if "prefix_cache" not in line
+    )
+    _, without = parse_vllm_totals(old)
+    assert without is not None
+    assert without.engine.cached_share == 0.0
 
 
 def test_the_router_s_own_metrics_are_read_and_anything_else_is_refused() -> None:

@@ -14,7 +14,7 @@ from qwen_operator.perf.predict import Mix
 from qwen_operator.perf.queueing import POOLED, RANDOM, Load
 from qwen_operator.perf.stepmodel import Fit, StepModel, Window
 from qwen_operator.scaling.slo import rise_band
-from qwen_operator.traffic import INF, Histogram, Traffic
+from qwen_operator.traffic import INF, EngineTotals, Histogram, Traffic
 from qwen_tools.sim.engine import QUEUE_BUCKETS, TTFT_BUCKETS
 
 TRUE = StepModel(floor_s=0.012, per_seq_s=0.0006, prefill_tok_s=6000.0, per_context_s=9.5e-8)
@@ -189,7 +189,7 @@ def test_the_fit_learns_a_simulated_card_from_its_vllm_exports() -> None:
             if cluster.second % 15 == 0:
                 samples.setdefault(pod.name, []).append((e.num_running, e.kv_usage * card.kv_tokens))
             if cluster.second % 60 == 0:
-                now = e.vllm_totals().steps
+                now = e.vllm_totals().engine
                 if pod.name in marks and samples.get(pod.name):
                     d = now.minus(marks[pod.name])
                     seen = samples.pop(pod.name)
@@ -281,7 +281,7 @@ def test_slack_is_information_the_fleet_shrinks_to_what_the_model_predicts() -> 
         learned = sizing.observe(learned, traffic, MIX, 6, running=0, bound=2.0)
     found = sizing.fewest(learned, MIX, 0.01, 2.0, 1, 12)
     assert found is not None
-    replicas, late = found
+    replicas, late = found.replicas, found.late
     assert replicas == 3
     assert late <= 0.01 < sizing.miss_share(A10G, MIX.at(learned.correction * MIX.rate), 2, 2.0)
 
@@ -335,3 +335,78 @@ def test_first_tokens_late_under_load_count_where_the_queue_times_do_not_show_it
     # 12 replicas: light load, where 5% of first tokens after 2.5 s are long prompts' own prefill.
     long_prompts = Histogram.of({0.5: 300, 1.0: 330, 2.5: 342, 5.0: 360, INF: 360})
     assert learn(12, lambda _: long_prompts) == pytest.approx(1.0, rel=0.1)
+
+
+def test_the_kv_cache_a_smaller_fleet_would_hold_follows_the_simulated_fleet() -> None:
+    """The KV cache grows faster than the load as a fleet shrinks: each replica serves more, and each
+    request stays longer in a batch whose steps the extra work stretches. From six replicas' measured
+    usage, the prediction at fewer against what the simulator's engines hold there (the card's true
+    step model); from the fullest pod's usage, the fewest replicas whose fullest cache stays under a
+    0.8 target: one fewer, and the simulated fleet preempts."""
+    import statistics
+
+    from qwen_tools.sim import policies, trace
+    from qwen_tools.sim.cluster import Cluster, Settings
+    from qwen_tools.sim.gpus import GPUS
+    from tests.conftest import DATA
+
+    card = GPUS["a10g"]
+    model = StepModel(card.floor_s, card.per_seq_s, card.prefill_tok_s, card.context_s_per_token)
+    t = trace.load(DATA / "traces" / "conv-5min.csv").looped(2)
+    mix = Mix(len(t) / t.duration, statistics.mean(t.prompts), statistics.mean(t.outputs))
+
+    def run(n: int) -> tuple[list[float], int]:
+        """The pods' KV usage after the first minute, sampled every 5 s, and the fleet's preemptions."""
+        cluster = Cluster(t, policies.Static(n), replace(Settings(card, 1, n, n), seed=1))
+        usage = []
+        while not cluster.done:
+            cluster.step()
+            if cluster.second >= 60 and cluster.second % 5 == 0 and cluster.second < t.duration:
+                usage += [pod.engine.kv_usage for pod in cluster.live]
+        return sorted(usage), sum(p.engine.preemptions for p in cluster.pods)
+
+    six, _ = run(6)
+    mean = sizing.Cache(statistics.mean(six), 6, mix.rate, 0.8)
+    for n in (5, 4, 3):
+        usage, preempted = run(n)
+        assert mean.at(model, mix, mix, n) == pytest.approx(statistics.mean(usage), rel=0.15), n
+        assert preempted == 0
+    assert mean.at(model, mix, mix, 3) > 1.2 * mean.peak * 6 / 3, "more than the load's share"
+    fullest = replace(mean, peak=six[int(0.99 * len(six))])
+    allowed = [n for n in range(1, 7) if fullest.at(model, mix, mix, n) <= fullest.target]
+    assert min(allowed) == 3
+    assert run(2)[1] > 0, "two replicas preempt"
+    # The sizing skips what the cache would not hold, though the queueing alone would go lower.
+    learned = sizing.Sizing.start(model)
+    alone, limited = (
+        sizing.fewest(learned, mix, 0.01, 2.0, 1, 12),
+        sizing.fewest(learned, mix, 0.01, 2.0, 1, 12, cache=fullest),
+    )
+    assert alone is not None
+    assert limited is not None
+    assert (alone.replicas, alone.cache_limited) == (2, None)
+    assert limited.replicas == 3
+    assert limited.cache_limited == (2, pytest.approx(fullest.at(model, mix, mix, 2)))
+
+
+def test_prompt_tokens_the_prefix_cache_holds_are_not_prefill_work() -> None:
+    """Shared system prompts read from vLLM's prefix cache: the window's cache hits take their share
+    of the prompt out of the prefill (not out of the context decoding reads), and the same load needs
+    fewer replicas than if every prompt token were computed."""
+    traffic = served(A10G, MIX, 4, 1.0)
+    hits = replace(
+        traffic, engine=EngineTotals(prefix_queries=MIX.prompt * 360, prefix_hits=MIX.prompt * 180)
+    )
+    plain, cached = sizing.mix_of(traffic, MIX.ca2), sizing.mix_of(hits, MIX.ca2)
+    assert plain is not None
+    assert cached is not None
+    assert cached.cached == pytest.approx(0.5)
+    assert cached.load(A10G).prefill == pytest.approx(plain.load(A10G).prefill / 2)
+    assert cached.load(A10G).decode == pytest.approx(plain.load(A10G).decode)
+    heavy = MIX.at(3 * MIX.rate)
+    learned = sizing.Sizing.start(A10G)
+    full = sizing.fewest(learned, heavy, 0.01, 2.0, 1, 32)
+    half = sizing.fewest(learned, replace(heavy, cached=0.5), 0.01, 2.0, 1, 32)
+    assert full is not None
+    assert half is not None
+    assert half.replicas < full.replicas

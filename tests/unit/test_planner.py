@@ -347,6 +347,21 @@ def obs(
 WARM = scaling.State(data_since=T0 - timedelta(hours=1), last_evaluated=T0 - timedelta(seconds=15))
 
 
+def test_the_kv_caches_keep_replicas_the_queueing_alone_would_shed_and_the_message_says_so() -> None:
+    """Four replicas with room in their prefill queues: with caches at 20% the model sheds to two; at
+    70% three would fill the fullest past the 80% target (each replica serves a third more, and each
+    request stays longer in steps the extra work stretches), so it holds four and says why."""
+    spec = slo_spec()
+    roomy = scaling.decide(obs(4, traffic(0.3), kv=0.2), spec, WARM, T0)
+    assert "model: at 2 replicas" in roomy.message
+    full = scaling.decide(obs(4, traffic(0.3), kv=0.7), spec, WARM, T0)
+    assert full.replicas == 4
+    assert full.message.endswith(
+        "model: at 4 replicas 0% of first tokens predicted later than 2 s (load factor 0.6);"
+        " at 3 the fullest KV cache would be 98%, past the 80% target"
+    )
+
+
 def test_decide_scales_on_the_slo_plan_and_says_why() -> None:
     spec = slo_spec()
     per_pod = traffic(0.3)  # 3 pods x 0.3 seed (2.53 requests/s): no evidence beyond the seed's 60%
@@ -364,8 +379,12 @@ def test_decide_scales_on_the_slo_plan_and_says_why() -> None:
     more = scaling.decide(obs(3, traffic(0.3, waited=0.5), waiting=100), spec, WARM, T0)
     assert more.replicas == 5, more.message
     assert more.reason is scaling.Reason.ABOVE_TARGET
-    fewer = scaling.decide(obs(3, per_pod), spec, WARM, T0)
+    fewer = scaling.decide(obs(3, per_pod, kv=0.05), spec, WARM, T0)
     assert fewer.recommendation == 1, "nothing waiting: one replica, and a full window of data is there"
+    # Caches at 20% on three: one replica would hold them all, in stretched steps: past the target.
+    kept = scaling.decide(obs(3, per_pod, kv=0.2), spec, WARM, T0)
+    assert kept.recommendation == 2
+    assert kept.message.endswith("at 1 the fullest KV cache would be 82%, past the 80% target")
     assert fewer.replicas == 2, "one step down at a time"
     assert decision.observation is not None
     assert decision.observation.prompt_tokens_per_second == 2700

@@ -44,6 +44,14 @@ def test_a_cached_system_prompt_is_not_computed_again() -> None:
     assert other.ttft == pytest.approx(first.ttft), "another prefix is a miss"
     assert engine.prefix_hits == 992
     assert engine.prefix_queries == 3 * 1200
+    # As vLLM counts them: every request's prompt is looked up, one without a shared prefix too.
+    alone = Request(3, 30.0, 500, 5, 30.0 + 1e9)
+    engine.add(alone)
+    engine.advance(40)
+    assert alone.outcome == DONE
+    assert (engine.prefix_queries, engine.prefix_hits) == (3 * 1200 + 500, 992)
+    totals = engine.vllm_totals().engine
+    assert (totals.prefix_queries, totals.prefix_hits) == (3 * 1200 + 500, 992)
     # Both prefixes stay cached, unused: vLLM counts their blocks as free.
     assert engine.kv_usage == 0
     assert engine.free + engine.unused_cached == A10G.kv_blocks

@@ -85,7 +85,11 @@ def _served(model: str, engine: Engine) -> Iterator[Metric]:
     counters = (
         ("vllm:prompt_tokens", "Number of prefill tokens processed.", totals.prompt_tokens),
         ("vllm:generation_tokens", "Number of generation tokens processed.", totals.generation_tokens),
-    )
+        ("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.",
+         totals.engine.prefix_queries),
+        ("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.",
+         totals.engine.prefix_hits),
+    )  # fmt: skip
     for name, help_, value in counters:
         counter = CounterMetricFamily(name, help_, labels=LABELS)
         counter.add_metric(values, value)
@@ -98,7 +102,7 @@ def _served(model: str, engine: Engine) -> Iterator[Metric]:
     done.add_metric([*values, "length"], totals.requests)  # the simulator ends requests at their length
     yield done
     # The steps' counts: only the _sum and _count of vLLM's two histograms are read (perf.stepmodel).
-    steps = totals.steps
+    steps = totals.engine
     for name, help_, count, total in (
         ("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
          steps.decode_tokens, steps.decode_seconds),

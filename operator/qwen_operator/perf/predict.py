@@ -9,7 +9,7 @@ prefill, which no fleet size changes, dominates a p99 at light load and inflated
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from qwen_operator.perf.queueing import RANDOM, Load, bisect, first_token_quantile, wait_quantile
 from qwen_operator.perf.stepmodel import StepModel
@@ -19,27 +19,35 @@ OWN_PREFILL_SHARE = 0.75  # a bound the mean prompt's own prefill eats more of i
 
 @dataclass(frozen=True)
 class Mix:
-    """What the service is asked: requests per second, their mean prompt and output (tokens), and the
-    squared coefficients of variation of arrivals and prompt sizes."""
+    """What the service is asked: requests per second, their mean prompt and output (tokens), the
+    squared coefficients of variation of arrivals and prompt sizes, and the share of the prompts'
+    tokens the replicas' prefix caches hold (shared system prompts: read from the cache, not
+    computed; they still count in the context a decode step reads)."""
 
     rate: float
     prompt: float
     output: float
     ca2: float = 1.0
     cs2: float = 1.0
+    cached: float = 0.0
+
+    @property
+    def computed_prompt(self) -> float:
+        """The mean prompt tokens a replica computes (those its prefix cache does not hold)."""
+        return self.prompt * (1.0 - min(max(self.cached, 0.0), 1.0))
 
     def load(self, model: StepModel) -> Load:
         context = self.prompt + self.output / 2  # a decoding request's mean context
         return Load(
             self.rate,
-            model.prefill_seconds(self.prompt),
+            model.prefill_seconds(self.computed_prompt),
             model.decode_seconds(self.output, context),
             self.ca2,
             self.cs2,
         )
 
     def at(self, rate: float) -> Mix:
-        return Mix(rate, self.prompt, self.output, self.ca2, self.cs2)
+        return replace(self, rate=rate)
 
 
 def ttft_quantile(model: StepModel, mix: Mix, replicas: int, share: float, routing: str = RANDOM) -> float:
@@ -51,7 +59,7 @@ def ttft_quantile(model: StepModel, mix: Mix, replicas: int, share: float, routi
 def budget(model: StepModel, mix: Mix, bound: float) -> tuple[str, float]:
     """What the bound is judged on: ("ttft", bound), or, where the mean prompt's own prefill takes
     most of it (long prompts: more replicas would not make it shorter), ("wait", the wait allowed)."""
-    own = model.prefill_seconds(mix.prompt)
+    own = model.prefill_seconds(mix.computed_prompt)
     if own > OWN_PREFILL_SHARE * bound:
         return "wait", (1 - OWN_PREFILL_SHARE) * bound
     return "ttft", bound

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from qwen_operator.perf.predict import Mix
 from qwen_operator.perf.queueing import RANDOM, Load, first_token_beyond, wait_beyond
@@ -107,6 +108,7 @@ def mix_of(traffic: Traffic, ca2: float, cs2: float = 1.0) -> Mix | None:
         traffic.generation_tokens / finished,
         ca2,
         cs2,
+        traffic.engine.cached_share,
     )
 
 
@@ -128,7 +130,7 @@ def observe(
     """``sizing`` after one window served by ``replicas`` on a settled fleet (``running``: the requests
     in their batches now, summed; ``new``: the share of the window not seen before, as windows
     overlap)."""
-    steps = traffic.steps
+    steps = traffic.engine
     per_replica = running / replicas if replicas > 0 else 0.0
     window = Window(
         steps.decode_tokens,
@@ -195,16 +197,71 @@ def _bucket_counts(histogram: Histogram) -> list[tuple[float, float]]:
     return out
 
 
+@dataclass(frozen=True)
+class Cache:
+    """The KV caches now: the fullest replica's usage (0-1) at ``replicas`` serving ``rate`` requests
+    per second, and the usage a replica should stay under."""
+
+    peak: float
+    replicas: int
+    rate: float
+    target: float
+
+    def at(self, model: StepModel, planned: Mix, observed: Mix, replicas: int) -> float:
+        """The fullest replica's usage at ``replicas`` serving ``planned``, scaled from now's by
+        Little's law: a replica holds its arrival rate times a request's stay, and a stay is its
+        output's steps, each ``floor / (1 - busy)`` long (the batch's work stretches the step), so the
+        usage grows as ``rate / replicas / (1 - busy)``: faster than the load near saturation."""
+        busy = planned.load(model).busy(replicas)
+        if busy >= 1:
+            return math.inf
+        if self.rate <= 0 or self.replicas <= 0:
+            return self.peak
+        share = (planned.rate / replicas) / (observed.rate / self.replicas)
+        before = observed.load(model).busy(self.replicas)
+        return self.peak * share * (1 - min(before, busy)) / (1 - busy)
+
+
+class Sized(NamedTuple):
+    """The fewest replicas predicted to keep the SLO, the share of first tokens predicted late there,
+    and where the KV caches ruled out fewer: the largest smaller size the queueing alone allowed, with
+    its fullest cache's predicted usage (None when they ruled out none)."""
+
+    replicas: int
+    late: float
+    cache_limited: tuple[int, float] | None = None
+
+
 def fewest(
-    sizing: Sizing, mix: Mix, allowance: float, bound: float, low: int, high: int, routing: str = RANDOM
-) -> tuple[int, float] | None:
+    sizing: Sizing,
+    mix: Mix,
+    allowance: float,
+    bound: float,
+    low: int,
+    high: int,
+    routing: str = RANDOM,
+    cache: Cache | None = None,
+) -> Sized | None:
     """The fewest replicas in ``[low, high]`` at which the share of first tokens predicted later than
     ``bound`` stays within ``allowance``, at the load factor believed and the larger of the window's and
-    the last minutes' request sizes, and that share; None when even ``high`` does not."""
+    the last minutes' request sizes; None when even ``high`` does not. With ``cache`` (the KV caches
+    now, at the load ``cache.rate``), a size below the fleet's is also one at which the fullest
+    replica's cache is predicted to stay under its target: past it vLLM preempts, and recomputing
+    costs the first tokens more than the queueing model counts."""
     prompt, output = max(mix.prompt, sizing.prompt or 0.0), max(mix.output, sizing.output or 0.0)
-    planned = Mix(sizing.correction * mix.rate, prompt, output, mix.ca2, mix.cs2)
+    planned = Mix(sizing.correction * mix.rate, prompt, output, mix.ca2, mix.cs2, mix.cached)
+    model = sizing.fit.model
+    observed = replace(planned, rate=sizing.correction * cache.rate) if cache else planned
+    limited = None
     for n in range(max(low, 1), max(high, 1) + 1):
-        share = miss_share(sizing.fit.model, planned, n, bound, routing)
+        share = miss_share(model, planned, n, bound, routing)
+        # Below the fleet now only: a cache already past its target is the verdict's and the KV
+        # signal's to act on (scaling.slo, scaling.stages), not a prediction's.
+        usage = cache.at(model, planned, observed, n) if cache is not None and n < cache.replicas else 0.0
+        if cache is not None and usage > cache.target:
+            if share <= allowance:
+                limited = (n, usage)
+            continue
         if share <= allowance:
-            return n, share
+            return Sized(n, share, limited)
     return None

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from qwen_operator import api
 
 if TYPE_CHECKING:
+    from qwen_operator.perf import sizing as sizer
     from qwen_operator.scaling.slo import Outlook, Seen, Verdict
 
 
@@ -43,7 +44,7 @@ def describe(
     scale: float,
     verdict: Verdict,
     outlook: Outlook,
-    acted: tuple[int, float] | None,
+    acted: sizer.Sized | None,
     load_factor: float,
     brink_margin: float,
 ) -> str:
@@ -92,11 +93,16 @@ def describe(
     if outlook.hold > outlook.forecast:
         message += f"; bursts shorter than a cold start: holding {_one(outlook.hold / scale)} replicas' worth"
     if acted is not None:
-        n, late = acted
+        n = acted.replicas
         message += (
-            f"; model: at {n} replica{'s' if n != 1 else ''} {_one(100 * late)}% of first tokens predicted"
-            f" later than {_fmt(bound)} s (load factor {load_factor:.1f})"
+            f"; model: at {n} replica{'s' if n != 1 else ''} {_one(100 * acted.late)}% of first tokens"
+            f" predicted later than {_fmt(bound)} s (load factor {load_factor:.1f})"
         )
+        if acted.cache_limited is not None:
+            fewer, usage = acted.cache_limited
+            full = "full" if usage >= 1 else _percent(usage)
+            target = _percent(seen.kv_target)
+            message += f"; at {fewer} the fullest KV cache would be {full}, past the {target} target"
     return message
 
 

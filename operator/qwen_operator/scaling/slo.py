@@ -408,7 +408,9 @@ def _size(
     settled: bool,
     ahead: float,
     new: float,
-) -> tuple[sizer.Sizing, tuple[int, float] | None]:
+    kv: Sequence[float] = (),
+    kv_target: float = 1.0,
+) -> tuple[sizer.Sizing, sizer.Sized | None]:
     """The performance model after this window, and the fewest replicas it predicts keep the SLO at
     the load planned for (``ahead`` times today's), with the share of first tokens it predicts late
     there; None without a mix to predict for, or when no fleet would (own prefills longer than the
@@ -423,7 +425,8 @@ def _size(
     if settled:
         sizing = sizer.observe(sizing, traffic, mix, ready, running, bound, new)
     planned = mix.at(mix.rate * max(ahead, 1.0))
-    return sizing, sizer.fewest(sizing, planned, allowance, bound, 1, max(4 * ready, 64))
+    cache = sizer.Cache(max(kv), ready, mix.rate, kv_target) if kv else None
+    return sizing, sizer.fewest(sizing, planned, allowance, bound, 1, max(4 * ready, 64), cache=cache)
 
 
 @dataclass(frozen=True)
@@ -512,7 +515,17 @@ def plan(seen: Seen, slo: api.LatencySLO, seed: Capacity, state: PlanState, now:
     # expected one cold start ahead, the requests waiting now included.
     ahead = outlook.planned / demand.served if demand.served > 0 else 1.0  # the backlog and the forecast
     sizing, sized = _size(
-        state, traffic, capacity, ready, seen.running, (allowance, bound), verdict.settled, ahead, new
+        state,
+        traffic,
+        capacity,
+        ready,
+        seen.running,
+        (allowance, bound),
+        verdict.settled,
+        ahead,
+        new,
+        seen.kv,
+        seen.kv_target,
     )
     need = max(outlook.forecast, outlook.hold) / scale
     # The model decides only while it explains what it sees: a window that failed the SLO at its load
@@ -523,7 +536,7 @@ def plan(seen: Seen, slo: api.LatencySLO, seed: Capacity, state: PlanState, now:
     acted = sized if user is None and sizing.explains() else None
     if acted is not None:
         floor = slo.time_per_output_token_seconds is not None or bool(verdict.failed)
-        need = max(need, acted[0]) if floor else float(acted[0])
+        need = max(need, acted.replicas) if floor else float(acted.replicas)
     new_state = PlanState(
         capacity_scale=scale,
         level=outlook.level,
@@ -664,7 +677,7 @@ def _outlook(
     return Outlook(cold, measured, level, trend, forecast, hold, planned)
 
 
-def _reading(sizing: sizer.Sizing, sized: tuple[int, float] | None) -> api.ModelReading:
+def _reading(sizing: sizer.Sizing, sized: sizer.Sized | None) -> api.ModelReading:
     """What the status shows of the model: its fit, how sure it is, its load factor, its prediction."""
     fit = sizing.fit
     model = fit.model
@@ -674,6 +687,6 @@ def _reading(sizing: sizer.Sizing, sized: tuple[int, float] | None) -> api.Model
         fit_windows=fit.windows,
         fit_spread_percent=round(100 * max(fit.spread()), 1),
         load_factor=round(sizing.correction, 2),
-        replicas=None if sized is None else sized[0],
-        late_percent=None if sized is None else round(100 * sized[1], 2),
+        replicas=None if sized is None else sized.replicas,
+        late_percent=None if sized is None else round(100 * sized.late, 2),
     )

@@ -28,7 +28,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from qwen_operator.traffic import INF, Histogram, StepTotals, Totals
+from qwen_operator.traffic import INF, EngineTotals, Histogram, Totals
 from qwen_tools.sim.gpus import GPU, KV_BLOCK_TOKENS
 
 DONE, TIMEOUT, KILLED, REJECTED = "done", "timeout", "killed", "rejected"
@@ -175,7 +175,14 @@ class Engine:
             _cumulative(TTFT_BUCKETS, self.ttft_counts),
             _cumulative(QUEUE_BUCKETS, self.queue_counts),
             _cumulative(TPOT_BUCKETS, self.tpot_counts),
-            StepTotals(self.itl_sum, float(self.itl_count), float(self.steps), float(self.step_tokens)),
+            EngineTotals(
+                self.itl_sum,
+                float(self.itl_count),
+                float(self.steps),
+                float(self.step_tokens),
+                float(self.prefix_queries),
+                float(self.prefix_hits),
+            ),
         )
 
     def _end(self, req: Request, outcome: str, when: float) -> None:
@@ -360,9 +367,11 @@ class Engine:
                         req.computed = 0
                     break
                 self.waiting.popleft()
-                if req.prefix:
-                    self.prefix_queries += req.prompt
-                    self.prefix_hits += 0 if fresh else req.computed
+                # vLLM looks every request up in the prefix cache when it is scheduled from the queue
+                # (again after a preemption), counting its prompt's tokens and those found cached.
+                self.prefix_queries += req.prompt
+                if req.prefix and not fresh:
+                    self.prefix_hits += req.computed
                 self.free -= need
                 req.blocks += need - fresh  # a new prefix's blocks belong to the cache
                 self.running.append(req)
