@@ -369,11 +369,15 @@ def test_the_kv_cache_a_smaller_fleet_would_hold_follows_the_simulated_fleet() -
     mean = sizing.Cache(statistics.mean(six), 6, mix.rate, 0.8)
     for n in (5, 4, 3):
         usage, preempted = run(n)
-        assert mean.at(model, mix, mix, n) == pytest.approx(statistics.mean(usage), rel=0.15), n
+        assert mean.at(mix.load(model), mix.load(model), n) == pytest.approx(
+            statistics.mean(usage), rel=0.15
+        ), n
         assert preempted == 0
-    assert mean.at(model, mix, mix, 3) > 1.2 * mean.peak * 6 / 3, "more than the load's share"
+    assert mean.at(mix.load(model), mix.load(model), 3) > 1.2 * mean.peak * 6 / 3, (
+        "more than the load's share"
+    )
     fullest = replace(mean, peak=six[int(0.99 * len(six))])
-    allowed = [n for n in range(1, 7) if fullest.at(model, mix, mix, n) <= fullest.target]
+    allowed = [n for n in range(1, 7) if fullest.at(mix.load(model), mix.load(model), n) <= fullest.target]
     assert min(allowed) == 3
     assert run(2)[1] > 0, "two replicas preempt"
     # The sizing skips what the cache would not hold, though the queueing alone would go lower.
@@ -386,7 +390,7 @@ def test_the_kv_cache_a_smaller_fleet_would_hold_follows_the_simulated_fleet() -
     assert limited is not None
     assert (alone.replicas, alone.cache_limited) == (2, None)
     assert limited.replicas == 3
-    assert limited.cache_limited == (2, pytest.approx(fullest.at(model, mix, mix, 2)))
+    assert limited.cache_limited == (2, pytest.approx(fullest.at(mix.load(model), mix.load(model), 2)))
 
 
 def test_prompt_tokens_the_prefix_cache_holds_are_not_prefill_work() -> None:

@@ -207,19 +207,19 @@ class Cache:
     rate: float
     target: float
 
-    def at(self, model: StepModel, planned: Mix, observed: Mix, replicas: int) -> float:
-        """The fullest replica's usage at ``replicas`` serving ``planned``, scaled from now's by
-        Little's law: a replica holds its arrival rate times a request's stay, and a stay is its
-        output's steps, each ``floor / (1 - busy)`` long (the batch's work stretches the step), so the
-        usage grows as ``rate / replicas / (1 - busy)``: faster than the load near saturation."""
-        busy = planned.load(model).busy(replicas)
+    def at(self, load: Load, now: Load, replicas: int) -> float:
+        """The fullest replica's usage at ``replicas`` serving ``load``, scaled from now's (``now``: the
+        load the fleet serves, at ``self.replicas``) by Little's law: a replica holds its arrival rate
+        times a request's stay, and a stay is its output's steps, each ``floor / (1 - busy)`` long (the
+        batch's work stretches the step), so the usage grows as ``rate / replicas / (1 - busy)``:
+        faster than the load near saturation."""
+        busy = load.busy(replicas)
         if busy >= 1:
             return math.inf
-        if self.rate <= 0 or self.replicas <= 0:
+        if now.rate <= 0 or self.replicas <= 0:
             return self.peak
-        share = (planned.rate / replicas) / (observed.rate / self.replicas)
-        before = observed.load(model).busy(self.replicas)
-        return self.peak * share * (1 - min(before, busy)) / (1 - busy)
+        share = (load.rate / replicas) / (now.rate / self.replicas)
+        return self.peak * share * (1 - min(now.busy(self.replicas), busy)) / (1 - busy)
 
 
 class Sized(NamedTuple):
@@ -250,14 +250,14 @@ def fewest(
     costs the first tokens more than the queueing model counts."""
     prompt, output = max(mix.prompt, sizing.prompt or 0.0), max(mix.output, sizing.output or 0.0)
     planned = Mix(sizing.correction * mix.rate, prompt, output, mix.ca2, mix.cs2, mix.cached)
-    model = sizing.fit.model
-    observed = replace(planned, rate=sizing.correction * cache.rate) if cache else planned
+    load = planned.load(sizing.fit.model)
+    now = replace(planned, rate=sizing.correction * cache.rate).load(sizing.fit.model) if cache else load
     limited = None
     for n in range(max(low, 1), max(high, 1) + 1):
-        share = miss_share(model, planned, n, bound, routing)
+        share = first_token_beyond(load, n, bound, routing)  # miss_share, the load computed once
         # Below the fleet now only: a cache already past its target is the verdict's and the KV
         # signal's to act on (scaling.slo, scaling.stages), not a prediction's.
-        usage = cache.at(model, planned, observed, n) if cache is not None and n < cache.replicas else 0.0
+        usage = cache.at(load, now, n) if cache is not None and n < cache.replicas else 0.0
         if cache is not None and usage > cache.target:
             if share <= allowance:
                 limited = (n, usage)

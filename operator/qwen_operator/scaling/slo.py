@@ -400,22 +400,20 @@ def burst_hold(peaks: Sequence[tuple[datetime, float]]) -> float:
 
 def _size(
     state: PlanState,
+    seen: Seen,
     traffic: Traffic,
     capacity: Capacity,
-    ready: int,
-    running: float,
     slo: tuple[float, float],
     settled: bool,
     ahead: float,
     new: float,
-    kv: Sequence[float] = (),
-    kv_target: float = 1.0,
 ) -> tuple[sizer.Sizing, sizer.Sized | None]:
     """The performance model after this window, and the fewest replicas it predicts keep the SLO at
-    the load planned for (``ahead`` times today's), with the share of first tokens it predicts late
-    there; None without a mix to predict for, or when no fleet would (own prefills longer than the
-    bound: the capacity learned from the windows decides then)."""
+    the load planned for (``ahead`` times today's) with the fullest KV cache under its target, and the
+    share of first tokens it predicts late there; None without a mix to predict for, or when no fleet
+    would (own prefills longer than the bound: the capacity learned from the windows decides then)."""
     allowance, bound = slo
+    ready, kv = seen.ready, seen.kv
     sizing = state.sizing or sizer.Sizing.start(
         sizer.prior(capacity.prompt_tokens_per_second, capacity.generation_tokens_per_second)
     )
@@ -423,9 +421,9 @@ def _size(
     if mix is None:
         return sizing, None
     if settled:
-        sizing = sizer.observe(sizing, traffic, mix, ready, running, bound, new)
+        sizing = sizer.observe(sizing, traffic, mix, ready, seen.running, bound, new)
     planned = mix.at(mix.rate * max(ahead, 1.0))
-    cache = sizer.Cache(max(kv), ready, mix.rate, kv_target) if kv else None
+    cache = sizer.Cache(max(kv), ready, mix.rate, seen.kv_target) if kv else None
     return sizing, sizer.fewest(sizing, planned, allowance, bound, 1, max(4 * ready, 64), cache=cache)
 
 
@@ -514,19 +512,7 @@ def plan(seen: Seen, slo: api.LatencySLO, seed: Capacity, state: PlanState, now:
     # Step 6: the performance model sizes the fleet where it can predict for this mix, for the load
     # expected one cold start ahead, the requests waiting now included.
     ahead = outlook.planned / demand.served if demand.served > 0 else 1.0  # the backlog and the forecast
-    sizing, sized = _size(
-        state,
-        traffic,
-        capacity,
-        ready,
-        seen.running,
-        (allowance, bound),
-        verdict.settled,
-        ahead,
-        new,
-        seen.kv,
-        seen.kv_target,
-    )
+    sizing, sized = _size(state, seen, traffic, capacity, (allowance, bound), verdict.settled, ahead, new)
     need = max(outlook.forecast, outlook.hold) / scale
     # The model decides only while it explains what it sees: a window that failed the SLO at its load
     # keeps the capacity's answer as a floor, and a load factor at the edge of its range means the
